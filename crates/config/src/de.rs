@@ -1,0 +1,155 @@
+//! Deserialization with paths: serde errors are rewritten into Envoy-style messages, and nested
+//! `typed_config` blocks (deserialized in a second step, once their `@type` is known) carry their
+//! inner path out to the top.
+
+use serde::de::{DeserializeOwned, Error as _};
+
+use crate::error::{join_path, ConfigError, PathError};
+
+/// Marks a serde error message that carries a nested path: `\u{1}path\u{1}message`.
+const MARK: char = '\u{1}';
+
+/// Deserialize a typed value from a tree; errors name the path from the tree's root.
+pub(crate) fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let outer = path_string(e.path());
+        let (inner, message) = split_marked(&e.inner().to_string());
+        let path = strip_unknown_field(join_path(&outer, &inner), &message);
+        ConfigError { errors: vec![PathError { path, message }] }
+    })
+}
+
+/// Deserialize a nested typed value inside a `Deserialize` impl; its error path is carried in
+/// the message so that [`from_value`] can join it with the outer path.
+pub(crate) fn nested<T: DeserializeOwned, E: serde::de::Error>(
+    value: serde_json::Value,
+) -> Result<T, E> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let outer = path_string(e.path());
+        let (inner, message) = split_marked(&e.inner().to_string());
+        let path = strip_unknown_field(join_path(&outer, &inner), &message);
+        E::custom(format!("{MARK}{path}{MARK}{message}"))
+    })
+}
+
+/// An error about a field name inside a nested value (for example a bad `@type`).
+pub(crate) fn nested_error<E: serde::de::Error>(path: &str, message: impl std::fmt::Display) -> E {
+    E::custom(format!("{MARK}{path}{MARK}{message}"))
+}
+
+/// serde_path_to_error already descended into an unknown key; the error belongs to its parent.
+fn strip_unknown_field(path: String, message: &str) -> String {
+    if let Some(name) = message.strip_prefix("unknown field \"").and_then(|r| r.strip_suffix('"')) {
+        if let Some(parent) = path.strip_suffix(name).and_then(|p| p.strip_suffix('.')) {
+            return parent.to_string();
+        }
+        if path == name {
+            return String::new();
+        }
+    }
+    path
+}
+
+fn path_string(path: &serde_path_to_error::Path) -> String {
+    let s = path.to_string();
+    if s == "." {
+        String::new()
+    } else {
+        s
+    }
+}
+
+fn split_marked(message: &str) -> (String, String) {
+    if let Some(rest) = message.strip_prefix(MARK) {
+        if let Some((path, msg)) = rest.split_once(MARK) {
+            return (path.to_string(), msg.to_string());
+        }
+    }
+    (String::new(), envoy_style(message))
+}
+
+/// serde's wording → ours: `unknown field "x"`, `unknown value "X"`, `missing field "x"`.
+fn envoy_style(message: &str) -> String {
+    let quoted = |rest: &str| rest.split('`').nth(1).unwrap_or("").to_string();
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        format!("unknown field \"{}\"", quoted(rest))
+    } else if let Some(rest) = message.strip_prefix("unknown variant ") {
+        format!("unknown value \"{}\"", quoted(rest))
+    } else if let Some(rest) = message.strip_prefix("missing field ") {
+        format!("missing field \"{}\"", quoted(rest))
+    } else {
+        message.to_string()
+    }
+}
+
+/// A field sluice recognises but does not support: present in the config → error at its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotSupported {}
+
+impl<'de> serde::Deserialize<'de> for NotSupported {
+    fn deserialize<D: serde::Deserializer<'de>>(_d: D) -> Result<Self, D::Error> {
+        Err(D::Error::custom("recognised but not supported by sluice"))
+    }
+}
+
+impl serde::Serialize for NotSupported {
+    fn serialize<S: serde::Serializer>(&self, _s: S) -> Result<S::Ok, S::Error> {
+        match *self {}
+    }
+}
+
+/// Split a `typed_config` object into its `@type` URL and the rest.
+pub(crate) fn split_type<E: serde::de::Error>(
+    mut value: serde_json::Value,
+) -> Result<(String, serde_json::Value), E> {
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| E::custom("typed_config must be an object with an \"@type\""))?;
+    let url = match obj.remove("@type") {
+        Some(serde_json::Value::String(s)) => s,
+        Some(_) => return Err(nested_error("@type", "must be a string")),
+        None => return Err(E::custom("missing field \"@type\"")),
+    };
+    Ok((url, value))
+}
+
+/// The message name of a type URL (`type.googleapis.com/a.b.C` → `a.b.C`).
+pub(crate) fn type_name(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
+}
+
+/// Define an enum resolved from a `typed_config` by `@type`: each variant names the proto message
+/// and the Rust type holding it.
+macro_rules! typed_enum {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident($ty:ty) = $msg:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, serde::Serialize)]
+        #[serde(untagged)]
+        $vis enum $name { $($(#[$vmeta])* $variant($ty),)+ }
+
+        impl $name {
+            /// The proto message names this enum accepts.
+            pub const MESSAGES: &'static [&'static str] = &[$($msg),+];
+            /// The proto message name of this value.
+            pub fn message_name(&self) -> &'static str {
+                match self { $(Self::$variant(_) => $msg,)+ }
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let value = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
+                let (url, rest) = $crate::de::split_type::<D::Error>(value)?;
+                match $crate::de::type_name(&url) {
+                    $($msg => Ok(Self::$variant($crate::de::nested::<$ty, D::Error>(rest)?)),)+
+                    _ => Err($crate::de::nested_error(
+                        "@type",
+                        format!("unsupported type \"{}\" here (expected one of: {})", url,
+                            Self::MESSAGES.join(", ")),
+                    )),
+                }
+            }
+        }
+    };
+}
+pub(crate) use typed_enum;
