@@ -1,4 +1,14 @@
-//! sluice's data plane (scaffold; filled in by the proxy work).
+//! sluice's data plane: Envoy v3 static configs, served with tokio, hyper and rustls.
+//!
+//! Module names follow Envoy's source tree so an Envoy user finds the code:
+//! `listener` (listeners, filter chain selection, TLS), `http` (the HTTP connection manager and
+//! local replies), `router` (route tables and the router filter), `filters` (HTTP filters such as
+//! ext_authz), `upstream` (cluster manager, discovery, load balancers, connection pools),
+//! `admin` and `stats`.
+
+pub mod body;
+pub mod stats;
+
 pub mod cli {
     use std::process::ExitCode;
     /// Arguments of `sluice proxy`.
