@@ -1,0 +1,39 @@
+//! sluice's OPA-compatible ext_authz policy server (`sluice authz`).
+//!
+//! It answers Envoy's `envoy.service.auth.v3.Authorization/Check` over gRPC by evaluating Rego
+//! policies with [regorus](https://crates.io/crates/regorus), reproducing OPA's
+//! `envoy_ext_authz_grpc` plugin (OPA 0.63): the same `input` document ([`input`]), the same
+//! mapping of decisions to `CheckResponse`s ([`response`]), the same console decision log
+//! ([`decision_log`]), and OPA's `/health` and `/v1/data` HTTP API.
+//!
+//! # Library use
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use sluice_authz::{AuthzServer, Config};
+//!
+//! // Both listeners on 127.0.0.1, port 0.
+//! let handle = AuthzServer::start(Config::loopback(vec!["policy.rego".into()])).await?;
+//! let grpc = handle.grpc_addr();          // point an ext_authz client here
+//! let http = handle.http_addr().unwrap(); // GET /health, POST /v1/data/...
+//! // In-process decisions without sockets:
+//! let resp = handle.authorizer().check(&Default::default());
+//! # let _ = (grpc, http, resp);
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Evaluation is lock-free: each thread keeps a clone of the prepared regorus engine of the
+//! current policy generation; a reload compiles a new generation and swaps it in atomically
+//! ([`arc_swap`]), so checks in flight finish on the old one.
+
+pub mod cli;
+pub mod decision_log;
+pub mod input;
+pub mod policy;
+pub mod response;
+pub mod server;
+
+pub use decision_log::{DecisionLogSink, LogFormat, SharedWriter};
+pub use policy::{EvalError, PolicySet, RegoVersion};
+pub use server::{Authorizer, AuthzServer, Config, Handle, DEFAULT_LABEL_VERSION};

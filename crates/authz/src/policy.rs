@@ -1,0 +1,537 @@
+//! Loading, compiling and evaluating Rego policies with regorus.
+//!
+//! A [`PolicySet`] is one immutable generation of policies and data. It is built from files and
+//! directories ([`PolicySet::load`]), compiled, and test-evaluated once before it is used, so
+//! that errors surface at load time with the file and line that caused them. Evaluation never
+//! takes a lock: every thread keeps its own clone of the prepared engine (cloning is cheap,
+//! modules and compiled state are shared behind `Arc`s), keyed by the generation id.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{anyhow, Context as _};
+use regorus::{Engine, Value};
+
+/// How `.rego` files are parsed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RegoVersion {
+    /// Per file: see [`detect_v1`].
+    #[default]
+    Auto,
+    /// Rego v0 (OPA 0.x) for every file, except files with `import rego.v1`.
+    V0,
+    /// Rego v1 (OPA 1.x) for every file.
+    V1,
+}
+
+/// The auto-detection rule used with [`RegoVersion::Auto`], per file:
+///
+/// 1. a file that imports `future.keywords` is v0 (that import only makes sense in v0);
+/// 2. a file with `import rego.v1` is v1;
+/// 3. a file that uses the keyword `if` or `contains` (outside comments and strings) is v1;
+/// 4. anything else is v0 (OPA 0.x's default, which the guide's `policy.rego` needs).
+pub fn detect_v1(src: &str) -> bool {
+    let toks = tokens(src);
+    let mut has_kw = false;
+    for w in toks.windows(3) {
+        if w[0] == "import" && w[1].starts_with("future.keywords") {
+            return false;
+        }
+        if w[0] == "import" && w[1] == "rego.v1" {
+            return true;
+        }
+    }
+    for t in &toks {
+        if t == "if" || t == "contains" {
+            has_kw = true;
+        }
+        if t.starts_with("future.keywords") {
+            return false;
+        }
+    }
+    has_kw
+}
+
+/// Identifier-ish tokens (dotted names kept together), comments and strings skipped.
+fn tokens(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = src.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'#' {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
+                if b[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c == b'`' {
+            i += 1;
+            while i < b.len() && b[i] != b'`' {
+                i += 1;
+            }
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            let st = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+                i += 1;
+            }
+            out.push(src[st..i].to_string());
+        } else {
+            i += 1;
+        }
+    }
+    out.push(String::new());
+    out.push(String::new());
+    out
+}
+
+/// Turns an OPA decision path (`envoy/authz/allow`) into a Rego reference (`data.envoy.authz.allow`).
+pub fn rule_ref(decision_path: &str) -> String {
+    let mut r = String::from("data");
+    for seg in decision_path.split('/').filter(|s| !s.is_empty()) {
+        let ident = seg.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ident {
+            r.push('.');
+            r.push_str(seg);
+        } else if seg.parse::<u64>().is_ok() {
+            r.push_str(&format!("[{seg}]"));
+        } else {
+            r.push_str(&format!("[{}]", serde_json::Value::from(seg)));
+        }
+    }
+    r
+}
+
+/// What the loader found for one path given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// `(file, text, is_v1)` for each `.rego` file.
+    pub policies: Vec<(PathBuf, String)>,
+    /// `(file, prefix, text)` for each data file (`.json`, `.yaml`, `.yml`); `prefix` is the
+    /// directory path below the root it was found in (OPA namespaces directory data that way).
+    pub data: Vec<(PathBuf, Vec<String>, String)>,
+}
+
+impl Sources {
+    /// Reads every policy and data file named by `paths` (files, or directories walked
+    /// recursively; hidden entries are skipped).
+    pub fn read(paths: &[PathBuf]) -> anyhow::Result<Sources> {
+        let mut s = Sources::default();
+        for p in paths {
+            let md = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
+            if md.is_dir() {
+                walk(p, p, &mut s)?;
+            } else {
+                add_file(p, Vec::new(), &mut s, true)?;
+            }
+        }
+        Ok(s)
+    }
+
+    /// A cheap fingerprint of the contents, used by the reload watcher.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.policies.hash(&mut h);
+        self.data.hash(&mut h);
+        h.finish()
+    }
+}
+
+fn walk(root: &Path, dir: &Path, s: &mut Sources) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+            continue;
+        }
+        if p.is_dir() {
+            walk(root, &p, s)?;
+        } else {
+            let prefix = p
+                .parent()
+                .and_then(|d| d.strip_prefix(root).ok())
+                .map(|rel| {
+                    rel.components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            add_file(&p, prefix, s, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn add_file(p: &Path, prefix: Vec<String>, s: &mut Sources, explicit: bool) -> anyhow::Result<()> {
+    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "rego" => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            s.policies.push((p.to_path_buf(), text));
+        }
+        "json" | "yaml" | "yml" => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            s.data.push((p.to_path_buf(), prefix, text));
+        }
+        _ if explicit => {
+            return Err(anyhow!(
+                "{}: unsupported file type (expected .rego, .json, .yaml or .yml)",
+                p.display()
+            ))
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `eval_rule`: the decision path names a rule (the fast path).
+    Rule,
+    /// `eval_query`: the decision path names a package, data, or nothing (undefined).
+    Query,
+}
+
+/// One compiled generation of policies and data, ready to evaluate.
+pub struct PolicySet {
+    generation: u64,
+    engine: Engine,
+    rule: String,
+    mode: Mode,
+    files: Vec<PathBuf>,
+    packages: Vec<String>,
+    compile_ns: u64,
+}
+
+impl fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("generation", &self.generation)
+            .field("rule", &self.rule)
+            .field("files", &self.files)
+            .field("packages", &self.packages)
+            .finish()
+    }
+}
+
+/// Errors from [`PolicySet::eval`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvalError {
+    /// The decision is undefined (OPA: `undefined decision`).
+    Undefined,
+    /// Several results (only possible for query-mode paths).
+    Multiple,
+    /// regorus reported an error while evaluating.
+    Eval(String),
+}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EvalError::Undefined => f.write_str("undefined decision"),
+            EvalError::Multiple => f.write_str("multiple evaluation results"),
+            EvalError::Eval(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for EvalError {}
+
+thread_local! {
+    static WORKER: RefCell<Option<(u64, Engine)>> = const { RefCell::new(None) };
+}
+
+fn is_not_a_rule(e: &anyhow::Error) -> bool {
+    let t = format!("{e:#}");
+    t.contains("not a valid rule path") || t.contains("not a valid rule")
+}
+
+impl PolicySet {
+    /// Reads, compiles and test-evaluates the policies and data named by `paths`.
+    ///
+    /// The error text names the file and line of the first problem (`policy.rego:7:5: …`).
+    pub fn load(paths: &[PathBuf], version: RegoVersion, decision_path: &str) -> anyhow::Result<Self> {
+        let sources = Sources::read(paths)?;
+        Self::compile(&sources, version, decision_path)
+    }
+
+    /// Compiles already-read sources (see [`Sources::read`]).
+    pub fn compile(sources: &Sources, version: RegoVersion, decision_path: &str) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let mut engine = Engine::new();
+        engine.set_strict_builtin_errors(false);
+        let mut packages = Vec::new();
+        for (path, text) in &sources.policies {
+            let v1 = match version {
+                RegoVersion::V1 => true,
+                RegoVersion::V0 => false,
+                RegoVersion::Auto => detect_v1(text),
+            };
+            engine.set_rego_v0(!v1);
+            let pkg = engine
+                .add_policy(path.display().to_string(), text.clone())
+                .map_err(|e| anyhow!("{}", tidy(&e, path)))?;
+            packages.push(pkg);
+        }
+        for (path, prefix, text) in &sources.data {
+            let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+            let mut v = if is_json {
+                Value::from_json_str(text)
+            } else {
+                Value::from_yaml_str(text)
+            }
+            .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
+            for seg in prefix.iter().rev() {
+                let mut o = regorus::value::Object::new();
+                o.insert(Value::from(seg.as_str()), v);
+                v = o.into_value();
+            }
+            if !matches!(v, Value::Object(_)) {
+                return Err(anyhow!("{}: data file must hold an object", path.display()));
+            }
+            engine.add_data(v).map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
+        }
+        let rule = rule_ref(decision_path);
+        // Test evaluation: prepares the engine (analysis, scheduling, rule gathering) and
+        // surfaces errors that regorus only finds at evaluation, e.g. unsafe variables.
+        engine.set_input(Value::new_object());
+        let mode = match engine.eval_rule(rule.clone()) {
+            Ok(_) => Mode::Rule,
+            Err(e) if is_not_a_rule(&e) => {
+                engine
+                    .eval_query(rule.clone(), false)
+                    .map_err(|e| anyhow!("{}", tidy(&e, Path::new(""))))?;
+                Mode::Query
+            }
+            Err(e) => return Err(anyhow!("{}", tidy(&e, Path::new("")))),
+        };
+        if mode == Mode::Query {
+            tracing::warn!(
+                path = decision_path,
+                "decision path {rule} is not a rule in the loaded policies; it is evaluated as a query"
+            );
+        }
+        Ok(PolicySet {
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            engine,
+            rule,
+            mode,
+            files: sources.policies.iter().map(|p| p.0.clone()).collect(),
+            packages,
+            compile_ns: started.elapsed().as_nanos() as u64,
+        })
+    }
+
+    /// A process-wide unique id of this generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The Rego reference evaluated for decisions, e.g. `data.envoy.authz.allow`.
+    pub fn rule(&self) -> &str {
+        &self.rule
+    }
+
+    /// The policy files of this generation.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Package names, one per policy file.
+    pub fn packages(&self) -> &[String] {
+        &self.packages
+    }
+
+    /// How long loading and compiling took, in nanoseconds.
+    pub fn compile_ns(&self) -> u64 {
+        self.compile_ns
+    }
+
+    /// Evaluates the decision path against `input`. Lock-free: uses this thread's clone of the
+    /// engine for this generation.
+    pub fn eval(&self, input: Value) -> Result<Value, EvalError> {
+        let mode = self.mode;
+        let rule = &self.rule;
+        self.with_engine(|e| {
+            e.set_input(input);
+            match mode {
+                Mode::Rule => match e.eval_rule(rule.clone()) {
+                    Ok(Value::Undefined) => Err(EvalError::Undefined),
+                    Ok(v) => Ok(v),
+                    Err(err) if is_not_a_rule(&err) => Err(EvalError::Undefined),
+                    Err(err) => Err(EvalError::Eval(first_line(&tidy(&err, Path::new(""))).to_string())),
+                },
+                Mode::Query => query_value(e, rule),
+            }
+        })
+    }
+
+    /// Evaluates any `data` reference (REST API): `Ok(None)` when undefined.
+    pub fn query(&self, reference: &str, input: Option<Value>) -> Result<Option<Value>, EvalError> {
+        self.with_engine(|e| {
+            e.set_input(input.unwrap_or(Value::Undefined));
+            match query_value(e, reference) {
+                Ok(v) => Ok(Some(v)),
+                Err(EvalError::Undefined) => Ok(None),
+                Err(x) => Err(x),
+            }
+        })
+    }
+
+    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
+        WORKER.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut slot) => {
+                if slot.as_ref().map(|(g, _)| *g) != Some(self.generation) {
+                    *slot = Some((self.generation, self.engine.clone()));
+                }
+                let (_, e) = slot.as_mut().expect("just set");
+                f(e)
+            }
+            // Re-entrant use on this thread (not expected): use a throw-away clone.
+            Err(_) => f(&mut self.engine.clone()),
+        })
+    }
+}
+
+fn query_value(e: &mut Engine, reference: &str) -> Result<Value, EvalError> {
+    let r = e
+        .eval_query(reference.to_string(), false)
+        .map_err(|err| EvalError::Eval(first_line(&tidy(&err, Path::new(""))).to_string()))?;
+    match r.result.len() {
+        0 => Err(EvalError::Undefined),
+        1 => match r.result[0].expressions.first().map(|x| &x.value) {
+            None | Some(Value::Undefined) => Err(EvalError::Undefined),
+            Some(v) => Ok(v.clone()),
+        },
+        _ => Err(EvalError::Multiple),
+    }
+}
+
+/// regorus error text reshaped as `file:line:col: message`, followed by regorus' source excerpt;
+/// the file is named in front when regorus did not name it.
+fn tidy(e: &anyhow::Error, path: &Path) -> String {
+    let t = format!("{e:#}");
+    let t = t.trim();
+    let mut location = None;
+    let mut message = None;
+    let mut excerpt = Vec::new();
+    for line in t.lines() {
+        let l = line.trim_start();
+        if location.is_none() && l.starts_with("--> ") {
+            location = Some(l[4..].trim().to_string());
+        } else if message.is_none() && l.starts_with("error: ") {
+            message = Some(l[7..].trim().to_string());
+        } else if !l.is_empty() {
+            excerpt.push(line);
+        }
+    }
+    let mut out = match (location, message) {
+        (Some(loc), Some(msg)) => {
+            let mut o = format!("{loc}: {msg}");
+            if !excerpt.is_empty() {
+                o.push('\n');
+                o.push_str(&excerpt.join("\n"));
+            }
+            o
+        }
+        _ => t.to_string(),
+    };
+    let name = path.display().to_string();
+    if !name.is_empty() && !out.contains(&name) {
+        out = format!("{name}: {out}");
+    }
+    out
+}
+
+/// The first line of an error text (for gRPC messages and logs).
+pub fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection() {
+        assert!(!detect_v1("package a\nallow = true { input.x }\n"));
+        assert!(detect_v1("package a\nallow := true if { input.x }\n"));
+        assert!(detect_v1("package a\nimport rego.v1\nallow = true { input.x }\n"));
+        assert!(!detect_v1("package a\nimport future.keywords.if\nallow if { input.x }\n"));
+        assert!(!detect_v1("package a\n# if you like\nallow { input.x == \"if\" }\n"));
+        assert!(detect_v1("package a\ndeny contains msg if { msg := \"x\" }\n"));
+    }
+
+    #[test]
+    fn rule_refs() {
+        assert_eq!(rule_ref("envoy/authz/allow"), "data.envoy.authz.allow");
+        assert_eq!(rule_ref("/a/b-c/0"), "data.a[\"b-c\"][0]");
+        assert_eq!(rule_ref(""), "data");
+    }
+
+    fn sources(name: &str, text: &str) -> Sources {
+        Sources { policies: vec![(PathBuf::from(name), text.to_string())], data: vec![] }
+    }
+
+    #[test]
+    fn parse_error_names_file_and_line() {
+        let err = PolicySet::compile(
+            &sources("dir/broken.rego", "package x\n\nallow = true {\n  input.a ==\n}\n"),
+            RegoVersion::Auto,
+            "x/allow",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("dir/broken.rego:3:14: expecting }"), "{err}");
+    }
+
+    #[test]
+    fn unsafe_var_is_a_load_error() {
+        let err = PolicySet::compile(
+            &sources("u.rego", "package x\n\nallow = true {\n  y == 1\n}\n"),
+            RegoVersion::V0,
+            "x/allow",
+        )
+        .unwrap_err()
+        .to_string();
+        eprintln!("{err}");
+        assert!(err.contains("u.rego:4"), "{err}");
+    }
+
+    #[test]
+    fn eval_rule_and_query_modes() {
+        let p = PolicySet::compile(
+            &sources("p.rego", "package x\ndefault allow = false\nallow { input.a == 1 }\n"),
+            RegoVersion::Auto,
+            "x/allow",
+        )
+        .unwrap();
+        let mut o = regorus::value::Object::new();
+        o.insert(Value::from("a"), Value::from(1u64));
+        assert_eq!(p.eval(o.into_value()).unwrap(), Value::from(true));
+        assert_eq!(p.eval(Value::new_object()).unwrap(), Value::from(false));
+        let q = PolicySet::compile(&sources("p.rego", "package x\nallow { input.a == 1 }\n"), RegoVersion::V0, "x/missing")
+            .unwrap();
+        assert_eq!(q.eval(Value::new_object()), Err(EvalError::Undefined));
+        assert_eq!(p.query("data.x.nothing", None).unwrap(), None);
+    }
+}
