@@ -7,6 +7,7 @@
 //! `admin` and `stats`.
 
 pub mod body;
+pub mod router;
 pub mod stats;
 
 pub mod cli {

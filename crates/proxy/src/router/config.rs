@@ -1,0 +1,896 @@
+//! The compiled route table: virtual host selection, route matching and route actions, built
+//! once from the validated config (the data path never sees YAML).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use regex::Regex;
+use sluice_config::core::{HeaderAppendAction, HeaderValueOption, StringMatcher, StringPattern};
+use sluice_config::ext_authz::ExtAuthzPerRoute;
+use sluice_config::route as cfg;
+
+/// A route table (`route_config`).
+#[derive(Debug)]
+pub struct RouteTable {
+    pub name: String,
+    exact: HashMap<String, usize>,
+    /// `*.suffix` / `*-suffix` domains, stored without the `*`, longest first.
+    suffixes: Vec<(String, usize)>,
+    /// `prefix.*` domains, stored without the `*`, longest first.
+    prefixes: Vec<(String, usize)>,
+    wildcard: Option<usize>,
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+    pub per_filter: PerFilterConfigs,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    pub routes: Vec<Arc<Route>>,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+    pub per_filter: PerFilterConfigs,
+    pub require_tls: Option<cfg::TlsRequirementType>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Option<String>,
+    matcher: RouteMatcher,
+    pub action: Action,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+    pub per_filter: PerFilterConfigs,
+}
+
+/// Per-filter route configuration (`typed_per_filter_config`) that sluice understands.
+#[derive(Debug, Default, Clone)]
+pub struct PerFilterConfigs {
+    pub ext_authz: Option<Arc<ExtAuthzPerRoute>>,
+}
+
+impl PerFilterConfigs {
+    fn build(map: &cfg::TypedPerFilterConfig) -> Self {
+        let mut out = PerFilterConfigs::default();
+        for value in map.values() {
+            match value {
+                cfg::PerFilterConfig::ExtAuthz(e) => out.ext_authz = Some(Arc::new(e.clone())),
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Forward(Forward),
+    Redirect(Redirect),
+    Direct { status: u16, body: Option<Bytes> },
+}
+
+#[derive(Debug)]
+pub enum ClusterSpecifier {
+    Name(Arc<str>),
+    Header(HeaderName),
+    /// (cluster, cumulative weight upper bound); total weight.
+    Weighted(Vec<(Arc<str>, u64)>, u64),
+}
+
+#[derive(Debug)]
+pub struct Forward {
+    pub cluster: ClusterSpecifier,
+    pub cluster_not_found_status: u16,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub host_rewrite: Option<HeaderValue>,
+    pub host_rewrite_header: Option<HeaderName>,
+    pub append_x_forwarded_host: bool,
+    pub timeout: Option<Duration>,
+    /// The value of `x-envoy-expected-rq-timeout-ms`, precomputed.
+    pub timeout_header: Option<HeaderValue>,
+    pub idle_timeout: Option<Duration>,
+    pub hash_policies: Vec<HashPolicy>,
+}
+
+#[derive(Debug)]
+pub enum HashPolicy {
+    Header { name: HeaderName, terminal: bool },
+    Cookie { name: String, ttl: Option<Duration>, path: Option<String>, terminal: bool },
+    SourceIp { terminal: bool },
+    QueryParameter { name: String, terminal: bool },
+}
+
+#[derive(Debug)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub status: u16,
+    pub strip_query: bool,
+}
+
+#[derive(Debug)]
+enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    SeparatedPrefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+struct RouteMatcher {
+    path: PathMatch,
+    case_sensitive: bool,
+    headers: Vec<HeaderMatcher>,
+    query: Vec<QueryMatcher>,
+    grpc: bool,
+}
+
+#[derive(Debug)]
+enum ValueMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Regex(Regex),
+    Present(bool),
+    Range(i64, i64),
+}
+
+#[derive(Debug)]
+struct StrMatch {
+    kind: ValueMatch,
+    ignore_case: bool,
+}
+
+impl StrMatch {
+    fn build(m: &StringMatcher) -> Result<Self, String> {
+        let kind = match m.pattern().ok_or("string matcher needs exactly one pattern")? {
+            StringPattern::Exact(s) => ValueMatch::Exact(s.to_string()),
+            StringPattern::Prefix(s) => ValueMatch::Prefix(s.to_string()),
+            StringPattern::Suffix(s) => ValueMatch::Suffix(s.to_string()),
+            StringPattern::Contains(s) => ValueMatch::Contains(s.to_string()),
+            StringPattern::Regex(r) => ValueMatch::Regex(full_regex(r)?),
+        };
+        Ok(StrMatch { kind, ignore_case: m.ignore_case })
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        let eq = |a: &str, b: &str| if self.ignore_case { a.eq_ignore_ascii_case(b) } else { a == b };
+        match &self.kind {
+            ValueMatch::Exact(s) => eq(value, s),
+            ValueMatch::Prefix(s) => value.len() >= s.len() && value.is_char_boundary(s.len()) && eq(&value[..s.len()], s),
+            ValueMatch::Suffix(s) => {
+                value.len() >= s.len()
+                    && value.is_char_boundary(value.len() - s.len())
+                    && eq(&value[value.len() - s.len()..], s)
+            }
+            ValueMatch::Contains(s) => {
+                if self.ignore_case {
+                    value.to_ascii_lowercase().contains(&s.to_ascii_lowercase())
+                } else {
+                    value.contains(s.as_str())
+                }
+            }
+            ValueMatch::Regex(r) => r.is_match(value),
+            ValueMatch::Present(p) => *p,
+            ValueMatch::Range(start, end) => value.parse::<i64>().is_ok_and(|v| v >= *start && v < *end),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct HeaderMatcher {
+    name: HeaderName,
+    matcher: StrMatch,
+    invert: bool,
+    missing_as_empty: bool,
+}
+
+#[derive(Debug)]
+struct QueryMatcher {
+    name: String,
+    matcher: Option<StrMatch>,
+    present: bool,
+}
+
+/// An RE2-style pattern that must match the whole input.
+pub fn full_regex(pattern: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| e.to_string())
+}
+
+/// Compiled `*_headers_to_add` / `*_headers_to_remove`.
+#[derive(Debug, Default, Clone)]
+pub struct HeaderMutations {
+    pub add: Vec<(HeaderName, HeaderValue, HeaderAppendAction)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderMutations {
+    fn build(add: &[HeaderValueOption], remove: &[String]) -> Result<Self, String> {
+        let mut out = HeaderMutations::default();
+        for opt in add {
+            let name = HeaderName::from_bytes(opt.header.key.to_ascii_lowercase().as_bytes())
+                .map_err(|_| format!("invalid header name \"{}\"", opt.header.key))?;
+            let raw = opt.header.raw_value.as_deref().unwrap_or(&opt.header.value);
+            let value = HeaderValue::from_str(raw).map_err(|_| format!("invalid header value \"{raw}\""))?;
+            if value.is_empty() && !opt.keep_empty_value {
+                continue;
+            }
+            out.add.push((name, value, opt.action()));
+        }
+        for r in remove {
+            let name = HeaderName::from_bytes(r.to_ascii_lowercase().as_bytes())
+                .map_err(|_| format!("invalid header name \"{r}\""))?;
+            out.remove.push(name);
+        }
+        Ok(out)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Apply to a header map: removals first, then additions in order.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value, action) in &self.add {
+            match action {
+                HeaderAppendAction::AppendIfExistsOrAdd => {
+                    headers.append(name.clone(), value.clone());
+                }
+                HeaderAppendAction::AddIfAbsent => {
+                    if !headers.contains_key(name) {
+                        headers.insert(name.clone(), value.clone());
+                    }
+                }
+                HeaderAppendAction::OverwriteIfExistsOrAdd => {
+                    // Envoy removes the old copies and appends the new value at the end.
+                    headers.remove(name);
+                    headers.append(name.clone(), value.clone());
+                }
+                HeaderAppendAction::OverwriteIfExists => {
+                    if headers.contains_key(name) {
+                        headers.remove(name);
+                        headers.append(name.clone(), value.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The result of routing one request.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub vhost: usize,
+    pub route: Arc<Route>,
+}
+
+impl RouteTable {
+    /// Compile a route table. Errors carry a path relative to the route config.
+    pub fn build(rc: &cfg::RouteConfiguration) -> Result<RouteTable, (String, String)> {
+        let mut table = RouteTable {
+            name: rc.name.clone().unwrap_or_default(),
+            exact: HashMap::new(),
+            suffixes: Vec::new(),
+            prefixes: Vec::new(),
+            wildcard: None,
+            virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
+            request_headers: HeaderMutations::build(&rc.request_headers_to_add, &rc.request_headers_to_remove)
+                .map_err(|e| ("request_headers_to_add".to_string(), e))?,
+            response_headers: HeaderMutations::build(&rc.response_headers_to_add, &rc.response_headers_to_remove)
+                .map_err(|e| ("response_headers_to_add".to_string(), e))?,
+            per_filter: PerFilterConfigs::build(&rc.typed_per_filter_config),
+        };
+        for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
+            let vpath = format!("virtual_hosts[{vi}]");
+            for domain in &vh.domains {
+                let d = domain.to_ascii_lowercase();
+                if d == "*" {
+                    table.wildcard.get_or_insert(vi);
+                } else if let Some(suffix) = d.strip_prefix('*') {
+                    table.suffixes.push((suffix.to_string(), vi));
+                } else if let Some(prefix) = d.strip_suffix('*') {
+                    table.prefixes.push((prefix.to_string(), vi));
+                } else {
+                    table.exact.entry(d).or_insert(vi);
+                }
+            }
+            let mut routes = Vec::with_capacity(vh.routes.len());
+            for (ri, r) in vh.routes.iter().enumerate() {
+                let rpath = format!("{vpath}.routes[{ri}]");
+                routes.push(Arc::new(Route::build(r).map_err(|(p, e)| (join(&rpath, &p), e))?));
+            }
+            table.virtual_hosts.push(VirtualHost {
+                name: vh.name.clone(),
+                routes,
+                request_headers: HeaderMutations::build(&vh.request_headers_to_add, &vh.request_headers_to_remove)
+                    .map_err(|e| (format!("{vpath}.request_headers_to_add"), e))?,
+                response_headers: HeaderMutations::build(&vh.response_headers_to_add, &vh.response_headers_to_remove)
+                    .map_err(|e| (format!("{vpath}.response_headers_to_add"), e))?,
+                per_filter: PerFilterConfigs::build(&vh.typed_per_filter_config),
+                require_tls: vh.require_tls,
+            });
+        }
+        // Longest wildcard wins; ties keep config order (stable sort).
+        table.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(table)
+    }
+
+    /// Envoy's virtual host selection: exact, then `*.suffix` (longest), then `prefix.*`
+    /// (longest), then `*`. `host` must already be lower-case.
+    pub fn select_vhost(&self, host: &str) -> Option<usize> {
+        if let Some(i) = self.exact.get(host) {
+            return Some(*i);
+        }
+        for (suffix, i) in &self.suffixes {
+            // The wildcard never matches the empty string.
+            if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                return Some(*i);
+            }
+        }
+        for (prefix, i) in &self.prefixes {
+            if host.len() > prefix.len() && host.starts_with(prefix.as_str()) {
+                return Some(*i);
+            }
+        }
+        self.wildcard
+    }
+
+    /// Route a request: vhost by host, then the first matching route.
+    pub fn route(&self, host: &str, path_and_query: &str, headers: &HeaderMap) -> Option<Selected> {
+        let vhost = self.select_vhost(host)?;
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let route = self.virtual_hosts[vhost]
+            .routes
+            .iter()
+            .find(|r| r.matcher.matches(path, query, headers))?;
+        Some(Selected { vhost, route: route.clone() })
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    if b.is_empty() {
+        a.to_string()
+    } else {
+        format!("{a}.{b}")
+    }
+}
+
+impl Route {
+    fn build(r: &cfg::Route) -> Result<Route, (String, String)> {
+        let m = &r.match_;
+        let path = match m.path_specifier().ok_or(("match".to_string(), "exactly one path specifier required".to_string()))? {
+            cfg::PathSpecifier::Prefix(p) => PathMatch::Prefix(p.to_string()),
+            cfg::PathSpecifier::Path(p) => PathMatch::Exact(p.to_string()),
+            cfg::PathSpecifier::PathSeparatedPrefix(p) => PathMatch::SeparatedPrefix(p.to_string()),
+            cfg::PathSpecifier::SafeRegex(re) => {
+                let re = if m.case_sensitive() { re.to_string() } else { format!("(?i){re}") };
+                PathMatch::Regex(full_regex(&re).map_err(|e| ("match.safe_regex".to_string(), e))?)
+            }
+        };
+        let mut headers = Vec::new();
+        for (i, h) in m.headers.iter().enumerate() {
+            headers.push(header_matcher(h).map_err(|e| (format!("match.headers[{i}]"), e))?);
+        }
+        let mut query = Vec::new();
+        for (i, q) in m.query_parameters.iter().enumerate() {
+            let matcher = match &q.string_match {
+                Some(s) => Some(StrMatch::build(s).map_err(|e| (format!("match.query_parameters[{i}]"), e))?),
+                None => None,
+            };
+            query.push(QueryMatcher { name: q.name.clone(), matcher, present: q.present_match.unwrap_or(false) });
+        }
+        let matcher = RouteMatcher { path, case_sensitive: m.case_sensitive(), headers, query, grpc: m.grpc.is_some() };
+        let action = match r.kind().ok_or(("".to_string(), "exactly one of route, redirect, direct_response required".to_string()))? {
+            cfg::RouteKind::Forward(a) => Action::Forward(Forward::build(a).map_err(|(p, e)| (join("route", &p), e))?),
+            cfg::RouteKind::Redirect(a) => Action::Redirect(Redirect::build(a).map_err(|(p, e)| (join("redirect", &p), e))?),
+            cfg::RouteKind::DirectResponse(d) => {
+                let body = match &d.body {
+                    Some(ds) => Some(Bytes::from(ds.load().map_err(|e| ("direct_response.body".to_string(), e))?)),
+                    None => None,
+                };
+                Action::Direct { status: d.status as u16, body }
+            }
+        };
+        Ok(Route {
+            name: r.name.clone(),
+            matcher,
+            action,
+            request_headers: HeaderMutations::build(&r.request_headers_to_add, &r.request_headers_to_remove)
+                .map_err(|e| ("request_headers_to_add".to_string(), e))?,
+            response_headers: HeaderMutations::build(&r.response_headers_to_add, &r.response_headers_to_remove)
+                .map_err(|e| ("response_headers_to_add".to_string(), e))?,
+            per_filter: PerFilterConfigs::build(&r.typed_per_filter_config),
+        })
+    }
+
+    /// The forward action, if this route forwards.
+    pub fn forward(&self) -> Option<&Forward> {
+        match &self.action {
+            Action::Forward(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+fn header_matcher(h: &cfg::HeaderMatcher) -> Result<HeaderMatcher, String> {
+    let name = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("invalid header name \"{}\"", h.name))?;
+    let plain = |kind| StrMatch { kind, ignore_case: false };
+    let matcher = if let Some(s) = &h.string_match {
+        StrMatch::build(s)?
+    } else if let Some(s) = &h.exact_match {
+        plain(ValueMatch::Exact(s.clone()))
+    } else if let Some(s) = &h.prefix_match {
+        plain(ValueMatch::Prefix(s.clone()))
+    } else if let Some(s) = &h.suffix_match {
+        plain(ValueMatch::Suffix(s.clone()))
+    } else if let Some(s) = &h.contains_match {
+        plain(ValueMatch::Contains(s.clone()))
+    } else if let Some(r) = &h.safe_regex_match {
+        plain(ValueMatch::Regex(full_regex(&r.regex)?))
+    } else if let Some(r) = &h.range_match {
+        plain(ValueMatch::Range(r.start, r.end))
+    } else {
+        // `present_match`, or no matcher at all: presence.
+        plain(ValueMatch::Present(h.present_match.unwrap_or(true)))
+    };
+    Ok(HeaderMatcher { name, matcher, invert: h.invert_match, missing_as_empty: h.treat_missing_header_as_empty })
+}
+
+impl RouteMatcher {
+    fn matches(&self, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Prefix(p) => starts_with(path, p, self.case_sensitive),
+            PathMatch::Exact(p) => {
+                if self.case_sensitive {
+                    path == p
+                } else {
+                    path.eq_ignore_ascii_case(p)
+                }
+            }
+            PathMatch::SeparatedPrefix(p) => {
+                starts_with(path, p, self.case_sensitive)
+                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        };
+        if !path_ok {
+            return false;
+        }
+        if self.grpc
+            && !headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"))
+        {
+            return false;
+        }
+        self.headers.iter().all(|h| h.matches(headers)) && self.query.iter().all(|q| q.matches(query))
+    }
+}
+
+fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
+    if case_sensitive {
+        path.starts_with(prefix)
+    } else {
+        path.len() >= prefix.len()
+            && path.is_char_boundary(prefix.len())
+            && path[..prefix.len()].eq_ignore_ascii_case(prefix)
+    }
+}
+
+impl HeaderMatcher {
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter().peekable();
+        let result = if values.peek().is_none() {
+            match &self.matcher.kind {
+                ValueMatch::Present(p) => !*p,
+                _ if self.missing_as_empty => self.matcher.matches(""),
+                _ => {
+                    // A missing header never matches, even inverted (Envoy semantics).
+                    return false;
+                }
+            }
+        } else {
+            match &self.matcher.kind {
+                ValueMatch::Present(p) => *p,
+                _ => {
+                    // Several values are matched joined with ',' as Envoy does.
+                    let joined: String = {
+                        let parts: Vec<&str> = values.filter_map(|v| v.to_str().ok()).collect();
+                        parts.join(",")
+                    };
+                    self.matcher.matches(&joined)
+                }
+            }
+        };
+        result != self.invert
+    }
+}
+
+impl QueryMatcher {
+    fn matches(&self, query: Option<&str>) -> bool {
+        let value = query.and_then(|q| {
+            q.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == self.name).then_some(v)
+            })
+        });
+        match (&self.matcher, value) {
+            (_, None) => false,
+            (None, Some(_)) => self.present || true,
+            (Some(m), Some(v)) => m.matches(v),
+        }
+    }
+}
+
+impl Forward {
+    fn build(a: &cfg::RouteAction) -> Result<Forward, (String, String)> {
+        let cluster = if let Some(c) = &a.cluster {
+            ClusterSpecifier::Name(Arc::from(c.as_str()))
+        } else if let Some(h) = &a.cluster_header {
+            ClusterSpecifier::Header(
+                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| ("cluster_header".to_string(), format!("invalid header name \"{h}\"")))?,
+            )
+        } else if let Some(w) = &a.weighted_clusters {
+            let mut acc = 0u64;
+            let mut list = Vec::new();
+            for c in &w.clusters {
+                acc += c.weight.unwrap_or(0) as u64;
+                list.push((Arc::from(c.name.as_str()), acc));
+            }
+            ClusterSpecifier::Weighted(list, acc)
+        } else {
+            return Err((String::new(), "one of cluster, cluster_header, weighted_clusters required".into()));
+        };
+        let regex_rewrite = match &a.regex_rewrite {
+            Some(r) => Some((
+                Regex::new(&r.pattern.regex).map_err(|e| ("regex_rewrite.pattern".to_string(), e.to_string()))?,
+                envoy_substitution(&r.substitution),
+            )),
+            None => None,
+        };
+        let host_rewrite = match &a.host_rewrite_literal {
+            Some(h) => Some(HeaderValue::from_str(h).map_err(|_| ("host_rewrite_literal".to_string(), "invalid host".to_string()))?),
+            None => None,
+        };
+        let host_rewrite_header = match &a.host_rewrite_header {
+            Some(h) => Some(
+                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| ("host_rewrite_header".to_string(), "invalid header name".to_string()))?,
+            ),
+            None => None,
+        };
+        let timeout = a.timeout();
+        let hash_policies = a
+            .hash_policy
+            .iter()
+            .filter_map(|h| {
+                if let Some(hh) = &h.header {
+                    HeaderName::from_bytes(hh.header_name.to_ascii_lowercase().as_bytes())
+                        .ok()
+                        .map(|name| HashPolicy::Header { name, terminal: h.terminal })
+                } else if let Some(c) = &h.cookie {
+                    Some(HashPolicy::Cookie {
+                        name: c.name.clone(),
+                        ttl: c.ttl.map(|d| d.as_std()),
+                        path: c.path.clone(),
+                        terminal: h.terminal,
+                    })
+                } else if h.connection_properties.as_ref().is_some_and(|c| c.source_ip) {
+                    Some(HashPolicy::SourceIp { terminal: h.terminal })
+                } else {
+                    h.query_parameter
+                        .as_ref()
+                        .map(|q| HashPolicy::QueryParameter { name: q.name.clone(), terminal: h.terminal })
+                }
+            })
+            .collect();
+        Ok(Forward {
+            cluster,
+            cluster_not_found_status: match a.cluster_not_found_response_code {
+                Some(cfg::ClusterNotFoundResponseCode::NotFound) => 404,
+                Some(cfg::ClusterNotFoundResponseCode::InternalServerError) => 500,
+                _ => 503,
+            },
+            prefix_rewrite: a.prefix_rewrite.clone(),
+            regex_rewrite,
+            host_rewrite,
+            host_rewrite_header,
+            append_x_forwarded_host: a.append_x_forwarded_host,
+            timeout,
+            timeout_header: timeout.map(|t| HeaderValue::from(t.as_millis() as u64)),
+            idle_timeout: a.idle_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
+            hash_policies,
+        })
+    }
+
+    /// The upstream path after `prefix_rewrite` / `regex_rewrite`, or `None` when unchanged.
+    /// `matched_prefix` is the route's prefix (for prefix_rewrite).
+    pub fn rewrite_path(&self, route: &Route, path_and_query: &str) -> Option<String> {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let new_path = if let Some(rewrite) = &self.prefix_rewrite {
+            let matched = match &route.matcher.path {
+                PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => p.len().min(path.len()),
+                PathMatch::Regex(_) => path.len(),
+            };
+            format!("{rewrite}{}", &path[matched..])
+        } else if let Some((re, sub)) = &self.regex_rewrite {
+            re.replace_all(path, sub.as_str()).into_owned()
+        } else {
+            return None;
+        };
+        Some(match query {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        })
+    }
+}
+
+/// Envoy writes `\1` for capture groups; the regex crate wants `${1}`.
+fn envoy_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(|d| d.is_ascii_digit()) => {
+                let d = chars.next().unwrap_or('0');
+                out.push_str("${");
+                out.push(d);
+                out.push('}');
+            }
+            '$' => out.push_str("$$"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+impl Redirect {
+    fn build(a: &cfg::RedirectAction) -> Result<Redirect, (String, String)> {
+        let scheme = if a.https_redirect == Some(true) { Some("https".to_string()) } else { a.scheme_redirect.clone() };
+        let regex_rewrite = match &a.regex_rewrite {
+            Some(r) => Some((
+                Regex::new(&r.pattern.regex).map_err(|e| ("regex_rewrite.pattern".to_string(), e.to_string()))?,
+                envoy_substitution(&r.substitution),
+            )),
+            None => None,
+        };
+        Ok(Redirect {
+            scheme,
+            host: a.host_redirect.clone(),
+            port: a.port_redirect,
+            path: a.path_redirect.clone(),
+            prefix_rewrite: a.prefix_rewrite.clone(),
+            regex_rewrite,
+            status: a.response_code.unwrap_or_default().status(),
+            strip_query: a.strip_query,
+        })
+    }
+
+    /// The `location` for a request (`scheme` and `host` as the request had them).
+    pub fn location(&self, route: &Route, scheme: &str, host: &str, path_and_query: &str) -> String {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let scheme_out = self.scheme.as_deref().unwrap_or(scheme);
+        // Split the request host into name and port.
+        let (req_name, req_port) = split_host_port(host);
+        let name = self.host.as_deref().unwrap_or(req_name);
+        let port: Option<String> = match self.port {
+            Some(p) => Some(p.to_string()),
+            None if self.host.is_some() => None,
+            None => req_port.map(str::to_string),
+        };
+        // Envoy drops the port when it is the default of the new scheme (80 for http/https
+        // switching drops 80 only; 443 is kept, as observed).
+        let port = port.filter(|p| !(p == "80" && (scheme_out == "https" || scheme_out == "http") && self.port.is_none())
+            && !(p == "443" && scheme_out == "https" && self.port.is_none() && scheme == "https"));
+        let (new_path, keep_query) = if let Some(p) = &self.path {
+            // path_redirect may carry its own query, which replaces the request's.
+            match p.split_once('?') {
+                Some((pp, q)) => (format!("{pp}?{q}"), false),
+                None => (p.clone(), true),
+            }
+        } else if let Some(rewrite) = &self.prefix_rewrite {
+            let matched = match &route.matcher.path {
+                PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => p.len().min(path.len()),
+                PathMatch::Regex(_) => path.len(),
+            };
+            (format!("{rewrite}{}", &path[matched..]), true)
+        } else if let Some((re, sub)) = &self.regex_rewrite {
+            (re.replace_all(path, sub.as_str()).into_owned(), true)
+        } else {
+            (path.to_string(), true)
+        };
+        let mut out = format!("{scheme_out}://{name}");
+        if let Some(p) = port {
+            out.push(':');
+            out.push_str(&p);
+        }
+        out.push_str(&new_path);
+        if keep_query && !self.strip_query {
+            if let Some(q) = query {
+                out.push('?');
+                out.push_str(q);
+            }
+        }
+        out
+    }
+}
+
+/// `host:port` → (`host`, `Some(port)`); IPv6 literals in brackets are handled.
+pub fn split_host_port(host: &str) -> (&str, Option<&str>) {
+    if host.starts_with('[') {
+        if let Some(end) = host.find(']') {
+            let rest = &host[end + 1..];
+            return (&host[..=end], rest.strip_prefix(':'));
+        }
+        return (host, None);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (host, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(yaml: &str) -> RouteTable {
+        let rc: cfg::RouteConfiguration = serde_yaml_ng::from_str(yaml).unwrap();
+        RouteTable::build(&rc).unwrap()
+    }
+
+    const VHOSTS: &str = r#"
+name: t
+virtual_hosts:
+- {name: exact, domains: ["exact.test", "port.test:80"], routes: [{match: {prefix: "/"}, direct_response: {status: 200}}]}
+- {name: short, domains: ["*.wild.test"], routes: [{match: {prefix: "/"}, direct_response: {status: 200}}]}
+- {name: long, domains: ["*.a.wild.test"], routes: [{match: {prefix: "/"}, direct_response: {status: 200}}]}
+- {name: pre, domains: ["pre.*"], routes: [{match: {prefix: "/"}, direct_response: {status: 200}}]}
+- {name: any, domains: ["*"], routes: [{match: {prefix: "/"}, direct_response: {status: 200}}]}
+"#;
+
+    #[test]
+    fn vhost_precedence() {
+        let t = table(VHOSTS);
+        let name = |h: &str| t.select_vhost(h).map(|i| t.virtual_hosts[i].name.as_str());
+        assert_eq!(name("exact.test"), Some("exact"));
+        assert_eq!(name("x.a.wild.test"), Some("long"));
+        assert_eq!(name("b.wild.test"), Some("short"));
+        assert_eq!(name("wild.test"), Some("any"), "wildcard never matches empty");
+        assert_eq!(name("pre.foo:8080"), Some("pre"));
+        assert_eq!(name("b.wild.test:8080"), Some("any"), "port is part of the host");
+        assert_eq!(name("exact.test:8080"), Some("any"));
+        assert_eq!(name("port.test:80"), Some("exact"));
+    }
+
+    const ROUTES: &str = r#"
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - {match: {path: "/p/exact"}, direct_response: {status: 201}}
+  - {match: {path_separated_prefix: "/seg"}, direct_response: {status: 202}}
+  - {match: {safe_regex: {regex: "/re/[0-9]+"}}, direct_response: {status: 203}}
+  - {match: {prefix: "/ci", case_sensitive: false}, direct_response: {status: 204}}
+  - {match: {prefix: "/h", headers: [{name: x-a, string_match: {exact: "1"}}, {name: x-b, present_match: true}]}, direct_response: {status: 205}}
+  - {match: {prefix: "/h", headers: [{name: x-c, string_match: {prefix: "ab"}, invert_match: true}]}, direct_response: {status: 206}}
+  - {match: {prefix: "/q", query_parameters: [{name: debug, string_match: {exact: "1"}}]}, direct_response: {status: 207}}
+  - {match: {prefix: "/service/1"}, direct_response: {status: 208}}
+"#;
+
+    fn status(t: &RouteTable, path: &str, headers: &[(&str, &str)]) -> Option<u16> {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        let s = t.route("any", path, &h)?;
+        match &s.route.action {
+            Action::Direct { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn route_matchers() {
+        let t = table(ROUTES);
+        assert_eq!(status(&t, "/p/exact?x=1", &[]), Some(201));
+        assert_eq!(status(&t, "/p/exact/", &[]), None);
+        assert_eq!(status(&t, "/seg", &[]), Some(202));
+        assert_eq!(status(&t, "/seg/x", &[]), Some(202));
+        assert_eq!(status(&t, "/seg?q=1", &[]), Some(202));
+        assert_eq!(status(&t, "/segment", &[]), None);
+        assert_eq!(status(&t, "/re/123?x=1", &[]), Some(203));
+        assert_eq!(status(&t, "/re/12a", &[]), None);
+        assert_eq!(status(&t, "/CI/x", &[]), Some(204));
+        assert_eq!(status(&t, "/h", &[("x-a", "1"), ("x-b", "")]), Some(205));
+        assert_eq!(status(&t, "/h", &[("x-a", "1"), ("x-c", "zz")]), Some(206));
+        assert_eq!(status(&t, "/h", &[("x-c", "abc")]), None);
+        assert_eq!(status(&t, "/q?a=2&debug=1", &[]), Some(207));
+        assert_eq!(status(&t, "/q?debug=2", &[]), None);
+        assert_eq!(status(&t, "/service/10", &[]), Some(208), "prefix has no segment boundary");
+        assert_eq!(status(&t, "/Service/1", &[]), None, "case sensitive by default");
+        assert_eq!(status(&t, "/service/%31", &[]), None, "no percent decoding");
+    }
+
+    #[test]
+    fn rewrites_and_redirects() {
+        let t = table(
+            r#"
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - {match: {prefix: "/rw/"}, route: {cluster: c, prefix_rewrite: "/service/1/"}}
+  - {match: {prefix: "/rx/"}, route: {cluster: c, regex_rewrite: {pattern: {regex: "^/rx/([a-z]+)$"}, substitution: "/svc/\\1"}}}
+  - {match: {prefix: "/https"}, redirect: {https_redirect: true}}
+  - {match: {prefix: "/other"}, redirect: {host_redirect: x.test, prefix_rewrite: "/new", response_code: FOUND}}
+"#,
+        );
+        let h = HeaderMap::new();
+        let s = t.route("a", "/rw/abc?echo=1", &h).unwrap();
+        assert_eq!(s.route.forward().unwrap().rewrite_path(&s.route, "/rw/abc?echo=1").as_deref(), Some("/service/1/abc?echo=1"));
+        let s = t.route("a", "/rx/abc?q", &h).unwrap();
+        assert_eq!(s.route.forward().unwrap().rewrite_path(&s.route, "/rx/abc?q").as_deref(), Some("/svc/abc?q"));
+        let s = t.route("a", "/https/x?a=1", &h).unwrap();
+        let Action::Redirect(r) = &s.route.action else { panic!() };
+        assert_eq!(r.location(&s.route, "http", "a:19900", "/https/x?a=1"), "https://a:19900/https/x?a=1");
+        assert_eq!(r.location(&s.route, "http", "a:80", "/https/x"), "https://a/https/x");
+        assert_eq!(r.status, 301);
+        let s = t.route("a", "/other/tail?a=1", &h).unwrap();
+        let Action::Redirect(r) = &s.route.action else { panic!() };
+        assert_eq!(r.location(&s.route, "http", "a:1", "/other/tail?a=1"), "http://x.test/new/tail?a=1");
+        assert_eq!(r.status, 302);
+    }
+
+    #[test]
+    fn header_mutations_follow_append_actions() {
+        let muts = HeaderMutations::build(
+            &serde_yaml_ng::from_str::<Vec<HeaderValueOption>>(
+                r#"
+- {header: {key: x-over, value: new}, append: false}
+- {header: {key: x-app, value: two}}
+- {header: {key: x-absent, value: v}, append_action: ADD_IF_ABSENT}
+"#,
+            )
+            .unwrap(),
+            &["x-gone".to_string()],
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-over", HeaderValue::from_static("old"));
+        h.insert("x-app", HeaderValue::from_static("one"));
+        h.insert("x-absent", HeaderValue::from_static("kept"));
+        h.insert("x-gone", HeaderValue::from_static("1"));
+        muts.apply(&mut h);
+        assert_eq!(h.get_all("x-over").iter().collect::<Vec<_>>(), vec!["new"]);
+        assert_eq!(h.get_all("x-app").iter().collect::<Vec<_>>(), vec!["one", "two"]);
+        assert_eq!(h.get_all("x-absent").iter().collect::<Vec<_>>(), vec!["kept"]);
+        assert!(!h.contains_key("x-gone"));
+    }
+}

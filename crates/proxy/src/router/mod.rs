@@ -1,0 +1,4 @@
+//! Routing: the compiled route table (`config`) and the router filter that forwards to upstream
+//! clusters (`router`).
+
+pub mod config;
