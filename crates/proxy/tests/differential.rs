@@ -598,17 +598,25 @@ fn mask_header(name: &str, value: &str) -> String {
 }
 
 fn render_text(bytes: &[u8]) -> String {
+    const SHOWN: usize = 4000;
     let s = String::from_utf8_lossy(bytes);
     let escaped: String = s.escape_debug().collect();
-    if escaped.len() > 400 {
-        let mut cut = 400;
-        while !escaped.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        format!("{}… ({} bytes)", &escaped[..cut], bytes.len())
-    } else {
-        escaped
+    if escaped.len() <= SHOWN {
+        return escaped;
     }
+    // Long bodies: the head, plus length and a hash of the whole so a late difference still shows.
+    let mut cut = SHOWN;
+    while !escaped.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let fnv = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    });
+    format!(
+        "{}… ({} bytes, fnv1a64 {fnv:016x})",
+        &escaped[..cut],
+        bytes.len()
+    )
 }
 
 /// A stable, line-oriented rendering; two proxies agree iff their renderings are equal.
@@ -671,6 +679,8 @@ struct Case {
     /// Raw bytes to send, in parts (sent with a pause between them).
     parts: Vec<Vec<u8>>,
     head: bool,
+    /// Sent to the admin listener instead of the HTTP listener.
+    admin: bool,
 }
 
 /// `METHOD path HTTP/1.1`, `Host: diff.test`, extra header lines, blank line.
@@ -693,7 +703,28 @@ fn case(name: &'static str, bytes: Vec<u8>) -> Case {
         name,
         parts: vec![bytes],
         head: false,
+        admin: false,
     }
+}
+
+fn admin(name: &'static str, path: &str) -> Case {
+    Case {
+        admin: true,
+        ..case(name, req_host("GET", path, "admin", &[]))
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (for admin query values).
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 fn raw(name: &'static str, s: &str) -> Case {
@@ -750,7 +781,7 @@ fn cases() -> Vec<Case> {
         // --- direct responses
         case("direct/body", get("/direct")),
         case("direct/no-body-503", get("/direct/empty")),
-        Case { name: "direct/head", parts: vec![req("HEAD", "/direct", &[])], head: true },
+        Case { name: "direct/head", parts: vec![req("HEAD", "/direct", &[])], head: true, admin: false },
         case("direct/post-with-unread-body", req("POST", "/direct", &["Content-Length: 3"]).into_iter().chain(*b"abc").collect()),
         // --- local replies
         case("local/404-no-route", get("/nothing")),
@@ -802,7 +833,42 @@ fn cases() -> Vec<Case> {
             name: "body/expect-100-continue",
             parts: vec![req("POST", "/echo/expect", &["Content-Length: 3", "Expect: 100-continue"]), b"abc".to_vec()],
             head: false,
+            admin: false,
         },
+        // --- connection handling and more parsing
+        case("conn/close-request-proxied", req("GET", "/echo/conn", &["Connection: close"])),
+        case("conn/close-request-local-404", req("GET", "/nothing", &["Connection: close"])),
+        case("conn/close-request-direct", req("GET", "/direct", &["Connection: close"])),
+        case("headers/duplicates-not-joined", req("GET", "/echo/dups", &["Cookie: a=1", "Cookie: b=2", "X-Dup: 1", "X-Dup: 2"])),
+        case("headers/empty-value", req("GET", "/echo/empty", &["X-Empty:"])),
+        case("headers/host-with-port-kept", req_host("GET", "/echo/hostport", "diff.test:80", &[])),
+        case("body/get-content-length-0", req("GET", "/echo/cl0", &["Content-Length: 0"])),
+        raw("local/400-lowercase-method", "get /echo/x HTTP/1.1\r\nHost: diff.test\r\n\r\n"),
+        raw("local/400-lowercase-version", "GET /echo/x http/1.1\r\nHost: diff.test\r\n\r\n"),
+        raw("local/400-space-before-colon", "GET /echo/x HTTP/1.1\r\nHost: diff.test\r\nX-Sp : v\r\n\r\n"),
+        case("route/double-slash-not-merged-404", get("//echo/x")),
+        case("route/dot-segments-verbatim", get("/echo/../echo/x")),
+        // --- admin (last: the stats counters reflect all the requests above)
+        admin("admin/ready", "/ready"),
+        admin("admin/listeners", "/listeners"),
+        admin("admin/listeners-json", "/listeners?format=json"),
+        admin("admin/stats-filter-server-state", "/stats?filter=server.state"),
+        admin("admin/stats-filter-json", "/stats?filter=server.state&format=json"),
+        admin(
+            "admin/stats-http-counters",
+            &format!(
+                "/stats?filter={}",
+                pct(r"^http\.diff_http\.(downstream_rq_[1-5]xx|downstream_rq_total|no_route|rq_direct_response|rq_redirect|rq_total)$")
+            ),
+        ),
+        admin(
+            "admin/stats-cluster-counters",
+            &format!(
+                "/stats?filter={}",
+                pct(r"^cluster\.(echo|empty|refused)\.(upstream_rq_total|upstream_rq_[0-9]+|upstream_cx_none_healthy|upstream_cx_connect_fail|upstream_rq_timeout)$")
+            ),
+        ),
+        admin("admin/get-on-post-endpoint-405", "/healthcheck/fail"),
     ];
     if let Ok(only) = std::env::var("DIFF_ONLY") {
         v.retain(|c| c.name.contains(&only));
@@ -852,9 +918,10 @@ fn differential_envoy_vs_sluice() {
     let mut failures: BTreeMap<&str, String> = BTreeMap::new();
     let started = Instant::now();
     for c in &cases {
-        let a = send(reference.listen_port, &c.parts, c.head)
+        let port = |p: &Proxy| if c.admin { p.admin_port } else { p.listen_port };
+        let a = send(port(&reference), &c.parts, c.head)
             .unwrap_or_else(|e| panic!("{}: cannot reach Envoy: {e}", c.name));
-        let b = send(other.listen_port, &c.parts, c.head).unwrap_or_else(|e| Response {
+        let b = send(port(&other), &c.parts, c.head).unwrap_or_else(|e| Response {
             error: Some(format!("connect: {e}")),
             ..Default::default()
         });
@@ -891,9 +958,9 @@ fn differential_envoy_vs_sluice() {
                     "(recording)",
                     format!(
                         "live Envoy answers differ from {} (after adding or changing a case, regenerate with \
-                         DIFF_AGAINST=envoy DIFF_RECORD=1 cargo test -p sluice-proxy --test differential):\n{}",
+                         DIFF_AGAINST=envoy DIFF_RECORD=1 cargo test -p sluice-proxy --test differential); - recorded, + live:\n{}",
                         answers_path.display(),
-                        line_diff(&recorded, &record, "live envoy")
+                        compact(&line_diff(&recorded, &record, "live envoy"))
                     ),
                 );
             }
@@ -916,7 +983,7 @@ fn differential_envoy_vs_sluice() {
 
     if !failures.is_empty() {
         let mut msg = format!(
-            "{} of {} cases differ between Envoy and {other_label}:\n",
+            "{} of {} cases differ between Envoy and {other_label} (or other problems below):\n",
             failures.len(),
             cases.len()
         );
@@ -926,6 +993,24 @@ fn differential_envoy_vs_sluice() {
         write!(msg, "\n{other_label} log tail:\n{}", other.guard.log_tail()).unwrap();
         panic!("{msg}");
     }
+}
+
+/// Keeps only the changed lines of a `line_diff`, each group under its `=== case` line.
+fn compact(diff: &str) -> String {
+    let mut out = String::new();
+    let mut context = "";
+    for line in diff.lines() {
+        if line.starts_with("  === ") {
+            context = line;
+        } else if line.starts_with("+ ") || line.starts_with("- ") {
+            if !context.is_empty() {
+                writeln!(out, "{context}").unwrap();
+                context = "";
+            }
+            writeln!(out, "{line}").unwrap();
+        }
+    }
+    out
 }
 
 /// Line-by-line comparison: `  ` same, `- ` Envoy only, `+ ` other only (simple LCS).
