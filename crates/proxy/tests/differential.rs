@@ -848,6 +848,13 @@ fn cases() -> Vec<Case> {
         raw("local/400-space-before-colon", "GET /echo/x HTTP/1.1\r\nHost: diff.test\r\nX-Sp : v\r\n\r\n"),
         case("route/double-slash-not-merged-404", get("//echo/x")),
         case("route/dot-segments-verbatim", get("/echo/../echo/x")),
+        case("upgrade/h2c-ignored", req("GET", "/echo/h2c", &["Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"])),
+        case("upgrade/websocket-without-connection-header", req("GET", "/echo/ws2", &["Upgrade: websocket"])),
+        case("upgrade/websocket-no-route-404", req("GET", "/nothing", &["Connection: Upgrade", "Upgrade: websocket"])),
+        case("upgrade/websocket-direct-route-403", req("GET", "/direct", &["Connection: Upgrade", "Upgrade: websocket"])),
+        case("headers/te-non-trailers-dropped", req("GET", "/echo/te", &["TE: gzip"])),
+        raw("local/501-te-identity", "GET /echo/x HTTP/1.1\r\nHost: diff.test\r\nTransfer-Encoding: identity\r\n\r\n"),
+        raw("body/get-chunked-empty", "GET /echo/chunked-empty HTTP/1.1\r\nHost: diff.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         // --- admin (last: the stats counters reflect all the requests above)
         admin("admin/ready", "/ready"),
         admin("admin/listeners", "/listeners"),
