@@ -1,0 +1,111 @@
+//! HTTP filters that run before the router, in `http_filters` order. A filter sees the request
+//! after the connection manager's header changes and either lets it continue (possibly mutated)
+//! or answers it with a local reply.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+
+use crate::body::Body;
+use crate::router::config::{PerFilterConfigs, RouteTable, Selected};
+use crate::upstream::{Cluster, ClusterManager};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a filter decided.
+pub enum FilterOutcome {
+    Continue,
+    Respond(Response<Body>),
+}
+
+/// The downstream connection as filters see it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Option<Arc<TlsInfo>>,
+}
+
+/// TLS facts of a downstream connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    pub sni: Option<String>,
+    /// The identity of the listener's own certificate (URI SAN, else DNS SAN, else subject `CN=…`).
+    pub local_principal: String,
+    /// The client certificate's identity, with mTLS.
+    pub peer_principal: Option<String>,
+    /// The client certificate (DER) with mTLS.
+    pub peer_certificate: Option<Vec<u8>>,
+    /// "HTTP/2" when ALPN chose h2.
+    pub alpn_h2: bool,
+}
+
+/// Per-request state shared between the connection manager, the filters and the router.
+pub struct FilterContext {
+    pub conn: Arc<ConnectionInfo>,
+    pub routes: Arc<RouteTable>,
+    pub selected: Selected,
+    /// The cluster the route points at, when it forwards to a known cluster.
+    pub cluster: Option<Arc<Cluster>>,
+    pub stream_id: u64,
+    pub start_time: SystemTime,
+    /// `http.<stat_prefix>.` of the connection manager.
+    pub stat_prefix: Arc<str>,
+    /// Headers to add to the downstream response (e.g. ext_authz `response_headers_to_add`).
+    pub response_headers_to_add: Vec<(HeaderName, HeaderValue)>,
+    /// Set by a filter that changed headers which may change the route.
+    pub clear_route_cache: bool,
+}
+
+impl FilterContext {
+    /// The most specific per-filter config: route, else virtual host, else route table.
+    pub fn per_filter<T>(&self, get: impl Fn(&PerFilterConfigs) -> Option<&T>) -> Option<&T> {
+        get(&self.selected.route.per_filter)
+            .or_else(|| get(&self.routes.virtual_hosts[self.selected.vhost].per_filter))
+            .or_else(|| get(&self.routes.per_filter))
+    }
+    /// All levels from least to most specific (for merging `context_extensions`).
+    pub fn per_filter_levels(&self) -> [&PerFilterConfigs; 3] {
+        [&self.routes.per_filter, &self.routes.virtual_hosts[self.selected.vhost].per_filter, &self.selected.route.per_filter]
+    }
+}
+
+/// An HTTP filter.
+pub trait HttpFilter: Send + Sync {
+    /// Runs at request headers (a filter that needs the body buffers it from `req`).
+    fn on_request<'a>(
+        &'a self,
+        req: &'a mut Request<Body>,
+        ctx: &'a mut FilterContext,
+    ) -> BoxFuture<'a, FilterOutcome>;
+}
+
+/// What filter factories may use.
+pub struct FilterFactoryContext<'a> {
+    pub clusters: &'a Arc<ClusterManager>,
+    pub stats: &'a crate::stats::Store,
+    /// `http.<stat_prefix>.`
+    pub stat_prefix: &'a str,
+    pub server_name: &'a HeaderValue,
+}
+
+/// Build the filter for one `http_filters` entry; the router (always last) yields `None`.
+pub fn build(
+    filter: &sluice_config::hcm::HttpFilter,
+    ctx: &FilterFactoryContext<'_>,
+) -> anyhow::Result<Option<Arc<dyn HttpFilter>>> {
+    use sluice_config::hcm::HttpFilterConfig;
+    let _ = ctx;
+    match filter.config() {
+        Some(HttpFilterConfig::Router(_)) => Ok(None),
+        Some(HttpFilterConfig::ExtAuthz(_)) => {
+            anyhow::bail!("envoy.filters.http.ext_authz: not available in this build yet")
+        }
+        None => anyhow::bail!("unknown HTTP filter \"{}\" without typed_config", filter.name),
+    }
+}

@@ -1,0 +1,668 @@
+//! One HTTP connection manager: everything between a decoded request and the response sent back.
+//!
+//! Request phases, in order (Envoy's): codec checks (HTTP/1.0, Host, header size) → header
+//! sanitising (hop-by-hop, `x-envoy-*` control headers) → `x-forwarded-proto` / `x-request-id` /
+//! XFF → route selection (404 when none) → upgrade check → filters (`http_filters` order) →
+//! router (direct response, redirect, or forward to a cluster).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use sluice_config::hcm::{HttpConnectionManager as HcmConfig, ServerHeaderTransformation};
+
+use crate::body::Body;
+use crate::filters::{self, ConnectionInfo, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
+use crate::http::headers;
+use crate::http::local_reply::{http_date, reset_body, LocalReply, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT, UPSTREAM_TIMEOUT};
+use crate::router::config::{Action, ClusterSpecifier, Forward, HashPolicy, RouteTable, Selected};
+use crate::stats::{Counter, Gauge, Histogram, Store};
+use crate::upstream::{Cluster, ClusterManager, LbContext, UpstreamFailure};
+
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Process-wide stream ids (Envoy's `http.id` in ext_authz is a stream id, not x-request-id).
+static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// `http.<stat_prefix>.*` handles.
+pub struct HcmStats {
+    pub prefix: Arc<str>,
+    pub downstream_rq_total: Counter,
+    pub downstream_rq_http1_total: Counter,
+    pub downstream_rq_http2_total: Counter,
+    pub downstream_rq_active: Gauge,
+    pub downstream_rq_xx: [Counter; 5],
+    pub downstream_rq_completed: Counter,
+    pub downstream_rq_time: Histogram,
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+    pub downstream_cx_http1_total: Counter,
+    pub downstream_cx_http2_total: Counter,
+    pub downstream_cx_ssl_total: Counter,
+    pub rq_total: Counter,
+    pub no_route: Counter,
+    pub no_cluster: Counter,
+    pub rq_direct_response: Counter,
+    pub rq_redirect: Counter,
+    pub downstream_rq_http1_upgrade_rejected: Counter,
+}
+
+impl HcmStats {
+    fn new(store: &Store, stat_prefix: &str) -> Self {
+        let p = format!("http.{stat_prefix}.");
+        let c = |n: &str| store.counter(format!("{p}{n}"));
+        HcmStats {
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
+            downstream_rq_active: store.gauge(format!("{p}downstream_rq_active")),
+            downstream_rq_xx: [c("downstream_rq_1xx"), c("downstream_rq_2xx"), c("downstream_rq_3xx"), c("downstream_rq_4xx"), c("downstream_rq_5xx")],
+            downstream_rq_completed: c("downstream_rq_completed"),
+            downstream_rq_time: store.histogram(format!("{p}downstream_rq_time")),
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: store.gauge(format!("{p}downstream_cx_active")),
+            downstream_cx_http1_total: c("downstream_cx_http1_total"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_cx_ssl_total: c("downstream_cx_ssl_total"),
+            rq_total: c("rq_total"),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_direct_response: c("rq_direct_response"),
+            rq_redirect: c("rq_redirect"),
+            downstream_rq_http1_upgrade_rejected: c("downstream_rq_ws_on_non_ws_route"),
+            prefix: Arc::from(p.as_str()),
+        }
+    }
+}
+
+/// Per-listener copies of the response-class counters (`listener.<addr>.http.<prefix>.downstream_rq_<N>xx`).
+pub struct ListenerHttpStats {
+    pub downstream_rq_xx: [Counter; 5],
+}
+
+impl ListenerHttpStats {
+    pub fn new(store: &Store, listener_stat_prefix: &str, stat_prefix: &str) -> Self {
+        let c = |n: u8| store.counter(format!("{listener_stat_prefix}http.{stat_prefix}.downstream_rq_{n}xx"));
+        ListenerHttpStats { downstream_rq_xx: [c(1), c(2), c(3), c(4), c(5)] }
+    }
+}
+
+/// Settings of one connection manager, resolved from config once.
+pub struct HttpConnectionManager {
+    server_name: HeaderValue,
+    server_transformation: ServerHeaderTransformation,
+    use_remote_address: bool,
+    generate_request_id: bool,
+    preserve_external_request_id: bool,
+    always_set_request_id_in_response: bool,
+    max_request_headers_bytes: usize,
+    accept_http_10: bool,
+    default_host_for_http_10: Option<String>,
+    strip_any_host_port: bool,
+    strip_matching_host_port: bool,
+    normalize_path: bool,
+    merge_slashes: bool,
+    via: Option<HeaderValue>,
+    upgrades: Vec<String>,
+    routes: Arc<RouteTable>,
+    filters: Vec<Arc<dyn HttpFilter>>,
+    clusters: Arc<ClusterManager>,
+    pub stats: HcmStats,
+}
+
+/// Everything a request needs to know about the connection it arrived on.
+pub struct StreamInfo {
+    pub conn: Arc<ConnectionInfo>,
+    pub listener_stats: Arc<ListenerHttpStats>,
+}
+
+impl HttpConnectionManager {
+    /// Build from config. Errors are `(path relative to the HCM config, message)`.
+    pub fn build(
+        cfg: &HcmConfig,
+        clusters: &Arc<ClusterManager>,
+        store: &Store,
+    ) -> Result<Self, (String, String)> {
+        let rc = cfg
+            .route_config
+            .as_ref()
+            .ok_or_else(|| ("route_config".to_string(), "a static route_config is required".to_string()))?;
+        let routes = RouteTable::build(rc).map_err(|(p, e)| (format!("route_config.{p}"), e))?;
+        let server_name = HeaderValue::from_str(cfg.server_name())
+            .map_err(|_| ("server_name".to_string(), "invalid header value".to_string()))?;
+        let stats = HcmStats::new(store, &cfg.stat_prefix);
+        let fctx = FilterFactoryContext {
+            clusters,
+            stats: store,
+            stat_prefix: &stats.prefix,
+            server_name: &server_name,
+        };
+        let mut filters = Vec::new();
+        for (i, f) in cfg.http_filters.iter().enumerate() {
+            if f.disabled {
+                continue;
+            }
+            match filters::build(f, &fctx) {
+                Ok(Some(filter)) => filters.push(filter),
+                Ok(None) => {}
+                Err(e) => return Err((format!("http_filters[{i}]"), format!("{e:#}"))),
+            }
+        }
+        Ok(HttpConnectionManager {
+            server_name,
+            server_transformation: cfg.server_header_transformation,
+            use_remote_address: cfg.use_remote_address(),
+            generate_request_id: cfg.generate_request_id(),
+            preserve_external_request_id: cfg.preserve_external_request_id,
+            always_set_request_id_in_response: cfg.always_set_request_id_in_response,
+            max_request_headers_bytes: cfg.max_request_headers_bytes(),
+            accept_http_10: cfg.accept_http_10(),
+            default_host_for_http_10: cfg.http_protocol_options.as_ref().and_then(|o| o.default_host_for_http_10.clone()),
+            strip_any_host_port: cfg.strip_any_host_port,
+            strip_matching_host_port: cfg.strip_matching_host_port,
+            normalize_path: cfg.normalize_path.unwrap_or(false),
+            merge_slashes: cfg.merge_slashes,
+            via: cfg.via.as_deref().and_then(|v| HeaderValue::from_str(v).ok()),
+            upgrades: cfg
+                .upgrade_configs
+                .iter()
+                .filter(|u| u.enabled.unwrap_or(true))
+                .map(|u| u.upgrade_type.to_ascii_lowercase())
+                .collect(),
+            routes: Arc::new(routes),
+            filters,
+            clusters: clusters.clone(),
+            stats,
+        })
+    }
+
+    pub fn server_name(&self) -> &HeaderValue {
+        &self.server_name
+    }
+
+    pub fn routes(&self) -> &Arc<RouteTable> {
+        &self.routes
+    }
+
+    /// Handle one request end to end.
+    pub async fn handle(&self, req: Request<Incoming>, info: &StreamInfo) -> Response<Body> {
+        let start = Instant::now();
+        let stats = &self.stats;
+        stats.downstream_rq_total.inc();
+        if req.version() == Version::HTTP_2 {
+            stats.downstream_rq_http2_total.inc();
+        } else {
+            stats.downstream_rq_http1_total.inc();
+        }
+        stats.downstream_rq_active.inc();
+        let req = req.map(Body::incoming);
+        let mut resp = self.process(req, info).await;
+        if resp.version() == Version::HTTP_2 {
+            // Connection-level header: not allowed on HTTP/2.
+            resp.headers_mut().remove(http::header::CONNECTION);
+        }
+        let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+        stats.downstream_rq_xx[class].inc();
+        info.listener_stats.downstream_rq_xx[class].inc();
+        stats.downstream_rq_completed.inc();
+        stats.downstream_rq_active.dec();
+        stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
+        resp
+    }
+
+    fn reply(&self, r: LocalReply) -> Response<Body> {
+        r.build(&self.server_name)
+    }
+
+    async fn process(&self, mut req: Request<Body>, info: &StreamInfo) -> Response<Body> {
+        let version = req.version();
+        let h2 = version == Version::HTTP_2;
+        // Codec-level checks.
+        if version == Version::HTTP_10 && !self.accept_http_10 {
+            return self.reply(LocalReply::new(426).body("Upgrade Required").close());
+        }
+        if version == Version::HTTP_09 || version == Version::HTTP_3 {
+            return self.reply(LocalReply::new(400).body("Bad Request").close());
+        }
+        let path_and_query = match req.uri().path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => pq.as_str().to_string(),
+            _ if req.method() == http::Method::OPTIONS && req.uri() == "*" => "*".to_string(),
+            _ if req.method() == http::Method::CONNECT => String::new(),
+            _ => return self.reply(LocalReply::new(400).body("Bad Request").close()),
+        };
+        if headers::header_bytes(req.headers(), req.method().as_str(), &path_and_query) > self.max_request_headers_bytes {
+            return self.reply(LocalReply::new(431).body("Request Header Fields Too Large").close());
+        }
+        // The authority: absolute-form URI (HTTP/1) or :authority (HTTP/2) wins over Host.
+        let host: String = match req.uri().authority() {
+            Some(a) => a.as_str().to_string(),
+            None => match req.headers().get(HOST) {
+                Some(h) => {
+                    let all: Vec<&str> = req.headers().get_all(HOST).iter().filter_map(|v| v.to_str().ok()).collect();
+                    if all.len() > 1 { all.join(",") } else { h.to_str().unwrap_or("").to_string() }
+                }
+                None if version == Version::HTTP_10 => match &self.default_host_for_http_10 {
+                    Some(h) => h.clone(),
+                    None => return self.reply(LocalReply::new(400).close()),
+                },
+                None => return self.reply(LocalReply::new(400).close()),
+            },
+        };
+        // Upstream requests always carry the authority in `host`.
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            req.headers_mut().insert(HOST, v);
+        }
+        let upgrade = if h2 { None } else { req.headers().get(http::header::UPGRADE).cloned() };
+        let headers_mut = req.headers_mut();
+        headers::strip_hop_by_hop(headers_mut);
+        headers::strip_envoy_control(headers_mut);
+
+        let scheme = if info.conn.tls.is_some() { "https" } else { "http" };
+        if self.use_remote_address {
+            headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
+            let ip = info.conn.peer.ip().to_string();
+            let xff = match headers_mut.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev},{ip}"),
+                None => ip.clone(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                headers_mut.insert(X_FORWARDED_FOR.clone(), v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&ip) {
+                headers_mut.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+            }
+        } else if !headers_mut.contains_key(&X_FORWARDED_PROTO) {
+            headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
+        }
+        let regenerate = self.use_remote_address && !self.preserve_external_request_id;
+        if self.generate_request_id && (regenerate || !headers_mut.contains_key(&X_REQUEST_ID)) {
+            headers_mut.insert(X_REQUEST_ID.clone(), headers::new_request_id());
+        }
+        if let Some(via) = &self.via {
+            headers_mut.append(http::header::VIA, via.clone());
+        }
+        let request_id = headers_mut.get(&X_REQUEST_ID).cloned();
+
+        // Route.
+        let route_path = if self.normalize_path || self.merge_slashes {
+            let (p, q) = split_query(&path_and_query);
+            let norm = headers::normalize(p, self.normalize_path, self.merge_slashes);
+            let joined = match q {
+                Some(q) => format!("{norm}?{q}"),
+                None => norm,
+            };
+            if joined != path_and_query {
+                if let Ok(uri) = Uri::try_from(joined.as_str()) {
+                    *req.uri_mut() = uri;
+                }
+            }
+            joined
+        } else {
+            path_and_query
+        };
+        let route_host = self.route_host(&host, info.conn.local);
+        let Some(selected) = self.routes.route(&route_host, &route_path, req.headers()) else {
+            self.stats.no_route.inc();
+            return self.reply(LocalReply::new(404));
+        };
+
+        if let Some(kind) = upgrade {
+            let kind = kind.to_str().unwrap_or("").to_ascii_lowercase();
+            if !self.upgrades.iter().any(|u| *u == kind) {
+                self.stats.downstream_rq_http1_upgrade_rejected.inc();
+                return self.local_with_route(LocalReply::new(403).close(), &selected);
+            }
+        }
+
+        let cluster = selected.route.forward().and_then(|f| self.resolve_cluster(f, req.headers()));
+        let mut ctx = FilterContext {
+            conn: info.conn.clone(),
+            routes: self.routes.clone(),
+            selected,
+            cluster,
+            stream_id: NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed),
+            start_time: SystemTime::now(),
+            stat_prefix: self.stats.prefix.clone(),
+            response_headers_to_add: Vec::new(),
+            clear_route_cache: false,
+        };
+        for filter in &self.filters {
+            match filter.on_request(&mut req, &mut ctx).await {
+                FilterOutcome::Continue => {}
+                FilterOutcome::Respond(mut resp) => {
+                    let h = resp.headers_mut();
+                    for (k, v) in ctx.response_headers_to_add.drain(..) {
+                        h.append(k, v);
+                    }
+                    return resp;
+                }
+            }
+            if ctx.clear_route_cache {
+                ctx.clear_route_cache = false;
+                let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+                match self.routes.route(&route_host, &pq, req.headers()) {
+                    Some(sel) => {
+                        ctx.cluster = sel.route.forward().and_then(|f| self.resolve_cluster(f, req.headers()));
+                        ctx.selected = sel;
+                    }
+                    None => {
+                        self.stats.no_route.inc();
+                        return self.reply(LocalReply::new(404));
+                    }
+                }
+            }
+        }
+
+        let mut resp = self.route_request(req, &ctx, scheme, &host, info).await;
+        let h = resp.headers_mut();
+        for (k, v) in ctx.response_headers_to_add.drain(..) {
+            h.append(k, v);
+        }
+        if self.always_set_request_id_in_response {
+            if let Some(id) = request_id {
+                h.insert(X_REQUEST_ID.clone(), id);
+            }
+        }
+        resp
+    }
+
+    /// The host used for virtual host selection: lower-case, port stripped when configured.
+    fn route_host(&self, host: &str, local: SocketAddr) -> String {
+        let lower = host.to_ascii_lowercase();
+        if self.strip_any_host_port || self.strip_matching_host_port {
+            let (name, port) = crate::router::config::split_host_port(&lower);
+            if let Some(p) = port {
+                if self.strip_any_host_port || p == local.port().to_string() {
+                    return name.to_string();
+                }
+            }
+        }
+        lower
+    }
+
+    fn resolve_cluster(&self, f: &Forward, headers: &http::HeaderMap) -> Option<Arc<Cluster>> {
+        let name: &str = match &f.cluster {
+            ClusterSpecifier::Name(n) => n,
+            ClusterSpecifier::Header(h) => headers.get(h)?.to_str().ok()?,
+            ClusterSpecifier::Weighted(list, total) => {
+                if *total == 0 {
+                    return None;
+                }
+                let pick = rand::random::<u64>() % total;
+                &list.iter().find(|(_, upper)| pick < *upper)?.0
+            }
+        };
+        self.clusters.get(name).cloned()
+    }
+
+    /// Local reply for a request that selected a route: the route's response headers go first.
+    fn local_with_route(&self, mut r: LocalReply, sel: &Selected) -> Response<Body> {
+        let mut h = http::HeaderMap::new();
+        self.apply_response_mutations(&mut h, sel);
+        for (k, v) in h.iter() {
+            r.leading.push((k.clone(), v.clone()));
+        }
+        self.reply(r)
+    }
+
+    fn apply_response_mutations(&self, h: &mut http::HeaderMap, sel: &Selected) {
+        sel.route.response_headers.apply(h);
+        self.routes.virtual_hosts[sel.vhost].response_headers.apply(h);
+        self.routes.response_headers.apply(h);
+    }
+
+    async fn route_request(
+        &self,
+        mut req: Request<Body>,
+        ctx: &FilterContext,
+        scheme: &str,
+        host: &str,
+        info: &StreamInfo,
+    ) -> Response<Body> {
+        let sel = &ctx.selected;
+        match &sel.route.action {
+            Action::Direct { status, body } => {
+                self.stats.rq_direct_response.inc();
+                let mut r = LocalReply::new(*status);
+                if let Some(b) = body {
+                    if req.method() != http::Method::HEAD {
+                        r = r.body(b.clone());
+                    }
+                }
+                self.local_with_route(r, sel)
+            }
+            Action::Redirect(redirect) => {
+                self.stats.rq_redirect.inc();
+                let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let location = redirect.location(&sel.route, scheme, host, pq);
+                let mut r = LocalReply::new(redirect.status);
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r = r.header(http::header::LOCATION, v);
+                }
+                self.local_with_route(r, sel)
+            }
+            Action::Forward(fwd) => {
+                self.stats.rq_total.inc();
+                let Some(cluster) = ctx.cluster.clone() else {
+                    self.stats.no_cluster.inc();
+                    return self.local_with_route(LocalReply::new(fwd.cluster_not_found_status), sel);
+                };
+                // Path and host rewrites.
+                let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+                if let Some(new_pq) = fwd.rewrite_path(&sel.route, &pq) {
+                    if let (Ok(uri), Ok(orig)) = (Uri::try_from(new_pq.as_str()), HeaderValue::from_str(&pq)) {
+                        *req.uri_mut() = uri;
+                        req.headers_mut().insert(X_ENVOY_ORIGINAL_PATH.clone(), orig);
+                    }
+                } else if req.uri().authority().is_some() {
+                    // Absolute-form: upstream gets origin-form.
+                    if let Ok(uri) = Uri::try_from(pq.as_str()) {
+                        *req.uri_mut() = uri;
+                    }
+                }
+                let new_host = fwd
+                    .host_rewrite
+                    .clone()
+                    .or_else(|| fwd.host_rewrite_header.as_ref().and_then(|h| req.headers().get(h).cloned()));
+                if let Some(new_host) = new_host {
+                    if fwd.append_x_forwarded_host {
+                        if let Some(old) = req.headers().get(HOST).cloned() {
+                            req.headers_mut().append(X_FORWARDED_HOST.clone(), old);
+                        }
+                    }
+                    req.headers_mut().insert(HOST, new_host);
+                }
+                let headers = req.headers_mut();
+                if let Some(t) = &fwd.timeout_header {
+                    headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), t.clone());
+                }
+                sel.route.request_headers.apply(headers);
+                self.routes.virtual_hosts[sel.vhost].request_headers.apply(headers);
+                self.routes.request_headers.apply(headers);
+                let (hash, set_cookie) = compute_hash(&fwd.hash_policies, &req, info.conn.peer);
+                let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2 };
+                *req.version_mut() = Version::HTTP_11;
+                let mut resp = self.forward(req, fwd, &cluster, &lb, sel).await;
+                if let Some(c) = set_cookie {
+                    resp.headers_mut().append(http::header::SET_COOKIE, c);
+                }
+                resp
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Body>,
+        fwd: &Forward,
+        cluster: &Arc<Cluster>,
+        lb: &LbContext,
+        sel: &Selected,
+    ) -> Response<Body> {
+        let sent = Instant::now();
+        let send = cluster.send(req, lb);
+        // The route timeout and the per-route idle timeout (before response headers).
+        let deadline = match (fwd.timeout, fwd.idle_timeout) {
+            (Some(t), Some(i)) if i < t => Some((i, true)),
+            (Some(t), _) => Some((t, false)),
+            (None, Some(i)) => Some((i, true)),
+            (None, None) => None,
+        };
+        let result = match deadline {
+            Some((d, idle)) => match tokio::time::timeout(d, send).await {
+                Ok(r) => r,
+                Err(_) => {
+                    cluster.stats().upstream_rq_timeout().inc();
+                    let (status, body) = if idle { (504, STREAM_TIMEOUT) } else { (504, UPSTREAM_TIMEOUT) };
+                    cluster.stats().charge_response(status, None);
+                    return self.local_with_route(LocalReply::new(status).body(body), sel);
+                }
+            },
+            None => send.await,
+        };
+        match result {
+            Ok(mut resp) => {
+                let elapsed_ms = sent.elapsed().as_secs_f64() * 1000.0;
+                cluster.stats().charge_response(resp.status().as_u16(), Some(elapsed_ms));
+                *resp.version_mut() = Version::HTTP_11;
+                let h = resp.headers_mut();
+                headers::strip_response_hop_by_hop(h);
+                match self.server_transformation {
+                    ServerHeaderTransformation::Overwrite => {
+                        h.insert(http::header::SERVER, self.server_name.clone());
+                    }
+                    ServerHeaderTransformation::AppendIfAbsent => {
+                        if !h.contains_key(http::header::SERVER) {
+                            h.insert(http::header::SERVER, self.server_name.clone());
+                        }
+                    }
+                    ServerHeaderTransformation::PassThrough => {}
+                }
+                h.append(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(elapsed_ms as u64));
+                self.apply_response_mutations(h, sel);
+                if !h.contains_key(http::header::DATE) {
+                    h.insert(http::header::DATE, http_date());
+                }
+                resp
+            }
+            Err(failure) => {
+                let reply = match &failure {
+                    UpstreamFailure::NoHealthyUpstream => LocalReply::new(503).body(NO_HEALTHY_UPSTREAM),
+                    UpstreamFailure::Overflow => LocalReply::new(503)
+                        .body(reset_body(failure.reset_reason()))
+                        .header(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true")),
+                    UpstreamFailure::ConnectionFailure { transport_reason: Some(reason) } => LocalReply::new(503).body(format!(
+                        "{}, transport failure reason: {reason}",
+                        reset_body(failure.reset_reason())
+                    )),
+                    _ => LocalReply::new(503).body(reset_body(failure.reset_reason())),
+                };
+                cluster.stats().charge_response(503, None);
+                self.local_with_route(reply, sel)
+            }
+        }
+    }
+}
+
+fn scheme_static(s: &str) -> &'static str {
+    if s == "https" {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+fn split_query(pq: &str) -> (&str, Option<&str>) {
+    match pq.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (pq, None),
+    }
+}
+
+/// Route `hash_policy` → the LB hash key, and a `set-cookie` when a cookie policy with a `ttl`
+/// had to generate the cookie (Envoy's behaviour).
+fn compute_hash(
+    policies: &[HashPolicy],
+    req: &Request<Body>,
+    peer: SocketAddr,
+) -> (Option<u64>, Option<HeaderValue>) {
+    let mut hash: Option<u64> = None;
+    let mut set_cookie = None;
+    let mut mix = |h: u64, terminal: bool| -> bool {
+        hash = Some(match hash {
+            Some(prev) => prev.rotate_left(1) ^ h,
+            None => h,
+        });
+        terminal
+    };
+    for policy in policies {
+        let stop = match policy {
+            HashPolicy::Header { name, terminal } => {
+                let values: Vec<&[u8]> = req.headers().get_all(name).iter().map(|v| v.as_bytes()).collect();
+                if values.is_empty() {
+                    false
+                } else {
+                    mix(key_hash(&values.join(&b","[..])), *terminal)
+                }
+            }
+            HashPolicy::Cookie { name, ttl, path, terminal } => match cookie_value(req.headers(), name) {
+                Some(v) => mix(key_hash(v.as_bytes()), *terminal),
+                None => match ttl {
+                    Some(ttl) => {
+                        // Generate a stable value from the peer address, as Envoy does.
+                        let value = format!("{:016x}", key_hash(peer.to_string().as_bytes()));
+                        let mut c = format!("{name}=\"{value}\"; Max-Age={}", ttl.as_secs());
+                        if let Some(p) = path {
+                            c.push_str(&format!("; Path={p}"));
+                        }
+                        c.push_str("; HttpOnly");
+                        set_cookie = HeaderValue::from_str(&c).ok();
+                        mix(key_hash(value.as_bytes()), *terminal)
+                    }
+                    None => false,
+                },
+            },
+            HashPolicy::SourceIp { terminal } => mix(key_hash(peer.ip().to_string().as_bytes()), *terminal),
+            HashPolicy::QueryParameter { name, terminal } => {
+                let q = req.uri().query().unwrap_or("");
+                match q.split('&').find_map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (k == name).then_some(v)
+                }) {
+                    Some(v) => mix(key_hash(v.as_bytes()), *terminal),
+                    None => false,
+                }
+            }
+        };
+        if stop {
+            break;
+        }
+    }
+    (hash, set_cookie)
+}
+
+/// The hash of a policy key (xxHash64, seed 0, as Envoy).
+fn key_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh64::xxh64(bytes, 0)
+}
+
+fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
+        c.split(';').find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then(|| v.trim_matches('"'))
+        })
+    })
+}

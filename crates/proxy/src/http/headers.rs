@@ -1,0 +1,176 @@
+//! Request/response header rules of the connection manager (what Envoy adds, strips, keeps).
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers never forwarded (plus every header named in `Connection:`).
+const HOP_BY_HOP: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
+
+/// `x-envoy-*` control headers a client may not set (the request is external): Envoy 1.40
+/// strips exactly these, and keeps other `x-envoy-*` names.
+const ENVOY_CONTROL: [&str; 19] = [
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-internal",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+    "x-envoy-upstream-stream-duration-ms",
+    "x-forwarded-client-cert",
+    "x-envoy-decorator-operation-override",
+    "x-envoy-is-timeout-retry-override",
+];
+
+/// Remove hop-by-hop headers, headers listed in `Connection:`, `te` other than `trailers`, and
+/// `expect: 100-continue` (Envoy answers the expectation itself).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()) {
+        let listed: Vec<String> = conn
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty() && s != "close" && s != "keep-alive" && s != "te")
+            .collect();
+        for name in listed {
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.remove(n);
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(http::header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(http::header::TE);
+        }
+    }
+    if headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        headers.remove(http::header::EXPECT);
+    }
+}
+
+/// Strip the control headers an external client may not set.
+pub fn strip_envoy_control(headers: &mut HeaderMap) {
+    for name in ENVOY_CONTROL {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Remove hop-by-hop headers from an upstream response before it goes downstream.
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// A new UUIDv4 request id.
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+/// Size of the header block as Envoy counts it against `max_request_headers_kb`.
+pub fn header_bytes(headers: &HeaderMap, method: &str, path: &str) -> usize {
+    let mut n = method.len() + path.len();
+    for (k, v) in headers {
+        n += k.as_str().len() + v.len();
+    }
+    n
+}
+
+/// `normalize_path` (RFC 3986 dot-segment removal) and `merge_slashes`.
+pub fn normalize(path: &str, normalize: bool, merge_slashes: bool) -> String {
+    let mut p = path.to_string();
+    if merge_slashes {
+        let mut out = String::with_capacity(p.len());
+        let mut prev_slash = false;
+        for c in p.chars() {
+            if c == '/' && prev_slash {
+                continue;
+            }
+            prev_slash = c == '/';
+            out.push(c);
+        }
+        p = out;
+    }
+    if normalize {
+        let mut segs: Vec<&str> = Vec::new();
+        let trailing = p.ends_with('/') || p.ends_with("/.") || p.ends_with("/..");
+        for seg in p.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    segs.pop();
+                }
+                s => segs.push(s),
+            }
+        }
+        let mut out = String::from("/");
+        out.push_str(&segs.join("/"));
+        if trailing && out.len() > 1 {
+            out.push('/');
+        }
+        p = out;
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("expect", HeaderValue::from_static("100-continue"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["te", "x-keep"]);
+    }
+
+    #[test]
+    fn strips_only_control_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-envoy-retry-on", HeaderValue::from_static("5xx"));
+        h.insert("x-envoy-foo", HeaderValue::from_static("1"));
+        h.insert("x-envoy-original-path", HeaderValue::from_static("/a"));
+        strip_envoy_control(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-envoy-foo", "x-envoy-original-path"]);
+    }
+
+    #[test]
+    fn path_normalization() {
+        assert_eq!(normalize("//service/./1/../2", true, true), "/service/2");
+        assert_eq!(normalize("/service/1/../2", false, false), "/service/1/../2");
+        assert_eq!(normalize("/a//b", false, true), "/a/b");
+        assert_eq!(normalize("/a/b/", true, false), "/a/b/");
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = new_request_id();
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+    }
+}

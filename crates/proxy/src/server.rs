@@ -1,0 +1,149 @@
+//! The server: builds everything from a validated snapshot, binds listeners and admin, waits for
+//! cluster warming, then serves until SIGTERM/SIGINT or `/quitquitquit`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_config::Snapshot;
+use tokio::net::TcpListener;
+
+use crate::admin::{self, AdminContext, CommandLineOptions, ListenerInfo, ServerState, State};
+use crate::listener::Listener;
+use crate::stats::Store;
+use crate::upstream::ClusterManager;
+
+/// What the command line decided.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config_path: String,
+    pub concurrency: u32,
+    pub log_level: String,
+}
+
+/// A running proxy (in-process: tests start it on port 0 and read the bound addresses).
+pub struct RunningServer {
+    pub listeners: Vec<ListenerInfo>,
+    pub admin: Option<SocketAddr>,
+    pub state: Arc<ServerState>,
+    pub stats: Store,
+    pub clusters: Arc<ClusterManager>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Resolves when the server was asked to quit (`/quitquitquit`).
+    pub async fn quit_requested(&self) {
+        self.state.quit_requested().await;
+    }
+    pub fn shutdown(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.clusters.shutdown();
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Build every listener (no binding): used by `--mode validate` too.
+pub fn build_listeners(snapshot: &Snapshot, clusters: &Arc<ClusterManager>, stats: &Store) -> anyhow::Result<Vec<Listener>> {
+    let mut out = Vec::new();
+    for (i, l) in snapshot.bootstrap.static_resources.listeners.iter().enumerate() {
+        let listener = Listener::build(l, clusters, stats)
+            .map_err(|(p, e)| anyhow::anyhow!("static_resources.listeners[{i}].{p}: {e}"))?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// Start the proxy inside the current tokio runtime.
+pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<RunningServer> {
+    let started = Instant::now();
+    let stats = Store::new();
+    let state = ServerState::new();
+    admin::register_server_stats(&stats, options.concurrency);
+    let clusters = ClusterManager::new(&snapshot.bootstrap, &stats)?;
+    let listeners = build_listeners(&snapshot, &clusters, &stats)?;
+
+    let mut tasks = Vec::new();
+    let mut infos = Vec::new();
+    let mut sockets = Vec::new();
+    for l in listeners {
+        let socket = bind(l.address).await.map_err(|e| {
+            anyhow::anyhow!("cannot bind listener '{}' to {}: {e}", l.name, l.address)
+        })?;
+        let local = socket.local_addr()?;
+        infos.push(ListenerInfo { name: l.name.clone(), address: local });
+        sockets.push((Arc::new(l), socket));
+    }
+    stats.counter("listener_manager.listener_added").add(sockets.len() as u64);
+    stats.gauge("listener_manager.total_listeners_active").set(sockets.len() as i64);
+
+    let admin_addr = match snapshot.bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(a) => {
+            let addr = a
+                .socket_address
+                .as_ref()
+                .and_then(|s| s.to_socket_addr())
+                .ok_or_else(|| anyhow::anyhow!("admin.address: an IP address and port are required"))?;
+            let socket = bind(addr).await.map_err(|e| anyhow::anyhow!("cannot bind admin to {addr}: {e}"))?;
+            Some((socket.local_addr()?, socket))
+        }
+        None => None,
+    };
+    let ctx = Arc::new(AdminContext {
+        stats: stats.clone(),
+        clusters: clusters.clone(),
+        snapshot: snapshot.clone(),
+        server: state.clone(),
+        listeners: infos.clone(),
+        options: CommandLineOptions {
+            config_path: options.config_path.clone(),
+            concurrency: options.concurrency,
+            log_level: options.log_level.clone(),
+            mode: "Serve".to_string(),
+            base_id: 0,
+            drain_time_s: 600,
+            parent_shutdown_time_s: 900,
+        },
+    });
+    let admin_local = match admin_addr {
+        Some((local, socket)) => {
+            tasks.push(tokio::spawn(admin::serve(socket, ctx.clone())));
+            Some(local)
+        }
+        None => None,
+    };
+    tasks.push(admin::spawn_stats_flush(ctx.clone(), snapshot.bootstrap.stats_flush_interval()));
+
+    // Envoy's cluster warming: listeners accept only once every cluster had its first answer.
+    state.set_state(State::Initializing);
+    clusters.initialized().await;
+    for (listener, socket) in sockets {
+        tasks.push(tokio::spawn(listener.serve(socket)));
+    }
+    stats.gauge("listener_manager.workers_started").set(1);
+    state.set_state(State::Live);
+    stats
+        .histogram("server.initialization_time_ms")
+        .record(started.elapsed().as_secs_f64() * 1000.0);
+    tracing::info!(
+        listeners = infos.len(),
+        admin = ?admin_local,
+        "all clusters initialized; serving ({} ms)",
+        started.elapsed().as_millis()
+    );
+    Ok(RunningServer { listeners: infos, admin: admin_local, state, stats, clusters, tasks })
+}
+
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}

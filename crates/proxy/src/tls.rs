@@ -1,0 +1,182 @@
+//! TLS with rustls (ring provider, no OpenSSL): downstream contexts for listeners, certificate
+//! identities ("principals") the way Envoy reports them to ext_authz.
+
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_config::core::DataSource;
+use sluice_config::tls::{DownstreamTlsContext, TlsProtocol};
+
+/// A built downstream TLS setup for one filter chain.
+pub struct DownstreamTls {
+    pub config: Arc<ServerConfig>,
+    /// Identity of the listener's certificate (`destination.principal`).
+    pub local_principal: String,
+    /// ALPN offers h2.
+    pub h2: bool,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Load PEM certificates from a DataSource.
+pub fn load_certs(ds: &DataSource) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = ds.load()?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid PEM certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate found".into());
+    }
+    Ok(certs)
+}
+
+/// Load a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) from a DataSource.
+pub fn load_key(ds: &DataSource) -> Result<PrivateKeyDer<'static>, String> {
+    let bytes = ds.load()?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| format!("invalid PEM private key: {e}"))
+}
+
+fn versions(min: Option<TlsProtocol>, max: Option<TlsProtocol>) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    // Envoy's server default: TLS 1.2 .. 1.3. rustls supports nothing older.
+    let min = min.filter(|v| *v != TlsProtocol::Auto).unwrap_or(TlsProtocol::V1_2);
+    let max = max.filter(|v| *v != TlsProtocol::Auto).unwrap_or(TlsProtocol::V1_3);
+    let mut out = Vec::new();
+    if min <= TlsProtocol::V1_2 && max >= TlsProtocol::V1_2 {
+        out.push(&rustls::version::TLS12);
+    }
+    if max >= TlsProtocol::V1_3 {
+        out.push(&rustls::version::TLS13);
+    }
+    out
+}
+
+/// Build the rustls server config of a `DownstreamTlsContext`. Errors are (relative path, message).
+pub fn downstream(ctx: &DownstreamTlsContext) -> Result<DownstreamTls, (String, String)> {
+    let common = &ctx.common_tls_context;
+    let cert = common
+        .tls_certificates
+        .first()
+        .ok_or_else(|| ("common_tls_context.tls_certificates".to_string(), "a certificate is required".to_string()))?;
+    let p = "common_tls_context.tls_certificates[0]";
+    let chain = load_certs(cert.certificate_chain.as_ref().ok_or_else(|| (p.to_string(), "certificate_chain is required".to_string()))?)
+        .map_err(|e| (format!("{p}.certificate_chain"), e))?;
+    let key = load_key(cert.private_key.as_ref().ok_or_else(|| (p.to_string(), "private_key is required".to_string()))?)
+        .map_err(|e| (format!("{p}.private_key"), e))?;
+    let local_principal = principal(&chain[0]).unwrap_or_default();
+    let params = common.tls_params.as_ref();
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions(
+            params.and_then(|p| p.tls_minimum_protocol_version),
+            params.and_then(|p| p.tls_maximum_protocol_version),
+        ))
+        .map_err(|e| ("common_tls_context.tls_params".to_string(), e.to_string()))?;
+    let require = ctx.require_client_certificate.unwrap_or(false);
+    let builder = match common.validation_context.as_ref().and_then(|v| v.trusted_ca.as_ref()) {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            let vpath = "common_tls_context.validation_context.trusted_ca";
+            for c in load_certs(ca).map_err(|e| (vpath.to_string(), e))? {
+                roots.add(c).map_err(|e| (vpath.to_string(), e.to_string()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let verifier = if require { verifier } else { verifier.allow_unauthenticated() };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| (vpath.to_string(), e.to_string()))?)
+        }
+        None if require => {
+            return Err((
+                "require_client_certificate".to_string(),
+                "requires common_tls_context.validation_context.trusted_ca".to_string(),
+            ))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| (p.to_string(), format!("certificate and private key do not form a usable pair: {e}")))?;
+    config.alpn_protocols = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let h2 = common.alpn_protocols.iter().any(|p| p == "h2");
+    Ok(DownstreamTls { config: Arc::new(config), local_principal, h2 })
+}
+
+/// Envoy's certificate identity: the first URI SAN, else the first DNS SAN, else the subject in
+/// RFC 2253 form (`CN=front-envoy`).
+pub fn principal(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        let names = &san.value.general_names;
+        if let Some(uri) = names.iter().find_map(|n| match n {
+            GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        }) {
+            return Some(uri);
+        }
+        if let Some(dns) = names.iter().find_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        }) {
+            return Some(dns);
+        }
+    }
+    Some(rfc2253(parsed.subject()))
+}
+
+/// RFC 2253: RDNs in reverse order, comma-separated, no spaces.
+pub fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let mut parts = Vec::new();
+    for rdn in name.iter_rdn() {
+        let attrs: Vec<String> = rdn
+            .iter()
+            .map(|a| {
+                let key = x509_parser::objects::oid2abbrev(a.attr_type(), x509_parser::objects::oid_registry())
+                    .map(str::to_string)
+                    .unwrap_or_else(|_| a.attr_type().to_id_string());
+                let value = a.as_str().map(str::to_string).unwrap_or_default();
+                format!("{key}={}", escape_rfc2253(&value))
+            })
+            .collect();
+        parts.push(attrs.join("+"));
+    }
+    parts.reverse();
+    parts.join(",")
+}
+
+fn escape_rfc2253(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, c) in v.chars().enumerate() {
+        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';') || (i == 0 && (c == '#' || c == ' ')) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Does an SNI name match a `server_names` entry (exact, or `*.suffix` wildcard)?
+pub fn sni_matches(pattern: &str, sni: &str) -> bool {
+    let sni = sni.to_ascii_lowercase();
+    let pattern = pattern.to_ascii_lowercase();
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        sni.len() > suffix.len() && sni.ends_with(&suffix)
+    } else {
+        sni == pattern
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_wildcards() {
+        assert!(sni_matches("a.test", "A.test"));
+        assert!(sni_matches("*.test", "x.test"));
+        assert!(!sni_matches("*.test", "test"));
+        assert!(!sni_matches("a.test", "b.test"));
+    }
+}
