@@ -855,6 +855,8 @@ fn cases() -> Vec<Case> {
         case("headers/te-non-trailers-dropped", req("GET", "/echo/te", &["TE: gzip"])),
         raw("local/501-te-identity", "GET /echo/x HTTP/1.1\r\nHost: diff.test\r\nTransfer-Encoding: identity\r\n\r\n"),
         raw("body/get-chunked-empty", "GET /echo/chunked-empty HTTP/1.1\r\nHost: diff.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        case("rewrite/client-original-path-overwritten-in-place", req("GET", "/rw/x", &["X-Envoy-Original-Path: /client", "X-After: 1"])),
+        case("rewrite/client-original-host-overwritten-in-place", req("GET", "/hostrw/x", &["X-Envoy-Original-Host: client", "X-After: 1"])),
         // --- admin (last: the stats counters reflect all the requests above)
         admin("admin/ready", "/ready"),
         admin("admin/listeners", "/listeners"),
