@@ -9,7 +9,9 @@
 pub mod body;
 pub mod router;
 pub mod stats;
+pub mod tls;
 
+// Wired in once `upstream` and `admin` land: cli, filters, http, listener, server.
 pub mod cli {
     use std::process::ExitCode;
     /// Arguments of `sluice proxy`.
@@ -19,3 +21,4 @@ pub mod cli {
         anyhow::bail!("sluice proxy: not built yet")
     }
 }
+
