@@ -113,6 +113,16 @@ pub(crate) fn split_type<E: serde::de::Error>(
     Ok((url, value))
 }
 
+/// A typed message as JSON with its `"@type"` URL first.
+pub(crate) fn with_type(message: &str, inner: serde_json::Value) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    map.insert("@type".to_string(), serde_json::Value::String(format!("type.googleapis.com/{message}")));
+    if let serde_json::Value::Object(fields) = inner {
+        map.extend(fields);
+    }
+    serde_json::Value::Object(map)
+}
+
 /// The message name of a type URL (`type.googleapis.com/a.b.C` → `a.b.C`).
 pub(crate) fn type_name(url: &str) -> &str {
     url.rsplit('/').next().unwrap_or(url)
@@ -123,9 +133,17 @@ pub(crate) fn type_name(url: &str) -> &str {
 macro_rules! typed_enum {
     ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident($ty:ty) = $msg:literal,)+ }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, serde::Serialize)]
-        #[serde(untagged)]
+        #[derive(Debug, Clone)]
         $vis enum $name { $($(#[$vmeta])* $variant($ty),)+ }
+
+        /// Serialized as the config was written: `"@type"` first, then the message's fields.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let inner = match self { $(Self::$variant(v) => serde_json::to_value(v),)+ }
+                    .map_err(<S::Error as serde::ser::Error>::custom)?;
+                $crate::de::with_type(self.message_name(), inner).serialize(s)
+            }
+        }
 
         impl $name {
             /// The proto message names this enum accepts.
