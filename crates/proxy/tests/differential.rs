@@ -237,9 +237,9 @@ fn start_echo() -> Echo {
 
 fn echo_conn(stream: TcpStream) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     stream.set_write_timeout(Some(READ_TIMEOUT))?;
-    let mut conn = Conn::new(stream, Instant::now() + Duration::from_secs(120));
+    let mut conn = Conn::new(stream, Instant::now() + Duration::from_secs(300));
     for _ in 0..1000 {
         let Some(head) = conn.read_head()? else {
             return Ok(());
