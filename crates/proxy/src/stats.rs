@@ -99,147 +99,258 @@ pub const PROMETHEUS_BUCKETS: [f64; 19] = [
 /// Envoy's reported quantiles.
 pub const QUANTILES: [f64; 10] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0];
 
-/// Fine buckets: value v (in units of 1/64 ms… large) → log-linear index, 16 sub-buckets per
-/// power of two; enough precision for quantiles (≤ 6.25 % relative error).
-const SUB_BUCKETS: usize = 16;
-const POWERS: usize = 40;
-const FINE: usize = SUB_BUCKETS * POWERS;
-/// Values are recorded in units of 1/1000 ms (microseconds) before bucketing.
-const SCALE: f64 = 1000.0;
+/// Histogram buckets follow Envoy's (libcircllhist's) log-linear layout: every power of ten is cut
+/// into 90 buckets of two significant digits (`[1.0, 1.1)`, …, `[28, 29)`, …, `[500, 510)`), plus a
+/// bucket for 0. Values are recorded as whole units, as Envoy's `recordValue(uint64_t)` does.
+const DECADES: usize = 13;
+const NBUCKETS: usize = 1 + 90 * DECADES;
+const POW10: [f64; DECADES] =
+    [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12];
 
-/// A distribution of values in milliseconds.
+/// The bucket of a whole value.
+fn bucket_index(v: u64) -> usize {
+    if v == 0 {
+        return 0;
+    }
+    let (mut val, mut exp) = if v < 10 { (v * 10, 0usize) } else { (v, 1usize) };
+    while val >= 100 {
+        val /= 10;
+        exp += 1;
+    }
+    if exp >= DECADES {
+        return NBUCKETS - 1;
+    }
+    1 + exp * 90 + (val as usize - 10)
+}
+
+/// (left edge, width) of a bucket.
+fn bucket_bounds(index: usize) -> (f64, f64) {
+    if index == 0 {
+        return (0.0, 0.0);
+    }
+    let exp = (index - 1) / 90;
+    let val = ((index - 1) % 90 + 10) as f64;
+    ((val / 10.0) * POW10[exp], POW10[exp] / 10.0)
+}
+
+/// Quantiles the way Envoy 1.40 reports them: the k-th sample (k = ⌈q·n⌉, at least 1), the
+/// samples of a bucket being spread evenly inside it (`left + width·i/(c+1)`). NaN when empty.
+fn quantiles_of(buckets: &[(usize, u64)]) -> [f64; QUANTILES.len()] {
+    let total: u64 = buckets.iter().map(|(_, c)| c).sum();
+    let mut out = [f64::NAN; QUANTILES.len()];
+    if total == 0 {
+        return out;
+    }
+    for (qi, q) in QUANTILES.iter().enumerate() {
+        let k = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut lower = 0u64;
+        for (idx, c) in buckets {
+            if *c == 0 {
+                continue;
+            }
+            if lower + c >= k {
+                let (left, width) = bucket_bounds(*idx);
+                out[qi] = if width == 0.0 {
+                    left
+                } else {
+                    left + width * (k - lower) as f64 / (*c + 1) as f64
+                };
+                break;
+            }
+            lower += c;
+        }
+    }
+    out
+}
+
+/// Envoy's approximate sum: each sample counts as `2·l·u/(l+u)` of its bucket `[l, u)`.
+fn sum_of(buckets: &[(usize, u64)]) -> f64 {
+    let mut sum = 0.0;
+    for (idx, c) in buckets {
+        let (l, w) = bucket_bounds(*idx);
+        if w == 0.0 {
+            continue;
+        }
+        let u = l + w;
+        sum += 2.0 * l * u / (l + u) * *c as f64;
+    }
+    sum
+}
+
+/// Cumulative counts at each of [`PROMETHEUS_BUCKETS`] (a bucket counts below `le` when its left
+/// edge is ≤ `le`, as Envoy computes it), then the total for `+Inf`.
+fn prometheus_of(buckets: &[(usize, u64)]) -> [u64; PROMETHEUS_BUCKETS.len() + 1] {
+    let mut out = [0u64; PROMETHEUS_BUCKETS.len() + 1];
+    for (i, le) in PROMETHEUS_BUCKETS.iter().enumerate() {
+        let mut n = 0;
+        for (idx, c) in buckets {
+            if bucket_bounds(*idx).0 > *le {
+                break;
+            }
+            n += c;
+        }
+        out[i] = n;
+    }
+    out[PROMETHEUS_BUCKETS.len()] = buckets.iter().map(|(_, c)| c).sum();
+    out
+}
+
+/// A distribution of whole values (milliseconds for times), with Envoy's interval/cumulative
+/// split: [`Histogram::flush`] (the periodic stats flush) closes an interval.
 #[derive(Clone, Debug)]
 pub struct Histogram(Arc<HistogramInner>);
 
 #[derive(Debug)]
 struct HistogramInner {
-    fine: Box<[AtomicU64]>,
-    prometheus: [AtomicU64; PROMETHEUS_BUCKETS.len() + 1],
-    count: AtomicU64,
-    /// Sum in microseconds.
-    sum_us: AtomicU64,
+    /// Samples recorded since the last flush.
+    live: Box<[AtomicU64]>,
+    used: AtomicBool,
+    merged: Mutex<Merged>,
+}
+
+#[derive(Debug, Default)]
+struct Merged {
+    /// Sparse (bucket, count), ascending.
+    cumulative: Vec<(usize, u64)>,
+    interval: Vec<(usize, u64)>,
+    used: bool,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
         Histogram(Arc::new(HistogramInner {
-            fine: (0..FINE).map(|_| AtomicU64::new(0)).collect(),
-            prometheus: Default::default(),
-            count: AtomicU64::new(0),
-            sum_us: AtomicU64::new(0),
+            live: (0..NBUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            used: AtomicBool::new(false),
+            merged: Mutex::new(Merged::default()),
         }))
     }
 }
 
-fn fine_index(units: u64) -> usize {
-    if units < SUB_BUCKETS as u64 {
-        return units as usize;
-    }
-    let power = 63 - units.leading_zeros() as usize; // ≥ 4
-    let shift = power - 4;
-    let sub = ((units >> shift) as usize) & (SUB_BUCKETS - 1);
-    ((power - 3) * SUB_BUCKETS + sub).min(FINE - 1)
-}
-
-/// The [lower, upper) bounds in units of a fine bucket.
-fn fine_bounds(index: usize) -> (f64, f64) {
-    if index < SUB_BUCKETS {
-        return (index as f64, index as f64 + 1.0);
-    }
-    let power = index / SUB_BUCKETS + 3;
-    let sub = index % SUB_BUCKETS;
-    let width = (1u64 << (power - 4)) as f64;
-    let lower = (1u64 << power) as f64 + sub as f64 * width;
-    (lower, lower + width)
-}
-
-/// A point-in-time view of a histogram.
+/// A point-in-time view of a histogram (everything recorded so far, flushed or not).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HistogramSnapshot {
     pub count: u64,
-    /// Sum of recorded values, ms.
+    /// Envoy's approximate sum of the recorded values.
     pub sum: f64,
-    /// Values at [`QUANTILES`], ms (`None` when nothing was recorded).
+    /// Values at [`QUANTILES`] (`None` when nothing was recorded).
     pub quantiles: Option<[f64; QUANTILES.len()]>,
     /// Cumulative counts for each of [`PROMETHEUS_BUCKETS`], then `+Inf`.
     pub buckets: [u64; PROMETHEUS_BUCKETS.len() + 1],
 }
 
-impl Histogram {
-    /// Record one value in milliseconds.
-    pub fn record(&self, ms: f64) {
-        let ms = if ms.is_finite() && ms > 0.0 { ms } else { 0.0 };
-        let units = (ms * SCALE) as u64;
-        let inner = &self.0;
-        inner.fine[fine_index(units)].fetch_add(1, Ordering::Relaxed);
-        let p = PROMETHEUS_BUCKETS.partition_point(|b| *b < ms);
-        inner.prometheus[p].fetch_add(1, Ordering::Relaxed);
-        inner.count.fetch_add(1, Ordering::Relaxed);
-        inner.sum_us.fetch_add(units, Ordering::Relaxed);
-    }
-
-    pub fn used(&self) -> bool {
-        self.0.count.load(Ordering::Relaxed) > 0
-    }
-
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let inner = &self.0;
-        let fine: Vec<u64> = inner.fine.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        let count: u64 = fine.iter().sum();
-        let mut buckets = [0u64; PROMETHEUS_BUCKETS.len() + 1];
-        let mut acc = 0;
-        for (i, b) in inner.prometheus.iter().enumerate() {
-            acc += b.load(Ordering::Relaxed);
-            buckets[i] = acc;
-        }
-        let quantiles = (count > 0).then(|| {
-            let mut out = [0.0; QUANTILES.len()];
-            for (qi, q) in QUANTILES.iter().enumerate() {
-                out[qi] = quantile(&fine, count, *q) / SCALE;
-            }
-            out
-        });
-        HistogramSnapshot {
-            count,
-            sum: inner.sum_us.load(Ordering::Relaxed) as f64 / SCALE,
-            quantiles,
-            buckets,
-        }
-    }
-
-    fn reset(&self) {
-        for c in self.0.fine.iter() {
-            c.store(0, Ordering::Relaxed);
-        }
-        for c in self.0.prometheus.iter() {
-            c.store(0, Ordering::Relaxed);
-        }
-        self.0.count.store(0, Ordering::Relaxed);
-        self.0.sum_us.store(0, Ordering::Relaxed);
-    }
+/// What the admin interface shows for a histogram: the state at the last flush, as Envoy does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramStatistics {
+    /// Some value was flushed at least once (otherwise `No recorded values`).
+    pub used: bool,
+    /// Quantiles of the last closed interval (NaN when it was empty).
+    pub interval: [f64; QUANTILES.len()],
+    /// Quantiles of everything flushed so far (NaN when empty).
+    pub cumulative: [f64; QUANTILES.len()],
+    pub count: u64,
+    pub sum: f64,
+    pub buckets: [u64; PROMETHEUS_BUCKETS.len() + 1],
 }
 
-/// Linear interpolation inside the bucket holding the q-th value.
-fn quantile(fine: &[u64], count: u64, q: f64) -> f64 {
-    let target = q * count as f64;
-    let mut seen = 0.0;
-    let mut last_nonempty = 0;
-    for (i, c) in fine.iter().enumerate() {
-        if *c == 0 {
-            continue;
+fn merge_into(into: &mut Vec<(usize, u64)>, add: &[(usize, u64)]) {
+    let mut out = Vec::with_capacity(into.len() + add.len());
+    let (mut i, mut j) = (0, 0);
+    while i < into.len() || j < add.len() {
+        if j == add.len() || (i < into.len() && into[i].0 < add[j].0) {
+            out.push(into[i]);
+            i += 1;
+        } else if i == into.len() || add[j].0 < into[i].0 {
+            out.push(add[j]);
+            j += 1;
+        } else {
+            out.push((into[i].0, into[i].1 + add[j].1));
+            i += 1;
+            j += 1;
         }
-        last_nonempty = i;
-        let c = *c as f64;
-        if seen + c >= target && target > 0.0 {
-            let (lo, hi) = fine_bounds(i);
-            return lo + (hi - lo) * ((target - seen) / c);
-        }
-        if target == 0.0 {
-            return fine_bounds(i).0;
-        }
-        seen += c;
     }
-    fine_bounds(last_nonempty).1
+    *into = out;
+}
+
+impl Histogram {
+    /// Record one value (milliseconds for durations). Like Envoy, only the whole part counts.
+    pub fn record(&self, value: f64) {
+        let v = if value.is_finite() && value > 0.0 { value as u64 } else { 0 };
+        self.record_int(v);
+    }
+
+    /// Record one whole value.
+    pub fn record_int(&self, v: u64) {
+        self.0.live[bucket_index(v)].fetch_add(1, Ordering::Relaxed);
+        if !self.0.used.load(Ordering::Relaxed) {
+            self.0.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Recorded at least once since start.
+    pub fn used(&self) -> bool {
+        self.0.used.load(Ordering::Relaxed)
+    }
+
+    fn live(&self) -> Vec<(usize, u64)> {
+        self.0
+            .live
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let c = c.load(Ordering::Relaxed);
+                (c > 0).then_some((i, c))
+            })
+            .collect()
+    }
+
+    /// Everything recorded so far (flushed or not).
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut all = self.live();
+        {
+            let m = self.0.merged.lock().unwrap_or_else(|e| e.into_inner());
+            merge_into(&mut all, &m.cumulative);
+        }
+        let count = all.iter().map(|(_, c)| c).sum();
+        HistogramSnapshot {
+            count,
+            sum: sum_of(&all),
+            quantiles: (count > 0).then(|| quantiles_of(&all)),
+            buckets: prometheus_of(&all),
+        }
+    }
+
+    /// Close the current interval: its samples become the interval shown by the admin
+    /// interface and are added to the cumulative distribution.
+    pub fn flush(&self) {
+        let mut interval = Vec::new();
+        for (i, c) in self.0.live.iter().enumerate() {
+            if c.load(Ordering::Relaxed) > 0 {
+                let n = c.swap(0, Ordering::Relaxed);
+                if n > 0 {
+                    interval.push((i, n));
+                }
+            }
+        }
+        let mut m = self.0.merged.lock().unwrap_or_else(|e| e.into_inner());
+        merge_into(&mut m.cumulative, &interval);
+        if !interval.is_empty() {
+            m.used = true;
+        }
+        m.interval = interval;
+    }
+
+    /// The state as of the last [`flush`](Self::flush).
+    pub fn statistics(&self) -> HistogramStatistics {
+        let m = self.0.merged.lock().unwrap_or_else(|e| e.into_inner());
+        HistogramStatistics {
+            used: m.used,
+            interval: quantiles_of(&m.interval),
+            cumulative: quantiles_of(&m.cumulative),
+            count: m.cumulative.iter().map(|(_, c)| c).sum(),
+            sum: sum_of(&m.cumulative),
+            buckets: prometheus_of(&m.cumulative),
+        }
+    }
 }
 
 /// Kinds of metric, as `/stats?type=` names them.
@@ -296,15 +407,30 @@ impl Store {
         m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    /// `/reset_counters`: counters and histograms back to zero (gauges keep their values).
+    /// `/reset_counters`: counters back to zero; gauges and histograms keep their values, as in
+    /// Envoy.
     pub fn reset_counters(&self) {
         let m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
         for metric in m.values() {
-            match metric {
-                Metric::Counter(c) => c.reset(),
-                Metric::Histogram(h) => h.reset(),
-                Metric::Gauge(_) => {}
+            if let Metric::Counter(c) = metric {
+                c.reset();
             }
+        }
+    }
+
+    /// Close the current histogram interval of every histogram (the periodic stats flush).
+    pub fn flush_histograms(&self) {
+        let hs: Vec<Histogram> = {
+            let m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+            m.values()
+                .filter_map(|v| match v {
+                    Metric::Histogram(h) => Some(h.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        for h in hs {
+            h.flush();
         }
     }
 }
@@ -333,36 +459,97 @@ mod tests {
     }
 
     #[test]
-    fn histogram_quantiles_are_close() {
-        let h = Histogram::default();
-        for i in 1..=1000 {
-            h.record(i as f64 / 10.0); // 0.1 .. 100 ms
+    fn histogram_buckets_follow_circllhist() {
+        assert_eq!(bucket_bounds(bucket_index(0)), (0.0, 0.0));
+        assert_eq!(bucket_bounds(bucket_index(1)), (1.0, 0.1));
+        assert_eq!(bucket_bounds(bucket_index(9)), (9.0, 0.1));
+        assert_eq!(bucket_bounds(bucket_index(28)), (28.0, 1.0));
+        assert_eq!(bucket_bounds(bucket_index(505)), (500.0, 10.0));
+        assert_eq!(bucket_bounds(bucket_index(16_999)), (16_000.0, 1000.0));
+        let mut last = 0;
+        for v in [0u64, 1, 2, 9, 10, 11, 99, 100, 101, 999, 1000, 123_456, u64::MAX] {
+            let i = bucket_index(v);
+            assert!(i >= last && i < NBUCKETS);
+            last = i;
         }
-        let s = h.snapshot();
-        assert_eq!(s.count, 1000);
-        let q = s.quantiles.unwrap();
-        let p50 = q[2];
-        assert!((p50 - 50.0).abs() / 50.0 < 0.07, "p50 {p50}");
-        let p100 = q[9];
-        assert!(p100 >= 100.0 && p100 < 107.0, "p100 {p100}");
-        assert!((s.sum - 50050.0).abs() < 1.0, "sum {}", s.sum);
-        // le=0.5 holds 0.1..=0.5 → 5 values; le=100 holds all.
-        assert_eq!(s.buckets[0], 5);
-        assert_eq!(s.buckets[6], 1000);
-        assert_eq!(s.buckets[PROMETHEUS_BUCKETS.len()], 1000);
     }
 
     #[test]
-    fn fine_index_is_monotonic_and_bounds_contain_values() {
-        let mut last = 0;
-        for units in [0u64, 1, 15, 16, 17, 31, 32, 100, 1000, 65_535, 1 << 30, u64::MAX / 2] {
-            let i = fine_index(units);
-            assert!(i >= last);
-            last = i;
-            let (lo, hi) = fine_bounds(i);
-            if i < FINE - 1 {
-                assert!(lo <= units as f64 && (units as f64) < hi, "{units} in [{lo},{hi})");
-            }
+    fn histogram_quantiles_match_envoy() {
+        // Seen on Envoy 1.40: 52 samples of 1 → P0 1.0018867924528303 … P100 1.0981132075471698.
+        let h = Histogram::default();
+        for _ in 0..52 {
+            h.record(1.0);
         }
+        let q = h.snapshot().quantiles.unwrap();
+        assert_eq!(
+            q,
+            [
+                1.0018867924528303,
+                1.0245283018867926,
+                1.049056603773585,
+                1.0735849056603775,
+                1.088679245283019,
+                1.0943396226415094,
+                1.0981132075471698,
+                1.0981132075471698,
+                1.0981132075471698,
+                1.0981132075471698
+            ]
+        );
+        // One sample → the bucket's middle; 0 stays 0.
+        let one = Histogram::default();
+        one.record(38.7);
+        assert_eq!(one.snapshot().quantiles.unwrap(), [38.5; 10]);
+        let zero = Histogram::default();
+        zero.record(0.3);
+        assert_eq!(zero.snapshot().quantiles.unwrap(), [0.0; 10]);
+        // 14×0, 3×1, 2×2, 1×17 (Envoy's admin downstream_rq_time).
+        let mixed = Histogram::default();
+        for v in std::iter::repeat_n(0, 14).chain([1, 1, 1, 2, 2, 17]) {
+            mixed.record_int(v);
+        }
+        let q = mixed.snapshot().quantiles.unwrap();
+        assert_eq!(q[3], 1.025);
+        assert_eq!(q[4], 2.033333333333333);
+        assert_eq!(q[5], 2.066666666666667);
+        assert_eq!(q[6], 17.5);
+    }
+
+    #[test]
+    fn histogram_sum_and_buckets_match_envoy() {
+        let h = Histogram::default();
+        for v in std::iter::repeat_n(0, 14).chain([1, 1, 2, 2, 17]) {
+            h.record_int(v);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 19);
+        assert_eq!(format!("{:.15}", s.sum), "23.678513356562135");
+        // le=0.5 → 14, le=1 → 16 (a bucket counts when its left edge is ≤ le), le=5 → 18.
+        assert_eq!(&s.buckets[..5], &[14, 16, 18, 18, 19]);
+        assert_eq!(s.buckets[PROMETHEUS_BUCKETS.len()], 19);
+        let one = Histogram::default();
+        one.record_int(28);
+        assert_eq!(one.snapshot().sum, 28.491228070175438);
+    }
+
+    #[test]
+    fn histogram_intervals_rotate_on_flush() {
+        let h = Histogram::default();
+        assert!(!h.statistics().used);
+        h.record_int(5);
+        // Not flushed yet: the admin view is unchanged, the snapshot sees it.
+        assert!(!h.statistics().used);
+        assert_eq!(h.snapshot().count, 1);
+        h.flush();
+        let st = h.statistics();
+        assert!(st.used);
+        assert_eq!(st.interval[0], 5.05);
+        assert_eq!(st.cumulative[0], 5.05);
+        h.flush();
+        let st = h.statistics();
+        assert!(st.interval[0].is_nan());
+        assert_eq!(st.cumulative[9], 5.05);
+        assert_eq!(st.count, 1);
     }
 }
