@@ -324,6 +324,9 @@ impl PolicySet {
             }
             Err(e) => return Err(anyhow!("{}", tidy(&e, Path::new("")))),
         };
+        if mode == Mode::Rule {
+            check_statically(&mut engine, &rule)?;
+        }
         if mode == Mode::Query {
             tracing::warn!(
                 path = decision_path,
@@ -424,6 +427,29 @@ fn query_value(e: &mut Engine, reference: &str) -> Result<Value, EvalError> {
         },
         _ => Err(EvalError::Multiple),
     }
+}
+
+/// The interpreter only finds some mistakes when evaluation reaches them (an unknown function or
+/// an unsafe variable in a rule whose body fails on an empty input). regorus' bytecode compiler
+/// checks every rule reachable from the decision, so it is run once at load: its "unknown
+/// function" and "undefined/unsafe variable" errors are load errors; anything else it reports
+/// (a construct it does not support) is only logged at debug level, since the interpreter, which
+/// evaluates the decisions, accepted the policy.
+fn check_statically(engine: &mut Engine, rule: &str) -> anyhow::Result<()> {
+    use regorus::languages::rego::compiler::Compiler;
+    let compiled = match engine.compile_with_entrypoint(&regorus::Rc::from(rule)) {
+        Ok(c) => c,
+        Err(e) => return Err(anyhow!("{}", tidy(&e, Path::new("")))),
+    };
+    if let Err(e) = Compiler::compile_from_policy(&compiled, &[rule]) {
+        let text = e.to_string();
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("unknown function") || lower.contains("undefined variable") || lower.contains("unsafe") {
+            return Err(anyhow!("{}", tidy(&anyhow!(text), Path::new(""))));
+        }
+        tracing::debug!("bytecode check skipped: {text}");
+    }
+    Ok(())
 }
 
 /// regorus error text reshaped as `file:line:col: message`, followed by regorus' source excerpt;

@@ -271,6 +271,7 @@ mod tests {
         Value::from_json_str(j).unwrap()
     }
 
+    #[allow(deprecated)]
     fn hdrs(h: &[HeaderValueOption]) -> Vec<(String, String)> {
         h.iter().map(|o| {
             let h = o.header.as_ref().unwrap();
