@@ -23,10 +23,8 @@ impl Duration {
 
 /// Parse `"1.5s"`, `"0.250s"`, `"5s"` (proto3 JSON) into a duration.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let num = s
-        .strip_suffix('s')
-        .ok_or_else(|| format!("invalid duration \"{s}\": expected seconds with an \"s\" suffix, e.g. \"0.250s\""))?;
-    let bad = || format!("invalid duration \"{s}\"");
+    let bad = || format!("invalid duration \"{s}\": expected seconds with an \"s\" suffix, e.g. \"0.250s\"");
+    let num = s.strip_suffix('s').ok_or_else(bad)?;
     if num.is_empty() || num.starts_with('-') || num.starts_with('+') {
         return Err(bad());
     }
