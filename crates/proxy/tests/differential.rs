@@ -254,8 +254,22 @@ fn echo_conn(stream: TcpStream) -> io::Result<()> {
             let _ = conn.stream.shutdown(Shutdown::Both);
             return Ok(());
         }
+        if path.contains("/garbage") {
+            conn.stream.write_all(b"HELLO WORLD\r\n\r\n")?;
+            let _ = conn.stream.shutdown(Shutdown::Both);
+            return Ok(());
+        }
         if path.contains("/slow") {
             thread::sleep(SLOW_UPSTREAM);
+        }
+        if path.contains("/early100") {
+            conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        if path.contains("/nocontent") {
+            conn.stream.write_all(
+                b"HTTP/1.1 204 No Content\r\nServer: echo-upstream\r\nX-Up-Keep: 1\r\n\r\n",
+            )?;
+            continue;
         }
         let status: u16 = path
             .split("/status/")
@@ -271,11 +285,26 @@ fn echo_conn(stream: TcpStream) -> io::Result<()> {
             "body": String::from_utf8_lossy(&body),
         });
         let out = serde_json::to_vec(&json).unwrap();
-        let mut resp = format!(
-            "HTTP/1.1 {status} {}\r\nServer: echo-upstream\r\nContent-Type: application/json\r\n\
+        let http_version = if path.contains("/http10") {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        };
+        let mut resp = format!("{http_version} {status} {}\r\n", reason(status));
+        if !path.contains("/noserver") {
+            resp.push_str("Server: echo-upstream\r\n");
+        }
+        resp.push_str(
+            "Content-Type: application/json\r\n\
              X-Up-Keep: 1\r\nX-Up-Rc-Remove: 1\r\nX-Up-Vh-Remove: 1\r\nX-Up-Route-Remove: 1\r\n",
-            reason(status)
         );
+        if path.contains("/multi") {
+            resp.push_str(
+                "Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Multi: 1\r\nX-Multi: 2\r\n\
+                 Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Envoy-Foo: 1\r\n\
+                 X-Envoy-Upstream-Service-Time: from-upstream\r\nX-Envoy-Degraded: 1\r\nX-Envoy-Overloaded: true\r\n",
+            );
+        }
         if path.contains("/date") {
             resp.push_str("Date: Mon, 01 Jan 2001 00:00:00 GMT\r\n");
         }
@@ -289,7 +318,7 @@ fn echo_conn(stream: TcpStream) -> io::Result<()> {
             }
             bytes.extend_from_slice(b"0\r\n\r\n");
             conn.stream.write_all(&bytes)?;
-        } else if path.contains("/nocl") {
+        } else if path.contains("/nocl") || path.contains("/http10") {
             resp.push_str("Connection: close\r\n\r\n");
             conn.stream.write_all(resp.as_bytes())?;
             conn.stream.write_all(&out)?;
@@ -857,6 +886,12 @@ fn cases() -> Vec<Case> {
         raw("body/get-chunked-empty", "GET /echo/chunked-empty HTTP/1.1\r\nHost: diff.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         case("rewrite/client-original-path-overwritten-in-place", req("GET", "/rw/x", &["X-Envoy-Original-Path: /client", "X-After: 1"])),
         case("rewrite/client-original-host-overwritten-in-place", req("GET", "/hostrw/x", &["X-Envoy-Original-Host: client", "X-After: 1"])),
+        case("upstream/garbage-503-protocol-error", get("/echo/garbage")),
+        case("upstream/100-continue-from-upstream", get("/echo/early100")),
+        case("upstream/204-no-content", get("/echo/nocontent")),
+        case("upstream/multi-headers-and-envoy-headers", get("/echo/multi")),
+        case("upstream/no-server-header", get("/echo/noserver")),
+        case("upstream/http10-response", get("/echo/http10")),
         // --- admin (last: the stats counters reflect all the requests above)
         admin("admin/ready", "/ready"),
         admin("admin/listeners", "/listeners"),
