@@ -200,6 +200,54 @@ impl Drop for DnsServer {
     }
 }
 
+/// A tiny UDP client: asks `server` for the A and AAAA records of `name`.
+/// `Ok(None)` on NXDOMAIN, `Ok(Some(addrs))` otherwise (possibly empty); errors on timeout,
+/// SERVFAIL or a malformed answer. Used by `sluice ps` and by tests.
+pub fn lookup(
+    server: SocketAddr,
+    name: &str,
+    timeout: Duration,
+) -> io::Result<Option<Vec<IpAddr>>> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "127.0.0.1:0".parse().unwrap()
+    } else {
+        "[::1]:0".parse().unwrap()
+    };
+    let sock = UdpSocket::bind(bind)?;
+    sock.set_read_timeout(Some(timeout))?;
+    let qname = Name::from_ascii(name)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let mut out = Vec::new();
+    for qtype in [RecordType::A, RecordType::AAAA] {
+        let mut q = Message::query();
+        q.metadata.recursion_desired = true;
+        q.add_query(hickory_proto::op::Query::query(qname.clone(), qtype));
+        let bytes = q.to_vec().map_err(|e| io::Error::other(e.to_string()))?;
+        sock.send_to(&bytes, server)?;
+        let mut buf = [0u8; 4096];
+        let resp = loop {
+            let (n, _) = sock.recv_from(&mut buf)?;
+            let m = Message::from_vec(&buf[..n]).map_err(|e| io::Error::other(e.to_string()))?;
+            if m.metadata.id == q.metadata.id {
+                break m;
+            }
+        };
+        match resp.metadata.response_code {
+            ResponseCode::NoError => {}
+            ResponseCode::NXDomain => return Ok(None),
+            other => return Err(io::Error::other(format!("DNS answered {other}"))),
+        }
+        for r in &resp.answers {
+            match &r.data {
+                RData::A(a) => out.push(IpAddr::V4(a.0)),
+                RData::AAAA(a) => out.push(IpAddr::V6(a.0)),
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
 fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, Option<TcpListener>)> {
     if addr.port() != 0 {
         let udp = UdpSocket::bind(addr)?;

@@ -111,6 +111,13 @@ pub struct PsReport {
     pub scale_down_wait_ms: u64,
 }
 
+impl PsReport {
+    /// Parses the JSON of `sluice ps --json`.
+    pub fn parse(json: &[u8]) -> anyhow::Result<PsReport> {
+        Ok(serde_json::from_slice(json)?)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum RState {
     Starting,

@@ -269,3 +269,21 @@ fn usable_from_tokio() {
         );
     });
 }
+
+#[test]
+fn lookup_client() {
+    use sluice_mesh::dns::lookup;
+    let dns = start();
+    dns.set("both", vec![ip("127.0.0.9"), ip("::1")]);
+    let t = Duration::from_secs(2);
+    assert_eq!(
+        lookup(dns.local_addr(), "both", t).unwrap(),
+        Some(vec![ip("127.0.0.9"), ip("::1")])
+    );
+    assert_eq!(lookup(dns.local_addr(), "nope", t).unwrap(), None);
+    dns.set_servfail(true);
+    assert!(lookup(dns.local_addr(), "both", t).is_err());
+    dns.set_servfail(false);
+    dns.set_silent(true);
+    assert!(lookup(dns.local_addr(), "both", Duration::from_millis(200)).is_err());
+}
