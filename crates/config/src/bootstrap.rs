@@ -41,7 +41,9 @@ pub struct Bootstrap {
 
 impl Bootstrap {
     pub fn stats_flush_interval(&self) -> std::time::Duration {
-        self.stats_flush_interval.map(Duration::as_std).unwrap_or(std::time::Duration::from_secs(5))
+        self.stats_flush_interval
+            .map(Duration::as_std)
+            .unwrap_or(std::time::Duration::from_secs(5))
     }
 
     /// The value of a runtime key (`a.b.c`) in the static layers, the last layer winning.

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::DnsResolverConfig;
 use crate::core::{
-    Address, CommonHttpProtocolOptions, Duration, Http1ProtocolOptions, Http2ProtocolOptions, Locality,
-    Metadata, TypedExtensionConfig,
+    Address, CommonHttpProtocolOptions, Duration, Http1ProtocolOptions, Http2ProtocolOptions,
+    Locality, Metadata, TypedExtensionConfig,
 };
 use crate::de::{typed_enum, NotSupported};
 use crate::listener::TransportSocket;
@@ -97,10 +97,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn connect_timeout(&self) -> std::time::Duration {
-        self.connect_timeout.map(Duration::as_std).unwrap_or(std::time::Duration::from_secs(5))
+        self.connect_timeout
+            .map(Duration::as_std)
+            .unwrap_or(std::time::Duration::from_secs(5))
     }
     pub fn dns_refresh_rate(&self) -> std::time::Duration {
-        self.dns_refresh_rate.map(Duration::as_std).unwrap_or(std::time::Duration::from_secs(5))
+        self.dns_refresh_rate
+            .map(Duration::as_std)
+            .unwrap_or(std::time::Duration::from_secs(5))
     }
     /// The name used in stats (`alt_stat_name` or `name`).
     pub fn stat_name(&self) -> &str {
@@ -108,9 +112,12 @@ impl Cluster {
     }
     /// The upstream HTTP protocol options, from `typed_extension_protocol_options` if present.
     pub fn upstream_http_options(&self) -> Option<&UpstreamHttpProtocolOptions> {
-        self.typed_extension_protocol_options.values().find_map(|o| match o {
-            ProtocolOptions::Http(h) => Some(h.as_ref()),
-        })
+        self.typed_extension_protocol_options
+            .values()
+            .map(|o| match o {
+                ProtocolOptions::Http(h) => h.as_ref(),
+            })
+            .next()
     }
     /// Whether requests to this cluster use HTTP/2 (explicit config, or the deprecated field).
     pub fn http2(&self) -> bool {
@@ -122,7 +129,8 @@ impl Cluster {
     }
     /// Whether the upstream protocol follows the downstream one.
     pub fn use_downstream_protocol(&self) -> bool {
-        self.upstream_http_options().is_some_and(|o| o.use_downstream_protocol_config.is_some())
+        self.upstream_http_options()
+            .is_some_and(|o| o.use_downstream_protocol_config.is_some())
     }
 }
 
@@ -394,4 +402,3 @@ impl HealthStatus {
         matches!(self, Self::Unknown | Self::Healthy | Self::Degraded)
     }
 }
-

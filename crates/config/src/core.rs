@@ -23,7 +23,9 @@ impl Duration {
 
 /// Parse `"1.5s"`, `"0.250s"`, `"5s"` (proto3 JSON) into a duration.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("invalid duration \"{s}\": expected seconds with an \"s\" suffix, e.g. \"0.250s\"");
+    let bad = || {
+        format!("invalid duration \"{s}\": expected seconds with an \"s\" suffix, e.g. \"0.250s\"")
+    };
     let num = s.strip_suffix('s').ok_or_else(bad)?;
     if num.is_empty() || num.starts_with('-') || num.starts_with('+') {
         return Err(bad());
@@ -36,7 +38,11 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     {
         return Err(bad());
     }
-    let secs: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
+    let secs: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
     let nanos: u32 = if frac.is_empty() {
         0
     } else {
@@ -59,7 +65,9 @@ impl<'de> Deserialize<'de> for Duration {
             nanos: u32,
         }
         match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => parse_duration(&s).map(Duration).map_err(D::Error::custom),
+            serde_json::Value::String(s) => {
+                parse_duration(&s).map(Duration).map_err(D::Error::custom)
+            }
             v @ serde_json::Value::Object(_) => {
                 let p: Parts = serde_json::from_value(v).map_err(D::Error::custom)?;
                 Ok(Duration(std::time::Duration::new(p.seconds, p.nanos)))
@@ -130,7 +138,10 @@ impl DataSource {
                 .map(String::into_bytes)
                 .map_err(|_| format!("environment variable \"{v}\" is not set"));
         }
-        Err("data source has no filename, inline_string, inline_bytes or environment_variable".into())
+        Err(
+            "data source has no filename, inline_string, inline_bytes or environment_variable"
+                .into(),
+        )
     }
 
     /// How `/certs` and logs name this source: the file path, or `<inline>`.
@@ -200,7 +211,12 @@ pub struct SocketAddress {
 impl SocketAddress {
     /// The address as an IP socket address, when `address` is an IP literal.
     pub fn to_socket_addr(&self) -> Option<SocketAddr> {
-        let ip: IpAddr = self.address.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+        let ip: IpAddr = self
+            .address
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()?;
         Some(SocketAddr::new(ip, u16::try_from(self.port_value).ok()?))
     }
 }
@@ -467,9 +483,18 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("0.250s").unwrap(), std::time::Duration::from_millis(250));
-        assert_eq!(parse_duration("5s").unwrap(), std::time::Duration::from_secs(5));
-        assert_eq!(parse_duration(".5s").unwrap(), std::time::Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("0.250s").unwrap(),
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_duration("5s").unwrap(),
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(
+            parse_duration(".5s").unwrap(),
+            std::time::Duration::from_millis(500)
+        );
         assert_eq!(parse_duration("0s").unwrap(), std::time::Duration::ZERO);
         for bad in ["5", "s", "-1s", "1.2.3s", "abc", "1ms", "1.0000000001s"] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
@@ -493,9 +518,16 @@ mod tests {
 
     #[test]
     fn string_matcher_needs_exactly_one_pattern() {
-        let m = StringMatcher { exact: Some("a".into()), ..Default::default() };
+        let m = StringMatcher {
+            exact: Some("a".into()),
+            ..Default::default()
+        };
         assert_eq!(m.pattern(), Some(StringPattern::Exact("a")));
-        let m = StringMatcher { exact: Some("a".into()), prefix: Some("b".into()), ..Default::default() };
+        let m = StringMatcher {
+            exact: Some("a".into()),
+            prefix: Some("b".into()),
+            ..Default::default()
+        };
         assert_eq!(m.pattern(), None);
     }
 }

@@ -15,7 +15,9 @@ pub(crate) fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Resul
         let outer = path_string(e.path());
         let (inner, message) = split_marked(&e.inner().to_string());
         let path = strip_unknown_field(join_path(&outer, &inner), &message);
-        ConfigError { errors: vec![PathError { path, message }] }
+        ConfigError {
+            errors: vec![PathError { path, message }],
+        }
     })
 }
 
@@ -39,7 +41,10 @@ pub(crate) fn nested_error<E: serde::de::Error>(path: &str, message: impl std::f
 
 /// serde_path_to_error already descended into an unknown key; the error belongs to its parent.
 fn strip_unknown_field(path: String, message: &str) -> String {
-    if let Some(name) = message.strip_prefix("unknown field \"").and_then(|r| r.strip_suffix('"')) {
+    if let Some(name) = message
+        .strip_prefix("unknown field \"")
+        .and_then(|r| r.strip_suffix('"'))
+    {
         if let Some(parent) = path.strip_suffix(name).and_then(|p| p.strip_suffix('.')) {
             return parent.to_string();
         }
@@ -71,6 +76,10 @@ fn split_marked(message: &str) -> (String, String) {
 /// serde's wording → ours: `unknown field "x"`, `unknown value "X"`, `missing field "x"`.
 fn envoy_style(message: &str) -> String {
     let quoted = |rest: &str| rest.split('`').nth(1).unwrap_or("").to_string();
+    if !message.contains('`') {
+        // Already ours (e.g. `missing field "@type"` from a typed_config).
+        return message.to_string();
+    }
     if let Some(rest) = message.strip_prefix("unknown field ") {
         format!("unknown field \"{}\"", quoted(rest))
     } else if let Some(rest) = message.strip_prefix("unknown variant ") {
@@ -116,7 +125,10 @@ pub(crate) fn split_type<E: serde::de::Error>(
 /// A typed message as JSON with its `"@type"` URL first.
 pub(crate) fn with_type(message: &str, inner: serde_json::Value) -> serde_json::Value {
     let mut map = serde_json::Map::new();
-    map.insert("@type".to_string(), serde_json::Value::String(format!("type.googleapis.com/{message}")));
+    map.insert(
+        "@type".to_string(),
+        serde_json::Value::String(format!("type.googleapis.com/{message}")),
+    );
     if let serde_json::Value::Object(fields) = inner {
         map.extend(fields);
     }
@@ -171,3 +183,156 @@ macro_rules! typed_enum {
     };
 }
 pub(crate) use typed_enum;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::from_value;
+    use crate::bootstrap::Bootstrap;
+    use crate::cluster::Cluster;
+
+    /// The one error of deserializing `value` as a bootstrap, as displayed.
+    fn error(value: serde_json::Value) -> String {
+        let e = from_value::<Bootstrap>(value).expect_err("should fail");
+        assert_eq!(e.errors.len(), 1, "{e}");
+        e.to_string()
+    }
+
+    fn hcm(extra: serde_json::Value) -> serde_json::Value {
+        let mut typed = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "s",
+            "route_config": {"virtual_hosts": []},
+            "http_filters": [{"name": "envoy.filters.http.router"}],
+        });
+        typed
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"static_resources": {"listeners": [{
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+            "filter_chains": [{"filters": [{"name": "hcm", "typed_config": typed}]}],
+        }]}})
+    }
+
+    const HCM: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
+
+    #[test]
+    fn unknown_field_names_its_parent() {
+        assert_eq!(error(json!({"bogus": 1})), "unknown field \"bogus\"");
+        assert_eq!(
+            error(json!({"static_resources": {"clusterz": []}})),
+            "static_resources: unknown field \"clusterz\""
+        );
+        assert_eq!(
+            error(hcm(json!({"bogus_field": true}))),
+            format!("{HCM}: unknown field \"bogus_field\"")
+        );
+    }
+
+    #[test]
+    fn unknown_enum_value() {
+        let v = json!({"static_resources": {"clusters": [{"name": "a"}, {"name": "b", "lb_policy": "ROUNDROBIN"}]}});
+        assert_eq!(
+            error(v),
+            "static_resources.clusters[1].lb_policy: unknown value \"ROUNDROBIN\""
+        );
+        assert_eq!(
+            error(hcm(json!({"codec_type": "HTTP9"}))),
+            format!("{HCM}.codec_type: unknown value \"HTTP9\"")
+        );
+    }
+
+    #[test]
+    fn bad_type_url() {
+        let v = hcm(
+            json!({"http_filters": [{"name": "x", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.nope.v3.Nope"}}]}),
+        );
+        assert_eq!(
+            error(v),
+            format!(
+                "{HCM}.http_filters[0].typed_config.@type: unsupported type \"type.googleapis.com/envoy.extensions.filters.http.nope.v3.Nope\" here (expected one of: envoy.extensions.filters.http.router.v3.Router, envoy.extensions.filters.http.ext_authz.v3.ExtAuthz)"
+            )
+        );
+        let v =
+            hcm(json!({"http_filters": [{"name": "x", "typed_config": {"dynamic_stats": true}}]}));
+        assert_eq!(
+            error(v),
+            format!("{HCM}.http_filters[0].typed_config: missing field \"@type\"")
+        );
+    }
+
+    #[test]
+    fn nested_typed_config_errors_carry_the_inner_path() {
+        let v = hcm(json!({"http_filters": [{"name": "r", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", "dynamic_stats": "yes"}}]}));
+        let e = error(v);
+        assert!(
+            e.starts_with(&format!(
+                "{HCM}.http_filters[0].typed_config.dynamic_stats: "
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn not_supported_field() {
+        assert_eq!(
+            error(hcm(json!({"rds": {}}))),
+            format!("{HCM}.rds: recognised but not supported by sluice")
+        );
+        assert_eq!(
+            error(json!({"dynamic_resources": {}})),
+            "dynamic_resources: recognised but not supported by sluice"
+        );
+    }
+
+    #[test]
+    fn bad_duration() {
+        let v = json!({"static_resources": {"clusters": [{"name": "a", "connect_timeout": "5 seconds"}]}});
+        assert_eq!(
+            error(v),
+            "static_resources.clusters[0].connect_timeout: invalid duration \"5 seconds\": expected seconds with an \"s\" suffix, e.g. \"0.250s\""
+        );
+        let v = json!({"static_resources": {"clusters": [{"name": "a", "connect_timeout": 5}]}});
+        assert!(error(v)
+            .starts_with("static_resources.clusters[0].connect_timeout: invalid duration 5"));
+        // The object form of google.protobuf.Duration is accepted too.
+        let c: Cluster =
+            from_value(json!({"name": "a", "connect_timeout": {"seconds": 1, "nanos": 500000000}}))
+                .unwrap();
+        assert_eq!(c.connect_timeout(), std::time::Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn missing_required_field() {
+        assert_eq!(
+            error(json!({"static_resources": {"clusters": [{"type": "STATIC"}]}})),
+            "static_resources.clusters[0]: missing field \"name\""
+        );
+        let mut v = hcm(json!({}));
+        v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            .as_object_mut()
+            .unwrap()
+            .remove("stat_prefix");
+        assert_eq!(error(v), format!("{HCM}: missing field \"stat_prefix\""));
+    }
+
+    #[test]
+    fn typed_configs_serialize_with_their_type_url_first() {
+        let b: Bootstrap = from_value(hcm(json!({}))).unwrap();
+        let out = serde_json::to_value(&b).unwrap();
+        let typed = &out["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        assert_eq!(
+            typed.as_object().unwrap().keys().next().map(String::as_str),
+            Some("@type"),
+            "{typed}"
+        );
+        assert_eq!(
+            typed["@type"],
+            "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        );
+    }
+}

@@ -28,7 +28,12 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn single(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { errors: vec![PathError { path: path.into(), message: message.into() }] }
+        ConfigError {
+            errors: vec![PathError {
+                path: path.into(),
+                message: message.into(),
+            }],
+        }
     }
 }
 

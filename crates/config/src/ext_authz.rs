@@ -57,7 +57,10 @@ pub struct ExtAuthz {
 impl ExtAuthz {
     /// HTTP status on error; Envoy's default is 403.
     pub fn status_on_error(&self) -> u16 {
-        self.status_on_error.as_ref().map(|s| s.code as u16).unwrap_or(403)
+        self.status_on_error
+            .as_ref()
+            .map(|s| s.code as u16)
+            .unwrap_or(403)
     }
 }
 

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{CommonHttpProtocolOptions, Duration, Http1ProtocolOptions, Http2ProtocolOptions};
+use crate::core::{
+    CommonHttpProtocolOptions, Duration, Http1ProtocolOptions, Http2ProtocolOptions,
+};
 use crate::de::{typed_enum, NotSupported};
 use crate::ext_authz::ExtAuthz;
 use crate::route::RouteConfiguration;
@@ -103,11 +105,16 @@ impl HttpConnectionManager {
         self.generate_request_id.unwrap_or(true)
     }
     pub fn accept_http_10(&self) -> bool {
-        self.http_protocol_options.as_ref().is_some_and(|o| o.accept_http_10)
+        self.http_protocol_options
+            .as_ref()
+            .is_some_and(|o| o.accept_http_10)
     }
     /// Default 5 minutes; zero disables.
     pub fn stream_idle_timeout(&self) -> Option<std::time::Duration> {
-        let d = self.stream_idle_timeout.map(Duration::as_std).unwrap_or(std::time::Duration::from_secs(300));
+        let d = self
+            .stream_idle_timeout
+            .map(Duration::as_std)
+            .unwrap_or(std::time::Duration::from_secs(300));
         (!d.is_zero()).then_some(d)
     }
     /// Whether an `Upgrade: <kind>` request is allowed by `upgrade_configs`.
@@ -166,7 +173,9 @@ impl HttpFilter {
     pub fn config(&self) -> Option<HttpFilterConfig> {
         match (&self.typed_config, self.name.as_str()) {
             (Some(c), _) => Some(c.clone()),
-            (None, "envoy.filters.http.router" | "envoy.router") => Some(HttpFilterConfig::Router(Router::default())),
+            (None, "envoy.filters.http.router" | "envoy.router") => {
+                Some(HttpFilterConfig::Router(Router::default()))
+            }
             _ => None,
         }
     }

@@ -10,6 +10,34 @@
 //!
 //! Struct and field names follow Envoy's protos (snake_case), so the Envoy docs describe them.
 //! Proto `oneof`s are sibling `Option` fields, as in the YAML; accessors return them as enums.
+//!
+//! # What is supported
+//!
+//! A static bootstrap (`static_resources`, no xDS): `node`, `admin` (IP address),
+//! `layered_runtime` static layers, `stats_flush_interval`, `typed_dns_resolver_config` (c-ares
+//! resolvers / getaddrinfo).
+//!
+//! * **Listeners** on IP:port (TCP), filter chains selected by `filter_chain_match` (server names,
+//!   transport protocol, ALPN, destination port) plus `default_filter_chain`, the TLS inspector
+//!   listener filter, and TLS termination (`DownstreamTlsContext`: certificates and trusted CA from
+//!   files, inline strings/bytes or environment variables; ALPN; protocol versions; client
+//!   certificates).
+//! * **One network filter**: the HTTP connection manager (codec AUTO/HTTP1/HTTP2), with an inline
+//!   `route_config`, and the HTTP filters `envoy.filters.http.ext_authz` (gRPC via `envoy_grpc` or
+//!   raw HTTP) and `envoy.filters.http.router` (last).
+//! * **Routes**: virtual hosts by domain (exact, `*.suffix`, `prefix.*`, `*`), matches by prefix,
+//!   path, `path_separated_prefix`, safe regex, headers and query parameters; forwarding to a
+//!   cluster, a cluster named by a header or weighted clusters, with prefix/regex rewrites, host
+//!   rewrites, timeouts and hash policies; redirects; direct responses; header mutations at every
+//!   level; per-route `ExtAuthzPerRoute`.
+//! * **Clusters**: STATIC, STRICT_DNS, LOGICAL_DNS; ROUND_ROBIN, LEAST_REQUEST, RANDOM,
+//!   RING_HASH, MAGLEV; circuit breakers; upstream HTTP/1.1 or HTTP/2 (`HttpProtocolOptions` or
+//!   the deprecated fields); upstream TLS; endpoints at priority 0.
+//!
+//! Anything else Envoy knows is either an unknown-field error or, for fields sluice recognises but
+//! does not implement (RDS, EDS, access logs, tracing, retries, …), the error
+//! `recognised but not supported by sluice` at the field's path. See [`validate`] for the
+//! semantic rules.
 
 pub mod bootstrap;
 pub mod cluster;
@@ -37,6 +65,45 @@ pub struct Snapshot {
     pub source: serde_json::Value,
 }
 
+/// What `/config_dump` shows instead of a secret.
+pub const REDACTED: &str = "[redacted]";
+
+impl Snapshot {
+    /// The source tree with secrets hidden, as Envoy's `/config_dump` shows them: in every
+    /// `tls_certificates` entry, each string of the `private_key` (and `password`) data source
+    /// becomes `"[redacted]"`, e.g. `{"inline_string": "[redacted]"}` or
+    /// `{"filename": "[redacted]"}`. Everything else is unchanged.
+    pub fn redacted_source(&self) -> serde_json::Value {
+        let mut tree = self.source.clone();
+        redact(&mut tree);
+        tree
+    }
+}
+
+fn redact(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "tls_certificates" {
+                    for cert in v.as_array_mut().into_iter().flatten() {
+                        for secret in ["private_key", "password"] {
+                            if let Some(serde_json::Value::Object(ds)) = cert.get_mut(secret) {
+                                for s in ds.values_mut() {
+                                    *s = serde_json::Value::String(REDACTED.to_string());
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
 /// Source text format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -57,9 +124,8 @@ impl Format {
 /// Read, parse and validate a bootstrap file.
 pub fn load_file(path: impl AsRef<Path>) -> Result<Snapshot, ConfigError> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::single("", format!("cannot read {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))?;
     parse(&text, Format::from_path(path))
 }
 
@@ -84,4 +150,72 @@ pub fn parse_tree(text: &str, format: Format) -> Result<serde_json::Value, Confi
         return Ok(serde_json::Value::Object(Default::default()));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_source_hides_private_keys_only() {
+        let text = r#"
+static_resources:
+  listeners:
+  - address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - transport_socket:
+        name: tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {inline_string: "CERT"}
+              private_key: {inline_string: "SECRET-KEY"}
+      filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: s
+          route_config: {virtual_hosts: [{name: a, domains: ["*"], routes: [{match: {prefix: /}, direct_response: {status: 200}}]}]}
+          http_filters: [{name: envoy.filters.http.router}]
+layered_runtime:
+  layers: [{name: l, static_layer: {private_key: not-a-secret}}]
+"#;
+        let snapshot = parse(text, Format::Yaml).unwrap();
+        let redacted = snapshot.redacted_source();
+        let cert = &redacted["static_resources"]["listeners"][0]["filter_chains"][0]
+            ["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0];
+        assert_eq!(
+            cert["private_key"],
+            serde_json::json!({"inline_string": "[redacted]"})
+        );
+        assert_eq!(
+            cert["certificate_chain"],
+            serde_json::json!({"inline_string": "CERT"})
+        );
+        assert!(!redacted.to_string().contains("SECRET-KEY"));
+        // Only data sources of TLS certificates are secrets; the runtime is left alone.
+        assert_eq!(
+            redacted["layered_runtime"]["layers"][0]["static_layer"]["private_key"],
+            "not-a-secret"
+        );
+        // The snapshot itself still has the key (the proxy needs it).
+        assert!(snapshot.source.to_string().contains("SECRET-KEY"));
+    }
+
+    #[test]
+    fn redaction_covers_file_based_keys() {
+        let mut tree = serde_json::json!({"a": [{"tls_certificates": [
+            {"certificate_chain": {"filename": "c.pem"}, "private_key": {"filename": "k.pem"}}
+        ]}]});
+        redact(&mut tree);
+        assert_eq!(
+            tree["a"][0]["tls_certificates"][0]["private_key"],
+            serde_json::json!({"filename": "[redacted]"})
+        );
+        assert_eq!(
+            tree["a"][0]["tls_certificates"][0]["certificate_chain"]["filename"],
+            "c.pem"
+        );
+    }
 }

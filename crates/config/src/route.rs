@@ -201,8 +201,12 @@ impl RouteMatch {
         let all = [
             self.prefix.as_deref().map(PathSpecifier::Prefix),
             self.path.as_deref().map(PathSpecifier::Path),
-            self.safe_regex.as_ref().map(|r| PathSpecifier::SafeRegex(r.regex.as_str())),
-            self.path_separated_prefix.as_deref().map(PathSpecifier::PathSeparatedPrefix),
+            self.safe_regex
+                .as_ref()
+                .map(|r| PathSpecifier::SafeRegex(r.regex.as_str())),
+            self.path_separated_prefix
+                .as_deref()
+                .map(PathSpecifier::PathSeparatedPrefix),
         ];
         let mut set = all.into_iter().flatten();
         let first = set.next()?;
@@ -323,7 +327,10 @@ pub struct RouteAction {
 impl RouteAction {
     /// Envoy's default route timeout is 15 s; `0s` disables it (`None`).
     pub fn timeout(&self) -> Option<std::time::Duration> {
-        let d = self.timeout.map(Duration::as_std).unwrap_or(std::time::Duration::from_secs(15));
+        let d = self
+            .timeout
+            .map(Duration::as_std)
+            .unwrap_or(std::time::Duration::from_secs(15));
         (!d.is_zero()).then_some(d)
     }
 }

@@ -45,10 +45,12 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::bootstrap::{Bootstrap, DnsResolverConfig};
-use crate::cluster::{Cluster, DiscoveryType, LbPolicy, ProtocolOptions, UpstreamHttpProtocolOptions};
+use crate::cluster::{
+    Cluster, DiscoveryType, LbPolicy, ProtocolOptions, UpstreamHttpProtocolOptions,
+};
 use crate::core::{
-    Address, DataSource, HeaderValueOption, ListStringMatcher, RegexMatcher, SocketProtocol, StringMatcher,
-    TypedExtensionConfig,
+    Address, DataSource, HeaderValueOption, ListStringMatcher, RegexMatcher, SocketProtocol,
+    StringMatcher, TypedExtensionConfig,
 };
 use crate::error::{join_path, ConfigError, PathError};
 use crate::ext_authz::{ExtAuthz, ExtAuthzPerRoute};
@@ -65,14 +67,16 @@ pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
 pub const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
 pub const TLS_INSPECTOR_FILTER: &str = "envoy.filters.listener.tls_inspector";
 /// The key of `typed_extension_protocol_options` for upstream HTTP options.
-pub const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 /// Envoy's default `max_direct_response_body_size_bytes`.
 pub const DEFAULT_MAX_DIRECT_RESPONSE_BODY_BYTES: u32 = 4096;
 
 const NOT_SUPPORTED: &str = "recognised but not supported by sluice";
 const MIN_LEN_1: &str = "value length must be at least 1 characters";
 const MIN_ITEMS_1: &str = "value must contain at least 1 item(s)";
-const ONLY_HCM: &str = "a filter chain has exactly one network filter, the HTTP connection manager \
+const ONLY_HCM: &str =
+    "a filter chain has exactly one network filter, the HTTP connection manager \
      (envoy.filters.network.http_connection_manager): sluice runs no other network filter";
 
 /// Check a typed bootstrap; all problems are reported together.
@@ -89,14 +93,20 @@ pub fn validate(bootstrap: &Bootstrap) -> Result<(), ConfigError> {
 /// Every problem found in a typed bootstrap, in traversal order (empty when valid).
 pub fn check(bootstrap: &Bootstrap) -> Vec<PathError> {
     let sr = &bootstrap.static_resources;
-    let mut ctx = Ctx { errors: Vec::new(), clusters: HashSet::new() };
+    let mut ctx = Ctx {
+        errors: Vec::new(),
+        clusters: HashSet::new(),
+    };
     let root = P::default();
 
     let clusters = root.f("static_resources").f("clusters");
     for (i, c) in sr.clusters.iter().enumerate() {
         let p = clusters.i(i);
         if !c.name.is_empty() && !ctx.clusters.insert(c.name.as_str()) {
-            ctx.err(&p.f("name"), format!("cluster manager: duplicate cluster '{}'", c.name));
+            ctx.err(
+                &p.f("name"),
+                format!("cluster manager: duplicate cluster '{}'", c.name),
+            );
         }
     }
     for (i, c) in sr.clusters.iter().enumerate() {
@@ -113,7 +123,11 @@ pub fn check(bootstrap: &Bootstrap) -> Vec<PathError> {
                 ctx.err(&p.f("name"), format!("duplicate listener name '{name}'"));
             }
         }
-        let addr = l.address.socket_address.as_ref().and_then(|s| s.to_socket_addr());
+        let addr = l
+            .address
+            .socket_address
+            .as_ref()
+            .and_then(|s| s.to_socket_addr());
         if let Some(addr) = addr.filter(|a| a.port() != 0) {
             if addresses.insert(addr, ()).is_some() {
                 let name = l.name.clone().unwrap_or_else(|| addr.to_string());
@@ -165,11 +179,17 @@ enum AddrRule {
 
 /// The serialized name of an enum value (`"STRICT_DNS"`).
 fn enum_name<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The first line of the regex crate's error that says what is wrong.
@@ -188,7 +208,9 @@ fn regex_error_summary(e: &regex::Error) -> String {
 /// `*` is allowed as the whole domain, or as the first or last character only.
 fn domain_wildcard_ok(domain: &str) -> bool {
     let stars = domain.matches('*').count();
-    domain == "*" || stars == 0 || (stars == 1 && (domain.starts_with('*') || domain.ends_with('*')))
+    domain == "*"
+        || stars == 0
+        || (stars == 1 && (domain.starts_with('*') || domain.ends_with('*')))
 }
 
 /// Envoy refuses to add, set or remove `:`-pseudo-headers and `host`.
@@ -231,7 +253,10 @@ struct RouteScope<'b> {
 
 impl<'a> Ctx<'a> {
     fn err(&mut self, p: &P, message: impl Into<String>) {
-        self.errors.push(PathError { path: p.0.clone(), message: message.into() });
+        self.errors.push(PathError {
+            path: p.0.clone(),
+            message: message.into(),
+        });
     }
 
     /// A proto `oneof` written as sibling fields: at most one set, or exactly one if `required`.
@@ -246,14 +271,24 @@ impl<'a> Ctx<'a> {
             }
             0 | 1 => true,
             _ => {
-                self.err(p, format!("only one of {} may be set (found {})", names.join(", "), set.join(", ")));
+                self.err(
+                    p,
+                    format!(
+                        "only one of {} may be set (found {})",
+                        names.join(", "),
+                        set.join(", ")
+                    ),
+                );
                 false
             }
         }
     }
 
     fn not_supported_value<T: Serialize>(&mut self, p: &P, value: &T) {
-        self.err(p, format!("value \"{}\" is {NOT_SUPPORTED}", enum_name(value)));
+        self.err(
+            p,
+            format!("value \"{}\" is {NOT_SUPPORTED}", enum_name(value)),
+        );
     }
 
     fn non_empty(&mut self, p: &P, s: &str) {
@@ -264,7 +299,10 @@ impl<'a> Ctx<'a> {
 
     fn regex(&mut self, p: &P, pattern: &str) {
         if let Err(e) = regex::Regex::new(pattern) {
-            self.err(p, format!("invalid regex \"{pattern}\": {}", regex_error_summary(&e)));
+            self.err(
+                p,
+                format!("invalid regex \"{pattern}\": {}", regex_error_summary(&e)),
+            );
         }
     }
 
@@ -301,18 +339,33 @@ impl<'a> Ctx<'a> {
         };
         let sp = p.f("socket_address");
         if sa.port_value > 65535 {
-            self.err(&sp.f("port_value"), "value must be less than or equal to 65535");
+            self.err(
+                &sp.f("port_value"),
+                "value must be less than or equal to 65535",
+            );
         }
         match rule {
             AddrRule::Ip => {
-                if sa.address.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_err() {
-                    self.err(&sp.f("address"), format!("malformed IP address: {}", sa.address));
+                if sa
+                    .address
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .is_err()
+                {
+                    self.err(
+                        &sp.f("address"),
+                        format!("malformed IP address: {}", sa.address),
+                    );
                 }
             }
             AddrRule::HostWithPort => {
                 self.non_empty(&sp.f("address"), &sa.address);
                 if sa.port_value == 0 {
-                    self.err(&sp.f("port_value"), "a DNS cluster endpoint needs a port_value");
+                    self.err(
+                        &sp.f("port_value"),
+                        "a DNS cluster endpoint needs a port_value",
+                    );
                 }
             }
         }
@@ -339,7 +392,11 @@ impl<'a> Ctx<'a> {
             ],
             true,
         );
-        for (field, v) in [("prefix", &m.prefix), ("suffix", &m.suffix), ("contains", &m.contains)] {
+        for (field, v) in [
+            ("prefix", &m.prefix),
+            ("suffix", &m.suffix),
+            ("contains", &m.contains),
+        ] {
             if let Some(v) = v {
                 self.non_empty(&p.f(field), v);
             }
@@ -362,28 +419,40 @@ impl<'a> Ctx<'a> {
     }
 
     fn header_mutations(&mut self, p: &P, m: Mutations<'_>) {
-        for (field, list) in [("request_headers_to_add", m.request_headers_to_add), ("response_headers_to_add", m.response_headers_to_add)]
-        {
+        for (field, list) in [
+            ("request_headers_to_add", m.request_headers_to_add),
+            ("response_headers_to_add", m.response_headers_to_add),
+        ] {
             for (i, h) in list.iter().enumerate() {
                 let hp = p.f(field).i(i);
                 if h.header.key.is_empty() {
                     self.err(&hp.f("header").f("key"), MIN_LEN_1);
                 } else if !modifiable_header(&h.header.key) {
-                    self.err(&hp.f("header").f("key"), ":-prefixed or host headers may not be modified");
+                    self.err(
+                        &hp.f("header").f("key"),
+                        ":-prefixed or host headers may not be modified",
+                    );
                 }
                 if h.append.is_some() && h.append_action.is_some() {
-                    self.err(&hp, "Both append and append_action are set and it's not allowed");
+                    self.err(
+                        &hp,
+                        "Both append and append_action are set and it's not allowed",
+                    );
                 }
             }
         }
-        for (field, list) in
-            [("request_headers_to_remove", m.request_headers_to_remove), ("response_headers_to_remove", m.response_headers_to_remove)]
-        {
+        for (field, list) in [
+            ("request_headers_to_remove", m.request_headers_to_remove),
+            ("response_headers_to_remove", m.response_headers_to_remove),
+        ] {
             for (i, h) in list.iter().enumerate() {
                 if h.is_empty() {
                     self.err(&p.f(field).i(i), MIN_LEN_1);
                 } else if !modifiable_header(h) {
-                    self.err(&p.f(field).i(i), ":-prefixed or host headers may not be removed");
+                    self.err(
+                        &p.f(field).i(i),
+                        ":-prefixed or host headers may not be removed",
+                    );
                 }
             }
         }
@@ -401,12 +470,14 @@ impl<'a> Ctx<'a> {
                 self.common_tls(&tp.f("common_tls_context"), &u.common_tls_context, false);
             }
             TransportSocketConfig::RawBuffer(_) => {}
-            TransportSocketConfig::DownstreamTls(_) => {
-                self.err(&tp, "a DownstreamTlsContext belongs on a listener's filter chain, not on a cluster")
-            }
-            TransportSocketConfig::UpstreamTls(_) => {
-                self.err(&tp, "an UpstreamTlsContext belongs on a cluster, not on a listener's filter chain")
-            }
+            TransportSocketConfig::DownstreamTls(_) => self.err(
+                &tp,
+                "a DownstreamTlsContext belongs on a listener's filter chain, not on a cluster",
+            ),
+            TransportSocketConfig::UpstreamTls(_) => self.err(
+                &tp,
+                "an UpstreamTlsContext belongs on a cluster, not on a listener's filter chain",
+            ),
         }
     }
 
@@ -417,18 +488,28 @@ impl<'a> Ctx<'a> {
         }
         for (i, cert) in c.tls_certificates.iter().enumerate() {
             let p = cp.i(i);
-            for (field, ds) in [("certificate_chain", &cert.certificate_chain), ("private_key", &cert.private_key)] {
+            for (field, ds) in [
+                ("certificate_chain", &cert.certificate_chain),
+                ("private_key", &cert.private_key),
+            ] {
                 match ds {
                     Some(ds) => self.data_source(&p.f(field), ds),
                     None => self.err(&p, format!("missing field \"{field}\"")),
                 }
             }
         }
-        if let Some(ca) = c.validation_context.as_ref().and_then(|v| v.trusted_ca.as_ref()) {
+        if let Some(ca) = c
+            .validation_context
+            .as_ref()
+            .and_then(|v| v.trusted_ca.as_ref())
+        {
             self.data_source(&p.f("validation_context").f("trusted_ca"), ca);
         }
         if let Some(params) = &c.tls_params {
-            if let (Some(min), Some(max)) = (params.tls_minimum_protocol_version, params.tls_maximum_protocol_version) {
+            if let (Some(min), Some(max)) = (
+                params.tls_minimum_protocol_version,
+                params.tls_maximum_protocol_version,
+            ) {
                 if min != TlsProtocol::Auto && max != TlsProtocol::Auto && min > max {
                     self.err(
                         &p.f("tls_params"),
@@ -450,7 +531,10 @@ impl<'a> Ctx<'a> {
         self.address(&ap, &l.address, AddrRule::Ip);
         if let Some(sa) = &l.address.socket_address {
             if sa.protocol == Some(SocketProtocol::Udp) {
-                self.err(&ap.f("socket_address").f("protocol"), format!("value \"UDP\" is {NOT_SUPPORTED}"));
+                self.err(
+                    &ap.f("socket_address").f("protocol"),
+                    format!("value \"UDP\" is {NOT_SUPPORTED}"),
+                );
             }
         }
         let fcp = p.f("filter_chains");
@@ -459,7 +543,11 @@ impl<'a> Ctx<'a> {
             .iter()
             .enumerate()
             .map(|(i, c)| (fcp.i(i), c))
-            .chain(l.default_filter_chain.iter().map(|c| (p.f("default_filter_chain"), c)))
+            .chain(
+                l.default_filter_chain
+                    .iter()
+                    .map(|c| (p.f("default_filter_chain"), c)),
+            )
             .collect();
         if chains.is_empty() {
             self.err(&fcp, "no filter chains specified");
@@ -472,7 +560,10 @@ impl<'a> Ctx<'a> {
             if f.typed_config.is_none() && f.name != TLS_INSPECTOR_FILTER {
                 self.err(
                     &p.f("listener_filters").i(i),
-                    format!("Didn't find a registered implementation for name: '{}'", f.name),
+                    format!(
+                        "Didn't find a registered implementation for name: '{}'",
+                        f.name
+                    ),
                 );
             }
         }
@@ -498,7 +589,8 @@ impl<'a> Ctx<'a> {
     /// (port, server name, transport, ALPN) tuples and rejects any tuple claimed twice.
     fn filter_chain_matches(&mut self, p: &P, chains: &[FilterChain]) {
         type Tuple = (Option<u32>, String, String, String);
-        let mut whole: HashSet<(Option<u32>, Vec<String>, String, Vec<String>)> = HashSet::new();
+        type Whole = (Option<u32>, Vec<String>, String, Vec<String>);
+        let mut whole: HashSet<Whole> = HashSet::new();
         let mut tuples: HashSet<Tuple> = HashSet::new();
         for (i, c) in chains.iter().enumerate() {
             let cp = p.i(i);
@@ -506,8 +598,12 @@ impl<'a> Ctx<'a> {
             let m = c.filter_chain_match.as_ref().unwrap_or(&default);
             let mp = cp.f("filter_chain_match");
             for (k, name) in m.server_names.iter().enumerate() {
-                if name.contains('*') && !(name.starts_with("*.") && name.matches('*').count() == 1) {
-                    self.err(&mp.f("server_names").i(k), "partial wildcards are not supported in \"server_names\"");
+                if name.contains('*') && !(name.starts_with("*.") && name.matches('*').count() == 1)
+                {
+                    self.err(
+                        &mp.f("server_names").i(k),
+                        "partial wildcards are not supported in \"server_names\"",
+                    );
                 }
             }
             let sorted = |v: &[String]| {
@@ -519,9 +615,21 @@ impl<'a> Ctx<'a> {
             let names = sorted(&m.server_names);
             let alpns = sorted(&m.application_protocols);
             let transport = m.transport_protocol.clone().unwrap_or_default();
-            let at = if c.filter_chain_match.is_some() { mp } else { cp };
-            if !whole.insert((m.destination_port, names.clone(), transport.clone(), alpns.clone())) {
-                self.err(&at, "multiple filter chains with the same matching rules are defined");
+            let at = if c.filter_chain_match.is_some() {
+                mp
+            } else {
+                cp
+            };
+            if !whole.insert((
+                m.destination_port,
+                names.clone(),
+                transport.clone(),
+                alpns.clone(),
+            )) {
+                self.err(
+                    &at,
+                    "multiple filter chains with the same matching rules are defined",
+                );
                 continue;
             }
             let any = || vec![String::new()];
@@ -530,11 +638,19 @@ impl<'a> Ctx<'a> {
             let mut overlap = false;
             for n in &names {
                 for a in &alpns {
-                    overlap |= !tuples.insert((m.destination_port, n.clone(), transport.clone(), a.clone()));
+                    overlap |= !tuples.insert((
+                        m.destination_port,
+                        n.clone(),
+                        transport.clone(),
+                        a.clone(),
+                    ));
                 }
             }
             if overlap {
-                self.err(&at, "multiple filter chains with overlapping matching rules are defined");
+                self.err(
+                    &at,
+                    "multiple filter chains with overlapping matching rules are defined",
+                );
             }
         }
     }
@@ -548,12 +664,18 @@ impl<'a> Ctx<'a> {
         }
         if let Some(kb) = h.max_request_headers_kb {
             if kb == 0 || kb > 8192 {
-                self.err(&p.f("max_request_headers_kb"), "value must be inside range (0, 8192]");
+                self.err(
+                    &p.f("max_request_headers_kb"),
+                    "value must be inside range (0, 8192]",
+                );
             }
         }
         let fp = p.f("http_filters");
         if h.http_filters.is_empty() {
-            self.err(&fp, format!("{MIN_ITEMS_1}: the last HTTP filter must be the router ({ROUTER_FILTER})"));
+            self.err(
+                &fp,
+                format!("{MIN_ITEMS_1}: the last HTTP filter must be the router ({ROUTER_FILTER})"),
+            );
         }
         let mut authz_filters: HashSet<&str> = HashSet::new();
         let last = h.http_filters.len().saturating_sub(1);
@@ -561,9 +683,18 @@ impl<'a> Ctx<'a> {
             let p = fp.i(i);
             let Some(config) = f.config() else {
                 if f.name == EXT_AUTHZ_FILTER {
-                    self.err(&p, format!("missing field \"typed_config\" (required for {EXT_AUTHZ_FILTER})"));
+                    self.err(
+                        &p,
+                        format!("missing field \"typed_config\" (required for {EXT_AUTHZ_FILTER})"),
+                    );
                 } else {
-                    self.err(&p, format!("Didn't find a registered implementation for name: '{}'", f.name));
+                    self.err(
+                        &p,
+                        format!(
+                            "Didn't find a registered implementation for name: '{}'",
+                            f.name
+                        ),
+                    );
                 }
                 continue;
             };
@@ -603,11 +734,21 @@ impl<'a> Ctx<'a> {
     }
 
     fn ext_authz(&mut self, p: &P, a: &ExtAuthz) {
-        self.one_of(p, &[("grpc_service", a.grpc_service.is_some()), ("http_service", a.http_service.is_some())], true);
+        self.one_of(
+            p,
+            &[
+                ("grpc_service", a.grpc_service.is_some()),
+                ("http_service", a.http_service.is_some()),
+            ],
+            true,
+        );
         if let Some(g) = &a.grpc_service {
             let gp = p.f("grpc_service");
             match &g.envoy_grpc {
-                None => self.err(&gp, "missing field \"envoy_grpc\" (google_grpc is not supported by sluice)"),
+                None => self.err(
+                    &gp,
+                    "missing field \"envoy_grpc\" (google_grpc is not supported by sluice)",
+                ),
                 Some(e) => {
                     if !self.clusters.contains(e.cluster_name.as_str()) {
                         self.err(
@@ -630,16 +771,28 @@ impl<'a> Ctx<'a> {
             self.non_empty(&up.f("cluster"), &h.server_uri.cluster);
             let hp = p.f("http_service");
             if let Some(r) = &h.authorization_request {
-                self.list_matcher(&hp.f("authorization_request").f("allowed_headers"), &r.allowed_headers);
+                self.list_matcher(
+                    &hp.f("authorization_request").f("allowed_headers"),
+                    &r.allowed_headers,
+                );
             }
             if let Some(r) = &h.authorization_response {
                 let rp = hp.f("authorization_response");
                 for (field, l) in [
                     ("allowed_upstream_headers", &r.allowed_upstream_headers),
-                    ("allowed_upstream_headers_to_append", &r.allowed_upstream_headers_to_append),
+                    (
+                        "allowed_upstream_headers_to_append",
+                        &r.allowed_upstream_headers_to_append,
+                    ),
                     ("allowed_client_headers", &r.allowed_client_headers),
-                    ("allowed_client_headers_on_success", &r.allowed_client_headers_on_success),
-                    ("dynamic_metadata_from_headers", &r.dynamic_metadata_from_headers),
+                    (
+                        "allowed_client_headers_on_success",
+                        &r.allowed_client_headers_on_success,
+                    ),
+                    (
+                        "dynamic_metadata_from_headers",
+                        &r.dynamic_metadata_from_headers,
+                    ),
                 ] {
                     self.list_matcher(&rp.f(field), l);
                 }
@@ -647,12 +800,18 @@ impl<'a> Ctx<'a> {
         }
         if let Some(s) = &a.status_on_error {
             if !(100..=599).contains(&s.code) {
-                self.err(&p.f("status_on_error").f("code"), "value must be an HTTP status code in 100..=599");
+                self.err(
+                    &p.f("status_on_error").f("code"),
+                    "value must be an HTTP status code in 100..=599",
+                );
             }
         }
         if let Some(b) = &a.with_request_body {
             if b.max_request_bytes == 0 {
-                self.err(&p.f("with_request_body").f("max_request_bytes"), "value must be greater than 0");
+                self.err(
+                    &p.f("with_request_body").f("max_request_bytes"),
+                    "value must be greater than 0",
+                );
             }
         }
         self.list_matcher(&p.f("allowed_headers"), &a.allowed_headers);
@@ -665,11 +824,17 @@ impl<'a> Ctx<'a> {
         let scope = RouteScope {
             name: rc.name.as_deref().unwrap_or(""),
             validate_clusters: rc.validate_clusters.unwrap_or(true),
-            max_body: rc.max_direct_response_body_size_bytes.unwrap_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY_BYTES),
+            max_body: rc
+                .max_direct_response_body_size_bytes
+                .unwrap_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY_BYTES),
             authz_filters,
         };
         self.header_mutations(p, mutations!(rc));
-        self.per_filter_config(&p.f("typed_per_filter_config"), &rc.typed_per_filter_config, &scope);
+        self.per_filter_config(
+            &p.f("typed_per_filter_config"),
+            &rc.typed_per_filter_config,
+            &scope,
+        );
         let mut domains: HashSet<String> = HashSet::new();
         let mut wildcard = false;
         let vp = p.f("virtual_hosts");
@@ -683,7 +848,13 @@ impl<'a> Ctx<'a> {
                 let lower = d.to_ascii_lowercase();
                 if lower == "*" {
                     if wildcard {
-                        self.err(&dp.i(k), format!("Only a single wildcard domain is permitted in route {}", scope.name));
+                        self.err(
+                            &dp.i(k),
+                            format!(
+                                "Only a single wildcard domain is permitted in route {}",
+                                scope.name
+                            ),
+                        );
                     }
                     wildcard = true;
                 } else if !domain_wildcard_ok(&lower) {
@@ -711,7 +882,11 @@ impl<'a> Ctx<'a> {
     fn virtual_host(&mut self, p: &P, vh: &VirtualHost, scope: &RouteScope<'_>) {
         self.non_empty(&p.f("name"), &vh.name);
         self.header_mutations(p, mutations!(vh));
-        self.per_filter_config(&p.f("typed_per_filter_config"), &vh.typed_per_filter_config, scope);
+        self.per_filter_config(
+            &p.f("typed_per_filter_config"),
+            &vh.typed_per_filter_config,
+            scope,
+        );
         let rp = p.f("routes");
         for (i, r) in vh.routes.iter().enumerate() {
             self.route(&rp.i(i), r, scope);
@@ -722,11 +897,19 @@ impl<'a> Ctx<'a> {
         self.route_match(&p.f("match"), &r.match_);
         self.one_of(
             p,
-            &[("route", r.route.is_some()), ("redirect", r.redirect.is_some()), ("direct_response", r.direct_response.is_some())],
+            &[
+                ("route", r.route.is_some()),
+                ("redirect", r.redirect.is_some()),
+                ("direct_response", r.direct_response.is_some()),
+            ],
             true,
         );
         self.header_mutations(p, mutations!(r));
-        self.per_filter_config(&p.f("typed_per_filter_config"), &r.typed_per_filter_config, scope);
+        self.per_filter_config(
+            &p.f("typed_per_filter_config"),
+            &r.typed_per_filter_config,
+            scope,
+        );
         if let Some(a) = &r.route {
             self.route_action(&p.f("route"), a, scope);
         }
@@ -734,7 +917,10 @@ impl<'a> Ctx<'a> {
             let rp = p.f("redirect");
             self.one_of(
                 &rp,
-                &[("https_redirect", rd.https_redirect.is_some()), ("scheme_redirect", rd.scheme_redirect.is_some())],
+                &[
+                    ("https_redirect", rd.https_redirect.is_some()),
+                    ("scheme_redirect", rd.scheme_redirect.is_some()),
+                ],
                 false,
             );
             self.one_of(
@@ -747,7 +933,10 @@ impl<'a> Ctx<'a> {
                 false,
             );
             if rd.port_redirect.is_some_and(|port| port > 65535) {
-                self.err(&rp.f("port_redirect"), "value must be less than or equal to 65535");
+                self.err(
+                    &rp.f("port_redirect"),
+                    "value must be less than or equal to 65535",
+                );
             }
             if let Some(rr) = &rd.regex_rewrite {
                 self.regex_rewrite(&rp.f("regex_rewrite"), rr);
@@ -766,7 +955,10 @@ impl<'a> Ctx<'a> {
                     if size > scope.max_body as usize {
                         self.err(
                             &dp.f("body"),
-                            format!("response body size is {size} bytes; maximum is {}", scope.max_body),
+                            format!(
+                                "response body size is {size} bytes; maximum is {}",
+                                scope.max_body
+                            ),
                         );
                     }
                 }
@@ -825,7 +1017,14 @@ impl<'a> Ctx<'a> {
         for (i, q) in m.query_parameters.iter().enumerate() {
             let p = qp.i(i);
             self.non_empty(&p.f("name"), &q.name);
-            self.one_of(&p, &[("string_match", q.string_match.is_some()), ("present_match", q.present_match.is_some())], false);
+            self.one_of(
+                &p,
+                &[
+                    ("string_match", q.string_match.is_some()),
+                    ("present_match", q.present_match.is_some()),
+                ],
+                false,
+            );
             if let Some(s) = &q.string_match {
                 self.string_matcher(&p.f("string_match"), s);
             }
@@ -865,18 +1064,27 @@ impl<'a> Ctx<'a> {
                 if c.name.is_empty() {
                     self.err(&p.f("name"), MIN_LEN_1);
                 } else if scope.validate_clusters && !self.clusters.contains(c.name.as_str()) {
-                    self.err(&p.f("name"), format!("route: unknown weighted cluster '{}'", c.name));
+                    self.err(
+                        &p.f("name"),
+                        format!("route: unknown weighted cluster '{}'", c.name),
+                    );
                 }
                 self.header_mutations(&p, mutations!(c));
-                self.per_filter_config(&p.f("typed_per_filter_config"), &c.typed_per_filter_config, scope);
+                self.per_filter_config(
+                    &p.f("typed_per_filter_config"),
+                    &c.typed_per_filter_config,
+                    scope,
+                );
             }
             match w.total_weight {
-                Some(t) if u64::from(t) != sum => {
-                    self.err(&wp.f("total_weight"), format!("Sum of weights in the weighted_cluster should add up to {t}"))
-                }
-                _ if sum == 0 && !w.clusters.is_empty() => {
-                    self.err(&wp, "Sum of weights in the weighted_cluster must be greater than 0.")
-                }
+                Some(t) if u64::from(t) != sum => self.err(
+                    &wp.f("total_weight"),
+                    format!("Sum of weights in the weighted_cluster should add up to {t}"),
+                ),
+                _ if sum == 0 && !w.clusters.is_empty() => self.err(
+                    &wp,
+                    "Sum of weights in the weighted_cluster must be greater than 0.",
+                ),
                 _ => {}
             }
         }
@@ -937,13 +1145,29 @@ impl<'a> Ctx<'a> {
     }
 
     fn ext_authz_per_route(&mut self, p: &P, per: &ExtAuthzPerRoute) {
-        self.one_of(p, &[("disabled", per.disabled.is_some()), ("check_settings", per.check_settings.is_some())], true);
+        self.one_of(
+            p,
+            &[
+                ("disabled", per.disabled.is_some()),
+                ("check_settings", per.check_settings.is_some()),
+            ],
+            true,
+        );
         if per.disabled == Some(false) {
             self.err(&p.f("disabled"), "value must equal true");
         }
-        if let Some(b) = per.check_settings.as_ref().and_then(|c| c.with_request_body.as_ref()) {
+        if let Some(b) = per
+            .check_settings
+            .as_ref()
+            .and_then(|c| c.with_request_body.as_ref())
+        {
             if b.max_request_bytes == 0 {
-                self.err(&p.f("check_settings").f("with_request_body").f("max_request_bytes"), "value must be greater than 0");
+                self.err(
+                    &p.f("check_settings")
+                        .f("with_request_body")
+                        .f("max_request_bytes"),
+                    "value must be greater than 0",
+                );
             }
         }
     }
@@ -955,13 +1179,18 @@ impl<'a> Ctx<'a> {
         if matches!(c.type_, DiscoveryType::Eds | DiscoveryType::OriginalDst) {
             self.not_supported_value(&p.f("type"), &c.type_);
         }
-        if matches!(c.lb_policy, LbPolicy::ClusterProvided | LbPolicy::LoadBalancingPolicyConfig) {
+        if matches!(
+            c.lb_policy,
+            LbPolicy::ClusterProvided | LbPolicy::LoadBalancingPolicyConfig
+        ) {
             self.not_supported_value(&p.f("lb_policy"), &c.lb_policy);
         }
         if c.connect_timeout.is_some_and(|d| d.is_zero()) {
             self.err(&p.f("connect_timeout"), "value must be greater than 0s");
         }
-        if c.dns_refresh_rate.is_some_and(|d| d.as_std() <= std::time::Duration::from_millis(1)) {
+        if c.dns_refresh_rate
+            .is_some_and(|d| d.as_std() <= std::time::Duration::from_millis(1))
+        {
             self.err(&p.f("dns_refresh_rate"), "value must be greater than 1ms");
         }
         self.endpoints(p, c);
@@ -974,7 +1203,10 @@ impl<'a> Ctx<'a> {
                 if !seen.insert(enum_name(&t.priority)) {
                     self.err(
                         &tp.i(i).f("priority"),
-                        format!("at most one threshold per priority; {} appears more than once", enum_name(&t.priority)),
+                        format!(
+                            "at most one threshold per priority; {} appears more than once",
+                            enum_name(&t.priority)
+                        ),
                     );
                 }
             }
@@ -1004,24 +1236,37 @@ impl<'a> Ctx<'a> {
         for (i, group) in la.endpoints.iter().enumerate() {
             let gp = ep.i(i);
             if group.priority != 0 {
-                self.err(&gp.f("priority"), "priorities other than 0 are not supported yet");
+                self.err(
+                    &gp.f("priority"),
+                    "priorities other than 0 are not supported yet",
+                );
             }
             if group.load_balancing_weight == Some(0) {
-                self.err(&gp.f("load_balancing_weight"), "value must be greater than or equal to 1");
+                self.err(
+                    &gp.f("load_balancing_weight"),
+                    "value must be greater than or equal to 1",
+                );
             }
             let lbp = gp.f("lb_endpoints");
             for (k, e) in group.lb_endpoints.iter().enumerate() {
                 let p = lbp.i(k);
                 if e.load_balancing_weight == Some(0) {
-                    self.err(&p.f("load_balancing_weight"), "value must be greater than or equal to 1");
+                    self.err(
+                        &p.f("load_balancing_weight"),
+                        "value must be greater than or equal to 1",
+                    );
                 }
                 match &e.endpoint {
-                    Some(endpoint) => self.address(&p.f("endpoint").f("address"), &endpoint.address, rule),
+                    Some(endpoint) => {
+                        self.address(&p.f("endpoint").f("address"), &endpoint.address, rule)
+                    }
                     None => self.err(&p, "missing field \"endpoint\""),
                 }
             }
         }
-        if c.type_ == DiscoveryType::LogicalDns && (la.endpoints.len() != 1 || la.endpoints[0].lb_endpoints.len() != 1) {
+        if c.type_ == DiscoveryType::LogicalDns
+            && (la.endpoints.len() != 1 || la.endpoints[0].lb_endpoints.len() != 1)
+        {
             self.err(&lp, "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint");
         }
     }
@@ -1031,27 +1276,46 @@ impl<'a> Ctx<'a> {
         const MAX_MAGLEV: u64 = 5_000_011;
         if let Some(r) = &c.ring_hash_lb_config {
             let rp = p.f("ring_hash_lb_config");
-            for (field, v) in [("minimum_ring_size", r.minimum_ring_size), ("maximum_ring_size", r.maximum_ring_size)] {
+            for (field, v) in [
+                ("minimum_ring_size", r.minimum_ring_size),
+                ("maximum_ring_size", r.maximum_ring_size),
+            ] {
                 if v.is_some_and(|v| v > MAX_RING) {
-                    self.err(&rp.f(field), format!("value must be less than or equal to {MAX_RING}"));
+                    self.err(
+                        &rp.f(field),
+                        format!("value must be less than or equal to {MAX_RING}"),
+                    );
                 }
             }
             let min = r.minimum_ring_size.unwrap_or(1024);
             let max = r.maximum_ring_size.unwrap_or(MAX_RING);
             if min > max {
-                self.err(&rp, format!("ring hash: minimum_ring_size ({min}) > maximum_ring_size ({max})"));
+                self.err(
+                    &rp,
+                    format!("ring hash: minimum_ring_size ({min}) > maximum_ring_size ({max})"),
+                );
             }
         }
         if let Some(size) = c.maglev_lb_config.as_ref().and_then(|m| m.table_size) {
             let tp = p.f("maglev_lb_config").f("table_size");
             if size > MAX_MAGLEV {
-                self.err(&tp, format!("value must be less than or equal to {MAX_MAGLEV}"));
+                self.err(
+                    &tp,
+                    format!("value must be less than or equal to {MAX_MAGLEV}"),
+                );
             } else if !is_prime(size) {
                 self.err(&tp, "The table size of maglev must be prime number");
             }
         }
-        if c.least_request_lb_config.as_ref().and_then(|l| l.choice_count).is_some_and(|n| n < 2) {
-            self.err(&p.f("least_request_lb_config").f("choice_count"), "value must be greater than or equal to 2");
+        if c.least_request_lb_config
+            .as_ref()
+            .and_then(|l| l.choice_count)
+            .is_some_and(|n| n < 2)
+        {
+            self.err(
+                &p.f("least_request_lb_config").f("choice_count"),
+                "value must be greater than or equal to 2",
+            );
         }
     }
 
@@ -1075,7 +1339,10 @@ impl<'a> Ctx<'a> {
             for (field, set) in [
                 ("http_protocol_options", c.http_protocol_options.is_some()),
                 ("http2_protocol_options", c.http2_protocol_options.is_some()),
-                ("common_http_protocol_options", c.common_http_protocol_options.is_some()),
+                (
+                    "common_http_protocol_options",
+                    c.common_http_protocol_options.is_some(),
+                ),
             ] {
                 if set {
                     self.err(
@@ -1093,14 +1360,20 @@ impl<'a> Ctx<'a> {
             p,
             &[
                 ("explicit_http_config", h.explicit_http_config.is_some()),
-                ("use_downstream_protocol_config", h.use_downstream_protocol_config.is_some()),
+                (
+                    "use_downstream_protocol_config",
+                    h.use_downstream_protocol_config.is_some(),
+                ),
             ],
             true,
         );
         if let Some(e) = &h.explicit_http_config {
             self.one_of(
                 &p.f("explicit_http_config"),
-                &[("http_protocol_options", e.http_protocol_options.is_some()), ("http2_protocol_options", e.http2_protocol_options.is_some())],
+                &[
+                    ("http_protocol_options", e.http_protocol_options.is_some()),
+                    ("http2_protocol_options", e.http2_protocol_options.is_some()),
+                ],
                 true,
             );
         }
@@ -1132,6 +1405,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::invalid_regex)]
     fn regex_errors_are_one_line() {
         let e = regex::Regex::new("[0-9+$").unwrap_err();
         let s = regex_error_summary(&e);
@@ -1141,13 +1415,22 @@ mod tests {
 
     #[test]
     fn one_of_messages() {
-        let mut ctx = Ctx { errors: Vec::new(), clusters: HashSet::new() };
+        let mut ctx = Ctx {
+            errors: Vec::new(),
+            clusters: HashSet::new(),
+        };
         let p = P::default().f("x");
         assert!(!ctx.one_of(&p, &[("a", false), ("b", false)], true));
         assert!(ctx.one_of(&p, &[("a", false), ("b", false)], false));
         assert!(!ctx.one_of(&p, &[("a", true), ("b", true), ("c", false)], false));
         assert!(ctx.one_of(&p, &[("a", true), ("b", false)], true));
         let msgs: Vec<String> = ctx.errors.iter().map(ToString::to_string).collect();
-        assert_eq!(msgs, ["x: one of a, b is required", "x: only one of a, b, c may be set (found a, b)"]);
+        assert_eq!(
+            msgs,
+            [
+                "x: one of a, b is required",
+                "x: only one of a, b, c may be set (found a, b)"
+            ]
+        );
     }
 }

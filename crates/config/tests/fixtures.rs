@@ -7,11 +7,18 @@ use std::path::{Path, PathBuf};
 use sluice_config::{load_file, parse_tree, Format};
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
         .map(|e| e.unwrap().path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no fixtures in {}", root.display());
@@ -35,7 +42,11 @@ fn valid_fixtures_load() {
             failures.push(format!("{}:\n{e}", path.display()));
         }
     }
-    assert!(failures.is_empty(), "valid fixtures rejected:\n{}", failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "valid fixtures rejected:\n{}",
+        failures.join("\n\n")
+    );
 }
 
 #[test]
@@ -57,9 +68,17 @@ fn invalid_fixtures_fail_with_their_expected_errors() {
     for path in fixtures("invalid") {
         let text = std::fs::read_to_string(&path).unwrap();
         let mut expected = expectations(&text);
-        assert!(!expected.is_empty(), "{}: no `# expect:` line at the top", path.display());
+        assert!(
+            !expected.is_empty(),
+            "{}: no `# expect:` line at the top",
+            path.display()
+        );
         match load_file(&path) {
-            Ok(_) => failures.push(format!("{}: accepted, expected:\n  {}", path.display(), expected.join("\n  "))),
+            Ok(_) => failures.push(format!(
+                "{}: accepted, expected:\n  {}",
+                path.display(),
+                expected.join("\n  ")
+            )),
             Err(e) => {
                 let mut got: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
                 got.sort();
@@ -75,7 +94,12 @@ fn invalid_fixtures_fail_with_their_expected_errors() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} invalid fixture(s) misbehaved:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} invalid fixture(s) misbehaved:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -87,7 +111,15 @@ fn expectations_are_read_from_the_leading_comment_only() {
 #[test]
 fn json_and_yaml_fixtures_of_the_same_config_agree() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/valid");
-    let yaml = parse_tree(&std::fs::read_to_string(dir.join("front-proxy.yaml")).unwrap(), Format::Yaml).unwrap();
-    let json = parse_tree(&std::fs::read_to_string(dir.join("front-proxy.json")).unwrap(), Format::Json).unwrap();
+    let yaml = parse_tree(
+        &std::fs::read_to_string(dir.join("front-proxy.yaml")).unwrap(),
+        Format::Yaml,
+    )
+    .unwrap();
+    let json = parse_tree(
+        &std::fs::read_to_string(dir.join("front-proxy.json")).unwrap(),
+        Format::Json,
+    )
+    .unwrap();
     assert_eq!(yaml, json);
 }
