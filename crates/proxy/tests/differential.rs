@@ -34,6 +34,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const PART_PAUSE: Duration = Duration::from_millis(300);
 /// How long the echo upstream sleeps on a path containing `/slow` (routes under test time out at 0.5 s).
 const SLOW_UPSTREAM: Duration = Duration::from_millis(1500);
+/// Budget for all cases together; past it the remaining cases are reported as not run (a failure).
+const RUN_BUDGET: Duration = Duration::from_secs(150);
 /// Fixed Host used by most cases, so the proxies' different ports never show up in answers.
 const HOST: &str = "diff.test";
 
@@ -961,7 +963,19 @@ fn differential_envoy_vs_sluice() {
     );
     let mut failures: BTreeMap<&str, String> = BTreeMap::new();
     let started = Instant::now();
-    for c in &cases {
+    for (i, c) in cases.iter().enumerate() {
+        if started.elapsed() > RUN_BUDGET {
+            let left: Vec<&str> = cases[i..].iter().map(|c| c.name).collect();
+            failures.insert(
+                "(time budget)",
+                format!(
+                    "{RUN_BUDGET:?} spent; {} cases not run: {}\n",
+                    left.len(),
+                    left.join(", ")
+                ),
+            );
+            break;
+        }
         let port = |p: &Proxy| if c.admin { p.admin_port } else { p.listen_port };
         let a = send(port(&reference), &c.parts, c.head)
             .unwrap_or_else(|e| panic!("{}: cannot reach Envoy: {e}", c.name));
@@ -1034,6 +1048,8 @@ fn differential_envoy_vs_sluice() {
         for (name, diff) in &failures {
             write!(msg, "\n--- {name}\n{diff}").unwrap();
         }
+        let names: Vec<&str> = failures.keys().copied().collect();
+        write!(msg, "\ndiffering: {}\n", names.join(" ")).unwrap();
         write!(msg, "\n{other_label} log tail:\n{}", other.guard.log_tail()).unwrap();
         panic!("{msg}");
     }
