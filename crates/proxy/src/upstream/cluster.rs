@@ -1,0 +1,847 @@
+//! One cluster: its host snapshot + load balancer, circuit breakers, stats, and `send`.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri, Version};
+use http_body::Frame;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice_config::cluster::{Cluster as ClusterConfig, HealthStatus, RoutingPriority};
+use sluice_config::listener::TransportSocketConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::host::{Host, HostSet};
+use super::load_balancer::{self, LbFactory, LoadBalancer};
+use super::tls::UpstreamTls;
+use super::{LbContext, UpstreamFailure};
+use crate::body::{BoxError, Body};
+use crate::stats::{Counter, Gauge, Histogram, Store};
+
+/// Circuit-breaker limits of one priority (Envoy defaults 1024/1024/1024/3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreakerThresholds {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakerThresholds {
+    fn default() -> Self {
+        CircuitBreakerThresholds { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3 }
+    }
+}
+
+/// Counter/gauge handles for `cluster.<stat_name>.*`. All handles are registered at build time
+/// (so `/stats` lists them with 0, like Envoy); `upstream_rq_<code>` handles are created on first
+/// use and cached in a lock-free per-status table.
+pub struct ClusterStats {
+    store: Store,
+    prefix: String,
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_active: Gauge,
+    pub upstream_rq_completed: Counter,
+    pub upstream_rq_pending_total: Counter,
+    pub upstream_rq_pending_active: Gauge,
+    pub upstream_rq_pending_overflow: Counter,
+    pub upstream_rq_active_overflow: Counter,
+    pub upstream_rq_timeout: Counter,
+    pub upstream_rq_time: Histogram,
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_active: Gauge,
+    pub upstream_cx_http1_total: Counter,
+    pub upstream_cx_http2_total: Counter,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_cx_connect_timeout: Counter,
+    pub upstream_cx_none_healthy: Counter,
+    pub upstream_cx_overflow: Counter,
+    pub upstream_cx_protocol_error: Counter,
+    pub upstream_cx_destroy: Counter,
+    pub upstream_cx_destroy_local: Counter,
+    pub upstream_cx_destroy_remote: Counter,
+    pub upstream_cx_destroy_with_active_rq: Counter,
+    pub upstream_cx_destroy_remote_with_active_rq: Counter,
+    pub upstream_cx_connect_ms: Histogram,
+    pub upstream_cx_length_ms: Histogram,
+    pub update_attempt: Counter,
+    pub update_success: Counter,
+    pub update_failure: Counter,
+    pub update_empty: Counter,
+    pub update_no_rebuild: Counter,
+    pub membership_total: Gauge,
+    pub membership_healthy: Gauge,
+    pub membership_degraded: Gauge,
+    pub membership_excluded: Gauge,
+    pub membership_change: Counter,
+    pub cb_cx_open: Gauge,
+    pub cb_rq_open: Gauge,
+    pub cb_rq_pending_open: Gauge,
+    pub cb_rq_retry_open: Gauge,
+    external_rq_completed: Counter,
+    external_rq_time: Histogram,
+    /// `[upstream_rq_Nxx, external.upstream_rq_Nxx]` for N = 1..=5.
+    classes: [[Counter; 2]; 5],
+    /// Index `status - 100` → `[upstream_rq_<code>, external.upstream_rq_<code>]`.
+    codes: Box<[OnceLock<[Counter; 2]>]>,
+}
+
+/// Counters registered only so `/stats` lists them as Envoy does (never incremented here).
+const ZERO_COUNTERS: &[&str] = &[
+    "assignment_stale",
+    "assignment_timeout_received",
+    "assignment_use_cached",
+    "bind_errors",
+    "lb_healthy_panic",
+    "lb_local_cluster_not_ok",
+    "lb_recalculate_zone_structures",
+    "lb_subsets_created",
+    "lb_subsets_fallback",
+    "lb_subsets_fallback_panic",
+    "lb_subsets_removed",
+    "lb_subsets_selected",
+    "lb_zone_cluster_too_small",
+    "lb_zone_no_capacity_left",
+    "lb_zone_routing_all_directly",
+    "lb_zone_routing_cross_zone",
+    "lb_zone_routing_sampled",
+    "original_dst_host_invalid",
+    "retry_or_shadow_abandoned",
+    "upstream_cx_close_notify",
+    "upstream_cx_connect_attempts_exceeded",
+    "upstream_cx_connect_with_0_rtt",
+    "upstream_cx_destroy_local_with_active_rq",
+    "upstream_cx_http3_total",
+    "upstream_cx_idle_timeout",
+    "upstream_cx_max_duration_reached",
+    "upstream_cx_max_requests",
+    "upstream_cx_pool_overflow",
+    "upstream_cx_preconnect_skipped",
+    "upstream_cx_rx_bytes_total",
+    "upstream_cx_tx_bytes_total",
+    "upstream_flow_control_backed_up_total",
+    "upstream_flow_control_drained_total",
+    "upstream_flow_control_paused_reading_total",
+    "upstream_flow_control_resumed_reading_total",
+    "upstream_http3_broken",
+    "upstream_internal_redirect_failed_total",
+    "upstream_internal_redirect_succeeded_total",
+    "upstream_queue_overloaded",
+    "upstream_rq_0rtt",
+    "upstream_rq_cancelled",
+    "upstream_rq_maintenance_mode",
+    "upstream_rq_max_duration_reached",
+    "upstream_rq_pending_failure_eject",
+    "upstream_rq_per_try_idle_timeout",
+    "upstream_rq_per_try_timeout",
+    "upstream_rq_retry",
+    "upstream_rq_retry_backoff_exponential",
+    "upstream_rq_retry_backoff_ratelimited",
+    "upstream_rq_retry_limit_exceeded",
+    "upstream_rq_retry_overflow",
+    "upstream_rq_retry_success",
+    "upstream_rq_rx_reset",
+    "upstream_rq_rx_reset_no_error",
+    "upstream_rq_tx_reset",
+];
+const ZERO_GAUGES: &[&str] = &[
+    "circuit_breakers.default.cx_pool_open",
+    "circuit_breakers.high.cx_open",
+    "circuit_breakers.high.cx_pool_open",
+    "circuit_breakers.high.rq_open",
+    "circuit_breakers.high.rq_pending_open",
+    "circuit_breakers.high.rq_retry_open",
+    "lb_subsets_active",
+    "max_host_weight",
+    "upstream_cx_rx_bytes_buffered",
+    "upstream_cx_tx_bytes_buffered",
+    "version",
+    "warming_state",
+];
+
+impl ClusterStats {
+    pub fn new(store: &Store, stat_name: &str) -> ClusterStats {
+        let prefix = format!("cluster.{stat_name}.");
+        let c = |n: &str| store.counter(format!("{prefix}{n}"));
+        let g = |n: &str| store.gauge(format!("{prefix}{n}"));
+        let h = |n: &str| store.histogram(format!("{prefix}{n}"));
+        for n in ZERO_COUNTERS {
+            c(n);
+        }
+        for n in ZERO_GAUGES {
+            g(n);
+        }
+        store.histogram(format!("{prefix}upstream_rq_per_cx"));
+        ClusterStats {
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_active: g("upstream_rq_active"),
+            upstream_rq_completed: c("upstream_rq_completed"),
+            upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_rq_pending_active: g("upstream_rq_pending_active"),
+            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_time: h("upstream_rq_time"),
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_cx_http1_total: c("upstream_cx_http1_total"),
+            upstream_cx_http2_total: c("upstream_cx_http2_total"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_cx_overflow: c("upstream_cx_overflow"),
+            upstream_cx_protocol_error: c("upstream_cx_protocol_error"),
+            upstream_cx_destroy: c("upstream_cx_destroy"),
+            upstream_cx_destroy_local: c("upstream_cx_destroy_local"),
+            upstream_cx_destroy_remote: c("upstream_cx_destroy_remote"),
+            upstream_cx_destroy_with_active_rq: c("upstream_cx_destroy_with_active_rq"),
+            upstream_cx_destroy_remote_with_active_rq: c("upstream_cx_destroy_remote_with_active_rq"),
+            upstream_cx_connect_ms: h("upstream_cx_connect_ms"),
+            upstream_cx_length_ms: h("upstream_cx_length_ms"),
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            update_failure: c("update_failure"),
+            update_empty: c("update_empty"),
+            update_no_rebuild: c("update_no_rebuild"),
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+            membership_degraded: g("membership_degraded"),
+            membership_excluded: g("membership_excluded"),
+            membership_change: c("membership_change"),
+            cb_cx_open: g("circuit_breakers.default.cx_open"),
+            cb_rq_open: g("circuit_breakers.default.rq_open"),
+            cb_rq_pending_open: g("circuit_breakers.default.rq_pending_open"),
+            cb_rq_retry_open: g("circuit_breakers.default.rq_retry_open"),
+            external_rq_completed: c("external.upstream_rq_completed"),
+            external_rq_time: h("external.upstream_rq_time"),
+            classes: std::array::from_fn(|i| {
+                [c(&format!("upstream_rq_{}xx", i + 1)), c(&format!("external.upstream_rq_{}xx", i + 1))]
+            }),
+            codes: (100..600).map(|_| OnceLock::new()).collect(),
+            store: store.clone(),
+            prefix,
+        }
+    }
+
+    /// Charge one response (upstream's or local) to this cluster: `upstream_rq_<code>`,
+    /// `upstream_rq_<N>xx`, `upstream_rq_completed` (and the `external.` copies), and the
+    /// `upstream_rq_time` histogram when `upstream_time_ms` is given.
+    pub fn charge_response(&self, status: u16, upstream_time_ms: Option<f64>) {
+        if (100..600).contains(&status) {
+            let pair = self.codes[(status - 100) as usize].get_or_init(|| {
+                [
+                    self.store.counter(format!("{}upstream_rq_{status}", self.prefix)),
+                    self.store.counter(format!("{}external.upstream_rq_{status}", self.prefix)),
+                ]
+            });
+            pair[0].inc();
+            pair[1].inc();
+            let class = &self.classes[(status / 100 - 1) as usize];
+            class[0].inc();
+            class[1].inc();
+        }
+        self.upstream_rq_completed.inc();
+        self.external_rq_completed.inc();
+        if let Some(ms) = upstream_time_ms {
+            self.upstream_rq_time.record(ms);
+            self.external_rq_time.record(ms);
+        }
+    }
+
+    /// The router counts route-timeout expiry here.
+    pub fn upstream_rq_timeout(&self) -> &Counter {
+        &self.upstream_rq_timeout
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    /// `cluster.<stat_name>.`
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+/// Which HTTP version a cluster speaks upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+    Downstream,
+}
+
+/// The current host snapshot and the load balancer built for it.
+struct LbState {
+    all: Arc<HostSet>,
+    routable: HostSet,
+    lb: Box<dyn LoadBalancer>,
+}
+
+/// An upstream cluster.
+pub struct Cluster {
+    name: String,
+    config: ClusterConfig,
+    shared: Arc<Shared>,
+    state: ArcSwap<LbState>,
+    lb_factory: Box<dyn LbFactory>,
+    tls: Option<UpstreamTls>,
+    protocol: Protocol,
+    connect_timeout: Duration,
+}
+
+/// What connection tasks and response bodies need after `send` returned.
+struct Shared {
+    stats: ClusterStats,
+    thresholds: [CircuitBreakerThresholds; 2],
+    cx_count: AtomicU64,
+    rq_count: AtomicU64,
+    pending_count: AtomicU64,
+    /// Woken when a connection closes or returns idle (requests waiting on `max_connections`).
+    cx_freed: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn update_cb_gauges(&self) {
+        let t = self.thresholds[0];
+        let s = &self.stats;
+        s.cb_cx_open.set((self.cx_count.load(Ordering::Relaxed) >= t.max_connections as u64) as i64);
+        s.cb_rq_open.set((self.rq_count.load(Ordering::Relaxed) >= t.max_requests as u64) as i64);
+        s.cb_rq_pending_open.set((self.pending_count.load(Ordering::Relaxed) >= t.max_pending_requests as u64) as i64);
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn thresholds(cfg: &ClusterConfig) -> [CircuitBreakerThresholds; 2] {
+    let mut out = [CircuitBreakerThresholds::default(); 2];
+    if let Some(cb) = &cfg.circuit_breakers {
+        for t in &cb.thresholds {
+            let i = match t.priority {
+                RoutingPriority::Default => 0,
+                RoutingPriority::High => 1,
+            };
+            let d = CircuitBreakerThresholds::default();
+            out[i] = CircuitBreakerThresholds {
+                max_connections: t.max_connections.unwrap_or(d.max_connections),
+                max_pending_requests: t.max_pending_requests.unwrap_or(d.max_pending_requests),
+                max_requests: t.max_requests.unwrap_or(d.max_requests),
+                max_retries: t.max_retries.unwrap_or(d.max_retries),
+            };
+        }
+    }
+    out
+}
+
+/// The connection a request goes out on.
+enum Conn {
+    H1 { sender: http1::SendRequest<Body>, reused: bool },
+    H2(http2::SendRequest<Body>),
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+impl Cluster {
+    /// Build a cluster with an initial host list (STATIC hosts, or empty before discovery).
+    pub fn new(config: &ClusterConfig, stats: &Store, hosts: Vec<Arc<Host>>) -> anyhow::Result<Cluster> {
+        let lb_factory = load_balancer::factory(config)?;
+        let tls = match config.transport_socket.as_ref().map(|t| &t.typed_config) {
+            Some(TransportSocketConfig::UpstreamTls(ctx)) => Some(UpstreamTls::new(ctx, &config.name)?),
+            Some(TransportSocketConfig::RawBuffer(_)) | None => None,
+            Some(TransportSocketConfig::DownstreamTls(_)) => {
+                anyhow::bail!("cluster '{}': transport_socket must be an UpstreamTlsContext", config.name)
+            }
+        };
+        let protocol = if config.http2() {
+            Protocol::Http2
+        } else if config.use_downstream_protocol() {
+            Protocol::Downstream
+        } else {
+            Protocol::Http1
+        };
+        let stats = ClusterStats::new(stats, config.stat_name());
+        let hs = HostSet::new(Vec::new());
+        let state = ArcSwap::from_pointee(LbState {
+            all: Arc::new(hs.clone()),
+            routable: hs.clone(),
+            lb: lb_factory.build(&hs),
+        });
+        let c = Cluster {
+            name: config.name.clone(),
+            config: config.clone(),
+            shared: Arc::new(Shared {
+                stats,
+                thresholds: thresholds(config),
+                cx_count: AtomicU64::new(0),
+                rq_count: AtomicU64::new(0),
+                pending_count: AtomicU64::new(0),
+                cx_freed: tokio::sync::Notify::new(),
+            }),
+            state,
+            lb_factory,
+            tls,
+            protocol,
+            connect_timeout: config.connect_timeout(),
+        };
+        c.set_hosts(hosts);
+        Ok(c)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+    pub fn stats(&self) -> &ClusterStats {
+        &self.shared.stats
+    }
+    /// The current host snapshot (all hosts, routable or not).
+    pub fn hosts(&self) -> Arc<HostSet> {
+        self.state.load().all.clone()
+    }
+    /// `[default, high]` priority thresholds.
+    pub fn thresholds(&self) -> [CircuitBreakerThresholds; 2] {
+        self.shared.thresholds
+    }
+
+    /// Replace the host set (discovery). Hosts no longer present start draining. Returns whether
+    /// membership changed.
+    pub(crate) fn set_hosts(&self, hosts: Vec<Arc<Host>>) -> bool {
+        let old = self.state.load_full();
+        let changed = old.all.hosts.len() != hosts.len()
+            || old.all.hosts.iter().zip(&hosts).any(|(a, b)| !Arc::ptr_eq(a, b));
+        if !changed {
+            return false;
+        }
+        let all = HostSet::new(hosts);
+        let routable = all.routable();
+        let lb = self.lb_factory.build(&routable);
+        let s = &self.shared.stats;
+        let degraded = routable.hosts.iter().filter(|h| h.health == HealthStatus::Degraded).count();
+        s.membership_total.set(all.len() as i64);
+        s.membership_healthy.set((routable.len() - degraded) as i64);
+        s.membership_degraded.set(degraded as i64);
+        s.membership_excluded.set(0);
+        s.membership_change.inc();
+        for h in &old.all.hosts {
+            if !all.hosts.iter().any(|n| Arc::ptr_eq(n, h)) {
+                h.start_draining();
+            }
+        }
+        self.state.store(Arc::new(LbState { all: Arc::new(all), routable, lb }));
+        true
+    }
+
+    /// Choose a host with the LB, take a pooled connection or connect (bounded by
+    /// `connect_timeout`), apply circuit breakers, send. The response body streams; the
+    /// connection returns to the pool when the body ends.
+    pub async fn send(&self, req: Request<Body>, ctx: &LbContext) -> Result<Response<Body>, UpstreamFailure> {
+        let host = {
+            let st = self.state.load();
+            st.lb.choose(&st.routable, ctx)
+        };
+        let Some(host) = host else {
+            self.shared.stats.upstream_cx_none_healthy.inc();
+            return Err(UpstreamFailure::NoHealthyUpstream);
+        };
+        let h2 = match self.protocol {
+            Protocol::Http1 => false,
+            Protocol::Http2 => true,
+            Protocol::Downstream => ctx.downstream_http2,
+        };
+        let rq = RqGuard::acquire(&self.shared, &host)?;
+        let conn = match self.acquire_conn(&host, h2).await {
+            Ok(c) => c,
+            Err(e) => {
+                host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        self.shared.stats.upstream_rq_total.inc();
+        host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+        let req = self.prepare(req, h2);
+        let result = match conn {
+            Conn::H1 { mut sender, reused } => match sender.try_send_request(req).await {
+                Ok(resp) => Ok((resp, Some(sender))),
+                Err(mut e) => match (reused, e.take_message()) {
+                    // The pooled connection was closed before the request was written: replay
+                    // it once on a new connection.
+                    (true, Some(req)) => match self.connect(&host, false).await {
+                        Ok(Conn::H1 { mut sender, .. }) => {
+                            sender.send_request(req).await.map(|r| (r, Some(sender))).map_err(|e| self.map_error(&e))
+                        }
+                        Ok(Conn::H2(_)) => unreachable!("HTTP/1.1 connect"),
+                        Err(f) => Err(f),
+                    },
+                    _ => Err(self.map_error(e.error())),
+                },
+            },
+            Conn::H2(mut sender) => sender.send_request(req).await.map(|r| (r, None)).map_err(|e| self.map_error(&e)),
+        };
+        match result {
+            Ok((resp, sender)) => {
+                if resp.status().is_server_error() {
+                    host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    host.stats.rq_success.fetch_add(1, Ordering::Relaxed);
+                }
+                let (parts, body) = resp.into_parts();
+                let done = Done { _rq: rq, sender, host: host.clone(), shared: self.shared.clone() };
+                let body = UpstreamBody::new(body, done);
+                Ok(Response::from_parts(parts, Body::boxed(body)))
+            }
+            Err(e) => {
+                host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    fn map_error(&self, e: &hyper::Error) -> UpstreamFailure {
+        let s = &self.shared.stats;
+        if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+            s.upstream_cx_protocol_error.inc();
+            return UpstreamFailure::ProtocolError;
+        }
+        s.upstream_cx_destroy_remote.inc();
+        s.upstream_cx_destroy_remote_with_active_rq.inc();
+        s.upstream_cx_destroy_with_active_rq.inc();
+        UpstreamFailure::ConnectionTermination
+    }
+
+    /// Make the request fit the wire protocol.
+    fn prepare(&self, req: Request<Body>, h2: bool) -> Request<Body> {
+        let (mut parts, body) = req.into_parts();
+        let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
+        if h2 {
+            let authority = parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .or_else(|| parts.uri.authority().map(|a| a.as_str().to_string()))
+                .unwrap_or_default();
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            if let Ok(uri) = Uri::builder().scheme(scheme).authority(authority.as_str()).path_and_query(pq.as_str()).build() {
+                parts.uri = uri;
+            }
+            for h in ["host", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+                parts.headers.remove(h);
+            }
+            if parts.headers.get(http::header::TE).is_some_and(|v| v != "trailers") {
+                parts.headers.remove(http::header::TE);
+            }
+            parts.version = Version::HTTP_2;
+        } else {
+            if !parts.headers.contains_key(http::header::HOST) {
+                if let Some(a) = parts.uri.authority() {
+                    if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                        parts.headers.insert(http::header::HOST, v);
+                    }
+                }
+            }
+            if let Ok(uri) = pq.parse() {
+                parts.uri = uri;
+            }
+            parts.version = Version::HTTP_11;
+        }
+        Request::from_parts(parts, body)
+    }
+
+    /// A pooled connection, or a new one within the circuit breakers.
+    async fn acquire_conn(&self, host: &Arc<Host>, h2: bool) -> Result<Conn, UpstreamFailure> {
+        let sh = &self.shared;
+        let t = sh.thresholds[0];
+        let mut pending: Option<PendingGuard> = None;
+        loop {
+            let notified = sh.cx_freed.notified();
+            if h2 {
+                if let Some(s) = host.pool.h2() {
+                    return Ok(Conn::H2(s));
+                }
+            } else if let Some(s) = host.pool.take_h1().await {
+                return Ok(Conn::H1 { sender: s, reused: true });
+            }
+            if pending.is_none() {
+                pending = Some(PendingGuard::acquire(sh, host)?);
+            }
+            if sh.cx_count.load(Ordering::Relaxed) < t.max_connections as u64 {
+                if h2 {
+                    // One connect per host at a time; the others then share it.
+                    let _g = host.pool.h2_connect.lock().await;
+                    if let Some(s) = host.pool.h2() {
+                        return Ok(Conn::H2(s));
+                    }
+                    return self.connect(host, true).await;
+                }
+                return self.connect(host, false).await;
+            }
+            // At max_connections: stay pending until a connection frees up.
+            sh.stats.upstream_cx_overflow.inc();
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+
+    /// Open a connection to `host` (TCP, then TLS if configured, then the HTTP handshake).
+    async fn connect(&self, host: &Arc<Host>, h2: bool) -> Result<Conn, UpstreamFailure> {
+        let s = &self.shared.stats;
+        s.upstream_cx_total.inc();
+        host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+        if h2 {
+            s.upstream_cx_http2_total.inc();
+        } else {
+            s.upstream_cx_http1_total.inc();
+        }
+        let guard = CxGuard::new(&self.shared, host);
+        let start = Instant::now();
+        let addr = host.address;
+        let fut = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|_| None)?;
+            let _ = tcp.set_nodelay(true);
+            let io: Box<dyn Io> = match &self.tls {
+                Some(tls) => Box::new(tls.connect(tcp, addr.ip(), h2).await.map_err(|e| Some(format!("TLS_error:|{e}")))?),
+                None => Box::new(tcp),
+            };
+            Ok::<_, Option<String>>(io)
+        };
+        let io = match tokio::time::timeout(self.connect_timeout, fut).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(reason)) => {
+                s.upstream_cx_connect_fail.inc();
+                host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                return Err(UpstreamFailure::ConnectionFailure { transport_reason: reason });
+            }
+            Err(_) => {
+                s.upstream_cx_connect_fail.inc();
+                s.upstream_cx_connect_timeout.inc();
+                host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                return Err(UpstreamFailure::ConnectTimeout);
+            }
+        };
+        s.upstream_cx_connect_ms.record(start.elapsed().as_secs_f64() * 1000.0);
+        let io = TokioIo::new(io);
+        if h2 {
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            let opts = self.config.http2_protocol_options.as_ref().or_else(|| {
+                self.config
+                    .upstream_http_options()
+                    .and_then(|u| u.explicit_http_config.as_ref())
+                    .and_then(|e| e.http2_protocol_options.as_ref())
+            });
+            if let Some(o) = opts {
+                if let Some(w) = o.initial_stream_window_size {
+                    b.initial_stream_window_size(w);
+                }
+                if let Some(w) = o.initial_connection_window_size {
+                    b.initial_connection_window_size(w);
+                }
+            }
+            let (sender, conn) = b.handshake(io).await.map_err(|_| {
+                s.upstream_cx_protocol_error.inc();
+                UpstreamFailure::ProtocolError
+            })?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(guard);
+            });
+            host.pool.set_h2(sender.clone());
+            Ok(Conn::H2(sender))
+        } else {
+            let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|_| {
+                s.upstream_cx_protocol_error.inc();
+                UpstreamFailure::ProtocolError
+            })?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(guard);
+            });
+            Ok(Conn::H1 { sender, reused: false })
+        }
+    }
+
+    /// Connections currently open (all hosts).
+    pub fn active_connections(&self) -> u64 {
+        self.shared.cx_count.load(Ordering::Relaxed)
+    }
+}
+/// One open upstream connection's accounting; dropped when the connection task ends.
+struct CxGuard {
+    shared: Arc<Shared>,
+    host: Arc<Host>,
+    opened: Instant,
+}
+
+impl CxGuard {
+    fn new(sh: &Arc<Shared>, host: &Arc<Host>) -> CxGuard {
+        sh.cx_count.fetch_add(1, Ordering::Relaxed);
+        sh.stats.upstream_cx_active.inc();
+        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+        sh.update_cb_gauges();
+        CxGuard { shared: sh.clone(), host: host.clone(), opened: Instant::now() }
+    }
+}
+
+impl Drop for CxGuard {
+    fn drop(&mut self) {
+        let sh = &self.shared;
+        sh.cx_count.fetch_sub(1, Ordering::Relaxed);
+        sh.stats.upstream_cx_active.dec();
+        sh.stats.upstream_cx_destroy.inc();
+        sh.stats.upstream_cx_length_ms.record(self.opened.elapsed().as_secs_f64() * 1000.0);
+        self.host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+        sh.update_cb_gauges();
+        sh.cx_freed.notify_waiters();
+    }
+}
+
+/// One active request (`max_requests`), from host choice to the end of the response body.
+struct RqGuard {
+    shared: Arc<Shared>,
+    host: Arc<Host>,
+}
+
+impl RqGuard {
+    fn acquire(sh: &Arc<Shared>, host: &Arc<Host>) -> Result<RqGuard, UpstreamFailure> {
+        let max = sh.thresholds[0].max_requests as u64;
+        if sh.rq_count.fetch_add(1, Ordering::AcqRel) >= max {
+            sh.rq_count.fetch_sub(1, Ordering::AcqRel);
+            sh.stats.upstream_rq_active_overflow.inc();
+            sh.update_cb_gauges();
+            return Err(UpstreamFailure::Overflow);
+        }
+        sh.stats.upstream_rq_active.inc();
+        host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+        sh.update_cb_gauges();
+        Ok(RqGuard { shared: sh.clone(), host: host.clone() })
+    }
+}
+
+impl Drop for RqGuard {
+    fn drop(&mut self) {
+        self.shared.rq_count.fetch_sub(1, Ordering::AcqRel);
+        self.shared.stats.upstream_rq_active.dec();
+        self.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+        self.shared.update_cb_gauges();
+    }
+}
+
+/// A request waiting for a connection (`max_pending_requests`).
+struct PendingGuard {
+    shared: Arc<Shared>,
+    host: Arc<Host>,
+}
+
+impl PendingGuard {
+    fn acquire(sh: &Arc<Shared>, host: &Arc<Host>) -> Result<PendingGuard, UpstreamFailure> {
+        let max = sh.thresholds[0].max_pending_requests as u64;
+        if sh.pending_count.fetch_add(1, Ordering::AcqRel) >= max {
+            sh.pending_count.fetch_sub(1, Ordering::AcqRel);
+            sh.stats.upstream_rq_pending_overflow.inc();
+            sh.update_cb_gauges();
+            return Err(UpstreamFailure::Overflow);
+        }
+        sh.stats.upstream_rq_pending_total.inc();
+        sh.stats.upstream_rq_pending_active.inc();
+        host.stats.rq_pending_active.fetch_add(1, Ordering::Relaxed);
+        sh.update_cb_gauges();
+        Ok(PendingGuard { shared: sh.clone(), host: host.clone() })
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.shared.pending_count.fetch_sub(1, Ordering::AcqRel);
+        self.shared.stats.upstream_rq_pending_active.dec();
+        self.host.stats.rq_pending_active.fetch_sub(1, Ordering::Relaxed);
+        self.shared.update_cb_gauges();
+    }
+}
+
+/// What happens when a response body ends.
+struct Done {
+    _rq: RqGuard,
+    sender: Option<http1::SendRequest<Body>>,
+    host: Arc<Host>,
+    shared: Arc<Shared>,
+}
+
+impl Done {
+    /// `clean`: the body was read to its end, so the HTTP/1.1 connection can be reused.
+    fn finish(self, clean: bool) {
+        if let (true, Some(s)) = (clean, self.sender) {
+            if !self.host.is_draining() {
+                self.host.pool.put_h1(s);
+                self.shared.cx_freed.notify_waiters();
+            }
+        }
+    }
+}
+
+/// The upstream response body; returns the connection to the pool at its end and releases the
+/// request's circuit-breaker slot.
+struct UpstreamBody {
+    inner: hyper::body::Incoming,
+    done: Option<Done>,
+}
+
+impl UpstreamBody {
+    fn new(inner: hyper::body::Incoming, done: Done) -> UpstreamBody {
+        let mut b = UpstreamBody { inner, done: Some(done) };
+        if http_body::Body::is_end_stream(&b.inner) {
+            b.finish(true);
+        }
+        b
+    }
+    fn finish(&mut self, clean: bool) {
+        if let Some(d) = self.done.take() {
+            d.finish(clean);
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(false);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}

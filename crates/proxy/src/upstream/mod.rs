@@ -1,0 +1,76 @@
+//! Upstreams: the cluster manager, service discovery (STATIC, STRICT_DNS, LOGICAL_DNS), load
+//! balancers, circuit breakers and connection pools (HTTP/1.1 keep-alive, HTTP/2 multiplexed,
+//! optional TLS).
+//!
+//! Request path: [`Cluster::send`] loads the current host snapshot (an `ArcSwap`, no lock), asks
+//! the load balancer built for that snapshot for a host, checks the circuit breakers (atomics),
+//! takes a pooled connection of that host (a short per-host mutex) or connects, and sends. The
+//! response body is wrapped so that the connection returns to the pool when the body ends.
+//! Discovery runs in one background task per DNS cluster and never blocks requests.
+
+pub mod cluster;
+pub mod cluster_manager;
+mod discovery;
+pub mod host;
+pub mod load_balancer;
+mod pool;
+mod tls;
+
+pub use cluster::{CircuitBreakerThresholds, Cluster, ClusterStats};
+pub use cluster_manager::ClusterManager;
+pub use host::{Host, HostSet, HostStats};
+
+/// What the router knows that load balancing needs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LbContext {
+    /// Hash of the request's hash-policy key (RING_HASH / MAGLEV); `None` → random host.
+    pub hash: Option<u64>,
+    /// The downstream request is HTTP/2 (for `use_downstream_protocol_config`).
+    pub downstream_http2: bool,
+}
+
+/// Why a request could not get a response from the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No routable host (`503 no healthy upstream`).
+    NoHealthyUpstream,
+    /// A circuit breaker is open (`503 … reset reason: overflow`, `x-envoy-overloaded: true`).
+    Overflow,
+    /// The connection could not be established (refused, unreachable, TLS handshake failed).
+    ConnectionFailure { transport_reason: Option<String> },
+    /// `connect_timeout` expired.
+    ConnectTimeout,
+    /// The upstream closed or reset the connection/stream before the response headers.
+    ConnectionTermination,
+    /// The upstream spoke something that is not the expected HTTP.
+    ProtocolError,
+}
+
+impl UpstreamFailure {
+    /// The reset reason Envoy writes in `upstream connect error or disconnect/reset before
+    /// headers. reset reason: <reason>`; empty for [`UpstreamFailure::NoHealthyUpstream`].
+    pub fn reset_reason(&self) -> &'static str {
+        match self {
+            UpstreamFailure::NoHealthyUpstream => "",
+            UpstreamFailure::Overflow => "overflow",
+            UpstreamFailure::ConnectionFailure { .. } => "remote connection failure",
+            UpstreamFailure::ConnectTimeout => "connection timeout",
+            UpstreamFailure::ConnectionTermination => "connection termination",
+            UpstreamFailure::ProtocolError => "protocol error",
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamFailure::NoHealthyUpstream => f.write_str("no healthy upstream"),
+            UpstreamFailure::ConnectionFailure { transport_reason: Some(r) } => {
+                write!(f, "{}, transport failure reason: {r}", self.reset_reason())
+            }
+            _ => f.write_str(self.reset_reason()),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamFailure {}
