@@ -15,6 +15,8 @@ use crate::body::Body;
 use crate::router::config::{PerFilterConfigs, RouteTable, Selected};
 use crate::upstream::{Cluster, ClusterManager};
 
+pub mod ext_authz;
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What a filter decided.
@@ -100,12 +102,9 @@ pub fn build(
     ctx: &FilterFactoryContext<'_>,
 ) -> anyhow::Result<Option<Arc<dyn HttpFilter>>> {
     use sluice_config::hcm::HttpFilterConfig;
-    let _ = ctx;
     match filter.config() {
         Some(HttpFilterConfig::Router(_)) => Ok(None),
-        Some(HttpFilterConfig::ExtAuthz(_)) => {
-            anyhow::bail!("envoy.filters.http.ext_authz: not available in this build yet")
-        }
+        Some(HttpFilterConfig::ExtAuthz(cfg)) => Ok(Some(Arc::new(ext_authz::ExtAuthzFilter::build(&cfg, ctx)?))),
         None => anyhow::bail!("unknown HTTP filter \"{}\" without typed_config", filter.name),
     }
 }
