@@ -712,6 +712,94 @@ struct Case {
     head: bool,
     /// Sent to the admin listener instead of the HTTP listener.
     admin: bool,
+    /// Sent as HTTP/2 (h2c, prior knowledge) instead of the raw `parts`.
+    h2: Option<H2Request>,
+}
+
+struct H2Request {
+    method: &'static str,
+    path: &'static str,
+    authority: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    body: &'static [u8],
+}
+
+fn h2(
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    headers: &[(&'static str, &'static str)],
+    body: &'static [u8],
+) -> Case {
+    Case {
+        h2: Some(H2Request {
+            method,
+            path,
+            authority: HOST,
+            headers: headers.to_vec(),
+            body,
+        }),
+        ..case(name, Vec::new())
+    }
+}
+
+/// One HTTP/2 request over a fresh h2c (prior knowledge) connection, with hyper's client.
+/// Header order is the order hyper's `HeaderMap` keeps (wire order, repeated names grouped).
+fn send_h2(port: u16, r: &H2Request) -> Response {
+    use http_body_util::BodyExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = rt.block_on(async {
+        tokio::time::timeout(REQUEST_DEADLINE, async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await?;
+            tokio::spawn(conn);
+            let mut req = http::Request::builder()
+                .method(r.method)
+                .uri(format!("http://{}{}", r.authority, r.path));
+            for (n, v) in &r.headers {
+                req = req.header(*n, *v);
+            }
+            let req = req.body(http_body_util::Full::new(bytes::Bytes::from_static(r.body)))?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let headers: Vec<(String, String)> = resp
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = resp.into_body().collect().await?.to_bytes().to_vec();
+            anyhow::Ok(Response {
+                status_line: format!("HTTP/2 {}", status.as_u16()),
+                headers,
+                body,
+                ..Default::default()
+            })
+        })
+        .await
+    });
+    match result {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => Response {
+            error: Some(format!("h2: {e:#}")),
+            ..Default::default()
+        },
+        Err(_) => Response {
+            error: Some("h2: timeout".into()),
+            ..Default::default()
+        },
+    }
 }
 
 /// `METHOD path HTTP/1.1`, `Host: diff.test`, extra header lines, blank line.
@@ -735,6 +823,7 @@ fn case(name: &'static str, bytes: Vec<u8>) -> Case {
         parts: vec![bytes],
         head: false,
         admin: false,
+        h2: None,
     }
 }
 
@@ -812,7 +901,7 @@ fn cases() -> Vec<Case> {
         // --- direct responses
         case("direct/body", get("/direct")),
         case("direct/no-body-503", get("/direct/empty")),
-        Case { name: "direct/head", parts: vec![req("HEAD", "/direct", &[])], head: true, admin: false },
+        Case { name: "direct/head", parts: vec![req("HEAD", "/direct", &[])], head: true, admin: false, h2: None },
         case("direct/post-with-unread-body", req("POST", "/direct", &["Content-Length: 3"]).into_iter().chain(*b"abc").collect()),
         // --- local replies
         case("local/404-no-route", get("/nothing")),
@@ -865,6 +954,7 @@ fn cases() -> Vec<Case> {
             parts: vec![req("POST", "/echo/expect", &["Content-Length: 3", "Expect: 100-continue"]), b"abc".to_vec()],
             head: false,
             admin: false,
+            h2: None,
         },
         // --- connection handling and more parsing
         case("conn/close-request-proxied", req("GET", "/echo/conn", &["Connection: close"])),
@@ -894,6 +984,17 @@ fn cases() -> Vec<Case> {
         case("upstream/multi-headers-and-envoy-headers", get("/echo/multi")),
         case("upstream/no-server-header", get("/echo/noserver")),
         case("upstream/http10-response", get("/echo/http10")),
+        // --- HTTP/2 (h2c prior knowledge) downstream
+        h2("h2/proxied", "GET", "/echo/h2?x=1", &[("cookie", "a=1"), ("cookie", "b=2"), ("te", "trailers"), ("x-request-id", "h2-id")], b""),
+        h2("h2/proxied-post-body", "POST", "/echo/h2post", &[("content-type", "text/plain")], b"hello"),
+        h2("h2/404-no-route", "GET", "/nothing", &[], b""),
+        h2("h2/direct-body", "GET", "/direct", &[], b""),
+        h2("h2/direct-no-body", "GET", "/direct/empty", &[], b""),
+        h2("h2/redirect", "GET", "/redir/https/x?a=1", &[], b""),
+        h2("h2/503-no-healthy-upstream", "GET", "/empty", &[], b""),
+        h2("h2/503-connection-termination", "GET", "/echo/close", &[], b""),
+        h2("h2/504-upstream-timeout", "GET", "/timeout/slow", &[], b""),
+        h2("h2/upstream-chunked-response", "GET", "/echo/chunked", &[], b""),
         // --- admin (last: the stats counters reflect all the requests above)
         admin("admin/ready", "/ready"),
         admin("admin/listeners", "/listeners"),
@@ -977,12 +1078,17 @@ fn differential_envoy_vs_sluice() {
             break;
         }
         let port = |p: &Proxy| if c.admin { p.admin_port } else { p.listen_port };
-        let a = send(port(&reference), &c.parts, c.head)
-            .unwrap_or_else(|e| panic!("{}: cannot reach Envoy: {e}", c.name));
-        let b = send(port(&other), &c.parts, c.head).unwrap_or_else(|e| Response {
-            error: Some(format!("connect: {e}")),
-            ..Default::default()
-        });
+        let (a, b) = if let Some(r) = &c.h2 {
+            (send_h2(port(&reference), r), send_h2(port(&other), r))
+        } else {
+            let a = send(port(&reference), &c.parts, c.head)
+                .unwrap_or_else(|e| panic!("{}: cannot reach Envoy: {e}", c.name));
+            let b = send(port(&other), &c.parts, c.head).unwrap_or_else(|e| Response {
+                error: Some(format!("connect: {e}")),
+                ..Default::default()
+            });
+            (a, b)
+        };
         let (ra, rb) = (render_for(&reference, &a), render_for(&other, &b));
         write!(record, "\n=== {}\n{ra}", c.name).unwrap();
         if verbose {
