@@ -6,6 +6,7 @@
 //! ext_authz), `upstream` (cluster manager, discovery, load balancers, connection pools),
 //! `admin` and `stats`.
 
+pub mod admin;
 pub mod body;
 pub mod router;
 pub mod stats;
