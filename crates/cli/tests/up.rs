@@ -90,7 +90,7 @@ impl Up {
     }
 
     /// Waits until a line contains `needle`; panics with the output after `secs`.
-    fn wait_for(&self, needle: &str, secs: u64) {
+    fn wait_for(&mut self, needle: &str, secs: u64) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < deadline {
             if self
@@ -101,6 +101,17 @@ impl Up {
                 .any(|l| l.contains(needle))
             {
                 return;
+            }
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "sluice up exited ({st}) before {needle:?}; output:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -405,7 +416,7 @@ fn sigterm_stops_all_children() {
 fn crash_after_start_is_reported_and_the_rest_keeps_running() {
     let (subnet, dir) = sandbox("crash");
     let topo = write_topology(&dir, SERVICES);
-    let up = Up::start(
+    let mut up = Up::start(
         &topo,
         &dir.join("state"),
         &subnet,
@@ -577,5 +588,108 @@ fn detached_up_ps_down() {
     );
     assert!(!alive(st.pid));
     wait_all_dead(&pids(&report), 5);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With real Envoy (`SLUICE_ENVOY`, set by scripts/test) as the sidecar: the rewritten config is
+/// accepted, the STRICT_DNS cluster follows the embedded DNS through scale up and down, and no
+/// request through the proxy fails while a replica is removed.
+#[test]
+fn real_envoy_sidecar_follows_dns_scaling() {
+    let Some(envoy) = std::env::var_os("SLUICE_ENVOY") else {
+        eprintln!("skipped: SLUICE_ENVOY is not set (scripts/test sets it)");
+        return;
+    };
+    let (subnet, dir) = sandbox("envoy");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let sidecar = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/guide/service-envoy-1.yaml"
+    );
+    let topo = write_topology(
+        &dir,
+        &format!(
+            "name: envoy-sidecar\ndns: {{refresh_rate: 500ms}}\ncomponents:\n\
+             - {{name: service1, role: service, service_name: \"1\", ports: [8080]}}\n\
+             - {{name: service-envoy-1, role: proxy, config: {sidecar}, depends_on: [service1], publish: [{{port: 8000, host_port: {port}}}]}}\n"
+        ),
+    );
+    let envoy = envoy.to_str().unwrap().to_string();
+    let mut up = Up::start(
+        &topo,
+        &dir.join("state"),
+        &subnet,
+        &["--proxy-exe", &envoy, "--scale", "service1=3"],
+    );
+    up.wait_for("is up", 60);
+    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let state = dir.join("state");
+
+    // Round robin over the three replicas (Envoy resolves within its refresh interval).
+    let tally = |n: usize| {
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..n {
+            let (status, body) = http_get(front, "/service/1").unwrap();
+            assert_eq!(status, 200, "{body}");
+            let ip = body
+                .lines()
+                .find_map(|l| l.strip_prefix("resolved "))
+                .unwrap()
+                .to_string();
+            *seen.entry(ip).or_default() += 1;
+        }
+        seen
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = tally(30);
+    while seen.len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        seen = tally(30);
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // Round robin per Envoy worker thread: roughly even, not exact with fresh connections.
+    assert!(seen.values().all(|c| *c >= 5), "round robin: {seen:?}");
+
+    // Scale down under load: nothing fails.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut failed = Vec::new();
+            let mut ok = 0;
+            for _ in 0..100_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                match http_get(front, "/service/1") {
+                    Ok((200, _)) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (ok, failed)
+        })
+    };
+    let out = sluice(&[
+        "scale",
+        "service1=1",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = client.join().unwrap();
+    assert!(ok > 20, "{ok}");
+    assert!(failed.is_empty(), "failed during scale down: {failed:?}");
+    assert_eq!(tally(10).len(), 1);
+    drop(up);
     let _ = std::fs::remove_dir_all(&dir);
 }

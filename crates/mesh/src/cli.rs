@@ -52,6 +52,10 @@ pub struct UpArgs {
     /// The `sluice` executable for the children (default: this one).
     #[arg(long, hide = true)]
     pub exe: Option<PathBuf>,
+    /// Run the proxies with this Envoy-compatible binary (e.g. real Envoy) instead of
+    /// `sluice proxy`.
+    #[arg(long, env = "SLUICE_PROXY_EXE")]
+    pub proxy_exe: Option<PathBuf>,
     /// Internal: this is the background process of `up -d`.
     #[arg(long, hide = true)]
     pub detached_child: bool,
@@ -174,6 +178,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             Some(e) => e,
             None => std::env::current_exe().context("cannot find the sluice executable")?,
         },
+        proxy_exe: args.proxy_exe,
         ready_timeout: timeout,
         drain: Duration::from_secs_f64(args.drain.max(0.0)),
         color,

@@ -157,7 +157,7 @@ pub fn rewrite(config: &mut Value, rw: &Rewrite) -> Rewritten {
                 c.insert("typed_dns_resolver_config".into(), resolver.clone());
             }
             if let Some(rate) = &rw.refresh_rate {
-                c.insert("dns_refresh_rate".into(), json!(rate));
+                c.insert("dns_refresh_rate".into(), json!(proto_duration(rate)));
             }
             let refresh = c
                 .get("dns_refresh_rate")
@@ -167,6 +167,15 @@ pub fn rewrite(config: &mut Value, rw: &Rewrite) -> Rewritten {
         }
     }
     out
+}
+
+/// A duration in protobuf JSON form (`500ms` → `0.500s`); unparseable text is kept as is.
+pub fn proto_duration(text: &str) -> String {
+    match parse_duration(&json!(text)) {
+        Some(d) if d.subsec_nanos() == 0 => format!("{}s", d.as_secs()),
+        Some(d) => format!("{:.3}s", d.as_secs_f64()),
+        None => text.to_string(),
+    }
 }
 
 /// Serializes a config as YAML (Envoy and `sluice proxy` read both).
@@ -245,6 +254,14 @@ mod tests {
         let s = to_yaml(&v).unwrap();
         assert!(s.contains("BEGIN CERTIFICATE"));
         assert!(s.contains("ext_authz-opa-service"));
+    }
+
+    #[test]
+    fn proto_durations() {
+        assert_eq!(proto_duration("500ms"), "0.500s");
+        assert_eq!(proto_duration("1s"), "1s");
+        assert_eq!(proto_duration("2"), "2s");
+        assert_eq!(proto_duration("0.25s"), "0.250s");
     }
 
     #[test]

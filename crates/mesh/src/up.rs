@@ -46,6 +46,9 @@ pub struct UpOptions {
     pub run_dir: Option<PathBuf>,
     /// The `sluice` executable to run children with.
     pub exe: PathBuf,
+    /// Run proxies with this Envoy-compatible executable (`EXE -c CONFIG --disable-hot-restart`)
+    /// instead of `sluice proxy -c CONFIG`.
+    pub proxy_exe: Option<PathBuf>,
     /// How long a replica may take to become ready.
     pub ready_timeout: Duration,
     /// Extra wait after DNS refresh before a removed replica is stopped.
@@ -662,9 +665,23 @@ impl Mesh {
         let name = format!("{comp}-{index}");
         let ip = self.allocate_ip(plan)?;
         let (args, listeners, admin) = self.command_for(plan, &name, index, ip)?;
-        let mut cmd = Command::new(&self.opts.exe);
-        cmd.args(&args)
-            .stdin(Stdio::null())
+        let external_proxy = match (&self.opts.proxy_exe, plan.comp.role, &plan.comp.command) {
+            (Some(p), Role::Proxy, None) => Some(p.clone()),
+            _ => None,
+        };
+        let mut cmd = match &external_proxy {
+            Some(p) => {
+                let mut c = Command::new(p);
+                c.args(args.iter().skip(1)).arg("--disable-hot-restart");
+                c
+            }
+            None => {
+                let mut c = Command::new(&self.opts.exe);
+                c.args(&args);
+                c
+            }
+        };
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .current_dir(self.run_dir.join(&name))
@@ -680,7 +697,11 @@ impl Mesh {
             .with_context(|| format!("cannot start {name} ({})", self.opts.exe.display()))?;
         let pid = child.id();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
-        self.replicas.lock().unwrap().push(Replica {
+        let readers_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut reps = self.replicas.lock().unwrap();
+        // A replica that exited earlier under the same name leaves the list.
+        reps.retain(|r| r.name != name);
+        reps.push(Replica {
             component: comp.to_string(),
             index,
             name: name.clone(),
@@ -693,6 +714,7 @@ impl Mesh {
             admin,
             started: SystemTime::now(),
         });
+        drop(reps);
         let log_file = if self.opts.log_files {
             File::create(self.run_dir.join("logs").join(format!("{name}.log")))
                 .ok()
@@ -716,7 +738,9 @@ impl Mesh {
             let me = self.clone();
             let (name, tail, file, color) =
                 (name.clone(), tail.clone(), log_file.clone(), plan.color);
+            let done = readers_done.clone();
             std::thread::spawn(move || {
+                let _done = DoneGuard(done);
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
                     {
@@ -742,6 +766,19 @@ impl Mesh {
         // Readiness.
         let deadline = Instant::now() + self.opts.ready_timeout;
         loop {
+            let exited = matches!(
+                self.replica_state(&name),
+                Some(RState::Exited(_) | RState::Exiting) | None
+            );
+            if exited {
+                // Let the log readers drain the pipes so the report shows the last lines.
+                for _ in 0..50 {
+                    if readers_done.load(Ordering::SeqCst) >= 2 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             match self.replica_state(&name) {
                 Some(RState::Exited(desc)) => {
                     bail!(
@@ -1127,6 +1164,14 @@ impl Mesh {
 
     fn send(&self, e: Event) {
         let _ = self.events.lock().unwrap().send(e);
+    }
+}
+
+struct DoneGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
