@@ -11,6 +11,7 @@ pub mod body;
 pub mod router;
 pub mod stats;
 pub mod tls;
+pub mod upstream;
 
 // Wired in once `upstream` and `admin` land: cli, filters, http, listener, server.
 pub mod cli {
