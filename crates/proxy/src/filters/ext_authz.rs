@@ -720,7 +720,8 @@ impl ExtAuthzFilter {
             .map_err(|e| format!("upstream failure: {e:?}"))?;
         let (head, rbody) = resp.into_parts();
         let rbody = rbody.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        if head.status.is_success() {
+        // Envoy allows on 200 only; any other status (5xx included) is a denial.
+        if head.status == http::StatusCode::OK {
             let mut m = OkMutations::default();
             for (name, value) in head.headers.iter() {
                 if svc
