@@ -187,6 +187,18 @@ pub struct ListenerInfo {
     pub address: SocketAddr,
 }
 
+impl ListenerInfo {
+    /// A listener's entry: its config name, or a random UUID when it has none (Envoy names
+    /// unnamed listeners that way, e.g. `c7e7c86e-76ba-4a92-a617-4877ad8ad613`).
+    pub fn new(name: Option<&str>, address: SocketAddr) -> ListenerInfo {
+        let name = match name {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
+        ListenerInfo { name, address }
+    }
+}
+
 /// The process options `/server_info` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandLineOptions {
@@ -749,6 +761,16 @@ mod tests {
         assert!(b.starts_with("invalid path. admin commands are:\n  /: Admin home page\n"));
         assert_eq!(b, format!("invalid path. {}", help::help_text()));
         assert!(b.ends_with("  /stats/recentlookups/enable (POST): enable recording of reset stat-name lookup names\n"));
+    }
+
+    #[test]
+    fn unnamed_listeners_get_a_uuid() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(ListenerInfo::new(Some("http"), a).name, "http");
+        let n = ListenerInfo::new(None, a).name;
+        assert_eq!(n.len(), 36);
+        assert_eq!(n.matches('-').count(), 4);
+        assert_ne!(n, ListenerInfo::new(Some(""), a).name);
     }
 
     #[test]
