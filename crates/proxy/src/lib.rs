@@ -8,19 +8,13 @@
 
 pub mod admin;
 pub mod body;
+pub mod cli;
+pub mod filters;
+pub mod http;
+pub mod listener;
 pub mod router;
+pub mod server;
 pub mod stats;
 pub mod tls;
 pub mod upstream;
-
-// Wired in once `upstream` and `admin` land: cli, filters, http, listener, server.
-pub mod cli {
-    use std::process::ExitCode;
-    /// Arguments of `sluice proxy`.
-    #[derive(clap::Args, Debug)]
-    pub struct Args {}
-    pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-        anyhow::bail!("sluice proxy: not built yet")
-    }
-}
 

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::filters::{ConnectionInfo, TlsInfo};
+use crate::http::codec_errors::CodecErrorRewrite;
 use crate::http::conn_manager::{HttpConnectionManager, ListenerHttpStats, StreamInfo};
 use crate::stats::{Counter, Gauge, Store};
 use crate::tls::{self, DownstreamTls};
@@ -129,7 +130,8 @@ impl Listener {
                 return;
             };
             let conn = Arc::new(ConnectionInfo { peer, local, tls: None });
-            serve_http(TokioIo::new(stream), chain, conn, chain.codec, false).await;
+            let stream = CodecErrorRewrite::new(stream, chain.server_name());
+            serve_http(TokioIo::new(stream), chain, conn, chain.codec).await;
             return;
         }
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
@@ -163,7 +165,8 @@ impl Listener {
         let conn = Arc::new(ConnectionInfo { peer, local, tls: Some(Arc::new(info)) });
         // ALPN decides: h2 if agreed, otherwise HTTP/1.1 only (Envoy without alpn_protocols).
         let codec = if alpn_h2 { CodecType::Http2 } else { CodecType::Http1 };
-        serve_http(TokioIo::new(stream), chain, conn, codec, true).await;
+        let stream = CodecErrorRewrite::new(stream, chain.server_name());
+        serve_http(TokioIo::new(stream), chain, conn, codec).await;
     }
 
     fn select_tls_chain(&self, sni: Option<&str>) -> Option<&Chain> {
@@ -186,6 +189,12 @@ impl Listener {
             }
         }
         tls_chains().find(|c| c.server_names.is_empty())
+    }
+}
+
+impl Chain {
+    fn server_name(&self) -> &str {
+        self.hcm.server_name().to_str().unwrap_or("envoy")
     }
 }
 
@@ -216,16 +225,15 @@ fn build_chain(chain: &FilterChain, clusters: &Arc<ClusterManager>, store: &Stor
     })
 }
 
-async fn serve_http<I>(io: TokioIo<I>, chain: &Chain, conn: Arc<ConnectionInfo>, codec: CodecType, tls: bool)
+async fn serve_http<I>(io: TokioIo<I>, chain: &Chain, conn: Arc<ConnectionInfo>, codec: CodecType)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let _ = tls;
     let stats = &chain.hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
     let hcm = chain.hcm.clone();
-    let info = Arc::new(StreamInfo { conn, listener_http_stats: chain.listener_http_stats.clone() });
+    let info = Arc::new(StreamInfo { conn, listener_stats: chain.listener_http_stats.clone() });
     let svc = service_fn(move |req| {
         let hcm = hcm.clone();
         let info = info.clone();

@@ -127,11 +127,7 @@ pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<
     for (listener, socket) in sockets {
         tasks.push(tokio::spawn(listener.serve(socket)));
     }
-    stats.gauge("listener_manager.workers_started").set(1);
-    state.set_state(State::Live);
-    stats
-        .histogram("server.initialization_time_ms")
-        .record(started.elapsed().as_secs_f64() * 1000.0);
+    admin::mark_initialized(&stats, &state);
     tracing::info!(
         listeners = infos.len(),
         admin = ?admin_local,

@@ -95,12 +95,31 @@ pub fn downstream(ctx: &DownstreamTlsContext) -> Result<DownstreamTls, (String, 
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| (p.to_string(), format!("certificate and private key do not form a usable pair: {e}")))?;
+    let certified = certified_key(chain, key).map_err(|e| (p.to_string(), e))?;
+    let mut config = builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
     let h2 = common.alpn_protocols.iter().any(|p| p == "h2");
     Ok(DownstreamTls { config: Arc::new(config), local_principal, h2 })
+}
+
+/// Pair a chain with its key. rustls' own pairing check parses the leaf with webpki, which
+/// rejects X.509 v1 certificates (`openssl req -x509` without extensions makes those, the guide's
+/// is one); Envoy accepts them, so that one parse failure is tolerated, a real mismatch is not.
+fn certified_key(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<rustls::sign::CertifiedKey, String> {
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) => Ok(certified),
+        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(ref o)))
+            if format!("{o:?}").contains("UnsupportedCertVersion") =>
+        {
+            Ok(certified)
+        }
+        Err(e) => Err(format!("certificate and private key do not form a usable pair: {e}")),
+    }
 }
 
 /// Envoy's certificate identity: the first URI SAN, else the first DNS SAN, else the subject in

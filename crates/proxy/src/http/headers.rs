@@ -29,51 +29,64 @@ const ENVOY_CONTROL: [&str; 19] = [
     "x-envoy-is-timeout-retry-override",
 ];
 
-/// Remove hop-by-hop headers, headers listed in `Connection:`, `te` other than `trailers`, and
-/// `expect: 100-continue` (Envoy answers the expectation itself).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()) {
-        let listed: Vec<String> = conn
-            .split(',')
-            .map(|s| s.trim().to_ascii_lowercase())
-            .filter(|s| !s.is_empty() && s != "close" && s != "keep-alive" && s != "te")
-            .collect();
-        for name in listed {
-            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                headers.remove(n);
+/// Remove every header for which `remove` is true, keeping the others in their order
+/// (`HeaderMap::remove` moves the last entry into the hole; Envoy keeps arrival order).
+pub fn remove_ordered(headers: &mut HeaderMap, mut remove: impl FnMut(&HeaderName) -> bool) {
+    if !headers.keys().any(&mut remove) {
+        return;
+    }
+    let old = std::mem::take(headers);
+    headers.reserve(old.len());
+    let mut current: Option<HeaderName> = None;
+    let mut keep = true;
+    for (name, value) in old {
+        if let Some(n) = name {
+            keep = !remove(&n);
+            current = Some(n);
+        }
+        if keep {
+            if let Some(n) = &current {
+                headers.append(n.clone(), value);
             }
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if let Some(te) = headers.get(http::header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(http::header::TE);
-        }
-    }
-    if headers
+}
+
+/// Remove hop-by-hop headers, headers listed in `Connection:`, `te` other than `trailers`, and
+/// `expect: 100-continue` (Envoy answers the expectation itself).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty() && s != "close" && s != "keep-alive" && s != "te")
+        .collect();
+    let drop_te = headers.get(http::header::TE).is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let drop_expect = headers
         .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-    {
-        headers.remove(http::header::EXPECT);
-    }
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    remove_ordered(headers, |n| {
+        let n = n.as_str();
+        HOP_BY_HOP.contains(&n)
+            || listed.iter().any(|l| l == n)
+            || (drop_te && n == "te")
+            || (drop_expect && n == "expect")
+    });
 }
 
 /// Strip the control headers an external client may not set.
 pub fn strip_envoy_control(headers: &mut HeaderMap) {
-    for name in ENVOY_CONTROL {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
-    }
+    remove_ordered(headers, |n| {
+        let n = n.as_str();
+        n.starts_with("x-") && ENVOY_CONTROL.contains(&n)
+    });
 }
 
 /// Remove hop-by-hop headers from an upstream response before it goes downstream.
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_ordered(headers, |n| HOP_BY_HOP.contains(&n.as_str()));
 }
 
 /// A new UUIDv4 request id.
@@ -142,9 +155,10 @@ mod tests {
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("expect", HeaderValue::from_static("100-continue"));
         h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert("x-last", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["te", "x-keep"]);
+        assert_eq!(names, ["te", "x-keep", "x-last"], "order is kept");
     }
 
     #[test]

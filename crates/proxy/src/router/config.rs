@@ -239,10 +239,11 @@ impl HeaderMutations {
         self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// Apply to a header map: removals first, then additions in order.
+    /// Apply to a header map: removals first, then additions in order. Removals keep the order
+    /// of the remaining headers, as Envoy does.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for name in &self.remove {
-            headers.remove(name);
+        if !self.remove.is_empty() {
+            crate::http::headers::remove_ordered(headers, |n| self.remove.contains(n));
         }
         for (name, value, action) in &self.add {
             match action {
@@ -256,12 +257,12 @@ impl HeaderMutations {
                 }
                 HeaderAppendAction::OverwriteIfExistsOrAdd => {
                     // Envoy removes the old copies and appends the new value at the end.
-                    headers.remove(name);
+                    crate::http::headers::remove_ordered(headers, |n| n == name);
                     headers.append(name.clone(), value.clone());
                 }
                 HeaderAppendAction::OverwriteIfExists => {
                     if headers.contains_key(name) {
-                        headers.remove(name);
+                        crate::http::headers::remove_ordered(headers, |n| n == name);
                         headers.append(name.clone(), value.clone());
                     }
                 }
