@@ -87,9 +87,8 @@ pub fn build_input(req: &CheckRequest) -> Result<Value, InputError> {
             body = &http.body;
             raw_body = &http.raw_body;
         }
-    } else {
-        // protojson of an empty CheckRequest is `{}`: no attributes key at all.
     }
+    // (protojson of an empty CheckRequest is `{}`: no attributes key at all.)
     let (parsed_path, parsed_query) = parse_path_and_query(path)?;
     top.set("parsed_path", parsed_path);
     top.set("parsed_query", parsed_query);
@@ -327,7 +326,7 @@ fn form_values(q: &str, strict: bool) -> Result<Value, InputError> {
 }
 
 fn percent_decode(x: &str, plus_is_space: bool) -> Option<String> {
-    if !x.contains('%') && !(plus_is_space && x.contains('+')) {
+    if !(x.contains('%') || plus_is_space && x.contains('+')) {
         return Some(x.to_owned());
     }
     let b = x.as_bytes();
@@ -403,9 +402,9 @@ pub fn rfc3339_proto(seconds: i64, nanos: i32) -> String {
     let n = nanos.clamp(0, 999_999_999) as u32;
     if n == 0 {
         format!("{base}Z")
-    } else if n % 1_000_000 == 0 {
+    } else if n.is_multiple_of(1_000_000) {
         format!("{base}.{:03}Z", n / 1_000_000)
-    } else if n % 1000 == 0 {
+    } else if n.is_multiple_of(1000) {
         format!("{base}.{:06}Z", n / 1000)
     } else {
         format!("{base}.{n:09}Z")

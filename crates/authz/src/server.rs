@@ -445,6 +445,13 @@ impl Handle {
     }
 }
 
+impl Drop for Handle {
+    /// Dropping a handle without [`Handle::shutdown`] still stops the listeners.
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
 async fn futures_select_all(
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 ) -> (Result<anyhow::Result<()>, tokio::task::JoinError>, usize, Vec<JoinHandle<anyhow::Result<()>>>) {
