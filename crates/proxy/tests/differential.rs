@@ -114,7 +114,7 @@ struct Proxy {
     admin_port: u16,
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Kind {
     Envoy,
     Sluice,
@@ -1275,5 +1275,178 @@ fn harness_renderings_tell_answers_apart() {
     assert!(
         d.contains("- b") && d.contains("+ d") && d.contains("  a"),
         "{d}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// `--mode validate`
+
+struct Validated {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `<bin> [proxy] --mode validate -c <file>` with a time limit; kills it by PID if it hangs.
+fn run_validate(kind: Kind, config: &Path) -> Validated {
+    let mut cmd = match kind {
+        Kind::Envoy => Command::new(envoy_path()),
+        Kind::Sluice => {
+            let mut c = Command::new(sluice_path());
+            c.arg("proxy");
+            c
+        }
+    };
+    let dir = config.parent().unwrap();
+    let (out, err) = (
+        dir.join(format!("{kind:?}.stdout")),
+        dir.join(format!("{kind:?}.stderr")),
+    );
+    let mut child = ChildGuard {
+        name: format!("{kind:?} validate"),
+        child: cmd
+            .args(["--mode", "validate", "-c"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {kind:?} --mode validate: {e}")),
+        log: err.clone(),
+    };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            break None; // the guard kills it
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    drop(child);
+    Validated {
+        code: status.and_then(|s| s.code()),
+        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
+    }
+}
+
+/// `--mode validate` on the differential config and on broken variants of it: same exit code, same
+/// stdout (`configuration '<path>' OK` on success, nothing on failure), and on failure stderr must hold
+/// `error initializing configuration '<path>': ` and the stable fragments of Envoy's reason (compared
+/// whitespace-collapsed: protobuf messages carry random whitespace).
+#[test]
+fn validate_mode_matches_envoy() {
+    let against = match std::env::var("DIFF_AGAINST").as_deref() {
+        Ok("envoy") => Kind::Envoy,
+        _ => Kind::Sluice,
+    };
+    envoy_path();
+    if against == Kind::Sluice {
+        sluice_path();
+    }
+    let good = CONFIG_TEMPLATE
+        .replace("@ADMIN_PORT@", "19001")
+        .replace("@LISTEN_PORT@", "19000")
+        .replace("@UPSTREAM_PORT@", "19002")
+        .replace("@REFUSED_PORT@", "19003");
+    let bad = |from: &str, to: &str| {
+        assert!(
+            good.contains(from),
+            "variant anchor {from:?} missing from the config"
+        );
+        good.replacen(from, to, 1)
+    };
+    // (name, config, fragments that must appear in stderr; empty for a valid config). Envoy's own
+    // messages are required word for word; for errors worded by a library (protobuf JSON, RE2,
+    // yaml-cpp) only the offending token is required.
+    let variants: Vec<(&str, String, Vec<&str>)> = vec![
+        ("valid", good.clone(), vec![]),
+        (
+            "unknown-field",
+            bad("stat_prefix: diff_http", "stat_prefix: diff_http\n          bogus_field: 1"),
+            vec!["bogus_field"],
+        ),
+        ("bad-enum", bad("codec_type: AUTO", "codec_type: HTTP9"), vec!["HTTP9"]),
+        (
+            "duplicate-domain",
+            bad(r#"domains: ["pre.*"]"#, r#"domains: ["exact.test"]"#),
+            vec!["Only unique values for domains are permitted. Duplicate entry of domain exact.test in route diff_routes"],
+        ),
+        (
+            "two-wildcards",
+            bad(r#"domains: ["pre.*"]"#, r#"domains: ["*"]"#),
+            vec!["Only a single wildcard domain is permitted in route diff_routes"],
+        ),
+        (
+            "unknown-cluster",
+            bad("route: { cluster: empty }", "route: { cluster: does-not-exist }"),
+            vec!["route: unknown cluster 'does-not-exist'"],
+        ),
+        (
+            "duplicate-cluster",
+            format!("{good}  - name: echo\n    type: STATIC\n    connect_timeout: 1s\n"),
+            vec!["cluster manager: duplicate cluster 'echo'"],
+        ),
+        ("bad-regex", bad("^/re/[0-9]+$", "^/re/[0-9+$"), vec!["[0-9+$"]),
+        ("yaml-syntax", bad("codec_type: AUTO", "codec_type: [AUTO"), vec!["line 22"]),
+    ];
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("validate-{}", std::process::id()));
+    let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut problems = Vec::new();
+    for (name, config, fragments) in &variants {
+        let case_dir = dir.join(name);
+        std::fs::create_dir_all(&case_dir).unwrap();
+        let path = case_dir.join("envoy.yaml");
+        std::fs::write(&path, config).unwrap();
+        let e = run_validate(Kind::Envoy, &path);
+        let o = run_validate(against, &path);
+        let prefix = format!("error initializing configuration '{}': ", path.display());
+        let mut fragments: Vec<&str> = fragments.clone();
+        if !fragments.is_empty() {
+            fragments.push(&prefix);
+        }
+        // The harness's own expectations about Envoy (so a changed Envoy is noticed).
+        let want_code = if fragments.is_empty() { 0 } else { 1 };
+        assert_eq!(
+            e.code,
+            Some(want_code),
+            "{name}: Envoy exit code; stderr:\n{}",
+            e.stderr
+        );
+        for f in &fragments {
+            assert!(
+                squash(&e.stderr).contains(f),
+                "{name}: Envoy stderr lacks {f:?}:\n{}",
+                e.stderr
+            );
+        }
+        if o.code != e.code {
+            problems.push(format!(
+                "{name}: exit code {:?}, Envoy {:?}; stderr:\n{}",
+                o.code, e.code, o.stderr
+            ));
+        }
+        if o.stdout != e.stdout {
+            problems.push(format!(
+                "{name}: stdout {:?}, Envoy {:?}",
+                o.stdout, e.stdout
+            ));
+        }
+        for f in &fragments {
+            if !squash(&o.stderr).contains(f) {
+                problems.push(format!(
+                    "{name}: stderr lacks {f:?} (Envoy's has it); stderr:\n{}",
+                    o.stderr
+                ));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "`--mode validate` differs from Envoy:\n{}",
+        problems.join("\n")
     );
 }
