@@ -53,12 +53,16 @@ Supported --set / --config-file keys:
 
 Own flags win over --set, which wins over --config-file.";
 
+const SHORT_AFTER_HELP: &str = "Rego v1 is auto-detected per file (`import rego.v1`, or the keywords \
+`if`/`contains`); --help gives the exact rule and the supported --set keys.";
+
 /// Arguments of `sluice authz`.
 #[derive(clap::Args, Debug)]
 #[command(
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_long_help = AFTER_HELP,
+    after_help = SHORT_AFTER_HELP,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -72,7 +76,7 @@ pub struct Args {
 #[derive(clap::Subcommand, Debug)]
 enum Command {
     /// Run the policy server (OPA's `opa run --server …` command line).
-    #[command(long_about = LONG_ABOUT, after_long_help = AFTER_HELP)]
+    #[command(long_about = LONG_ABOUT, after_long_help = AFTER_HELP, after_help = SHORT_AFTER_HELP)]
     Run(RunArgs),
 }
 
@@ -97,7 +101,7 @@ pub struct RunArgs {
     #[arg(short = 'l', long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
 
-    /// OPA configuration override, KEY=VALUE (repeatable); see the list below.
+    /// OPA configuration override, KEY=VALUE (repeatable); `--help` lists the keys.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
 
@@ -415,6 +419,19 @@ mod tests {
         let c = config_from_args(&r).unwrap();
         assert_eq!(c.http_addr, Some("127.0.0.1:1234".parse().unwrap()));
         assert_eq!(c.decision_path, "x/y");
+    }
+
+    #[test]
+    fn run_with_a_broken_policy_fails_naming_file_and_line() {
+        let broken = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/broken.rego");
+        let cli = Cli::try_parse_from([
+            "sluice", "authz", "run", "--server", "--set=plugins.envoy_ext_authz_grpc.addr=127.0.0.1:0",
+            "--addr=127.0.0.1:0", broken,
+        ])
+        .unwrap();
+        let Top::Authz(a) = cli.cmd;
+        let err = run(a).unwrap_err();
+        assert!(format!("{err:#}").contains("broken.rego:6:"), "{err:#}");
     }
 
     #[test]

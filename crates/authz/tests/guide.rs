@@ -161,3 +161,28 @@ fn proto_json(v: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value
         Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(proto_json).collect()),
     }
 }
+
+#[tokio::test]
+async fn directories_data_files_and_file_decision_log() {
+    // A directory: policies anywhere below it, data namespaced by sub-directory.
+    let dir = TempDir::new("dir");
+    std::fs::create_dir_all(dir.0.join("users")).unwrap();
+    dir.write("policy.rego", "package envoy.authz\nimport rego.v1\ndefault allow := false\nallow if data.users.admins[input.attributes.request.http.headers[\"x-user\"]]\n");
+    dir.write("users/data.yaml", "admins:\n  alice: true\n");
+    let log = TempDir::new("log");
+    let log_file = log.0.join("decisions.log");
+    let cfg = Config {
+        decision_log: sluice_authz::DecisionLogSink::File(log_file.clone()),
+        ..Config::loopback(vec![dir.0.clone()])
+    };
+    let h = AuthzServer::start(cfg).await.unwrap();
+    let mut c = client(h.grpc_addr()).await;
+    let r = check(&mut c, check_request("GET", "http", "/", &[("x-user", "alice")])).await.unwrap();
+    assert_eq!(r.status.unwrap().code, 0);
+    let r = check(&mut c, check_request("GET", "http", "/", &[("x-user", "mallory")])).await.unwrap();
+    assert_eq!(r.status.unwrap().code, 7);
+    h.shutdown().await;
+    let text = std::fs::read_to_string(&log_file).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.lines().all(|l| l.contains("\"msg\":\"Decision Log\"")));
+}

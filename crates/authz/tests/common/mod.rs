@@ -35,7 +35,8 @@ impl TempDir {
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.0.join(name);
         // Write to a side file and rename, so a poller never sees a half-written file.
-        let tmp = self.0.join(format!(".{name}.tmp"));
+        let file = p.file_name().unwrap().to_string_lossy().into_owned();
+        let tmp = p.with_file_name(format!(".{file}.tmp"));
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, &p).unwrap();
         p
