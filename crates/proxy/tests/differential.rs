@@ -923,7 +923,7 @@ fn cases() -> Vec<Case> {
         raw("local/404-options-star", "OPTIONS * HTTP/1.1\r\nHost: diff.test\r\n\r\n"),
         // --- headers towards upstream and back
         case("headers/three-levels", req("GET", "/echo/levels", &[
-            "X-Route-Remove: 1", "X-Vh-Remove: 1", "X-Rc-Remove: 1", "X-Appended: client", "X-Overwritten: client",
+            "X-Route-Remove: 1", "X-Vh-Remove: 1", "X-Rc-Remove: 1", "X-Appended: client", "X-If-Absent: client", "X-If-Exists: client", "X-Overwritten: client",
         ])),
         case("headers/x-forwarded-proto-kept", req("GET", "/echo/xfp", &["X-Forwarded-Proto: https"])),
         case("headers/x-request-id-kept", req("GET", "/echo/rid", &["X-Request-Id: my-own-id"])),
