@@ -1154,6 +1154,20 @@ fn differential_envoy_vs_sluice() {
         for (name, diff) in &failures {
             write!(msg, "\n--- {name}\n{diff}").unwrap();
         }
+        if against == Kind::Sluice {
+            let bin = sluice_path();
+            let age = std::fs::metadata(&bin)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .map_or("?".to_string(), |d| format!("{}s", d.as_secs()));
+            write!(
+                msg,
+                "\n(sluice binary {} was built {age} ago; rebuild with `cargo build -p sluice`)\n",
+                bin.display()
+            )
+            .unwrap();
+        }
         let names: Vec<&str> = failures.keys().copied().collect();
         write!(msg, "\ndiffering: {}\n", names.join(" ")).unwrap();
         write!(msg, "\n{other_label} log tail:\n{}", other.guard.log_tail()).unwrap();
