@@ -18,7 +18,7 @@ use sluice_config::hcm::{HttpConnectionManager as HcmConfig, ServerHeaderTransfo
 use crate::body::Body;
 use crate::filters::{self, ConnectionInfo, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
 use crate::http::headers;
-use crate::http::local_reply::{http_date, reset_body, LocalReply, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT, UPSTREAM_TIMEOUT};
+use crate::http::local_reply::{http_date, reset_body, IsLocalReply, LocalReply, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT, UPSTREAM_TIMEOUT};
 use crate::router::config::{Action, ClusterSpecifier, Forward, HashPolicy, RouteTable, Selected};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::upstream::{Cluster, ClusterManager, LbContext, UpstreamFailure};
@@ -32,6 +32,15 @@ static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-orig
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+
+/// Methods the HTTP/1 codec accepts (Envoy's parser list); anything else is a 400.
+const KNOWN_METHODS: [&str; 34] = [
+    "DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE", "COPY", "LOCK", "MKCOL", "MOVE",
+    "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY",
+    "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH", "PURGE", "MKCALENDAR",
+    "LINK", "UNLINK", "SOURCE",
+];
 
 /// Process-wide stream ids (Envoy's `http.id` in ext_authz is a stream id, not x-request-id).
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
@@ -207,10 +216,23 @@ impl HttpConnectionManager {
             stats.downstream_rq_http1_total.inc();
         }
         stats.downstream_rq_active.inc();
+        let h2 = req.version() == Version::HTTP_2;
+        // A local reply to a request whose body was not read closes the connection (Envoy), as
+        // does any reply to a rejected or unrouted upgrade.
+        let unread_body = !http_body::Body::is_end_stream(req.body());
         let req = req.map(Body::incoming);
         let mut resp = self.process(req, info).await;
-        if resp.version() == Version::HTTP_2 {
-            // Connection-level header: not allowed on HTTP/2.
+        if resp.extensions().get::<IsLocalReply>().is_some() {
+            let h = resp.headers_mut();
+            if h2 {
+                h.remove(http::header::CONNECTION);
+                if h.get(http::header::CONTENT_LENGTH).is_some_and(|v| v == "0") {
+                    h.remove(http::header::CONTENT_LENGTH);
+                }
+            } else if unread_body && !h.contains_key(http::header::CONNECTION) {
+                h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+        } else if h2 {
             resp.headers_mut().remove(http::header::CONNECTION);
         }
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
@@ -235,6 +257,11 @@ impl HttpConnectionManager {
         }
         if version == Version::HTTP_09 || version == Version::HTTP_3 {
             return self.reply(LocalReply::new(400).body("Bad Request").close());
+        }
+        if !h2 {
+            if let Some(reply) = codec_check(&req) {
+                return self.reply(reply);
+            }
         }
         let path_and_query = match req.uri().path_and_query() {
             Some(pq) if pq.as_str().starts_with('/') => pq.as_str().to_string(),
@@ -262,9 +289,15 @@ impl HttpConnectionManager {
         };
         // Upstream requests always carry the authority in `host`.
         if let Ok(v) = HeaderValue::from_str(&host) {
-            req.headers_mut().insert(HOST, v);
+            if h2 {
+                h2_to_h1_headers(req.headers_mut(), v);
+            } else {
+                req.headers_mut().insert(HOST, v);
+            }
         }
-        let upgrade = if h2 { None } else { req.headers().get(http::header::UPGRADE).cloned() };
+        // An upgrade needs both `Upgrade` and the `upgrade` token in `Connection`; `h2c` is
+        // ignored (the request is served as plain HTTP/1.1), as Envoy does.
+        let upgrade = if h2 { None } else { upgrade_kind(req.headers()) };
         let headers_mut = req.headers_mut();
         headers::strip_hop_by_hop(headers_mut);
         headers::strip_envoy_control(headers_mut);
@@ -315,14 +348,20 @@ impl HttpConnectionManager {
         let route_host = self.route_host(&host, info.conn.local);
         let Some(selected) = self.routes.route(&route_host, &route_path, req.headers()) else {
             self.stats.no_route.inc();
-            return self.reply(LocalReply::new(404));
+            let reply = LocalReply::new(404);
+            return self.reply(if upgrade.is_some() { reply.close() } else { reply });
         };
 
         if let Some(kind) = upgrade {
-            let kind = kind.to_str().unwrap_or("").to_ascii_lowercase();
             if !self.upgrades.iter().any(|u| *u == kind) {
                 self.stats.downstream_rq_http1_upgrade_rejected.inc();
-                return self.local_with_route(LocalReply::new(403).close(), &selected);
+                // Envoy decorates this reply with the response headers of a forwarding route
+                // (route, virtual host, table), and with none on a direct-response route.
+                let reply = LocalReply::new(403).close();
+                return match selected.route.action {
+                    Action::Forward(_) => self.local_with_route(reply, &selected),
+                    _ => self.reply(reply),
+                };
             }
         }
 
@@ -432,19 +471,20 @@ impl HttpConnectionManager {
         info: &StreamInfo,
     ) -> Response<Body> {
         let sel = &ctx.selected;
+        self.stats.rq_total.inc();
         match &sel.route.action {
             Action::Direct { status, body } => {
                 self.stats.rq_direct_response.inc();
                 let mut r = LocalReply::new(*status);
+                // HEAD keeps the announced length and type; hyper sends no body for HEAD.
                 if let Some(b) = body {
-                    if req.method() != http::Method::HEAD {
-                        r = r.body(b.clone());
-                    }
+                    r = r.body(b.clone());
                 }
                 self.local_with_route(r, sel)
             }
             Action::Redirect(redirect) => {
-                self.stats.rq_redirect.inc();
+                // Envoy 1.40 counts redirects as direct responses (`rq_redirect` stays 0).
+                self.stats.rq_direct_response.inc();
                 let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
                 let location = redirect.location(&sel.route, scheme, host, pq);
                 let mut r = LocalReply::new(redirect.status);
@@ -454,17 +494,18 @@ impl HttpConnectionManager {
                 self.local_with_route(r, sel)
             }
             Action::Forward(fwd) => {
-                self.stats.rq_total.inc();
                 let Some(cluster) = ctx.cluster.clone() else {
                     self.stats.no_cluster.inc();
                     return self.local_with_route(LocalReply::new(fwd.cluster_not_found_status), sel);
                 };
                 // Path and host rewrites.
                 let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+                let mut original_path = None;
+                let mut original_host = None;
                 if let Some(new_pq) = fwd.rewrite_path(&sel.route, &pq) {
                     if let (Ok(uri), Ok(orig)) = (Uri::try_from(new_pq.as_str()), HeaderValue::from_str(&pq)) {
                         *req.uri_mut() = uri;
-                        req.headers_mut().insert(X_ENVOY_ORIGINAL_PATH.clone(), orig);
+                        original_path = Some(orig);
                     }
                 } else if req.uri().authority().is_some() {
                     // Absolute-form: upstream gets origin-form.
@@ -477,12 +518,14 @@ impl HttpConnectionManager {
                     .clone()
                     .or_else(|| fwd.host_rewrite_header.as_ref().and_then(|h| req.headers().get(h).cloned()));
                 if let Some(new_host) = new_host {
+                    let old = req.headers().get(HOST).cloned();
                     if fwd.append_x_forwarded_host {
-                        if let Some(old) = req.headers().get(HOST).cloned() {
-                            req.headers_mut().append(X_FORWARDED_HOST.clone(), old);
+                        if let Some(old) = &old {
+                            req.headers_mut().append(X_FORWARDED_HOST.clone(), old.clone());
                         }
                     }
                     req.headers_mut().insert(HOST, new_host);
+                    original_host = old;
                 }
                 let headers = req.headers_mut();
                 if let Some(t) = &fwd.timeout_header {
@@ -491,6 +534,13 @@ impl HttpConnectionManager {
                 sel.route.request_headers.apply(headers);
                 self.routes.virtual_hosts[sel.vhost].request_headers.apply(headers);
                 self.routes.request_headers.apply(headers);
+                // Set after the mutations: a client's copy is overwritten in place, else appended.
+                if let Some(p) = original_path {
+                    headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), p);
+                }
+                if let Some(h) = original_host {
+                    headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), h);
+                }
                 let (hash, set_cookie) = compute_hash(&fwd.hash_policies, &req, info.conn.peer);
                 let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2 };
                 *req.version_mut() = Version::HTTP_11;
@@ -539,27 +589,26 @@ impl HttpConnectionManager {
                 *resp.version_mut() = Version::HTTP_11;
                 let h = resp.headers_mut();
                 headers::strip_response_hop_by_hop(h);
-                match self.server_transformation {
-                    ServerHeaderTransformation::Overwrite => {
-                        h.insert(http::header::SERVER, self.server_name.clone());
-                    }
-                    ServerHeaderTransformation::AppendIfAbsent => {
-                        if !h.contains_key(http::header::SERVER) {
-                            h.insert(http::header::SERVER, self.server_name.clone());
-                        }
-                    }
-                    ServerHeaderTransformation::PassThrough => {}
+                // Envoy overwrites `server` in place; when the upstream sent none it goes last.
+                let had_server = h.contains_key(http::header::SERVER);
+                if had_server && self.server_transformation == ServerHeaderTransformation::Overwrite {
+                    h.insert(http::header::SERVER, self.server_name.clone());
                 }
-                h.append(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(elapsed_ms as u64));
+                h.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(elapsed_ms as u64));
                 self.apply_response_mutations(h, sel);
                 if !h.contains_key(http::header::DATE) {
                     h.insert(http::header::DATE, http_date());
+                }
+                if !had_server && self.server_transformation != ServerHeaderTransformation::PassThrough {
+                    h.insert(http::header::SERVER, self.server_name.clone());
                 }
                 resp
             }
             Err(failure) => {
                 let reply = match &failure {
                     UpstreamFailure::NoHealthyUpstream => LocalReply::new(503).body(NO_HEALTHY_UPSTREAM),
+                    // An upstream that answers something that is not HTTP: 502, as Envoy.
+                    UpstreamFailure::ProtocolError => LocalReply::new(502).body(reset_body(failure.reset_reason())),
                     UpstreamFailure::Overflow => LocalReply::new(503)
                         .body(reset_body(failure.reset_reason()))
                         .header(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true")),
@@ -569,10 +618,75 @@ impl HttpConnectionManager {
                     )),
                     _ => LocalReply::new(503).body(reset_body(failure.reset_reason())),
                 };
-                cluster.stats().charge_response(503, None);
+                cluster.stats().charge_response(reply.status.as_u16(), None);
                 self.local_with_route(reply, sel)
             }
         }
+    }
+}
+
+/// Request checks Envoy's HTTP/1 codec makes and hyper does not: unknown methods, repeated or
+/// list-valued `Content-Length`, `Transfer-Encoding` with `Content-Length` or other than
+/// `chunked` (501).
+fn codec_check(req: &Request<Body>) -> Option<LocalReply> {
+    let bad = || LocalReply::new(400).body("Bad Request").close();
+    if !KNOWN_METHODS.contains(&req.method().as_str()) {
+        return Some(bad());
+    }
+    let headers = req.headers();
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if lengths.next().is_some() || first.as_bytes().contains(&b',') {
+            return Some(bad());
+        }
+    }
+    if let Some(te) = headers.get(http::header::TRANSFER_ENCODING) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Some(LocalReply::new(501).body("Not Implemented").close());
+        }
+        if headers.contains_key(http::header::CONTENT_LENGTH) {
+            return Some(bad());
+        }
+    }
+    None
+}
+
+/// The upgrade a request asks for (lower-case), if it really asks: `Upgrade` plus the `upgrade`
+/// token in `Connection`. `h2c` upgrades are not honoured.
+fn upgrade_kind(headers: &http::HeaderMap) -> Option<String> {
+    let kind = headers.get(http::header::UPGRADE)?.to_str().ok()?.trim().to_ascii_lowercase();
+    let asks = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    (asks && kind != "h2c").then_some(kind)
+}
+
+/// HTTP/2 → HTTP/1.1 header form, as Envoy's HTTP/2 codec builds it: `host` (from
+/// `:authority`) first, and the `cookie` crumbs joined with `; ` into one header after the
+/// other request headers.
+fn h2_to_h1_headers(headers: &mut http::HeaderMap, host: HeaderValue) {
+    let cookies: Vec<&[u8]> = headers.get_all(http::header::COOKIE).iter().map(|v| v.as_bytes()).collect();
+    let joined = if cookies.is_empty() { None } else { HeaderValue::from_bytes(&cookies.join(&b"; "[..])).ok() };
+    let old = std::mem::take(headers);
+    headers.reserve(old.len() + 1);
+    headers.insert(HOST, host);
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in old {
+        if let Some(n) = name {
+            current = Some(n);
+        }
+        match &current {
+            Some(n) if *n != HOST && *n != http::header::COOKIE => {
+                headers.append(n.clone(), value);
+            }
+            _ => {}
+        }
+    }
+    if let Some(j) = joined {
+        headers.insert(http::header::COOKIE, j);
     }
 }
 

@@ -239,34 +239,41 @@ impl HeaderMutations {
         self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// Apply to a header map: removals first, then additions in order. Removals keep the order
-    /// of the remaining headers, as Envoy does.
+    /// Apply to a header map as Envoy's header parser does: removals first; then every value is
+    /// decided against the headers as they are; then overwrites are applied (old copies removed,
+    /// the new value appended at the end), then appends, each group in config order. Removals
+    /// keep the order of the remaining headers.
     pub fn apply(&self, headers: &mut HeaderMap) {
         if !self.remove.is_empty() {
             crate::http::headers::remove_ordered(headers, |n| self.remove.contains(n));
         }
-        for (name, value, action) in &self.add {
-            match action {
-                HeaderAppendAction::AppendIfExistsOrAdd => {
-                    headers.append(name.clone(), value.clone());
-                }
+        if self.add.is_empty() {
+            return;
+        }
+        let mut overwrite: Vec<&(HeaderName, HeaderValue, HeaderAppendAction)> = Vec::new();
+        let mut append: Vec<&(HeaderName, HeaderValue, HeaderAppendAction)> = Vec::new();
+        for entry in &self.add {
+            match entry.2 {
+                HeaderAppendAction::AppendIfExistsOrAdd => append.push(entry),
                 HeaderAppendAction::AddIfAbsent => {
-                    if !headers.contains_key(name) {
-                        headers.insert(name.clone(), value.clone());
+                    if !headers.contains_key(&entry.0) {
+                        append.push(entry);
                     }
-                }
-                HeaderAppendAction::OverwriteIfExistsOrAdd => {
-                    // Envoy removes the old copies and appends the new value at the end.
-                    crate::http::headers::remove_ordered(headers, |n| n == name);
-                    headers.append(name.clone(), value.clone());
                 }
                 HeaderAppendAction::OverwriteIfExists => {
-                    if headers.contains_key(name) {
-                        crate::http::headers::remove_ordered(headers, |n| n == name);
-                        headers.append(name.clone(), value.clone());
+                    if headers.contains_key(&entry.0) {
+                        overwrite.push(entry);
                     }
                 }
+                HeaderAppendAction::OverwriteIfExistsOrAdd => overwrite.push(entry),
             }
+        }
+        for (name, value, _) in overwrite {
+            crate::http::headers::remove_ordered(headers, |n| n == name);
+            headers.append(name.clone(), value.clone());
+        }
+        for (name, value, _) in append {
+            headers.append(name.clone(), value.clone());
         }
     }
 }
