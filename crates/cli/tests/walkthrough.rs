@@ -115,7 +115,6 @@ fn scale(state: &Path, spec: &str) {
 }
 
 #[test]
-#[ignore = "needs a complete `sluice proxy` (ext_authz path); passes today with SLUICE_PROXY_EXE=<real envoy> -- --ignored"]
 fn guide_walkthrough() {
     let pid = std::process::id();
     let state = std::env::temp_dir().join(format!("sluice-walkthrough-{pid}"));

@@ -16,7 +16,7 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 use sluice_config::bootstrap::{CaresDnsResolverConfig, DnsResolverConfig};
 use sluice_config::cluster::{Cluster as ClusterConfig, DiscoveryType, DnsLookupFamily, HealthStatus};
@@ -147,6 +147,9 @@ pub(crate) struct Answer {
 }
 
 async fn query(resolver: &TokioResolver, name: &str, rt: RecordType) -> Result<Answer, String> {
+    // Parse as plain ASCII: a `&str` goes through IDNA, whose STD3 rules reject `_`, which
+    // real service names use (`ext_authz-opa-service` in the guide).
+    let name = Name::from_ascii(name).map_err(|e| format!("invalid DNS name \"{name}\": {e}"))?;
     match resolver.lookup(name, rt).await {
         Ok(l) => {
             let mut addrs = Vec::new();
