@@ -130,7 +130,7 @@ impl Listener {
                 return;
             };
             let conn = Arc::new(ConnectionInfo { peer, local, tls: None });
-            let stream = CodecErrorRewrite::new(stream, chain.server_name());
+            let stream = CodecErrorRewrite::new(stream, chain.server_name()).on_reply(chain.codec_reply_counter());
             serve_http(TokioIo::new(stream), chain, conn, chain.codec).await;
             return;
         }
@@ -165,7 +165,7 @@ impl Listener {
         let conn = Arc::new(ConnectionInfo { peer, local, tls: Some(Arc::new(info)) });
         // ALPN decides: h2 if agreed, otherwise HTTP/1.1 only (Envoy without alpn_protocols).
         let codec = if alpn_h2 { CodecType::Http2 } else { CodecType::Http1 };
-        let stream = CodecErrorRewrite::new(stream, chain.server_name());
+        let stream = CodecErrorRewrite::new(stream, chain.server_name()).on_reply(chain.codec_reply_counter());
         serve_http(TokioIo::new(stream), chain, conn, codec).await;
     }
 
@@ -195,6 +195,11 @@ impl Listener {
 impl Chain {
     fn server_name(&self) -> &str {
         self.hcm.server_name().to_str().unwrap_or("envoy")
+    }
+    fn codec_reply_counter(&self) -> crate::http::codec_errors::OnCodecReply {
+        let hcm = self.hcm.clone();
+        let listener = self.listener_http_stats.clone();
+        Box::new(move |status| hcm.record_codec_reply(status, &listener))
     }
 }
 

@@ -13,17 +13,35 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Called with the status of each codec-level reply (for stats).
+pub type OnCodecReply = Box<dyn Fn(u16) + Send + Sync>;
+
 /// Wraps a downstream HTTP/1 transport.
 pub struct CodecErrorRewrite<T> {
     inner: T,
     server: String,
+    on_reply: Option<OnCodecReply>,
     /// A replacement being written: (bytes, written so far, length reported to hyper).
     pending: Option<(Vec<u8>, usize, usize)>,
 }
 
 impl<T> CodecErrorRewrite<T> {
     pub fn new(inner: T, server: &str) -> Self {
-        CodecErrorRewrite { inner, server: server.to_string(), pending: None }
+        CodecErrorRewrite { inner, server: server.to_string(), on_reply: None, pending: None }
+    }
+    /// Report each rewritten codec reply's status.
+    pub fn on_reply(mut self, f: OnCodecReply) -> Self {
+        self.on_reply = Some(f);
+        self
+    }
+    fn replaced(&mut self, original: &[u8], reply: Vec<u8>) {
+        // An HTTP/1.0 status-line fix is not a codec reply of its own.
+        if !original.starts_with(b"HTTP/1.0 ") {
+            if let (Some(f), Some(code)) = (&self.on_reply, std::str::from_utf8(&reply[9..12]).ok().and_then(|c| c.parse().ok())) {
+                f(code);
+            }
+        }
+        self.pending = Some((reply, 0, original.len()));
     }
     pub fn get_ref(&self) -> &T {
         &self.inner
@@ -96,7 +114,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CodecErrorRewrite<T> {
         let this = &mut *self;
         if this.pending.is_none() {
             match envoy_reply_for(buf, &this.server) {
-                Some(reply) => this.pending = Some((reply, 0, buf.len())),
+                Some(reply) => this.replaced(buf, reply),
                 None => return Pin::new(&mut this.inner).poll_write(cx, buf),
             }
         }
@@ -112,12 +130,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CodecErrorRewrite<T> {
         if this.pending.is_none() {
             // Only the first slice can be a response head; a partial write of just that slice
             // is a valid answer to a vectored write.
-            let reply = bufs
-                .iter()
-                .find(|b| !b.is_empty())
-                .and_then(|first| envoy_reply_for(first, &this.server).map(|r| (r, first.len())));
-            match reply {
-                Some((r, len)) => this.pending = Some((r, 0, len)),
+            let first = bufs.iter().find(|b| !b.is_empty());
+            match first.and_then(|f| envoy_reply_for(f, &this.server).map(|r| (f, r))) {
+                Some((f, r)) => this.replaced(f, r),
                 None => return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
             }
         }

@@ -220,6 +220,14 @@ impl HttpConnectionManager {
         // A local reply to a request whose body was not read closes the connection (Envoy), as
         // does any reply to a rejected or unrouted upgrade.
         let unread_body = !http_body::Body::is_end_stream(req.body());
+        // Envoy answers `Expect: 100-continue` itself and counts that interim response.
+        if !h2
+            && unread_body
+            && req.headers().get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            stats.downstream_rq_xx[0].inc();
+            info.listener_stats.downstream_rq_xx[0].inc();
+        }
         let req = req.map(Body::incoming);
         let mut resp = self.process(req, info).await;
         if resp.extensions().get::<IsLocalReply>().is_some() {
@@ -242,6 +250,16 @@ impl HttpConnectionManager {
         stats.downstream_rq_active.dec();
         stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
         resp
+    }
+
+    /// Count a reply the HTTP/1 codec made before any request reached [`Self::handle`].
+    pub fn record_codec_reply(&self, status: u16, listener: &ListenerHttpStats) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.stats.downstream_rq_total.inc();
+        self.stats.downstream_rq_http1_total.inc();
+        self.stats.downstream_rq_xx[class].inc();
+        listener.downstream_rq_xx[class].inc();
+        self.stats.downstream_rq_completed.inc();
     }
 
     fn reply(&self, r: LocalReply) -> Response<Body> {
@@ -346,7 +364,13 @@ impl HttpConnectionManager {
             path_and_query
         };
         let route_host = self.route_host(&host, info.conn.local);
+        // `OPTIONS *` asks about the server, not a resource: it never reaches the router.
+        if route_path == "*" {
+            return self.reply(LocalReply::new(404));
+        }
         let Some(selected) = self.routes.route(&route_host, &route_path, req.headers()) else {
+            // Envoy's router filter makes this reply: it counts in `rq_total` too.
+            self.stats.rq_total.inc();
             self.stats.no_route.inc();
             let reply = LocalReply::new(404);
             return self.reply(if upgrade.is_some() { reply.close() } else { reply });
@@ -562,6 +586,11 @@ impl HttpConnectionManager {
         sel: &Selected,
     ) -> Response<Body> {
         let sent = Instant::now();
+        let mut req = req;
+        let for_1xx = cluster.clone();
+        hyper::ext::on_informational(&mut req, move |res| {
+            for_1xx.stats().charge_informational(res.status().as_u16());
+        });
         let send = cluster.send(req, lb);
         // The route timeout and the per-route idle timeout (before response headers).
         let deadline = match (fwd.timeout, fwd.idle_timeout) {

@@ -232,6 +232,21 @@ impl ClusterStats {
     /// `upstream_rq_<N>xx`, `upstream_rq_completed` (and the `external.` copies), and the
     /// `upstream_rq_time` histogram when `upstream_time_ms` is given.
     pub fn charge_response(&self, status: u16, upstream_time_ms: Option<f64>) {
+        self.charge_code(status);
+        self.upstream_rq_completed.inc();
+        self.external_rq_completed.inc();
+        if let Some(ms) = upstream_time_ms {
+            self.upstream_rq_time.record(ms);
+            self.external_rq_time.record(ms);
+        }
+    }
+
+    /// Charge an interim (1xx) upstream response: its code counters only.
+    pub fn charge_informational(&self, status: u16) {
+        self.charge_code(status);
+    }
+
+    fn charge_code(&self, status: u16) {
         if (100..600).contains(&status) {
             let pair = self.codes[(status - 100) as usize].get_or_init(|| {
                 [
@@ -244,12 +259,6 @@ impl ClusterStats {
             let class = &self.classes[(status / 100 - 1) as usize];
             class[0].inc();
             class[1].inc();
-        }
-        self.upstream_rq_completed.inc();
-        self.external_rq_completed.inc();
-        if let Some(ms) = upstream_time_ms {
-            self.upstream_rq_time.record(ms);
-            self.external_rq_time.record(ms);
         }
     }
 
