@@ -203,7 +203,16 @@ fn guide_walkthrough() {
 
     // 3. Scale service1 to 3: the sidecar re-resolves and sees 3 addresses.
     scale(&state, "service1=3");
-    std::thread::sleep(Duration::from_millis(2500));
+    // Within one DNS refresh (1 s here) plus start-up margin, three replicas answer.
+    let deadline = Instant::now() + Duration::from_millis(1000 + 3000);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 3 && Instant::now() < deadline {
+        let r = http(front, "GET", "/service/1", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        seen.insert(r.body.lines().nth(2).unwrap_or_default().to_string());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(seen.len(), 3, "distinct `resolved` lines after scaling: {seen:?}");
 
     // 4. Count: 200 sequential GETs → 67/67/66.
     let out = Command::new(SLUICE)
@@ -269,6 +278,57 @@ fn guide_walkthrough() {
     assert_eq!(bob + anon, 30);
     assert!(bob >= 1 && anon >= 1, "bob {bob}, anonymous {anon}");
 
+    // 7. Scale back to 1 while a client keeps sending: no request fails.
+    let before = ps(&state);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut sent, mut failed) = (0u32, Vec::new());
+            let started = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && sent < 5000
+                && started.elapsed() < Duration::from_secs(40)
+            {
+                sent += 1;
+                match std::panic::catch_unwind(|| http(front, "GET", "/service/1", None)) {
+                    Ok(r) if r.status == 200 => {}
+                    Ok(r) => failed.push(format!("{} {}", r.status, r.body)),
+                    Err(_) => failed.push("connection error".to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (sent, failed)
+        })
+    };
+    scale(&state, "service1=1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = ps(&state);
+        let live: Vec<&str> = now
+            .replicas
+            .iter()
+            .filter(|r| r.component == "service1" && !r.state.starts_with("exited"))
+            .map(|r| r.state.as_str())
+            .collect();
+        if live.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "service1 did not scale down to 1: {:?}", now.replicas);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // one more DNS refresh of traffic
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = client.join().unwrap();
+    assert!(sent > 20, "the client sent only {sent} requests");
+    assert!(failed.is_empty(), "{} of {sent} requests failed while scaling down: {failed:?}", failed.len());
+    let mut after = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let r = http(front, "GET", "/service/1", None);
+        after.insert(r.body.lines().nth(2).unwrap_or_default().to_string());
+    }
+    assert_eq!(after.len(), 1, "one replica left: {after:?}");
+
     // Down.
     let out = Command::new(SLUICE)
         .args(["down", "--state-dir"])
@@ -280,6 +340,30 @@ fn guide_walkthrough() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Shutdown leaves no process behind: neither `up` nor any replica it ever started.
+    let up_pid = up.child.id();
     drop(up);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in before.replicas.iter().map(|r| r.pid).chain([up_pid]) {
+        while alive(pid) {
+            assert!(Instant::now() < deadline, "process {pid} survived `sluice down`");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The running mesh as `sluice ps --json` reports it.
+fn ps(state: &Path) -> sluice_mesh::up::PsReport {
+    let out = Command::new(SLUICE).args(["ps", "--json", "--state-dir"]).arg(state).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sluice_mesh::up::PsReport::parse(&out.stdout).expect("ps --json")
+}
+
+/// A pid that exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
 }
