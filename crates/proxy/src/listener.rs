@@ -130,8 +130,18 @@ impl Listener {
                 return;
             };
             let conn = Arc::new(ConnectionInfo { peer, local, tls: None });
+            // AUTO: decide from the HTTP/2 preface, as Envoy does, so the connection is counted
+            // as HTTP/1 or HTTP/2 (`downstream_cx_http{1,2}_total`).
+            let codec = match chain.codec {
+                CodecType::Auto => match sniff_h2_preface(&stream).await {
+                    Some(true) => CodecType::Http2,
+                    Some(false) => CodecType::Http1,
+                    None => CodecType::Auto,
+                },
+                c => c,
+            };
             let stream = CodecErrorRewrite::new(stream, chain.server_name()).on_reply(chain.codec_reply_counter());
-            serve_http(TokioIo::new(stream), chain, conn, chain.codec).await;
+            serve_http(TokioIo::new(stream), chain, conn, codec).await;
             return;
         }
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
@@ -201,6 +211,29 @@ impl Chain {
         let listener = self.listener_http_stats.clone();
         Box::new(move |status| hcm.record_codec_reply(status, &listener))
     }
+}
+
+/// Whether a plaintext connection starts with the HTTP/2 client preface (peeked, not consumed).
+/// `None` when undecided (nothing arrived in time, or the peer closed).
+async fn sniff_h2_preface(stream: &TcpStream) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    // A partial preface is re-peeked a bounded number of times (1 ms apart).
+    for _ in 0..200 {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Some(false);
+        }
+        if n == PREFACE.len() {
+            return Some(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    None
 }
 
 fn build_chain(chain: &FilterChain, clusters: &Arc<ClusterManager>, store: &Store, lprefix: &str) -> Result<Chain, (String, String)> {
