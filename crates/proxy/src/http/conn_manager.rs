@@ -305,6 +305,9 @@ impl HttpConnectionManager {
                 None => return self.reply(LocalReply::new(400).close()),
             },
         };
+        // `strip_any_host_port` / `strip_matching_host_port` rewrite the authority itself before
+        // routing and filters (Envoy): the upstream gets it without the port.
+        let host = self.strip_host_port(host, info.conn.local);
         // Upstream requests always carry the authority in `host`.
         if let Ok(v) = HeaderValue::from_str(&host) {
             if h2 {
@@ -441,18 +444,23 @@ impl HttpConnectionManager {
         resp
     }
 
-    /// The host used for virtual host selection: lower-case, port stripped when configured.
-    fn route_host(&self, host: &str, local: SocketAddr) -> String {
-        let lower = host.to_ascii_lowercase();
+    /// The authority without its port when `strip_any_host_port` (any port) or
+    /// `strip_matching_host_port` (the listener's port) says so; case is kept.
+    fn strip_host_port(&self, host: String, local: SocketAddr) -> String {
         if self.strip_any_host_port || self.strip_matching_host_port {
-            let (name, port) = crate::router::config::split_host_port(&lower);
+            let (name, port) = crate::router::config::split_host_port(&host);
             if let Some(p) = port {
                 if self.strip_any_host_port || p == local.port().to_string() {
                     return name.to_string();
                 }
             }
         }
-        lower
+        host
+    }
+
+    /// The host used for virtual host selection: lower-case, port stripped when configured.
+    fn route_host(&self, host: &str, local: SocketAddr) -> String {
+        self.strip_host_port(host.to_ascii_lowercase(), local)
     }
 
     fn resolve_cluster(&self, f: &Forward, headers: &http::HeaderMap) -> Option<Arc<Cluster>> {
