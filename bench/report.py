@@ -23,7 +23,7 @@ TARGETS = {
     "footprint": {"peak_rss_mib_max": 15.0, "first_200_ms_max": 30.0},
 }
 METRICS = ["rps", "p50_us", "p99_us", "cpu_us_per_req", "peak_rss_kb", "errors", "requests",
-           "first_200_ms", "idle_rss_kb", "startup_cpu_ms"]
+           "first_200_ms", "idle_rss_kb", "startup_cpu_ms", "client_cpu_us_per_req"]
 
 
 def median(values):
@@ -139,6 +139,13 @@ def f_num(v, digits=0):
     return f"{v:.{digits}f}"
 
 
+def f_cpu_ms(v):
+    # /proc/<pid>/stat counts whole clock ticks (10 ms).
+    if v is None:
+        return "–"
+    return "<10" if v < 10 else f_num(v)
+
+
 def f_ratio(v):
     return "–" if v is None else f"{v:.2f}×"
 
@@ -194,6 +201,8 @@ def markdown(machine, rows, checks):
                 cells = [f_num(r.get("rps")), f_ms(r.get("p50_us")), f_ms(r.get("p99_us")),
                          f_num(r.get("cpu_us_per_req"), 1), f_mib(r.get("peak_rss_kb")),
                          f_num(err) + (f" ({r['failed_runs']} runs failed)" if r["failed_runs"] else "")]
+            if scen == "authz" and r.get("client_cpu_us_per_req") is not None:
+                name += f" (client: {r['client_cpu_us_per_req']:.1f} µs CPU/check)"
             tgt, ver = "", ""
             if scen == "authz" and p == "sluice":
                 tgt, ver = target_text(scen), c.get("verdict", "")
@@ -231,7 +240,7 @@ def markdown(machine, rows, checks):
                     tgt = target_text(scen)
                     ver = c.get("verdict", "") + ((" (" + ", ".join(c["failing"]) + ")") if c.get("failing") else "")
                 lines.append(f"| {name} | {f_num(r.get('first_200_ms'), 1)} | {f_mib(r.get('idle_rss_kb'))} | "
-                             f"{f_mib(r.get('peak_rss_kb'))} | {f_num(r.get('startup_cpu_ms'))} | {tgt} | {ver} |")
+                             f"{f_mib(r.get('peak_rss_kb'))} | {f_cpu_ms(r.get('startup_cpu_ms'))} | {tgt} | {ver} |")
             if "first_200_ratio" in c:
                 lines.append(f"| **sluice/Envoy** | {f_ratio(c.get('first_200_ratio'))} | | {f_ratio(c.get('rss_ratio'))} | | | |")
         lines.append("")

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, SocketAddress};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
@@ -67,6 +68,10 @@ struct AuthzArgs {
     /// HTTP method put in the CheckRequest.
     #[arg(long, default_value = "GET")]
     method: String,
+    /// gRPC client: `h2` (the request encoded once, sent on raw HTTP/2 streams: the cheapest
+    /// client, so the load generator is not the bottleneck) or `tonic` (a generated tonic client).
+    #[arg(long, default_value = "h2", value_parser = ["h2", "tonic"])]
+    client: String,
 }
 
 #[derive(clap::Args)]
@@ -193,24 +198,19 @@ fn authz(a: AuthzArgs) -> anyhow::Result<serde_json::Value> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let uri = format!("http://{}", a.addr);
-        let mut channels = Vec::new();
-        for _ in 0..a.connections {
-            let ch = tonic::transport::Endpoint::from_shared(uri.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {uri}"))?;
-            channels.push(ch);
-        }
         let req = check_request(&a.method, &a.path);
+        let mut clients = Vec::new();
+        for _ in 0..a.connections {
+            clients.push(CheckClient::connect(&a.client, &a.addr, &req).await.with_context(|| format!("connecting to {uri}"))?);
+        }
         let sent = Arc::new(AtomicU64::new(0));
+        let cpu0 = self_cpu_ms();
         let start = Instant::now();
         let measure_from = start + a.warmup;
         let end = measure_from + a.duration;
         let mut tasks = Vec::new();
         for i in 0..a.concurrency {
-            let mut client = AuthzClientBox(AuthorizationClient::new(channels[i % channels.len()].clone()));
+            let mut client = clients[i % clients.len()].clone();
             let req = req.clone();
             let sent = sent.clone();
             let max = a.max_requests;
@@ -223,7 +223,7 @@ fn authz(a: AuthzArgs) -> anyhow::Result<serde_json::Value> {
                     if t0 >= end || sent.fetch_add(1, Ordering::Relaxed) >= max {
                         break;
                     }
-                    let res = client.0.check(req.clone()).await;
+                    let res = client.check(&req).await;
                     let t1 = Instant::now();
                     if t0 < measure_from {
                         continue;
@@ -231,10 +231,8 @@ fn authz(a: AuthzArgs) -> anyhow::Result<serde_json::Value> {
                     last_done = t1;
                     lat.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
                     match res {
-                        Ok(r) => match r.into_inner().status {
-                            Some(s) if s.code == 0 => ok += 1,
-                            _ => denied += 1,
-                        },
+                        Ok(true) => ok += 1,
+                        Ok(false) => denied += 1,
                         Err(_) => errors += 1,
                     }
                 }
@@ -252,6 +250,7 @@ fn authz(a: AuthzArgs) -> anyhow::Result<serde_json::Value> {
             errors += e;
             last = last.max(ld);
         }
+        let client_cpu_ms = self_cpu_ms() - cpu0;
         all.sort_unstable();
         let secs = (last - measure_from).as_secs_f64().max(1e-9);
         let n = all.len() as u64;
@@ -267,12 +266,96 @@ fn authz(a: AuthzArgs) -> anyhow::Result<serde_json::Value> {
             "max_us": all.last().copied().unwrap_or(0),
             "concurrency": a.concurrency,
             "connections": a.connections,
+            "client": a.client,
+            "client_cpu_ms": client_cpu_ms,
         }))
     })
 }
 
-/// Wrapper so the spawned future owns a client of a concrete type.
-struct AuthzClientBox(AuthorizationClient<tonic::transport::Channel>);
+/// user+sys CPU time of this process so far, in ms (to show whether the client is the bottleneck).
+fn self_cpu_ms() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(ru.ru_utime) + ms(ru.ru_stime)
+}
+
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// A Check client over one HTTP/2 connection; clones share the connection.
+#[derive(Clone)]
+enum CheckClient {
+    /// Raw HTTP/2: the gRPC message (5-byte prefix + protobuf) is encoded once and re-sent.
+    H2 { send: h2::client::SendRequest<Bytes>, uri: http::Uri, body: Bytes },
+    Tonic(AuthorizationClient<tonic::transport::Channel>),
+}
+
+impl CheckClient {
+    async fn connect(kind: &str, addr: &str, req: &CheckRequest) -> anyhow::Result<CheckClient> {
+        if kind == "tonic" {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect()
+                .await?;
+            return Ok(CheckClient::Tonic(AuthorizationClient::new(ch)));
+        }
+        let tcp = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
+        tcp.set_nodelay(true)?;
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(1 << 24)
+            .handshake::<_, Bytes>(tcp)
+            .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let msg = prost::Message::encode_to_vec(req);
+        let mut body = Vec::with_capacity(msg.len() + 5);
+        body.push(0u8);
+        body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        body.extend_from_slice(&msg);
+        Ok(CheckClient::H2 { send, uri: format!("http://{addr}{CHECK_PATH}").parse()?, body: Bytes::from(body) })
+    }
+
+    /// One Check: Ok(true) when allowed (status code 0), Ok(false) when denied.
+    async fn check(&mut self, req: &CheckRequest) -> anyhow::Result<bool> {
+        match self {
+            CheckClient::Tonic(c) => Ok(c.check(req.clone()).await?.into_inner().status.is_some_and(|s| s.code == 0)),
+            CheckClient::H2 { send, uri, body } => {
+                let request = http::Request::post(uri.clone())
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())?;
+                let mut ready = send.clone().ready().await?;
+                let (response, mut stream) = ready.send_request(request, false)?;
+                stream.send_data(body.clone(), true)?;
+                let response = response.await?;
+                if response.status() != http::StatusCode::OK {
+                    bail!("HTTP status {}", response.status());
+                }
+                let headers_status = response.headers().get("grpc-status").cloned();
+                let mut recv = response.into_body();
+                let mut data = Vec::new();
+                while let Some(chunk) = recv.data().await {
+                    let chunk = chunk?;
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                    data.extend_from_slice(&chunk);
+                }
+                let trailers = recv.trailers().await?;
+                let status = trailers.as_ref().and_then(|t| t.get("grpc-status").cloned()).or(headers_status);
+                if status.as_ref().map(|v| v.as_bytes()) != Some(b"0") {
+                    bail!("grpc-status {status:?}");
+                }
+                if data.len() < 5 {
+                    bail!("short gRPC message");
+                }
+                let resp: envoy_types::pb::envoy::service::auth::v3::CheckResponse = prost::Message::decode(&data[5..])?;
+                Ok(resp.status.is_some_and(|s| s.code == 0))
+            }
+        }
+    }
+}
 
 // ------------------------------------------------------------------------------------- startup
 
