@@ -82,7 +82,7 @@ fn rewrite_socket_address(sa: &mut Map<String, Value>, rw: &Rewrite) -> Option<S
     Some(SocketAddr::new(ip, port))
 }
 
-fn socket_address_mut<'a>(address: &'a mut Value) -> Option<&'a mut Map<String, Value>> {
+fn socket_address_mut(address: &mut Value) -> Option<&mut Map<String, Value>> {
     address.get_mut("socket_address")?.as_object_mut()
 }
 

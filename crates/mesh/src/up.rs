@@ -805,7 +805,7 @@ impl Mesh {
                 break;
             }
             if Instant::now() >= deadline {
-                self.stop_replicas(&[name.clone()]);
+                self.stop_replicas(std::slice::from_ref(&name));
                 bail!(
                     "{name} was not ready within {:?}{}",
                     self.opts.ready_timeout,

@@ -380,7 +380,7 @@ impl HttpConnectionManager {
         };
 
         if let Some(kind) = upgrade {
-            if !self.upgrades.iter().any(|u| *u == kind) {
+            if !self.upgrades.contains(&kind) {
                 self.stats.downstream_rq_http1_upgrade_rejected.inc();
                 // Envoy decorates this reply with the response headers of a forwarding route
                 // (route, virtual host, table), and with none on a direct-response route.

@@ -14,7 +14,7 @@ use crate::body::Body;
 /// The IMF-fixdate of now, cached per second and per thread.
 pub fn http_date() -> HeaderValue {
     thread_local! {
-        static CACHE: RefCell<(u64, HeaderValue)> = RefCell::new((0, HeaderValue::from_static("")));
+        static CACHE: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static(""))) };
     }
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

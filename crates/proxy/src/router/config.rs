@@ -199,7 +199,6 @@ struct HeaderMatcher {
 struct QueryMatcher {
     name: String,
     matcher: Option<StrMatch>,
-    present: bool,
 }
 
 /// An RE2-style pattern that must match the whole input.
@@ -332,8 +331,8 @@ impl RouteTable {
             });
         }
         // Longest wildcard wins; ties keep config order (stable sort).
-        table.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        table.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.suffixes.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
+        table.prefixes.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         Ok(table)
     }
 
@@ -402,7 +401,7 @@ impl Route {
                 Some(s) => Some(StrMatch::build(s).map_err(|e| (format!("match.query_parameters[{i}]"), e))?),
                 None => None,
             };
-            query.push(QueryMatcher { name: q.name.clone(), matcher, present: q.present_match.unwrap_or(false) });
+            query.push(QueryMatcher { name: q.name.clone(), matcher });
         }
         let matcher = RouteMatcher { path, case_sensitive: m.case_sensitive(), headers, query, grpc: m.grpc.is_some() };
         let action = match r.kind().ok_or(("".to_string(), "exactly one of route, redirect, direct_response required".to_string()))? {
@@ -543,7 +542,8 @@ impl QueryMatcher {
         });
         match (&self.matcher, value) {
             (_, None) => false,
-            (None, Some(_)) => self.present || true,
+            // No string matcher: `present_match` (or nothing) asks only for presence.
+            (None, Some(_)) => true,
             (Some(m), Some(v)) => m.matches(v),
         }
     }

@@ -227,10 +227,7 @@ pub(crate) async fn dns_loop(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let cfg = cluster.config().clone();
-    let eps = match endpoints(&cfg) {
-        Ok(e) => e,
-        Err(_) => Vec::new(),
-    };
+    let eps = endpoints(&cfg).unwrap_or_default();
     let logical = cfg.type_ == DiscoveryType::LogicalDns;
     let family = cfg.dns_lookup_family;
     // Last good addresses per endpoint.
@@ -316,11 +313,13 @@ mod tests {
 
     #[test]
     fn failure_backoff_doubles_up_to_max() {
-        let mut cfg = ClusterConfig::default();
-        cfg.dns_failure_refresh_rate = Some(sluice_config::cluster::RefreshRate {
-            base_interval: sluice_config::Duration(Duration::from_millis(100)),
-            max_interval: Some(sluice_config::Duration(Duration::from_millis(500))),
-        });
+        let mut cfg = ClusterConfig {
+            dns_failure_refresh_rate: Some(sluice_config::cluster::RefreshRate {
+                base_interval: sluice_config::Duration(Duration::from_millis(100)),
+                max_interval: Some(sluice_config::Duration(Duration::from_millis(500))),
+            }),
+            ..Default::default()
+        };
         let d: Vec<u128> = (1..6).map(|f| failure_delay(&cfg, f).as_millis()).collect();
         assert_eq!(d, vec![100, 200, 400, 500, 500]);
         cfg.dns_failure_refresh_rate = None;
