@@ -131,10 +131,34 @@ pub fn load_file(path: impl AsRef<Path>) -> Result<Snapshot, ConfigError> {
 
 /// Parse and validate bootstrap text.
 pub fn parse(text: &str, format: Format) -> Result<Snapshot, ConfigError> {
-    let source = parse_tree(text, format)?;
+    from_tree(parse_tree(text, format)?)
+}
+
+/// Type and validate an already parsed tree.
+pub fn from_tree(source: serde_json::Value) -> Result<Snapshot, ConfigError> {
     let bootstrap = de::from_value::<Bootstrap>(source.clone())?;
     validate::validate(&bootstrap)?;
     Ok(Snapshot { bootstrap, source })
+}
+
+/// Merge `overlay` into `base` as protobuf's `MergeFrom` does for Envoy's `--config-yaml`:
+/// objects merge field by field, lists are appended, other values are replaced.
+pub fn merge_tree(base: &mut serde_json::Value, overlay: serde_json::Value) {
+    use serde_json::Value;
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge_tree(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(o)) => b.extend(o),
+        (b, o) => *b = o,
+    }
 }
 
 /// Parse text into a generic tree without typing it.
@@ -155,6 +179,13 @@ pub fn parse_tree(text: &str, format: Format) -> Result<serde_json::Value, Confi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_tree_follows_protobuf_merge() {
+        let mut base: serde_json::Value = serde_json::json!({"a": {"x": 1, "l": [1]}, "s": "old"});
+        merge_tree(&mut base, serde_json::json!({"a": {"y": 2, "l": [2]}, "s": "new"}));
+        assert_eq!(base, serde_json::json!({"a": {"x": 1, "y": 2, "l": [1, 2]}, "s": "new"}));
+    }
 
     #[test]
     fn redacted_source_hides_private_keys_only() {

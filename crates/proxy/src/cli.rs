@@ -64,13 +64,24 @@ fn init_logging(level: &str) {
 }
 
 fn load(args: &Args) -> Result<(String, sluice_config::Snapshot), String> {
-    match (&args.config_path, &args.config_yaml) {
-        (Some(path), _) => sluice_config::load_file(path).map(|s| (path.clone(), s)).map_err(|e| e.to_string()),
-        (None, Some(yaml)) => sluice_config::parse(yaml, sluice_config::Format::Yaml)
-            .map(|s| ("<config-yaml>".to_string(), s))
-            .map_err(|e| e.to_string()),
-        (None, None) => Err("no configuration: pass -c FILE (or --config-yaml)".to_string()),
-    }
+    use sluice_config::{merge_tree, parse_tree, Format};
+    let overlay = match &args.config_yaml {
+        Some(yaml) => Some(parse_tree(yaml, Format::Yaml).map_err(|e| format!("--config-yaml: {e}"))?),
+        None => None,
+    };
+    let (shown, tree) = match (&args.config_path, overlay) {
+        (Some(path), overlay) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            let mut tree = parse_tree(&text, Format::from_path(std::path::Path::new(path))).map_err(|e| e.to_string())?;
+            if let Some(o) = overlay {
+                merge_tree(&mut tree, o);
+            }
+            (path.clone(), tree)
+        }
+        (None, Some(o)) => ("<config-yaml>".to_string(), o),
+        (None, None) => return Err("no configuration: pass -c FILE (or --config-yaml)".to_string()),
+    };
+    sluice_config::from_tree(tree).map(|s| (shown, s)).map_err(|e| e.to_string())
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
