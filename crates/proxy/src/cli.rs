@@ -101,11 +101,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.mode == "validate" {
         return Ok(validate(&path, &snapshot));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(concurrency as usize)
-        .thread_name("sluice-worker")
-        .enable_all()
-        .build()?;
+    // The control plane (DNS, admin, stats) runs here; the data plane on `concurrency` worker
+    // threads that the server starts.
+    let runtime = tokio::runtime::Builder::new_current_thread().thread_name("sluice-main").enable_all().build()?;
     let options = Options { config_path: path.clone(), concurrency, log_level: args.log_level.clone() };
     runtime.block_on(async move {
         let server = match server::start(Arc::new(snapshot), options).await {

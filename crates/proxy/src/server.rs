@@ -1,5 +1,10 @@
 //! The server: builds everything from a validated snapshot, binds listeners and admin, waits for
 //! cluster warming, then serves until SIGTERM/SIGINT or `/quitquitquit`.
+//!
+//! Threading follows Envoy: `--concurrency` worker threads, each a single-threaded runtime that
+//! owns its own socket per listener (`SO_REUSEPORT`, so the kernel spreads connections) and serves
+//! every connection it accepts start to finish on that thread. The runtime that calls [`start`]
+//! keeps the control plane: DNS discovery, admin, stats flushes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +34,7 @@ pub struct RunningServer {
     pub stats: Store,
     pub clusters: Arc<ClusterManager>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_workers: tokio::sync::watch::Sender<bool>,
 }
 
 impl RunningServer {
@@ -40,6 +46,7 @@ impl RunningServer {
         for t in &self.tasks {
             t.abort();
         }
+        let _ = self.stop_workers.send(true);
         self.clusters.shutdown();
     }
 }
@@ -51,12 +58,13 @@ impl Drop for RunningServer {
 }
 
 /// Build every listener (no binding): used by `--mode validate` too.
-pub fn build_listeners(snapshot: &Snapshot, clusters: &Arc<ClusterManager>, stats: &Store) -> anyhow::Result<Vec<Listener>> {
+/// Each listener with its `enable_reuse_port` (default true, as Envoy).
+pub fn build_listeners(snapshot: &Snapshot, clusters: &Arc<ClusterManager>, stats: &Store) -> anyhow::Result<Vec<(Listener, bool)>> {
     let mut out = Vec::new();
     for (i, l) in snapshot.bootstrap.static_resources.listeners.iter().enumerate() {
         let listener = Listener::build(l, clusters, stats)
             .map_err(|(p, e)| anyhow::anyhow!("static_resources.listeners[{i}].{p}: {e}"))?;
-        out.push(listener);
+        out.push((listener, l.enable_reuse_port.unwrap_or(true)));
     }
     Ok(out)
 }
@@ -72,17 +80,28 @@ pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<
 
     let mut tasks = Vec::new();
     let mut infos = Vec::new();
-    let mut sockets = Vec::new();
-    for l in listeners {
-        let socket = bind(l.address).await.map_err(|e| {
-            anyhow::anyhow!("cannot bind listener '{}' to {}: {e}", l.name, l.address)
-        })?;
-        let local = socket.local_addr()?;
+    // One socket per listener per worker; the first decides the port (port 0 in tests).
+    let workers = options.concurrency.max(1) as usize;
+    let mut per_worker: Vec<Vec<(Arc<Listener>, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+    for (l, reuse_port) in listeners {
+        let l = Arc::new(l);
+        let bind_err = |e: std::io::Error| anyhow::anyhow!("cannot bind listener '{}' to {}: {e}", l.name, l.address);
+        let first = bind(l.address, reuse_port).await.map_err(bind_err)?;
+        let local = first.local_addr()?;
         infos.push(ListenerInfo { name: l.name.clone(), address: local });
-        sockets.push((Arc::new(l), socket));
+        let first = first.into_std()?;
+        for (w, sockets) in per_worker.iter_mut().enumerate() {
+            let socket = match w {
+                0 => first.try_clone()?,
+                // Without reuse_port the workers share one socket (a duplicate descriptor).
+                _ if !reuse_port => first.try_clone()?,
+                _ => bind(local, true).await.map_err(bind_err)?.into_std()?,
+            };
+            sockets.push((l.clone(), socket));
+        }
     }
-    stats.counter("listener_manager.listener_added").add(sockets.len() as u64);
-    stats.gauge("listener_manager.total_listeners_active").set(sockets.len() as i64);
+    stats.counter("listener_manager.listener_added").add(infos.len() as u64);
+    stats.gauge("listener_manager.total_listeners_active").set(infos.len() as i64);
 
     let admin_addr = match snapshot.bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) {
         Some(a) => {
@@ -91,7 +110,7 @@ pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<
                 .as_ref()
                 .and_then(|s| s.to_socket_addr())
                 .ok_or_else(|| anyhow::anyhow!("admin.address: an IP address and port are required"))?;
-            let socket = bind(addr).await.map_err(|e| anyhow::anyhow!("cannot bind admin to {addr}: {e}"))?;
+            let socket = bind(addr, false).await.map_err(|e| anyhow::anyhow!("cannot bind admin to {addr}: {e}"))?;
             Some((socket.local_addr()?, socket))
         }
         None => None,
@@ -124,8 +143,9 @@ pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<
     // Envoy's cluster warming: listeners accept only once every cluster had its first answer.
     state.set_state(State::Initializing);
     clusters.initialized().await;
-    for (listener, socket) in sockets {
-        tasks.push(tokio::spawn(listener.serve(socket)));
+    let (stop_workers, stop) = tokio::sync::watch::channel(false);
+    for (w, sockets) in per_worker.into_iter().enumerate() {
+        spawn_worker(w, sockets, stop.clone())?;
     }
     admin::mark_initialized(&stats, &state);
     tracing::info!(
@@ -134,12 +154,45 @@ pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<
         "all clusters initialized; serving ({} ms)",
         started.elapsed().as_millis()
     );
-    Ok(RunningServer { listeners: infos, admin: admin_local, state, stats, clusters, tasks })
+    Ok(RunningServer { listeners: infos, admin: admin_local, state, stats, clusters, tasks, stop_workers })
 }
 
-async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+async fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// A worker thread: a single-threaded runtime serving its sockets until told to stop.
+fn spawn_worker(
+    index: usize,
+    sockets: Vec<(Arc<Listener>, std::net::TcpListener)>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name(format!("sluice-worker-{index}")).spawn(move || {
+        runtime.block_on(async move {
+            for (listener, socket) in sockets {
+                match socket.set_nonblocking(true).and_then(|()| TcpListener::from_std(socket)) {
+                    Ok(socket) => {
+                        tokio::spawn(listener.serve(socket));
+                    }
+                    Err(e) => tracing::error!(listener = %listener.name, "worker {index}: {e}"),
+                }
+            }
+            // Stop on request, or when the server is gone.
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Dropping the runtime cancels the connections it served.
+        drop(runtime);
+    })?;
+    Ok(())
 }
