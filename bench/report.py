@@ -233,7 +233,9 @@ def markdown(machine, rows, checks):
                     continue
                 name = {"sluice": "sluice", "envoy": "Envoy"}[p]
                 if r["failed_runs"] == r["runs"]:
-                    lines.append(f"| {name} | FAILED ({(r['failures'] or [''])[0][:80]}) | | | | | |")
+                    ver = c.get("verdict", "") if p == "sluice" else ""
+                    lines.append(f"| {name} | FAILED ({(r['failures'] or [''])[0][:80]}) | | | | "
+                                 f"{target_text(scen) if p == 'sluice' else ''} | {ver} |")
                     continue
                 tgt, ver = ("", "")
                 if p == "sluice":
