@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{anyhow, Context as _};
+use regorus::rvm::program::Program;
+use regorus::rvm::vm::RegoVM;
 use regorus::{Engine, Value};
 
 /// How `.rego` files are parsed.
@@ -220,6 +222,43 @@ pub struct PolicySet {
     files: Vec<PathBuf>,
     packages: Vec<String>,
     compile_ns: u64,
+    /// The decision rule compiled to regorus bytecode (RVM), when the bytecode compiler accepts
+    /// the policy and agrees with the interpreter on the load-time probe. Only a *defined*
+    /// result of the RVM is used; an undefined result or any RVM error is re-evaluated by the
+    /// interpreter, which stays the reference (its errors and undefined decisions are what
+    /// OPA reports).
+    rvm: Option<Rvm>,
+}
+
+#[derive(Clone)]
+struct Rvm {
+    program: std::sync::Arc<Program>,
+    data: Value,
+}
+
+impl Rvm {
+    fn vm(&self) -> Option<RegoVM> {
+        let mut vm = RegoVM::new();
+        vm.load_program(self.program.clone());
+        vm.set_data(self.data.clone()).ok()?;
+        Some(vm)
+    }
+}
+
+/// `SLUICE_AUTHZ_RVM=0` (or `off`/`false`) turns the bytecode path off: every decision is then
+/// evaluated by the regorus interpreter.
+fn rvm_enabled() -> bool {
+    !matches!(
+        std::env::var("SLUICE_AUTHZ_RVM").ok().as_deref().map(str::to_ascii_lowercase).as_deref(),
+        Some("0") | Some("off") | Some("false") | Some("no")
+    )
+}
+
+/// Per-thread evaluation state for one policy generation.
+struct Worker {
+    generation: u64,
+    engine: Engine,
+    vm: Option<RegoVM>,
 }
 
 impl fmt::Debug for PolicySet {
@@ -257,7 +296,7 @@ impl fmt::Display for EvalError {
 impl std::error::Error for EvalError {}
 
 thread_local! {
-    static WORKER: RefCell<Option<(u64, Engine)>> = const { RefCell::new(None) };
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
 }
 
 fn is_not_a_rule(e: &anyhow::Error) -> bool {
@@ -324,8 +363,18 @@ impl PolicySet {
             }
             Err(e) => return Err(anyhow!("{}", tidy(&e, Path::new("")))),
         };
+        let mut rvm = None;
         if mode == Mode::Rule {
-            check_statically(&mut engine, &rule)?;
+            if let Some(program) = check_statically(&mut engine, &rule)? {
+                let r = Rvm { program, data: engine.get_data() };
+                if !rvm_enabled() {
+                    tracing::debug!("bytecode evaluation disabled by SLUICE_AUTHZ_RVM");
+                } else if let Err(why) = rvm_cannot_diverge(&r.program, &rule) {
+                    tracing::debug!("the interpreter evaluates every decision: the bytecode VM could differ ({why})");
+                } else if rvm_agrees(&r, &mut engine, &rule) {
+                    rvm = Some(r);
+                }
+            }
         }
         if mode == Mode::Query {
             tracing::warn!(
@@ -341,6 +390,7 @@ impl PolicySet {
             files: sources.policies.iter().map(|p| p.0.clone()).collect(),
             packages,
             compile_ns: started.elapsed().as_nanos() as u64,
+            rvm,
         })
     }
 
@@ -374,7 +424,18 @@ impl PolicySet {
     pub fn eval(&self, input: Value) -> Result<Value, EvalError> {
         let mode = self.mode;
         let rule = &self.rule;
-        self.with_engine(|e| {
+        self.with_worker(|w| {
+            if let Some(vm) = w.vm.as_mut() {
+                vm.set_input(input.clone());
+                let r = vm.execute();
+                // Drop this evaluation's values now rather than at the next one.
+                vm.set_input(Value::Null);
+                match r {
+                    Ok(Value::Undefined) | Err(_) => {}
+                    Ok(v) => return Ok(v),
+                }
+            }
+            let e = &mut w.engine;
             e.set_input(input);
             match mode {
                 Mode::Rule => match e.eval_rule(rule.clone()) {
@@ -388,9 +449,33 @@ impl PolicySet {
         })
     }
 
+    /// Evaluates the decision with the regorus interpreter only (never the bytecode VM).
+    /// [`PolicySet::eval`] must always agree with it; tests compare the two.
+    pub fn eval_interpreted(&self, input: Value) -> Result<Value, EvalError> {
+        let mode = self.mode;
+        let rule = &self.rule;
+        let mut e = self.engine.clone();
+        e.set_input(input);
+        match mode {
+            Mode::Rule => match e.eval_rule(rule.clone()) {
+                Ok(Value::Undefined) => Err(EvalError::Undefined),
+                Ok(v) => Ok(v),
+                Err(err) if is_not_a_rule(&err) => Err(EvalError::Undefined),
+                Err(err) => Err(EvalError::Eval(first_line(&tidy(&err, Path::new(""))).to_string())),
+            },
+            Mode::Query => query_value(&mut e, rule),
+        }
+    }
+
+    /// Whether decisions are evaluated by the bytecode VM (with the interpreter as fallback).
+    pub fn uses_bytecode(&self) -> bool {
+        self.rvm.is_some()
+    }
+
     /// Evaluates any `data` reference (REST API): `Ok(None)` when undefined.
     pub fn query(&self, reference: &str, input: Option<Value>) -> Result<Option<Value>, EvalError> {
-        self.with_engine(|e| {
+        self.with_worker(|w| {
+            let e = &mut w.engine;
             e.set_input(input.unwrap_or(Value::Undefined));
             match query_value(e, reference) {
                 Ok(v) => Ok(Some(v)),
@@ -400,17 +485,24 @@ impl PolicySet {
         })
     }
 
-    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
+    fn new_worker(&self) -> Worker {
+        Worker {
+            generation: self.generation,
+            engine: self.engine.clone(),
+            vm: self.rvm.as_ref().and_then(Rvm::vm),
+        }
+    }
+
+    fn with_worker<R>(&self, f: impl FnOnce(&mut Worker) -> R) -> R {
         WORKER.with(|cell| match cell.try_borrow_mut() {
             Ok(mut slot) => {
-                if slot.as_ref().map(|(g, _)| *g) != Some(self.generation) {
-                    *slot = Some((self.generation, self.engine.clone()));
+                if slot.as_ref().map(|w| w.generation) != Some(self.generation) {
+                    *slot = Some(self.new_worker());
                 }
-                let (_, e) = slot.as_mut().expect("just set");
-                f(e)
+                f(slot.as_mut().expect("just set"))
             }
-            // Re-entrant use on this thread (not expected): use a throw-away clone.
-            Err(_) => f(&mut self.engine.clone()),
+            // Re-entrant use on this thread (not expected): use a throw-away worker.
+            Err(_) => f(&mut self.new_worker()),
         })
     }
 }
@@ -435,21 +527,118 @@ fn query_value(e: &mut Engine, reference: &str) -> Result<Value, EvalError> {
 /// function" and "undefined/unsafe variable" errors are load errors; anything else it reports
 /// (a construct it does not support) is only logged at debug level, since the interpreter, which
 /// evaluates the decisions, accepted the policy.
-fn check_statically(engine: &mut Engine, rule: &str) -> anyhow::Result<()> {
+fn check_statically(engine: &mut Engine, rule: &str) -> anyhow::Result<Option<std::sync::Arc<Program>>> {
     use regorus::languages::rego::compiler::Compiler;
     let compiled = match engine.compile_with_entrypoint(&regorus::Rc::from(rule)) {
         Ok(c) => c,
         Err(e) => return Err(anyhow!("{}", tidy(&e, Path::new("")))),
     };
-    if let Err(e) = Compiler::compile_from_policy(&compiled, &[rule]) {
-        let text = e.to_string();
-        let lower = text.to_ascii_lowercase();
-        if lower.contains("unknown function") || lower.contains("undefined variable") || lower.contains("unsafe") {
-            return Err(anyhow!("{}", tidy(&anyhow!(text), Path::new(""))));
+    match Compiler::compile_from_policy(&compiled, &[rule]) {
+        Ok(program) => Ok(Some(program)),
+        Err(e) => {
+            let text = e.to_string();
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("unknown function") || lower.contains("undefined variable") || lower.contains("unsafe") {
+                return Err(anyhow!("{}", tidy(&anyhow!(text), Path::new(""))));
+            }
+            tracing::debug!("bytecode check skipped, the interpreter evaluates every decision: {text}");
+            Ok(None)
         }
-        tracing::debug!("bytecode check skipped: {text}");
+    }
+}
+
+/// Whether the bytecode VM can be trusted to give the interpreter's result whenever it gives a
+/// defined one. The VM turns errors inside a rule body (type errors in arithmetic, builtin
+/// errors, iterating a non-collection) and conflicting values of a complete rule into
+/// "this body failed" / "undefined", where the interpreter reports an error; behind a `not`,
+/// a `default` or a set comprehension that could become a *defined* decision. So the VM is only
+/// used for programs made of instructions that cannot fail in the interpreter (loads,
+/// references, comparisons, object/array/set literals, rule calls) and whose rules other than
+/// the decision itself cannot conflict (one definition, or all definitions the same constant).
+/// A conflict of the decision rule itself makes the VM answer undefined, which is re-evaluated
+/// by the interpreter. Everything else (most real policies with builtins, loops or
+/// arithmetic) is evaluated by the interpreter alone, as before.
+fn rvm_cannot_diverge(program: &Program, rule: &str) -> Result<(), String> {
+    use regorus::rvm::Instruction as I;
+    for ins in &program.instructions {
+        let ok = matches!(
+            ins,
+            I::Load { .. }
+                | I::LoadTrue { .. }
+                | I::LoadFalse { .. }
+                | I::LoadNull { .. }
+                | I::LoadBool { .. }
+                | I::LoadData { .. }
+                | I::LoadInput { .. }
+                | I::Move { .. }
+                | I::Eq { .. }
+                | I::Ne { .. }
+                | I::Lt { .. }
+                | I::Le { .. }
+                | I::Gt { .. }
+                | I::Ge { .. }
+                | I::Not { .. }
+                | I::Return { .. }
+                | I::ObjectSet { .. }
+                | I::ObjectCreate { .. }
+                | I::Index { .. }
+                | I::IndexLiteral { .. }
+                | I::ChainedIndex { .. }
+                | I::ArrayNew { .. }
+                | I::ArrayPush { .. }
+                | I::ArrayPushDefined { .. }
+                | I::ArrayCreate { .. }
+                | I::SetNew { .. }
+                | I::SetAdd { .. }
+                | I::SetCreate { .. }
+                | I::AssertEq { .. }
+                | I::Guard { .. }
+                | I::ReturnUndefinedIfNotTrue { .. }
+                | I::CallRule { .. }
+                | I::RuleInit { .. }
+                | I::VirtualDataDocumentLookup { .. }
+                | I::DestructuringSuccess { .. }
+                | I::RuleReturn { .. }
+                | I::Halt { .. }
+        );
+        if !ok {
+            return Err(format!("instruction {ins:?}"));
+        }
+    }
+    let entry = rule.strip_prefix("data.").unwrap_or(rule);
+    for info in &program.rule_infos {
+        let is_entry = info.name == rule || info.name == entry;
+        let defs = info.definitions.len();
+        if info.function_info.is_some() {
+            return Err(format!("function {}", info.name));
+        }
+        if defs > 1 && !info.early_exit_on_first_success && !is_entry {
+            return Err(format!("rule {} has {defs} definitions that could conflict", info.name));
+        }
     }
     Ok(())
+}
+
+/// Load-time probe: the bytecode VM must load the data and give the interpreter's answer on
+/// an empty input, else the interpreter alone serves this generation.
+fn rvm_agrees(r: &Rvm, engine: &mut Engine, rule: &str) -> bool {
+    let Some(mut vm) = r.vm() else {
+        tracing::debug!("bytecode VM rejected the data; the interpreter evaluates every decision");
+        return false;
+    };
+    vm.set_input(Value::new_object());
+    let by_vm = vm.execute();
+    engine.set_input(Value::new_object());
+    let by_interpreter = engine.eval_rule(rule.to_string());
+    match (by_vm, by_interpreter) {
+        (Ok(a), Ok(b)) if a == b => true,
+        // An undefined or failed VM result is re-evaluated by the interpreter anyway.
+        (Ok(Value::Undefined) | Err(_), _) => true,
+        (a, b) => {
+            tracing::debug!(?a, ?b, "bytecode VM disagrees with the interpreter; the interpreter evaluates every decision");
+            false
+        }
+    }
 }
 
 /// regorus error text reshaped as `file:line:col: message`, followed by regorus' source excerpt;
