@@ -175,6 +175,7 @@ fn spawn_worker(
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name(format!("sluice-worker-{index}")).spawn(move || {
+        crate::upstream::bind_worker_thread(index);
         runtime.block_on(async move {
             for (listener, socket) in sockets {
                 match socket.set_nonblocking(true).and_then(|()| TcpListener::from_std(socket)) {

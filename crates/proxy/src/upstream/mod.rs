@@ -19,6 +19,7 @@ mod tls;
 pub use cluster::{CircuitBreakerThresholds, Cluster, ClusterStats};
 pub use cluster_manager::ClusterManager;
 pub use host::{Host, HostSet, HostStats};
+pub use pool::bind_worker_thread;
 
 /// What the router knows that load balancing needs.
 #[derive(Debug, Default, Clone, Copy)]

@@ -1,21 +1,20 @@
-//! Per-host connection pools.
+//! Per-host connection pools, one per worker thread.
 //!
-//! **Shared, not per worker.** sluice runs one multi-threaded tokio runtime whose tasks migrate
-//! between worker threads, so a per-worker pool would need thread-locals that tasks may leave
-//! mid-request. Instead each host has one pool guarded by a short `std::sync::Mutex` held only to
-//! push or pop an idle HTTP/1.1 sender or to clone the shared HTTP/2 sender (no `.await` while
-//! held). A test (`upstream_pool::pool_lock_cost`) measures the overhead at a few hundred
-//! nanoseconds per request under contention from concurrent tasks on 2 cores, small against the
-//! ~50-100 µs of a loopback HTTP round trip. A shared pool also reuses connections better than
-//! Envoy's per-worker pools (fewer upstream connections for the same load).
+//! **Per worker, like Envoy.** The proxy serves each downstream connection start to finish on one
+//! worker thread (a single-threaded runtime, see `server`), so each worker keeps its own idle
+//! HTTP/1.1 connections and its own HTTP/2 connection per host: a connection's task and every
+//! request that uses it stay on one thread, with no cross-thread wake-ups on the request path.
+//! Threads that are not workers (in-process callers, tests) share slot 0. The per-slot mutexes
+//! are only ever taken by their own thread on the request path, so they are uncontended.
 //!
 //! * HTTP/1.1: a LIFO stack of idle `SendRequest`s. A connection goes back when its response body
 //!   has ended (see `cluster::UpstreamBody`); on checkout a closed sender is discarded and a
 //!   not-yet-ready one is awaited briefly.
-//! * HTTP/2: one multiplexed connection per host, shared by cloning its `SendRequest`; replaced
-//!   when closed (GOAWAY, reset, upstream gone). A per-host async mutex serialises reconnects so
-//!   a burst of requests opens one connection, not one each.
+//! * HTTP/2: one multiplexed connection per host and worker, shared by cloning its `SendRequest`;
+//!   replaced when closed (GOAWAY, reset, upstream gone). A per-host async mutex serialises
+//!   reconnects so a burst of requests opens one connection, not one each.
 
+use std::cell::Cell;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,11 +26,36 @@ use crate::body::Body;
 /// connection task has not run since the previous response ended).
 const READY_WAIT: Duration = Duration::from_millis(250);
 
-#[derive(Default)]
+/// Slots: 0 for non-worker threads, then one per worker (workers beyond share by modulo).
+const SLOTS: usize = 17;
+
+thread_local! {
+    static SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Mark the current thread as worker `index` (called once by each worker thread).
+pub fn bind_worker_thread(index: usize) {
+    SLOT.with(|s| s.set(1 + index % (SLOTS - 1)));
+}
+
+fn slot() -> usize {
+    SLOT.with(|s| s.get())
+}
+
 pub(crate) struct HostPool {
-    h1_idle: Mutex<Vec<http1::SendRequest<Body>>>,
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    h1_idle: [Mutex<Vec<http1::SendRequest<Body>>>; SLOTS],
+    h2: [Mutex<Option<http2::SendRequest<Body>>>; SLOTS],
     pub(crate) h2_connect: tokio::sync::Mutex<()>,
+}
+
+impl Default for HostPool {
+    fn default() -> Self {
+        HostPool {
+            h1_idle: std::array::from_fn(|_| Mutex::new(Vec::new())),
+            h2: std::array::from_fn(|_| Mutex::new(None)),
+            h2_connect: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 impl std::fmt::Debug for HostPool {
@@ -48,7 +72,7 @@ impl HostPool {
     /// An idle HTTP/1.1 connection ready for a request, if any.
     pub(crate) async fn take_h1(&self) -> Option<http1::SendRequest<Body>> {
         loop {
-            let mut s = lock(&self.h1_idle).pop()?;
+            let mut s = lock(&self.h1_idle[slot()]).pop()?;
             if s.is_closed() {
                 continue;
             }
@@ -64,17 +88,17 @@ impl HostPool {
 
     pub(crate) fn put_h1(&self, s: http1::SendRequest<Body>) {
         if !s.is_closed() {
-            lock(&self.h1_idle).push(s);
+            lock(&self.h1_idle[slot()]).push(s);
         }
     }
 
     pub(crate) fn idle_h1_count(&self) -> usize {
-        lock(&self.h1_idle).len()
+        self.h1_idle.iter().map(|m| lock(m).len()).sum()
     }
 
     /// The shared HTTP/2 connection, if open.
     pub(crate) fn h2(&self) -> Option<http2::SendRequest<Body>> {
-        let g = lock(&self.h2);
+        let g = lock(&self.h2[slot()]);
         match &*g {
             Some(s) if !s.is_closed() && s.is_ready() => Some(s.clone()),
             _ => None,
@@ -82,13 +106,17 @@ impl HostPool {
     }
 
     pub(crate) fn set_h2(&self, s: http2::SendRequest<Body>) {
-        *lock(&self.h2) = Some(s);
+        *lock(&self.h2[slot()]) = Some(s);
     }
 
     /// Drop idle connections (host removed): HTTP/1.1 idle connections close now; the HTTP/2
     /// connection closes when its in-flight streams end.
     pub(crate) fn close_idle(&self) {
-        lock(&self.h1_idle).clear();
-        *lock(&self.h2) = None;
+        for m in &self.h1_idle {
+            lock(m).clear();
+        }
+        for m in &self.h2 {
+            *lock(m) = None;
+        }
     }
 }
