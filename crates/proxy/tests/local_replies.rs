@@ -471,6 +471,21 @@ async fn use_remote_address_appends_xff_and_sets_external_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xff_num_trusted_hops_picks_the_client_from_x_forwarded_for() {
+    let (server, _echo) = echo_with(json!({"use_remote_address": true, "xff_num_trusted_hops": 1}), json!(["*"])).await;
+    let addr = server.listeners[0].address;
+    let r = client::request("GET", &format!("http://{addr}/ok"), &[("x-forwarded-for", "9.9.9.9, 1.2.3.4")], "")
+        .await
+        .unwrap();
+    let j = r.json();
+    assert_eq!(upstream_header(&j, "x-envoy-external-address").as_deref(), Some("1.2.3.4"), "1 trusted hop: the rightmost XFF entry");
+    assert_eq!(upstream_header(&j, "x-forwarded-for").as_deref(), Some("9.9.9.9, 1.2.3.4,127.0.0.1"));
+    // Fewer XFF entries than trusted hops: no trusted client address.
+    let r = client::get(&format!("http://{addr}/ok")).await.unwrap();
+    assert_eq!(upstream_header(&r.json(), "x-envoy-external-address"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_server_name_and_header_limit() {
     let (server, _echo) = echo_with(json!({"server_name": "sluice-test", "max_request_headers_kb": 2}), json!(["*"])).await;
     let addr = server.listeners[0].address;

@@ -113,6 +113,7 @@ pub struct HttpConnectionManager {
     server_name: HeaderValue,
     server_transformation: ServerHeaderTransformation,
     use_remote_address: bool,
+    xff_num_trusted_hops: usize,
     generate_request_id: bool,
     preserve_external_request_id: bool,
     always_set_request_id_in_response: bool,
@@ -173,6 +174,7 @@ impl HttpConnectionManager {
             server_name,
             server_transformation: cfg.server_header_transformation,
             use_remote_address: cfg.use_remote_address(),
+            xff_num_trusted_hops: cfg.xff_num_trusted_hops as usize,
             generate_request_id: cfg.generate_request_id(),
             preserve_external_request_id: cfg.preserve_external_request_id,
             always_set_request_id_in_response: cfg.always_set_request_id_in_response,
@@ -327,15 +329,26 @@ impl HttpConnectionManager {
         if self.use_remote_address {
             headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
             let ip = info.conn.peer.ip().to_string();
-            let xff = match headers_mut.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            let prev = headers_mut.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).map(str::to_string);
+            // With `xff_num_trusted_hops: N`, the client is the N-th address from the right of
+            // the incoming x-forwarded-for (Envoy's rule); with 0 it is the peer itself.
+            let client = match (&prev, self.xff_num_trusted_hops) {
+                (_, 0) => Some(ip.clone()),
+                (Some(list), n) => {
+                    let hops: Vec<&str> = list.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
+                    hops.len().checked_sub(n).map(|i| hops[i].to_string())
+                }
+                (None, _) => None,
+            };
+            let xff = match &prev {
                 Some(prev) => format!("{prev},{ip}"),
                 None => ip.clone(),
             };
             if let Ok(v) = HeaderValue::from_str(&xff) {
                 headers_mut.insert(X_FORWARDED_FOR.clone(), v);
             }
-            if let Ok(v) = HeaderValue::from_str(&ip) {
-                headers_mut.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+            if let Some(client) = client.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                headers_mut.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), client);
             }
         } else if !headers_mut.contains_key(&X_FORWARDED_PROTO) {
             headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
