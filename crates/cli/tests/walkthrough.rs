@@ -4,6 +4,7 @@
 //! Needs `sluice proxy` and `sluice authz` to work; HTTPS steps use the `curl` binary.
 //! Set `SLUICE_PROXY_EXE` to run the proxies with real Envoy instead of `sluice proxy`.
 
+use sluice_testkit::env::free_port;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -13,13 +14,6 @@ use std::time::{Duration, Instant};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Response {
     status: u16,

