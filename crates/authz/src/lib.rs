@@ -29,6 +29,7 @@
 
 pub mod cli;
 pub mod decision_log;
+mod grpc_conn;
 pub mod input;
 pub mod policy;
 pub mod response;

@@ -19,7 +19,6 @@ use regorus::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt as _;
 
 use crate::decision_log::{value_json, DecisionLogSink, DecisionLogger, Entry, LogFormat};
 use crate::input::build_input;
@@ -353,21 +352,10 @@ impl AuthzServer {
         health.set_serving::<AuthorizationServer<GrpcService>>().await;
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
         let svc = AuthorizationServer::new(GrpcService(authorizer.clone()));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(|s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
-        let mut grpc_rx = rx.clone();
-        tasks.push(tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(health_svc)
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = grpc_rx.wait_for(|s| *s).await;
-                })
-                .await
-                .context("gRPC server")
+        let routes = tonic::service::Routes::new(health_svc).add_service(svc).prepare();
+        tasks.push(tokio::spawn({
+            let rx = rx.clone();
+            async move { crate::grpc_conn::serve(grpc_listener, routes, rx).await.context("gRPC server") }
         }));
         tracing::info!(addr = %grpc_addr, "gRPC server listening (envoy.service.auth.v3.Authorization, grpc.health.v1.Health)");
 
