@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
@@ -289,12 +288,76 @@ impl Authorizer {
     }
 }
 
-struct GrpcService(Arc<Authorizer>);
+/// `envoy.service.auth.v3.Authorization` (the one method, `Check`). The same as the service
+/// envoy-types generates, except for the codec's buffers: tonic's default allocates 8 KiB per
+/// request and per response, which made glibc consolidate its free lists on every response;
+/// a Check and its answer are usually well under 1 KiB (a larger message grows the buffer).
+#[derive(Clone)]
+struct CheckService(Arc<Authorizer>);
 
-#[tonic::async_trait]
-impl Authorization for GrpcService {
-    async fn check(&self, request: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        self.0.check(request.get_ref()).map(tonic::Response::new)
+const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+const CODEC_BUFFER: usize = 1000;
+
+impl tonic::server::NamedService for CheckService {
+    const NAME: &'static str = AUTHORIZATION_SERVICE;
+}
+
+#[derive(Default)]
+struct CheckCodec;
+
+impl tonic::codec::Codec for CheckCodec {
+    type Encode = CheckResponse;
+    type Decode = CheckRequest;
+    type Encoder = tonic_prost::ProstEncoder<CheckResponse>;
+    type Decoder = tonic_prost::ProstDecoder<CheckRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::new(CODEC_BUFFER, 32 * 1024))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::new(CODEC_BUFFER, 32 * 1024))
+    }
+}
+
+struct CheckMethod(Arc<Authorizer>);
+
+impl tonic::server::UnaryService<CheckRequest> for CheckMethod {
+    type Response = CheckResponse;
+    type Future = std::future::Ready<Result<tonic::Response<CheckResponse>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
+        std::future::ready(self.0.check(request.get_ref()).map(tonic::Response::new))
+    }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for CheckService
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() == CHECK_PATH {
+            let method = CheckMethod(self.0.clone());
+            Box::pin(async move { Ok(tonic::server::Grpc::new(CheckCodec).unary(method, req).await) })
+        } else {
+            Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert(tonic::Status::GRPC_STATUS, (tonic::Code::Unimplemented as i32).into());
+                headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
+                Ok(response)
+            })
+        }
     }
 }
 
@@ -349,9 +412,9 @@ impl AuthzServer {
         let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
         let (health, health_svc) = tonic_health::server::health_reporter();
-        health.set_serving::<AuthorizationServer<GrpcService>>().await;
+        health.set_service_status(AUTHORIZATION_SERVICE, tonic_health::ServingStatus::Serving).await;
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-        let svc = AuthorizationServer::new(GrpcService(authorizer.clone()));
+        let svc = CheckService(authorizer.clone());
         let routes = tonic::service::Routes::new(health_svc).add_service(svc).prepare();
         tasks.push(tokio::spawn({
             let rx = rx.clone();

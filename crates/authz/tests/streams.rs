@@ -48,3 +48,25 @@ async fn concurrent_streams_on_one_connection() {
     assert!(t.elapsed() < Duration::from_secs(8), "shutdown took {:?}", t.elapsed());
     drop(c);
 }
+
+#[tokio::test]
+async fn messages_larger_than_the_codec_buffer() {
+    // The codec starts with a 1000-byte buffer; bigger requests and responses must still work.
+    let dir = TempDir::new("big");
+    let p = dir.write(
+        "p.rego",
+        "package envoy.authz\nimport rego.v1\nallow := {\"allowed\": true, \"headers\": {\"x-echo\": input.attributes.request.http.headers[\"x-big\"]}, \"dynamic_metadata\": {\"body\": input.parsed_body}}\n",
+    );
+    let h = AuthzServer::start(Config::loopback(vec![p])).await.unwrap();
+    let mut c = client(h.grpc_addr()).await;
+    let big = "b".repeat(20_000);
+    let mut req = check_request("POST", "https", "/", &[("x-big", &big), ("content-type", "application/json")]);
+    let body = format!("{{\"k\":\"{}\"}}", "v".repeat(5_000));
+    req.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap().body = body;
+    let r = check(&mut c, req).await.unwrap();
+    assert_eq!(r.status.as_ref().unwrap().code, 0);
+    assert_eq!(ok_headers(&r), vec![("x-echo".to_string(), big)]);
+    let md = &r.dynamic_metadata.as_ref().unwrap().fields;
+    assert!(format!("{:?}", md["body"]).contains(&"v".repeat(5_000)));
+    h.shutdown().await;
+}
