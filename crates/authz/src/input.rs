@@ -34,6 +34,55 @@ fn s(v: &str) -> Value {
     Value::from(v)
 }
 
+/// FNV-1a: the key caches below hash short strings; SipHash would cost more than it saves.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FnvMap<K> = HashMap<K, Value, std::hash::BuildHasherDefault<Fnv>>;
+
+/// Most distinct header names remembered per thread (names beyond it are allocated each time).
+const HEADER_NAME_CACHE: usize = 512;
+
+thread_local! {
+    /// Field names of the input document as shared string values: a clone is a reference
+    /// count increment instead of an allocation per key per request.
+    static FIELD_KEYS: std::cell::RefCell<FnvMap<&'static str>> = std::cell::RefCell::new(FnvMap::default());
+    /// The same for header names, which repeat from request to request.
+    static HEADER_KEYS: std::cell::RefCell<FnvMap<Box<str>>> = std::cell::RefCell::new(FnvMap::default());
+}
+
+fn field(k: &'static str) -> Value {
+    FIELD_KEYS.with(|m| m.borrow_mut().entry(k).or_insert_with(|| s(k)).clone())
+}
+
+fn header_name(k: &str) -> Value {
+    HEADER_KEYS.with(|m| {
+        let mut m = m.borrow_mut();
+        if let Some(v) = m.get(k) {
+            return v.clone();
+        }
+        let v = s(k);
+        if m.len() < HEADER_NAME_CACHE {
+            m.insert(k.into(), v.clone());
+        }
+        v
+    })
+}
+
 /// A small object builder that leaves out zero values, as protojson does.
 struct Obj(Object);
 
@@ -41,20 +90,20 @@ impl Obj {
     fn new() -> Self {
         Obj(Object::new())
     }
-    fn set(&mut self, k: &str, v: Value) {
-        self.0.insert(s(k), v);
+    fn set(&mut self, k: &'static str, v: Value) {
+        self.0.insert(field(k), v);
     }
-    fn str(&mut self, k: &str, v: &str) {
+    fn str(&mut self, k: &'static str, v: &str) {
         if !v.is_empty() {
             self.set(k, s(v));
         }
     }
-    fn bytes(&mut self, k: &str, v: &[u8]) {
+    fn bytes(&mut self, k: &'static str, v: &[u8]) {
         if !v.is_empty() {
             self.set(k, Value::from(base64_std(v)));
         }
     }
-    fn map(&mut self, k: &str, m: &HashMap<String, String>) {
+    fn map(&mut self, k: &'static str, m: &HashMap<String, String>) {
         if !m.is_empty() {
             self.set(k, string_map(m));
         }
@@ -67,7 +116,7 @@ impl Obj {
 fn string_map(m: &HashMap<String, String>) -> Value {
     let mut o = Object::new();
     for (k, v) in m {
-        o.insert(s(k), s(v));
+        o.insert(header_name(k), s(v));
     }
     o.into_value()
 }

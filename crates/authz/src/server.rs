@@ -103,6 +103,13 @@ pub fn parse_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("invalid listen address {s:?}"))
 }
 
+/// A random (v4) UUID, hyphenated and lower-case, as OPA's decision ids; formatted without
+/// going through `fmt`.
+fn new_decision_id() -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf).to_owned()
+}
+
 struct Generation {
     set: PolicySet,
     first_decision: AtomicBool,
@@ -189,7 +196,7 @@ impl Authorizer {
     pub fn check(&self, req: &CheckRequest) -> Result<CheckResponse, tonic::Status> {
         let started = Instant::now();
         let generation = self.policy.load();
-        let decision_id = uuid::Uuid::new_v4().to_string();
+        let decision_id = new_decision_id();
         let input = match build_input(req) {
             Ok(i) => i,
             Err(e) => {
@@ -222,7 +229,7 @@ impl Authorizer {
     pub fn query(&self, path: &str, input: Option<Value>, requested_by: Option<String>) -> Result<(Option<Value>, String), String> {
         let started = Instant::now();
         let generation = self.policy.load();
-        let decision_id = uuid::Uuid::new_v4().to_string();
+        let decision_id = new_decision_id();
         let t = Instant::now();
         let r = generation.set.query(&rule_ref(path), input.clone());
         let eval_ns = t.elapsed().as_nanos() as u64;
@@ -661,6 +668,16 @@ mod tests {
         assert_eq!(parse_listen_addr("[::1]:5").unwrap(), "[::1]:5".parse().unwrap());
         assert!(parse_listen_addr("unix:///tmp/x.sock").is_err());
         assert!(parse_listen_addr(":nope").is_err());
+    }
+
+    #[test]
+    fn decision_ids() {
+        let a = new_decision_id();
+        let b = new_decision_id();
+        assert_ne!(a, b);
+        let u = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+        assert_eq!(u.hyphenated().to_string(), a);
     }
 
     #[test]
