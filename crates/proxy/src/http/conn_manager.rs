@@ -19,7 +19,7 @@ use crate::body::Body;
 use crate::filters::{self, ConnectionInfo, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
 use crate::http::headers;
 use crate::http::local_reply::{http_date, reset_body, IsLocalReply, LocalReply, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT, UPSTREAM_TIMEOUT};
-use crate::router::config::{Action, ClusterSpecifier, Forward, HashPolicy, RouteTable, Selected};
+use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteTable, Selected};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::upstream::{Cluster, ClusterManager, LbContext, UpstreamFailure};
 
@@ -364,7 +364,7 @@ impl HttpConnectionManager {
 
         // Route.
         let route_path = if self.normalize_path || self.merge_slashes {
-            let (p, q) = split_query(&path_and_query);
+            let (p, q) = split_path_query(&path_and_query);
             let norm = headers::normalize(p, self.normalize_path, self.merge_slashes);
             let joined = match q {
                 Some(q) => format!("{norm}?{q}"),
@@ -748,12 +748,6 @@ fn scheme_static(s: &str) -> &'static str {
     }
 }
 
-fn split_query(pq: &str) -> (&str, Option<&str>) {
-    match pq.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (pq, None),
-    }
-}
 
 /// Route `hash_policy` → the LB hash key, and a `set-cookie` when a cookie policy with a `ttl`
 /// had to generate the cookie (Envoy's behaviour).
@@ -800,11 +794,7 @@ fn compute_hash(
             },
             HashPolicy::SourceIp { terminal } => mix(key_hash(peer.ip().to_string().as_bytes()), *terminal),
             HashPolicy::QueryParameter { name, terminal } => {
-                let q = req.uri().query().unwrap_or("");
-                match q.split('&').find_map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (k == name).then_some(v)
-                }) {
+                match query_param(req.uri().query().unwrap_or(""), name) {
                     Some(v) => mix(key_hash(v.as_bytes()), *terminal),
                     None => false,
                 }

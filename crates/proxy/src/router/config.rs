@@ -359,10 +359,7 @@ impl RouteTable {
     /// Route a request: vhost by host, then the first matching route.
     pub fn route(&self, host: &str, path_and_query: &str, headers: &HeaderMap) -> Option<Selected> {
         let vhost = self.select_vhost(host)?;
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path_and_query, None),
-        };
+        let (path, query) = split_path_query(path_and_query);
         let route = self.virtual_hosts[vhost]
             .routes
             .iter()
@@ -425,6 +422,14 @@ impl Route {
                 .map_err(|e| ("response_headers_to_add".to_string(), e))?,
             per_filter: PerFilterConfigs::build(&r.typed_per_filter_config),
         })
+    }
+
+    /// How much of `path` the route's path matcher consumed (the part `prefix_rewrite` replaces).
+    fn matched_len(&self, path: &str) -> usize {
+        match &self.matcher.path {
+            PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => p.len().min(path.len()),
+            PathMatch::Regex(_) => path.len(),
+        }
     }
 
     /// The forward action, if this route forwards.
@@ -534,12 +539,7 @@ impl HeaderMatcher {
 
 impl QueryMatcher {
     fn matches(&self, query: Option<&str>) -> bool {
-        let value = query.and_then(|q| {
-            q.split('&').find_map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (k == self.name).then_some(v)
-            })
-        });
+        let value = query.and_then(|q| query_param(q, &self.name));
         match (&self.matcher, value) {
             (_, None) => false,
             // No string matcher: `present_match` (or nothing) asks only for presence.
@@ -634,16 +634,9 @@ impl Forward {
     /// The upstream path after `prefix_rewrite` / `regex_rewrite`, or `None` when unchanged.
     /// `matched_prefix` is the route's prefix (for prefix_rewrite).
     pub fn rewrite_path(&self, route: &Route, path_and_query: &str) -> Option<String> {
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path_and_query, None),
-        };
+        let (path, query) = split_path_query(path_and_query);
         let new_path = if let Some(rewrite) = &self.prefix_rewrite {
-            let matched = match &route.matcher.path {
-                PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => p.len().min(path.len()),
-                PathMatch::Regex(_) => path.len(),
-            };
-            format!("{rewrite}{}", &path[matched..])
+            format!("{rewrite}{}", &path[route.matched_len(path)..])
         } else if let Some((re, sub)) = &self.regex_rewrite {
             re.replace_all(path, sub.as_str()).into_owned()
         } else {
@@ -699,10 +692,7 @@ impl Redirect {
 
     /// The `location` for a request (`scheme` and `host` as the request had them).
     pub fn location(&self, route: &Route, scheme: &str, host: &str, path_and_query: &str) -> String {
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path_and_query, None),
-        };
+        let (path, query) = split_path_query(path_and_query);
         let scheme_out = self.scheme.as_deref().unwrap_or(scheme);
         // Split the request host into name and port.
         let (req_name, req_port) = split_host_port(host);
@@ -718,16 +708,9 @@ impl Redirect {
             && !(p == "443" && scheme_out == "https" && self.port.is_none() && scheme == "https"));
         let (new_path, keep_query) = if let Some(p) = &self.path {
             // path_redirect may carry its own query, which replaces the request's.
-            match p.split_once('?') {
-                Some((pp, q)) => (format!("{pp}?{q}"), false),
-                None => (p.clone(), true),
-            }
+            (p.clone(), !p.contains('?'))
         } else if let Some(rewrite) = &self.prefix_rewrite {
-            let matched = match &route.matcher.path {
-                PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => p.len().min(path.len()),
-                PathMatch::Regex(_) => path.len(),
-            };
-            (format!("{rewrite}{}", &path[matched..]), true)
+            (format!("{rewrite}{}", &path[route.matched_len(path)..]), true)
         } else if let Some((re, sub)) = &self.regex_rewrite {
             (re.replace_all(path, sub.as_str()).into_owned(), true)
         } else {
@@ -747,6 +730,22 @@ impl Redirect {
         }
         out
     }
+}
+
+/// `/p?q` → (`/p`, `Some("q")`).
+pub fn split_path_query(path_and_query: &str) -> (&str, Option<&str>) {
+    match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    }
+}
+
+/// The value of the first `name` parameter of a query string (`a=1&b` → `b` is `""`).
+pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
 }
 
 /// `host:port` → (`host`, `Some(port)`); IPv6 literals in brackets are handled.
