@@ -272,10 +272,13 @@ where
     stats.downstream_cx_active.inc();
     let hcm = chain.hcm.clone();
     let info = Arc::new(StreamInfo { conn, listener_stats: chain.listener_http_stats.clone() });
+    // The request's future is boxed: hyper spawns every HTTP/2 stream as a task and the runtime
+    // moves the task's future (and later its output) around by value; a pointer is cheaper to
+    // move than the whole request state machine.
     let svc = service_fn(move |req| {
         let hcm = hcm.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(hcm.handle(req, &info).await) }
+        Box::pin(async move { Ok::<_, Infallible>(hcm.handle(req, &info).await) })
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Headers above Envoy's limit must reach the connection manager (to answer 431 as Envoy

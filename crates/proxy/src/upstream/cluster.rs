@@ -21,6 +21,7 @@ use super::load_balancer::{self, LbFactory, LoadBalancer};
 use super::tls::UpstreamTls;
 use super::{LbContext, UpstreamFailure};
 use crate::body::{BoxError, Body};
+use crate::filters::BoxFuture;
 use crate::stats::{Counter, Gauge, Histogram, Store};
 
 /// Circuit-breaker limits of one priority (Envoy defaults 1024/1024/1024/3).
@@ -601,7 +602,15 @@ impl Cluster {
     }
 
     /// Open a connection to `host` (TCP, then TLS if configured, then the HTTP handshake).
-    async fn connect(&self, host: &Arc<Host>, h2: bool) -> Result<Conn, UpstreamFailure> {
+    ///
+    /// Boxed: connecting is rare next to sending, and its state (TLS handshake, HTTP/2
+    /// handshake) is large; inline it would size every request's future (and the copies the
+    /// runtime makes of it when an HTTP/2 stream task is spawned) for the rare path.
+    fn connect<'a>(&'a self, host: &'a Arc<Host>, h2: bool) -> BoxFuture<'a, Result<Conn, UpstreamFailure>> {
+        Box::pin(self.open_connection(host, h2))
+    }
+
+    async fn open_connection(&self, host: &Arc<Host>, h2: bool) -> Result<Conn, UpstreamFailure> {
         let s = &self.shared.stats;
         s.upstream_cx_total.inc();
         host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
