@@ -444,7 +444,24 @@ impl HttpConnectionManager {
             }
         }
 
-        let mut resp = self.route_request(req, &ctx, scheme, &host, info).await;
+        let mut resp = match self.route_request(req, &ctx, scheme, &host, info) {
+            Routed::Reply(resp) => resp,
+            Routed::Upstream(call) => {
+                let UpstreamCall { req, cluster, lb, deadline, set_cookie } = call;
+                let sel = &ctx.selected;
+                let sent = Instant::now();
+                let send = cluster.send(req, &lb);
+                let result = match deadline {
+                    Some((d, idle)) => tokio::time::timeout(d, send).await.map_err(|_| idle),
+                    None => Ok(send.await),
+                };
+                let mut resp = self.upstream_response(result, sent, &cluster, sel);
+                if let Some(c) = set_cookie {
+                    resp.headers_mut().append(http::header::SET_COOKIE, c);
+                }
+                resp
+            }
+        };
         let h = resp.headers_mut();
         for (k, v) in ctx.response_headers_to_add.drain(..) {
             h.append(k, v);
@@ -507,14 +524,18 @@ impl HttpConnectionManager {
         self.routes.response_headers.apply(h);
     }
 
-    async fn route_request(
+    /// The router's decisions, all synchronous: a local reply, or the request prepared for its
+    /// upstream (rewrites, header mutations, hash key, timeouts). The one await, the upstream
+    /// call, is made by [`Self::process`] itself: every nested async call would size and copy
+    /// its own state machine per request.
+    fn route_request(
         &self,
         mut req: Request<Body>,
         ctx: &FilterContext,
         scheme: &str,
         host: &str,
         info: &StreamInfo,
-    ) -> Response<Body> {
+    ) -> Routed {
         let sel = &ctx.selected;
         self.stats.rq_total.inc();
         match &sel.route.action {
@@ -525,7 +546,7 @@ impl HttpConnectionManager {
                 if let Some(b) = body {
                     r = r.body(b.clone());
                 }
-                self.local_with_route(r, sel)
+                Routed::Reply(self.local_with_route(r, sel))
             }
             Action::Redirect(redirect) => {
                 // Envoy 1.40 counts redirects as direct responses (`rq_redirect` stays 0).
@@ -536,12 +557,12 @@ impl HttpConnectionManager {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     r = r.header(http::header::LOCATION, v);
                 }
-                self.local_with_route(r, sel)
+                Routed::Reply(self.local_with_route(r, sel))
             }
             Action::Forward(fwd) => {
                 let Some(cluster) = ctx.cluster.clone() else {
                     self.stats.no_cluster.inc();
-                    return self.local_with_route(LocalReply::new(fwd.cluster_not_found_status), sel);
+                    return Routed::Reply(self.local_with_route(LocalReply::new(fwd.cluster_not_found_status), sel));
                 };
                 // Path and host rewrites.
                 let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
@@ -589,48 +610,39 @@ impl HttpConnectionManager {
                 let (hash, set_cookie) = compute_hash(&fwd.hash_policies, &req, info.conn.peer);
                 let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2 };
                 *req.version_mut() = Version::HTTP_11;
-                let mut resp = self.forward(req, fwd, &cluster, &lb, sel).await;
-                if let Some(c) = set_cookie {
-                    resp.headers_mut().append(http::header::SET_COOKIE, c);
-                }
-                resp
+                let for_1xx = cluster.clone();
+                hyper::ext::on_informational(&mut req, move |res| {
+                    for_1xx.stats().charge_informational(res.status().as_u16());
+                });
+                // The route timeout and the per-route idle timeout (before response headers).
+                let deadline = match (fwd.timeout, fwd.idle_timeout) {
+                    (Some(t), Some(i)) if i < t => Some((i, true)),
+                    (Some(t), _) => Some((t, false)),
+                    (None, Some(i)) => Some((i, true)),
+                    (None, None) => None,
+                };
+                Routed::Upstream(UpstreamCall { req, cluster, lb, deadline, set_cookie })
             }
         }
     }
 
-    async fn forward(
+    /// The downstream response for an upstream call's outcome: the upstream's response with
+    /// Envoy's response headers, or the local reply for a timeout (`Err(idle)`) or a failure.
+    fn upstream_response(
         &self,
-        req: Request<Body>,
-        fwd: &Forward,
-        cluster: &Arc<Cluster>,
-        lb: &LbContext,
+        result: Result<Result<Response<Body>, UpstreamFailure>, bool>,
+        sent: Instant,
+        cluster: &Cluster,
         sel: &Selected,
     ) -> Response<Body> {
-        let sent = Instant::now();
-        let mut req = req;
-        let for_1xx = cluster.clone();
-        hyper::ext::on_informational(&mut req, move |res| {
-            for_1xx.stats().charge_informational(res.status().as_u16());
-        });
-        let send = cluster.send(req, lb);
-        // The route timeout and the per-route idle timeout (before response headers).
-        let deadline = match (fwd.timeout, fwd.idle_timeout) {
-            (Some(t), Some(i)) if i < t => Some((i, true)),
-            (Some(t), _) => Some((t, false)),
-            (None, Some(i)) => Some((i, true)),
-            (None, None) => None,
-        };
-        let result = match deadline {
-            Some((d, idle)) => match tokio::time::timeout(d, send).await {
-                Ok(r) => r,
-                Err(_) => {
-                    cluster.stats().upstream_rq_timeout().inc();
-                    let (status, body) = if idle { (504, STREAM_TIMEOUT) } else { (504, UPSTREAM_TIMEOUT) };
-                    cluster.stats().charge_response(status, None);
-                    return self.local_with_route(LocalReply::new(status).body(body), sel);
-                }
-            },
-            None => send.await,
+        let result = match result {
+            Ok(r) => r,
+            Err(idle) => {
+                cluster.stats().upstream_rq_timeout().inc();
+                let (status, body) = if idle { (504, STREAM_TIMEOUT) } else { (504, UPSTREAM_TIMEOUT) };
+                cluster.stats().charge_response(status, None);
+                return self.local_with_route(LocalReply::new(status).body(body), sel);
+            }
         };
         match result {
             Ok(mut resp) => {
@@ -673,6 +685,23 @@ impl HttpConnectionManager {
             }
         }
     }
+}
+
+/// What the router decided for a request.
+enum Routed {
+    Reply(Response<Body>),
+    Upstream(UpstreamCall),
+}
+
+/// A request ready for its upstream cluster.
+struct UpstreamCall {
+    req: Request<Body>,
+    cluster: Arc<Cluster>,
+    lb: LbContext,
+    /// The route timeout or the per-route idle timeout (`true`), whichever ends first.
+    deadline: Option<(std::time::Duration, bool)>,
+    /// A generated hash-policy cookie for the response.
+    set_cookie: Option<HeaderValue>,
 }
 
 /// Request checks Envoy's HTTP/1 codec makes and hyper does not: unknown methods, repeated or

@@ -482,18 +482,7 @@ impl Cluster {
         let result = match conn {
             Conn::H1 { mut sender, reused } => match sender.try_send_request(req).await {
                 Ok(resp) => Ok((resp, Some(sender))),
-                Err(mut e) => match (reused, e.take_message()) {
-                    // The pooled connection was closed before the request was written: replay
-                    // it once on a new connection.
-                    (true, Some(req)) => match self.connect(&host, false).await {
-                        Ok(Conn::H1 { mut sender, .. }) => {
-                            sender.send_request(req).await.map(|r| (r, Some(sender))).map_err(|e| self.map_error(&e))
-                        }
-                        Ok(Conn::H2(_)) => unreachable!("HTTP/1.1 connect"),
-                        Err(f) => Err(f),
-                    },
-                    _ => Err(self.map_error(e.error())),
-                },
+                Err(e) => self.after_failed_send(e, reused, &host).await,
             },
             Conn::H2(mut sender) => sender.send_request(req).await.map(|r| (r, None)).map_err(|e| self.map_error(&e)),
         };
@@ -516,6 +505,30 @@ impl Cluster {
         }
     }
 
+    /// A request a pooled HTTP/1.1 connection did not take: when the connection had closed
+    /// before the request was written, replay it once on a new connection; otherwise the
+    /// failure. Boxed, like [`Self::connect`]: a rare path kept out of every request's state.
+    fn after_failed_send<'a>(
+        &'a self,
+        mut e: hyper::client::conn::TrySendError<Request<Body>>,
+        reused: bool,
+        host: &'a Arc<Host>,
+    ) -> BoxFuture<'a, Result<(Response<hyper::body::Incoming>, Option<http1::SendRequest<Body>>), UpstreamFailure>> {
+        Box::pin(async move {
+            let req = match (reused, e.take_message()) {
+                (true, Some(req)) => req,
+                _ => return Err(self.map_error(e.error())),
+            };
+            drop(e);
+            match self.connect(host, false).await? {
+                Conn::H1 { mut sender, .. } => {
+                    sender.send_request(req).await.map(|r| (r, Some(sender))).map_err(|e| self.map_error(&e))
+                }
+                Conn::H2(_) => unreachable!("HTTP/1.1 connect"),
+            }
+        })
+    }
+
     fn map_error(&self, e: &hyper::Error) -> UpstreamFailure {
         let s = &self.shared.stats;
         if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
@@ -531,8 +544,9 @@ impl Cluster {
     /// Make the request fit the wire protocol.
     fn prepare(&self, req: Request<Body>, h2: bool) -> Request<Body> {
         let (mut parts, body) = req.into_parts();
-        let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
+        let pq = |uri: &Uri| uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
         if h2 {
+            let pq = pq(&parts.uri);
             let authority = parts
                 .headers
                 .get(http::header::HOST)
@@ -559,8 +573,11 @@ impl Cluster {
                     }
                 }
             }
-            if let Ok(uri) = pq.parse() {
-                parts.uri = uri;
+            // HTTP/1.1 upstreams get origin-form; most requests already are.
+            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                if let Ok(uri) = pq(&parts.uri).parse() {
+                    parts.uri = uri;
+                }
             }
             parts.version = Version::HTTP_11;
         }
