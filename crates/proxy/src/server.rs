@@ -185,6 +185,7 @@ fn spawn_worker(
                     Err(e) => tracing::error!(listener = %listener.name, "worker {index}: {e}"),
                 }
             }
+            tokio::spawn(timer_tick());
             // Stop on request, or when the server is gone.
             while !*stop.borrow() {
                 if stop.changed().await.is_err() {
@@ -196,4 +197,17 @@ fn spawn_worker(
         drop(runtime);
     })?;
     Ok(())
+}
+
+/// A worker's one-second tick. Tokio wakes its own driver (an eventfd write and an extra epoll
+/// round) whenever a timer is registered earlier than the driver's next planned wake-up; with
+/// nothing else pending that is every request's route timeout, on a lone keep-alive connection
+/// once per request. With the tick the next wake-up is never more than a second away, so the
+/// timers of requests (Envoy's default route timeout is 15 s) register without it.
+async fn timer_tick() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+    }
 }
