@@ -20,7 +20,8 @@ TARGETS = {
     "edge-h2": EDGE,
     "guide-path": {"rps_ratio_min": 1.6},
     "authz": {"rps_min": 40000, "p99_us_max_exclusive": 2000},
-    "footprint": {"peak_rss_mib_max": 15.0, "first_200_ms_max": 30.0},
+    # The issue says 15 MB: read strictly, 15 000 000 bytes (14.3 MiB).
+    "footprint": {"peak_rss_bytes_max": 15_000_000, "first_200_ms_max": 30.0},
 }
 METRICS = ["rps", "p50_us", "p99_us", "cpu_us_per_req", "peak_rss_kb", "errors", "requests",
            "first_200_ms", "idle_rss_kb", "startup_cpu_ms", "client_cpu_us_per_req"]
@@ -103,9 +104,9 @@ def verdicts(rows):
                 fail.append("checks/s")
             if s.get("p99_us") is None or s["p99_us"] >= t["p99_us_max_exclusive"]:
                 fail.append("p99")
-        if s and "peak_rss_mib_max" in t and s.get("peak_rss_kb") is not None:
+        if s and "peak_rss_bytes_max" in t and s.get("peak_rss_kb") is not None:
             checked = True
-            if s["peak_rss_kb"] / MIB > t["peak_rss_mib_max"]:
+            if s["peak_rss_kb"] * 1024 > t["peak_rss_bytes_max"]:
                 fail.append("peak RSS")
             if s.get("first_200_ms") is None or s["first_200_ms"] > t["first_200_ms_max"]:
                 fail.append("first 200")
@@ -127,7 +128,7 @@ def target_text(scen):
     if scen == "authz":
         return "≥40 000/s, p99 <2 ms"
     if scen == "footprint":
-        return "peak RSS ≤15 MiB, first 200 ≤30 ms"
+        return "peak RSS ≤15 MB (14.3 MiB), first 200 ≤30 ms"
     return ", ".join(f"{k}={v}" for k, v in t.items())
 
 
