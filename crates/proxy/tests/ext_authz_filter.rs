@@ -3,6 +3,8 @@
 //! upstream. Every config field the filter supports is checked against the recorded CheckRequest,
 //! what the upstream received, the response, and the stats.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +21,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use serde_json::{json, Value};
-use sluice_proxy::server::{Options, RunningServer};
+use sluice_proxy::server::RunningServer;
 use sluice_testkit::client::{self, Conn};
 use sluice_testkit::EchoUpstream;
 
@@ -294,20 +296,7 @@ async fn start(setup: Setup) -> Harness {
     ];
     clusters.extend(setup.clusters);
     let config = json!({"static_resources": {"listeners": [listener], "clusters": clusters}});
-    let snapshot = sluice_config::parse(&config.to_string(), sluice_config::Format::Json)
-        .unwrap_or_else(|e| panic!("config rejected: {e}\n{config:#}"));
-    let options = Options {
-        config_path: "ext_authz_filter.json".into(),
-        concurrency: 1,
-        log_level: "warning".into(),
-    };
-    let server = tokio::time::timeout(
-        Duration::from_secs(10),
-        sluice_proxy::server::start(Arc::new(snapshot), options),
-    )
-    .await
-    .expect("server start timed out")
-    .expect("server start");
+    let server = common::start_proxy(&config, "ext_authz_filter.json").await;
     let addr = server.listeners[0].address;
     Harness {
         server,

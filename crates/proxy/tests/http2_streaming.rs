@@ -2,6 +2,8 @@
 //! both ways without whole-body buffering (64 MiB, RSS sampled while the transfer runs), request
 //! bodies intact with chunked and content-length framing (hash compare), and gRPC trailers.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
-use sluice_proxy::server::{Options, RunningServer};
+use sluice_proxy::server::RunningServer;
 use sluice_testkit::client;
 use sluice_testkit::{EchoOptions, EchoUpstream, Protocol};
 
@@ -76,12 +78,7 @@ fn config(h1: SocketAddr, h2: SocketAddr) -> Value {
 }
 
 async fn start(cfg: &Value) -> RunningServer {
-    let snapshot = sluice_config::parse(&cfg.to_string(), sluice_config::Format::Json).expect("valid config");
-    let options = Options { config_path: "h2.json".into(), concurrency: 1, log_level: "warning".into() };
-    tokio::time::timeout(Duration::from_secs(10), sluice_proxy::server::start(Arc::new(snapshot), options))
-        .await
-        .expect("server start timed out")
-        .expect("server start")
+    common::start_proxy(cfg, "h2.json").await
 }
 
 // ---------------------------------------------------------------------------------------------

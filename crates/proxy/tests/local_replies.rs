@@ -3,12 +3,13 @@
 //! header rules of the connection manager (x-request-id, x-forwarded-*, server_name, header
 //! limits, path normalisation, host port stripping).
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_proxy::server::{Options, RunningServer};
+use sluice_proxy::server::RunningServer;
 use sluice_testkit::client;
 use sluice_testkit::EchoUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,12 +57,7 @@ fn bootstrap(hcm_extra: Value, route_config: Value, clusters: Vec<Value>) -> Val
 }
 
 async fn start(cfg: &Value) -> RunningServer {
-    let snapshot = sluice_config::parse(&cfg.to_string(), sluice_config::Format::Json).expect("valid config");
-    let options = Options { config_path: "lr.json".into(), concurrency: 1, log_level: "warning".into() };
-    tokio::time::timeout(Duration::from_secs(10), sluice_proxy::server::start(Arc::new(snapshot), options))
-        .await
-        .expect("server start timed out")
-        .expect("server start")
+    common::start_proxy(cfg, "lr.json").await
 }
 
 /// A port nothing listens on.

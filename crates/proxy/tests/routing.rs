@@ -2,13 +2,13 @@
 //! and header-named clusters, rewrites, redirects, direct responses, header mutations at the
 //! three levels, and hash policies (header with RING_HASH, cookie with a TTL).
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_proxy::server::{Options, RunningServer};
+use sluice_proxy::server::RunningServer;
 use sluice_testkit::client::{self, Response};
 use sluice_testkit::EchoUpstream;
 
@@ -48,12 +48,7 @@ fn bootstrap(route_config: Value, clusters: Vec<Value>) -> Value {
 }
 
 async fn start(cfg: &Value) -> RunningServer {
-    let snapshot = sluice_config::parse(&cfg.to_string(), sluice_config::Format::Json).expect("valid config");
-    let options = Options { config_path: "rt.json".into(), concurrency: 1, log_level: "warning".into() };
-    tokio::time::timeout(Duration::from_secs(10), sluice_proxy::server::start(Arc::new(snapshot), options))
-        .await
-        .expect("server start timed out")
-        .expect("server start")
+    common::start_proxy(cfg, "rt.json").await
 }
 
 async fn echo(label: &str) -> EchoUpstream {

@@ -3,13 +3,14 @@
 //! robin over the replicas, and a replica added to DNS gets traffic within one refresh, without
 //! restarting the proxy.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_proxy::server::{Options, RunningServer};
+use sluice_proxy::server::RunningServer;
 use sluice_testkit::client::Conn;
 use sluice_testkit::dns::DnsServer;
 use sluice_testkit::{EchoOptions, EchoUpstream};
@@ -49,12 +50,7 @@ fn patched_sidecar(dns: SocketAddr, service_port: u16) -> Value {
 }
 
 async fn start(cfg: &Value) -> RunningServer {
-    let snapshot = sluice_config::parse(&cfg.to_string(), sluice_config::Format::Json).expect("valid config");
-    let options = Options { config_path: "service-envoy-1.yaml".into(), concurrency: 1, log_level: "warning".into() };
-    tokio::time::timeout(Duration::from_secs(10), sluice_proxy::server::start(Arc::new(snapshot), options))
-        .await
-        .expect("server start timed out")
-        .expect("server start")
+    common::start_proxy(cfg, "service-envoy-1.yaml").await
 }
 
 async fn counts(conn: &mut Conn, url: &str, n: usize) -> BTreeMap<String, u32> {

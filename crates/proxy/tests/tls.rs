@@ -2,13 +2,15 @@
 //! ECDSA), ALPN, protocol versions, mTLS, SNI filter-chain selection and a listener that serves
 //! plaintext and TLS on one port. Clients are tokio-rustls built from testkit's `Pki`.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_proxy::server::{Options, RunningServer};
+use sluice_proxy::server::RunningServer;
 use sluice_testkit::certs::{parse_certs, parse_key, ServerIdentity};
 use sluice_testkit::client::{self, Conn};
 use sluice_testkit::{EchoUpstream, KeyKind, Pki};
@@ -102,12 +104,7 @@ fn bootstrap(chains: Vec<Value>, listener_extra: Value, clusters: Vec<Value>) ->
 }
 
 async fn start(cfg: &Value) -> RunningServer {
-    let snapshot = sluice_config::parse(&cfg.to_string(), sluice_config::Format::Json).expect("valid config");
-    let options = Options { config_path: "tls.json".into(), concurrency: 1, log_level: "warning".into() };
-    tokio::time::timeout(Duration::from_secs(10), sluice_proxy::server::start(Arc::new(snapshot), options))
-        .await
-        .expect("server start timed out")
-        .expect("server start")
+    common::start_proxy(cfg, "tls.json").await
 }
 
 /// A one-chain TLS listener in front of one echo upstream.
