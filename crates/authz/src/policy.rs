@@ -435,36 +435,14 @@ impl PolicySet {
                     Ok(v) => return Ok(v),
                 }
             }
-            let e = &mut w.engine;
-            e.set_input(input);
-            match mode {
-                Mode::Rule => match e.eval_rule(rule.clone()) {
-                    Ok(Value::Undefined) => Err(EvalError::Undefined),
-                    Ok(v) => Ok(v),
-                    Err(err) if is_not_a_rule(&err) => Err(EvalError::Undefined),
-                    Err(err) => Err(EvalError::Eval(first_line(&tidy(&err, Path::new(""))).to_string())),
-                },
-                Mode::Query => query_value(e, rule),
-            }
+            interpret(&mut w.engine, mode, rule, input)
         })
     }
 
     /// Evaluates the decision with the regorus interpreter only (never the bytecode VM).
     /// [`PolicySet::eval`] must always agree with it; tests compare the two.
     pub fn eval_interpreted(&self, input: Value) -> Result<Value, EvalError> {
-        let mode = self.mode;
-        let rule = &self.rule;
-        let mut e = self.engine.clone();
-        e.set_input(input);
-        match mode {
-            Mode::Rule => match e.eval_rule(rule.clone()) {
-                Ok(Value::Undefined) => Err(EvalError::Undefined),
-                Ok(v) => Ok(v),
-                Err(err) if is_not_a_rule(&err) => Err(EvalError::Undefined),
-                Err(err) => Err(EvalError::Eval(first_line(&tidy(&err, Path::new(""))).to_string())),
-            },
-            Mode::Query => query_value(&mut e, rule),
-        }
+        interpret(&mut self.engine.clone(), self.mode, &self.rule, input)
     }
 
     /// Whether decisions are evaluated by the bytecode VM (with the interpreter as fallback).
@@ -504,6 +482,21 @@ impl PolicySet {
             // Re-entrant use on this thread (not expected): use a throw-away worker.
             Err(_) => f(&mut self.new_worker()),
         })
+    }
+}
+
+/// The decision by the regorus interpreter: the rule's value (undefined when the rule does not
+/// exist or has no value), or the query's.
+fn interpret(e: &mut Engine, mode: Mode, rule: &str, input: Value) -> Result<Value, EvalError> {
+    e.set_input(input);
+    match mode {
+        Mode::Rule => match e.eval_rule(rule.to_string()) {
+            Ok(Value::Undefined) => Err(EvalError::Undefined),
+            Ok(v) => Ok(v),
+            Err(err) if is_not_a_rule(&err) => Err(EvalError::Undefined),
+            Err(err) => Err(EvalError::Eval(first_line(&tidy(&err, Path::new(""))).to_string())),
+        },
+        Mode::Query => query_value(e, rule),
     }
 }
 
