@@ -108,7 +108,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         (s, 1.0)
     };
     let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (use 10s, 500ms)"))?;
-    if !(v >= 0.0 && v < 1e6) {
+    if !(0.0..1e6).contains(&v) {
         return Err(format!("bad duration {s:?}"));
     }
     Ok(Duration::from_secs_f64(v * mul))

@@ -688,6 +688,8 @@ impl HttpConnectionManager {
 }
 
 /// What the router decided for a request.
+// Lives on the stack for one call; boxing the larger variant would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Routed {
     Reply(Response<Body>),
     Upstream(UpstreamCall),

@@ -351,6 +351,9 @@ fn thresholds(cfg: &ClusterConfig) -> [CircuitBreakerThresholds; 2] {
 }
 
 /// The connection a request goes out on.
+/// An upstream's response, with the HTTP/1.1 connection to pool again once its body ends.
+type Sent = (Response<hyper::body::Incoming>, Option<http1::SendRequest<Body>>);
+
 enum Conn {
     H1 { sender: http1::SendRequest<Body>, reused: bool },
     H2(http2::SendRequest<Body>),
@@ -513,7 +516,7 @@ impl Cluster {
         mut e: hyper::client::conn::TrySendError<Request<Body>>,
         reused: bool,
         host: &'a Arc<Host>,
-    ) -> BoxFuture<'a, Result<(Response<hyper::body::Incoming>, Option<http1::SendRequest<Body>>), UpstreamFailure>> {
+    ) -> BoxFuture<'a, Result<Sent, UpstreamFailure>> {
         Box::pin(async move {
             let req = match (reused, e.take_message()) {
                 (true, Some(req)) => req,
