@@ -350,10 +350,10 @@ fn thresholds(cfg: &ClusterConfig) -> [CircuitBreakerThresholds; 2] {
     out
 }
 
-/// The connection a request goes out on.
 /// An upstream's response, with the HTTP/1.1 connection to pool again once its body ends.
 type Sent = (Response<hyper::body::Incoming>, Option<http1::SendRequest<Body>>);
 
+/// The connection a request goes out on.
 enum Conn {
     H1 { sender: http1::SendRequest<Body>, reused: bool },
     H2(http2::SendRequest<Body>),
