@@ -15,6 +15,7 @@ pub mod listener;
 pub mod router;
 pub mod server;
 pub mod stats;
+pub mod stream_info;
 pub mod tls;
 pub mod upstream;
 

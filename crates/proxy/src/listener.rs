@@ -15,7 +15,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use crate::filters::{ConnectionInfo, TlsInfo};
 use crate::http::codec_errors::CodecErrorRewrite;
-use crate::http::conn_manager::{HttpConnectionManager, ListenerHttpStats, StreamInfo};
+use crate::http::conn_manager::{HttpConnectionManager, ListenerHttpStats, ConnContext};
 use crate::stats::{Counter, Gauge, Store};
 use crate::tls::{self, DownstreamTls};
 use crate::upstream::ClusterManager;
@@ -129,7 +129,7 @@ impl Listener {
             let Some(chain) = self.chains.iter().find(|c| c.tls.is_none() && c.transport_protocol.as_deref() != Some("tls")) else {
                 return;
             };
-            let conn = Arc::new(ConnectionInfo { peer, local, tls: None });
+            let conn = Arc::new(ConnectionInfo::new(peer, local, None));
             // AUTO: decide from the HTTP/2 preface, as Envoy does, so the connection is counted
             // as HTTP/1 or HTTP/2 (`downstream_cx_http{1,2}_total`).
             let codec = match chain.codec {
@@ -172,7 +172,7 @@ impl Listener {
             alpn_h2,
         };
         chain.hcm.stats.downstream_cx_ssl_total.inc();
-        let conn = Arc::new(ConnectionInfo { peer, local, tls: Some(Arc::new(info)) });
+        let conn = Arc::new(ConnectionInfo::new(peer, local, Some(Arc::new(info))));
         // ALPN decides: h2 if agreed, otherwise HTTP/1.1 only (Envoy without alpn_protocols).
         let codec = if alpn_h2 { CodecType::Http2 } else { CodecType::Http1 };
         let stream = CodecErrorRewrite::new(stream, chain.server_name()).on_reply(chain.codec_reply_counter());
@@ -271,14 +271,14 @@ where
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
     let hcm = chain.hcm.clone();
-    let info = Arc::new(StreamInfo { conn, listener_stats: chain.listener_http_stats.clone() });
+    let info = Arc::new(ConnContext { conn, listener_stats: chain.listener_http_stats.clone() });
     // The request's future is boxed: hyper spawns every HTTP/2 stream as a task and the runtime
     // moves the task's future (and later its output) around by value; a pointer is cheaper to
     // move than the whole request state machine.
     let svc = service_fn(move |req| {
         let hcm = hcm.clone();
         let info = info.clone();
-        Box::pin(async move { Ok::<_, Infallible>(hcm.handle(req, &info).await) })
+        Box::pin(async move { Ok::<_, Infallible>(hcm.handle(req.map(crate::body::Body::incoming), &info).await) })
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Headers above Envoy's limit must reach the connection manager (to answer 431 as Envoy

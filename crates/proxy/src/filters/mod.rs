@@ -28,9 +28,20 @@ pub enum FilterOutcome {
 /// The downstream connection as filters see it.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
+    /// Envoy's connection id (`%CONNECTION_ID%`), unique in the process.
+    pub id: u64,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: Option<Arc<TlsInfo>>,
+}
+
+impl ConnectionInfo {
+    /// A new connection record with the next connection id.
+    pub fn new(peer: SocketAddr, local: SocketAddr, tls: Option<Arc<TlsInfo>>) -> ConnectionInfo {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ConnectionInfo { id, peer, local, tls }
+    }
 }
 
 /// TLS facts of a downstream connection.

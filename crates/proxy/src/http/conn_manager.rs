@@ -12,7 +12,6 @@ use std::time::{Instant, SystemTime};
 
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use sluice_config::hcm::{HttpConnectionManager as HcmConfig, ServerHeaderTransformation};
 
 use crate::body::Body;
@@ -133,7 +132,7 @@ pub struct HttpConnectionManager {
 }
 
 /// Everything a request needs to know about the connection it arrived on.
-pub struct StreamInfo {
+pub struct ConnContext {
     pub conn: Arc<ConnectionInfo>,
     pub listener_stats: Arc<ListenerHttpStats>,
 }
@@ -208,7 +207,7 @@ impl HttpConnectionManager {
     }
 
     /// Handle one request end to end.
-    pub async fn handle(&self, req: Request<Incoming>, info: &StreamInfo) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Body>, info: &ConnContext) -> Response<Body> {
         let start = Instant::now();
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
@@ -230,7 +229,6 @@ impl HttpConnectionManager {
             stats.downstream_rq_xx[0].inc();
             info.listener_stats.downstream_rq_xx[0].inc();
         }
-        let req = req.map(Body::incoming);
         let mut resp = self.process(req, info).await;
         if resp.extensions().get::<IsLocalReply>().is_some() {
             let h = resp.headers_mut();
@@ -268,7 +266,7 @@ impl HttpConnectionManager {
         r.build(&self.server_name)
     }
 
-    async fn process(&self, mut req: Request<Body>, info: &StreamInfo) -> Response<Body> {
+    async fn process(&self, mut req: Request<Body>, info: &ConnContext) -> Response<Body> {
         let version = req.version();
         let h2 = version == Version::HTTP_2;
         // Codec-level checks.
@@ -534,7 +532,7 @@ impl HttpConnectionManager {
         ctx: &FilterContext,
         scheme: &str,
         host: &str,
-        info: &StreamInfo,
+        info: &ConnContext,
     ) -> Routed {
         let sel = &ctx.selected;
         self.stats.rq_total.inc();
