@@ -18,7 +18,7 @@ use crate::body::Body;
 use crate::filters::{self, ConnectionInfo, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
 use crate::http::headers;
 use crate::http::local_reply::{http_date, reset_body, IsLocalReply, LocalReply, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT, UPSTREAM_TIMEOUT};
-use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteTable, Selected};
+use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteRequest, RouteTable, Selected};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::upstream::{Cluster, ClusterManager, LbContext, UpstreamFailure};
 
@@ -229,9 +229,13 @@ impl HttpConnectionManager {
             stats.downstream_rq_xx[0].inc();
             info.listener_stats.downstream_rq_xx[0].inc();
         }
-        let mut resp = self.process(req, info).await;
+        let mut request_id = None;
+        let mut resp = self.process(req, info, &mut request_id).await;
         if resp.extensions().get::<IsLocalReply>().is_some() {
             let h = resp.headers_mut();
+            if self.server_transformation == ServerHeaderTransformation::PassThrough {
+                h.remove(http::header::SERVER);
+            }
             if h2 {
                 h.remove(http::header::CONNECTION);
                 if h.get(http::header::CONTENT_LENGTH).is_some_and(|v| v == "0") {
@@ -242,6 +246,15 @@ impl HttpConnectionManager {
             }
         } else if h2 {
             resp.headers_mut().remove(http::header::CONNECTION);
+        }
+        // Envoy's last response headers: the request id (when asked for) and `via`.
+        if self.always_set_request_id_in_response {
+            if let Some(id) = request_id {
+                resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+            }
+        }
+        if let Some(via) = &self.via {
+            append_joined(resp.headers_mut(), &http::header::VIA, via);
         }
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         stats.downstream_rq_xx[class].inc();
@@ -266,7 +279,7 @@ impl HttpConnectionManager {
         r.build(&self.server_name)
     }
 
-    async fn process(&self, mut req: Request<Body>, info: &ConnContext) -> Response<Body> {
+    async fn process(&self, mut req: Request<Body>, info: &ConnContext, request_id: &mut Option<HeaderValue>) -> Response<Body> {
         let version = req.version();
         let h2 = version == Version::HTTP_2;
         // Codec-level checks.
@@ -325,40 +338,49 @@ impl HttpConnectionManager {
 
         let scheme = if info.conn.tls.is_some() { "https" } else { "http" };
         if self.use_remote_address {
-            headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
-            let ip = info.conn.peer.ip().to_string();
+            // Envoy's order: x-forwarded-for, then x-forwarded-proto, then the external address.
+            let peer = info.conn.peer.ip();
             let prev = headers_mut.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).map(str::to_string);
-            // With `xff_num_trusted_hops: N`, the client is the N-th address from the right of
-            // the incoming x-forwarded-for (Envoy's rule); with 0 it is the peer itself.
+            // With `xff_num_trusted_hops: N` the client is the N-th address from the right of the
+            // incoming x-forwarded-for followed by the peer (Envoy's rule); the peer itself when
+            // the list is too short or N is 0.
             let client = match (&prev, self.xff_num_trusted_hops) {
-                (_, 0) => Some(ip.clone()),
-                (Some(list), n) => {
+                (Some(list), n) if n > 0 => {
                     let hops: Vec<&str> = list.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
                     hops.len().checked_sub(n).map(|i| hops[i].to_string())
                 }
-                (None, _) => None,
-            };
+                _ => None,
+            }
+            .unwrap_or_else(|| peer.to_string());
+            // A loopback peer is recorded as this host's own address, as Envoy does.
+            let appended = if peer.is_loopback() { local_host_address(peer.is_ipv4()).unwrap_or(peer) } else { peer };
             let xff = match &prev {
-                Some(prev) => format!("{prev},{ip}"),
-                None => ip.clone(),
+                Some(prev) => format!("{prev},{appended}"),
+                None => appended.to_string(),
             };
             if let Ok(v) = HeaderValue::from_str(&xff) {
                 headers_mut.insert(X_FORWARDED_FOR.clone(), v);
             }
-            if let Some(client) = client.and_then(|c| HeaderValue::from_str(&c).ok()) {
-                headers_mut.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), client);
-            }
-        } else if !headers_mut.contains_key(&X_FORWARDED_PROTO) {
             headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
+            if let Some(via) = &self.via {
+                append_joined(headers_mut, &http::header::VIA, via);
+            }
+            if let Ok(v) = HeaderValue::from_str(&client) {
+                headers_mut.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+            }
+        } else {
+            if !headers_mut.contains_key(&X_FORWARDED_PROTO) {
+                headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
+            }
+            if let Some(via) = &self.via {
+                append_joined(headers_mut, &http::header::VIA, via);
+            }
         }
         let regenerate = self.use_remote_address && !self.preserve_external_request_id;
         if self.generate_request_id && (regenerate || !headers_mut.contains_key(&X_REQUEST_ID)) {
             headers_mut.insert(X_REQUEST_ID.clone(), headers::new_request_id());
         }
-        if let Some(via) = &self.via {
-            headers_mut.append(http::header::VIA, via.clone());
-        }
-        let request_id = headers_mut.get(&X_REQUEST_ID).cloned();
+        *request_id = headers_mut.get(&X_REQUEST_ID).cloned();
 
         // Route.
         let route_path = if self.normalize_path || self.merge_slashes {
@@ -382,7 +404,15 @@ impl HttpConnectionManager {
         if route_path == "*" {
             return self.reply(LocalReply::new(404));
         }
-        let Some(selected) = self.routes.route(&route_host, &route_path, req.headers()) else {
+        let route_req = RouteRequest {
+            host: &route_host,
+            authority: &host,
+            path_and_query: &route_path,
+            method: req.method().as_str(),
+            scheme,
+            headers: req.headers(),
+        };
+        let Some(selected) = self.routes.route_request(&route_req) else {
             // Envoy's router filter makes this reply: it counts in `rq_total` too.
             self.stats.rq_total.inc();
             self.stats.no_route.inc();
@@ -429,7 +459,15 @@ impl HttpConnectionManager {
             if ctx.clear_route_cache {
                 ctx.clear_route_cache = false;
                 let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
-                match self.routes.route(&route_host, &pq, req.headers()) {
+                let route_req = RouteRequest {
+                    host: &route_host,
+                    authority: &host,
+                    path_and_query: &pq,
+                    method: req.method().as_str(),
+                    scheme,
+                    headers: req.headers(),
+                };
+                match self.routes.route_request(&route_req) {
                     Some(sel) => {
                         ctx.cluster = sel.route.forward().and_then(|f| self.resolve_cluster(f, req.headers()));
                         ctx.selected = sel;
@@ -463,11 +501,6 @@ impl HttpConnectionManager {
         let h = resp.headers_mut();
         for (k, v) in ctx.response_headers_to_add.drain(..) {
             h.append(k, v);
-        }
-        if self.always_set_request_id_in_response {
-            if let Some(id) = request_id {
-                h.insert(X_REQUEST_ID.clone(), id);
-            }
         }
         resp
     }
@@ -543,6 +576,13 @@ impl HttpConnectionManager {
                 // HEAD keeps the announced length and type; hyper sends no body for HEAD.
                 if let Some(b) = body {
                     r = r.body(b.clone());
+                }
+                // Envoy points `location` at the request itself for a 201 or a redirect status.
+                if *status == 201 || (300..400).contains(status) {
+                    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{pq}")) {
+                        r = r.header(http::header::LOCATION, v);
+                    }
                 }
                 Routed::Reply(self.local_with_route(r, sel))
             }
@@ -767,6 +807,50 @@ fn h2_to_h1_headers(headers: &mut http::HeaderMap, host: HeaderValue) {
     if let Some(j) = joined {
         headers.insert(http::header::COOKIE, j);
     }
+}
+
+/// Add `value` to a header as Envoy's `appendCopy` does: existing values (several lines joined
+/// with `,`) and the new one become one line joined with `, `, in the place of the first line.
+fn append_joined(headers: &mut http::HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    let existing: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+    if existing.is_empty() {
+        headers.append(name.clone(), value.clone());
+        return;
+    }
+    let mut joined = existing.join(&b","[..]);
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(value.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// This host's first non-loopback address of a family (Envoy's local address, which it records
+/// in `x-forwarded-for` for loopback peers), looked up once.
+pub fn local_host_address(v4: bool) -> Option<std::net::IpAddr> {
+    static ADDRS: std::sync::OnceLock<(Option<std::net::IpAddr>, Option<std::net::IpAddr>)> = std::sync::OnceLock::new();
+    let (a4, a6) = ADDRS.get_or_init(|| {
+        let mut a4 = None;
+        let mut a6 = None;
+        if let Ok(ifaces) = nix::ifaddrs::getifaddrs() {
+            for i in ifaces {
+                let Some(addr) = i.address else { continue };
+                if let Some(sin) = addr.as_sockaddr_in() {
+                    let ip = std::net::IpAddr::V4(sin.ip());
+                    if a4.is_none() && !ip.is_loopback() {
+                        a4 = Some(ip);
+                    }
+                } else if let Some(sin6) = addr.as_sockaddr_in6() {
+                    let ip = std::net::IpAddr::V6(sin6.ip());
+                    if a6.is_none() && !ip.is_loopback() {
+                        a6 = Some(ip);
+                    }
+                }
+            }
+        }
+        (a4, a6)
+    });
+    if v4 { *a4 } else { *a6 }
 }
 
 fn scheme_static(s: &str) -> &'static str {
