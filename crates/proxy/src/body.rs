@@ -1,4 +1,6 @@
-//! The one body type that flows through the proxy, downstream and upstream.
+//! The one body type that flows through the proxy, downstream and upstream: nothing, bytes in
+//! memory, hyper's bodies (HTTP/2 downstream, upstream responses), the HTTP/1 codec's request
+//! body, or any other body (boxed).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,6 +22,8 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
+    /// A request body read by sluice's HTTP/1 codec.
+    H1(crate::http::codec::body::RequestBody),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
 
@@ -37,6 +41,9 @@ impl Body {
     }
     pub fn incoming(body: Incoming) -> Self {
         Body { kind: Kind::Incoming(body) }
+    }
+    pub fn h1(body: crate::http::codec::body::RequestBody) -> Self {
+        Body { kind: Kind::H1(body) }
     }
     pub fn boxed<B>(body: B) -> Self
     where
@@ -60,6 +67,7 @@ impl std::fmt::Debug for Body {
             Kind::Empty => "empty",
             Kind::Full(_) => "full",
             Kind::Incoming(_) => "incoming",
+            Kind::H1(_) => "h1",
             Kind::Boxed(_) => "boxed",
         };
         f.debug_struct("Body").field("kind", &kind).finish()
@@ -96,6 +104,7 @@ impl http_body::Body for Body {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Kind::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Kind::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -105,6 +114,7 @@ impl http_body::Body for Body {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::Incoming(b) => b.is_end_stream(),
+            Kind::H1(b) => b.is_end_stream(),
             Kind::Boxed(b) => b.is_end_stream(),
         }
     }
@@ -114,6 +124,7 @@ impl http_body::Body for Body {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Incoming(b) => b.size_hint(),
+            Kind::H1(b) => b.size_hint(),
             Kind::Boxed(b) => b.size_hint(),
         }
     }

@@ -1,5 +1,6 @@
 //! Listeners: bind, accept, pick the filter chain (SNI, TLS or plaintext), terminate TLS, and
-//! serve HTTP/1.1 and HTTP/2 with hyper on the connection manager of the chain.
+//! serve the connection manager of the chain: HTTP/1 with sluice's codec (`http::codec`),
+//! HTTP/2 with hyper.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -7,14 +8,15 @@ use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use sluice_config::hcm::CodecType;
+use sluice_config::core::HeadersWithUnderscoresAction;
+use sluice_config::hcm::{CodecType, HttpConnectionManager as HcmConfig};
 use sluice_config::listener::{FilterChain, Listener as ListenerConfig, NetworkFilterConfig, TransportSocketConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::filters::{ConnectionInfo, TlsInfo};
-use crate::http::codec_errors::CodecErrorRewrite;
+use crate::body::Body;
+use crate::http::codec::{self, CodecStats, ParseConfig, Underscores};
 use crate::http::conn_manager::{HttpConnectionManager, ListenerHttpStats, ConnContext};
 use crate::stats::{Counter, Gauge, Store};
 use crate::tls::{self, DownstreamTls};
@@ -28,7 +30,10 @@ pub struct Chain {
     codec: CodecType,
     hcm: Arc<HttpConnectionManager>,
     listener_http_stats: Arc<ListenerHttpStats>,
-    max_header_bytes: usize,
+    /// The HTTP/1 codec's settings.
+    h1: codec::Config,
+    /// `http2_protocol_options.allow_connect`: extended CONNECT (RFC 8441) on HTTP/2.
+    h2_allow_connect: bool,
 }
 
 /// A listener, built from config, not yet bound.
@@ -130,18 +135,23 @@ impl Listener {
                 return;
             };
             let conn = Arc::new(ConnectionInfo::new(peer, local, None));
-            // AUTO: decide from the HTTP/2 preface, as Envoy does, so the connection is counted
-            // as HTTP/1 or HTTP/2 (`downstream_cx_http{1,2}_total`).
+            // AUTO: decide from the first bytes (`PRI * HTTP/2`), as Envoy does, so the
+            // connection is counted as HTTP/1 or HTTP/2 (`downstream_cx_http{1,2}_total`).
+            // HTTP2: anything else is closed without an answer (Envoy). HTTP1: an HTTP/2
+            // preface gets the codec's 400.
             let codec = match chain.codec {
                 CodecType::Auto => match sniff_h2_preface(&stream).await {
                     Some(true) => CodecType::Http2,
                     Some(false) => CodecType::Http1,
-                    None => CodecType::Auto,
+                    None => return,
+                },
+                CodecType::Http2 => match sniff_h2_preface(&stream).await {
+                    Some(true) => CodecType::Http2,
+                    _ => return,
                 },
                 c => c,
             };
-            let stream = CodecErrorRewrite::new(stream, chain.server_name()).on_reply(chain.codec_reply_counter());
-            serve_http(TokioIo::new(stream), chain, conn, codec).await;
+            serve_http(stream, chain, conn, codec).await;
             return;
         }
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
@@ -175,8 +185,7 @@ impl Listener {
         let conn = Arc::new(ConnectionInfo::new(peer, local, Some(Arc::new(info))));
         // ALPN decides: h2 if agreed, otherwise HTTP/1.1 only (Envoy without alpn_protocols).
         let codec = if alpn_h2 { CodecType::Http2 } else { CodecType::Http1 };
-        let stream = CodecErrorRewrite::new(stream, chain.server_name()).on_reply(chain.codec_reply_counter());
-        serve_http(TokioIo::new(stream), chain, conn, codec).await;
+        serve_http(stream, chain, conn, codec).await;
     }
 
     fn select_tls_chain(&self, sni: Option<&str>) -> Option<&Chain> {
@@ -202,38 +211,60 @@ impl Listener {
     }
 }
 
-impl Chain {
-    fn server_name(&self) -> &str {
-        self.hcm.server_name().to_str().unwrap_or("envoy")
-    }
-    fn codec_reply_counter(&self) -> crate::http::codec_errors::OnCodecReply {
-        let hcm = self.hcm.clone();
-        let listener = self.listener_http_stats.clone();
-        Box::new(move |status| hcm.record_codec_reply(status, &listener))
-    }
-}
-
-/// Whether a plaintext connection starts with the HTTP/2 client preface (peeked, not consumed).
-/// `None` when undecided (nothing arrived in time, or the peer closed).
+/// Whether a plaintext connection speaks HTTP/2: its first bytes are `PRI * HTTP/2` (Envoy's
+/// test; peeked, not consumed). `None` when undecided (nothing arrived in time, or the peer
+/// closed).
 async fn sniff_h2_preface(stream: &TcpStream) -> Option<bool> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut buf = [0u8; 24];
+    const PREFIX: &[u8] = b"PRI * HTTP/2";
+    let mut buf = [0u8; 12];
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
-    // A partial preface is re-peeked a bounded number of times (1 ms apart).
+    // A partial prefix is re-peeked a bounded number of times (1 ms apart).
     for _ in 0..200 {
         let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
         if n == 0 {
             return None;
         }
-        if buf[..n] != PREFACE[..n] {
+        if buf[..n] != PREFIX[..n] {
             return Some(false);
         }
-        if n == PREFACE.len() {
+        if n == PREFIX.len() {
             return Some(true);
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     None
+}
+
+/// The HTTP/1 codec's settings from the connection manager's config.
+fn h1_config(cfg: &HcmConfig, store: &Store) -> Result<codec::Config, (String, String)> {
+    let server_name = http::HeaderValue::from_str(cfg.server_name())
+        .map_err(|_| ("server_name".to_string(), "invalid header value".to_string()))?;
+    let common = cfg.common_http_protocol_options.as_ref();
+    let h1 = cfg.http_protocol_options.as_ref();
+    let underscores = match common.and_then(|c| c.headers_with_underscores_action) {
+        None | Some(HeadersWithUnderscoresAction::Allow) => Underscores::Allow,
+        Some(HeadersWithUnderscoresAction::RejectRequest) => Underscores::Reject,
+        Some(HeadersWithUnderscoresAction::DropHeader) => Underscores::Drop,
+    };
+    let idle = common.and_then(|c| c.idle_timeout).map_or(std::time::Duration::from_secs(3600), |d| d.as_std());
+    Ok(codec::Config {
+        parse: ParseConfig {
+            max_head_bytes: cfg.max_request_headers_bytes(),
+            max_headers: common.and_then(|c| c.max_headers_count).map_or(100, |n| n as usize),
+            underscores,
+            accept_http_10: cfg.accept_http_10(),
+            allow_chunked_length: h1.is_some_and(|o| o.allow_chunked_length),
+            allow_absolute_url: h1.and_then(|o| o.allow_absolute_url).unwrap_or(true),
+        },
+        enable_trailers: h1.is_some_and(|o| o.enable_trailers),
+        idle_timeout: (!idle.is_zero()).then_some(idle),
+        max_requests_per_connection: common.and_then(|c| c.max_requests_per_connection),
+        server_name,
+        stats: CodecStats {
+            dropped_headers_with_underscores: Some(store.counter("http1.dropped_headers_with_underscores")),
+            requests_rejected_with_underscores_in_headers: Some(store.counter("http1.requests_rejected_with_underscores_in_headers")),
+        },
+    })
 }
 
 fn build_chain(chain: &FilterChain, clusters: &Arc<ClusterManager>, store: &Store, lprefix: &str) -> Result<Chain, (String, String)> {
@@ -258,50 +289,58 @@ fn build_chain(chain: &FilterChain, clusters: &Arc<ClusterManager>, store: &Stor
         tls,
         codec: hcm_cfg.codec_type,
         listener_http_stats: Arc::new(ListenerHttpStats::new(store, lprefix, &hcm_cfg.stat_prefix)),
-        max_header_bytes: hcm_cfg.max_request_headers_bytes(),
+        h1: h1_config(hcm_cfg, store).map_err(|(p, e)| (format!("filters[0].typed_config.{p}"), e))?,
+        h2_allow_connect: hcm_cfg.http2_protocol_options.as_ref().is_some_and(|o| o.allow_connect),
         hcm: Arc::new(hcm),
     })
 }
 
-async fn serve_http<I>(io: TokioIo<I>, chain: &Chain, conn: Arc<ConnectionInfo>, codec: CodecType)
+/// The connection manager as the HTTP/1 codec calls it.
+struct HcmService {
+    hcm: Arc<HttpConnectionManager>,
+    ctx: Arc<ConnContext>,
+}
+
+impl codec::Service for HcmService {
+    fn call(&self, req: http::Request<Body>) -> impl std::future::Future<Output = http::Response<Body>> + Send {
+        self.hcm.handle(req, &self.ctx)
+    }
+    fn codec_reply(&self, status: u16) {
+        self.hcm.record_codec_reply(status, &self.ctx.listener_stats);
+    }
+}
+
+async fn serve_http<I>(io: I, chain: &Chain, conn: Arc<ConnectionInfo>, codec: CodecType)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let stats = &chain.hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
-    let hcm = chain.hcm.clone();
-    let info = Arc::new(ConnContext { conn, listener_stats: chain.listener_http_stats.clone() });
-    // The request's future is boxed: hyper spawns every HTTP/2 stream as a task and the runtime
-    // moves the task's future (and later its output) around by value; a pointer is cheaper to
-    // move than the whole request state machine.
-    let svc = service_fn(move |req| {
-        let hcm = hcm.clone();
-        let info = info.clone();
-        Box::pin(async move { Ok::<_, Infallible>(hcm.handle(req.map(crate::body::Body::incoming), &info).await) })
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Headers above Envoy's limit must reach the connection manager (to answer 431 as Envoy
-    // does), so hyper's own buffer limit sits well above it.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .max_buf_size((chain.max_header_bytes * 2).max(128 * 1024));
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(Some(1024));
-    let result = match codec {
-        CodecType::Http1 => {
-            stats.downstream_cx_http1_total.inc();
-            builder.http1_only().serve_connection_with_upgrades(io, svc).await
+    let ctx = Arc::new(ConnContext { conn, listener_stats: chain.listener_http_stats.clone() });
+    if codec == CodecType::Http2 {
+        stats.downstream_cx_http2_total.inc();
+        let hcm = chain.hcm.clone();
+        // The request's future is boxed: hyper spawns every HTTP/2 stream as a task and the
+        // runtime moves the task's future (and later its output) around by value; a pointer is
+        // cheaper to move than the whole request state machine.
+        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let hcm = hcm.clone();
+            let ctx = ctx.clone();
+            Box::pin(async move { Ok::<_, Infallible>(hcm.handle(req.map(Body::incoming), &ctx).await) })
+        });
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new()).max_concurrent_streams(Some(1024));
+        if chain.h2_allow_connect {
+            builder.enable_connect_protocol();
         }
-        CodecType::Http2 => {
-            stats.downstream_cx_http2_total.inc();
-            builder.http2_only().serve_connection(io, svc).await
+        if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+            tracing::debug!("HTTP/2 connection ended with error: {e}");
         }
-        _ => builder.serve_connection_with_upgrades(io, svc).await,
-    };
-    if let Err(e) = result {
-        tracing::debug!("connection ended with error: {e}");
+    } else {
+        stats.downstream_cx_http1_total.inc();
+        let svc = HcmService { hcm: chain.hcm.clone(), ctx };
+        codec::serve(io, &chain.h1, &svc).await;
     }
     stats.downstream_cx_active.dec();
 }

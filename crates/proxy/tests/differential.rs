@@ -1049,13 +1049,7 @@ fn cases() -> Vec<Case> {
 /// Cases where sluice knowingly answers differently from Envoy, with the reason. A listed case
 /// that starts to match fails the test, so the list stays true.
 const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
-    ("headers/obs-fold", "hyper rejects obsolete line folding (RFC 9112 §5.2 allows rejecting it) with 400"),
     ("headers/three-levels", "a header appended to an existing name is written next to its first value (hyper's HeaderMap groups values by name); Envoy writes it at the end"),
-    ("local/400-duplicate-content-length", "hyper accepts repeated identical Content-Length values (RFC 9110 §8.6) instead of Envoy's 400"),
-    ("local/400-te-and-cl", "hyper drops Content-Length when Transfer-Encoding is present (RFC 9112 §6.3) instead of Envoy's 400"),
-    ("local/400-fragment", "hyper drops a '#fragment' from the request target before the request is seen; Envoy answers 400"),
-    ("local/501-te-identity", "hyper answers `Transfer-Encoding: identity` with 400 Bad Request; Envoy with 501 Not Implemented"),
-    ("body/get-chunked-empty", "an empty chunked request body is forwarded without a body (no transfer-encoding) instead of as an empty chunked body"),
 ];
 
 fn known_difference(name: &str) -> Option<&'static str> {

@@ -16,6 +16,7 @@ use sluice_config::hcm::{HttpConnectionManager as HcmConfig, ServerHeaderTransfo
 
 use crate::body::Body;
 use crate::filters::{self, ConnectionInfo, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
+use crate::http::codec::ContinueSent;
 use crate::http::headers;
 use crate::http::local_reply::{http_date, reset_body, IsLocalReply, LocalReply, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT, UPSTREAM_TIMEOUT};
 use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteRequest, RouteTable, Selected};
@@ -32,14 +33,6 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-en
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
-
-/// Methods the HTTP/1 codec accepts (Envoy's parser list); anything else is a 400.
-const KNOWN_METHODS: [&str; 34] = [
-    "DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE", "COPY", "LOCK", "MKCOL", "MOVE",
-    "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY",
-    "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH", "PURGE", "MKCALENDAR",
-    "LINK", "UNLINK", "SOURCE",
-];
 
 /// Process-wide stream ids (Envoy's `http.id` in ext_authz is a stream id, not x-request-id).
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
@@ -218,34 +211,25 @@ impl HttpConnectionManager {
         }
         stats.downstream_rq_active.inc();
         let h2 = req.version() == Version::HTTP_2;
-        // A local reply to a request whose body was not read closes the connection (Envoy), as
-        // does any reply to a rejected or unrouted upgrade.
-        let unread_body = !http_body::Body::is_end_stream(req.body());
-        // Envoy answers `Expect: 100-continue` itself and counts that interim response.
-        if !h2
-            && unread_body
-            && req.headers().get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-        {
+        // Envoy answers `Expect: 100-continue` itself (the HTTP/1 codec did) and counts that
+        // interim response. A response made before the request body arrived closes the
+        // connection: the HTTP/1 codec decides that when it writes the response.
+        if req.extensions().get::<ContinueSent>().is_some() {
             stats.downstream_rq_xx[0].inc();
             info.listener_stats.downstream_rq_xx[0].inc();
         }
         let mut request_id = None;
         let mut resp = self.process(req, info, &mut request_id).await;
-        if resp.extensions().get::<IsLocalReply>().is_some() {
+        if resp.extensions().get::<IsLocalReply>().is_some() && self.server_transformation == ServerHeaderTransformation::PassThrough {
+            resp.headers_mut().remove(http::header::SERVER);
+        }
+        if h2 {
+            let local = resp.extensions().get::<IsLocalReply>().is_some();
             let h = resp.headers_mut();
-            if self.server_transformation == ServerHeaderTransformation::PassThrough {
-                h.remove(http::header::SERVER);
+            h.remove(http::header::CONNECTION);
+            if local && h.get(http::header::CONTENT_LENGTH).is_some_and(|v| v == "0") {
+                h.remove(http::header::CONTENT_LENGTH);
             }
-            if h2 {
-                h.remove(http::header::CONNECTION);
-                if h.get(http::header::CONTENT_LENGTH).is_some_and(|v| v == "0") {
-                    h.remove(http::header::CONTENT_LENGTH);
-                }
-            } else if unread_body && !h.contains_key(http::header::CONNECTION) {
-                h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            }
-        } else if h2 {
-            resp.headers_mut().remove(http::header::CONNECTION);
         }
         // Envoy's last response headers: the request id (when asked for) and `via`.
         if self.always_set_request_id_in_response {
@@ -289,18 +273,14 @@ impl HttpConnectionManager {
         if version == Version::HTTP_09 || version == Version::HTTP_3 {
             return self.reply(LocalReply::new(400).body("Bad Request").close());
         }
-        if !h2 {
-            if let Some(reply) = codec_check(&req) {
-                return self.reply(reply);
-            }
-        }
         let path_and_query = match req.uri().path_and_query() {
             Some(pq) if pq.as_str().starts_with('/') => pq.as_str().to_string(),
             _ if req.method() == http::Method::OPTIONS && req.uri() == "*" => "*".to_string(),
             _ if req.method() == http::Method::CONNECT => String::new(),
             _ => return self.reply(LocalReply::new(400).body("Bad Request").close()),
         };
-        if headers::header_bytes(req.headers(), req.method().as_str(), &path_and_query) > self.max_request_headers_bytes {
+        // HTTP/1 heads were measured by the codec (raw bytes, as Envoy counts them).
+        if h2 && headers::header_bytes(req.headers(), req.method().as_str(), &path_and_query) > self.max_request_headers_bytes {
             return self.reply(LocalReply::new(431).body("Request Header Fields Too Large").close());
         }
         // The authority: absolute-form URI (HTTP/1) or :authority (HTTP/2) wins over Host.
@@ -483,7 +463,8 @@ impl HttpConnectionManager {
         let mut resp = match self.route_request(req, &ctx, scheme, &host, info) {
             Routed::Reply(resp) => resp,
             Routed::Upstream(call) => {
-                let UpstreamCall { req, cluster, lb, deadline, set_cookie } = call;
+                let UpstreamCall { mut req, cluster, lb, deadline, set_cookie } = call;
+                headers::frame_request_body(&mut req);
                 let sel = &ctx.selected;
                 let sent = Instant::now();
                 let send = cluster.send(req, &lb);
@@ -742,32 +723,6 @@ struct UpstreamCall {
     deadline: Option<(std::time::Duration, bool)>,
     /// A generated hash-policy cookie for the response.
     set_cookie: Option<HeaderValue>,
-}
-
-/// Request checks Envoy's HTTP/1 codec makes and hyper does not: unknown methods, repeated or
-/// list-valued `Content-Length`, `Transfer-Encoding` with `Content-Length` or other than
-/// `chunked` (501).
-fn codec_check(req: &Request<Body>) -> Option<LocalReply> {
-    let bad = || LocalReply::new(400).body("Bad Request").close();
-    if !KNOWN_METHODS.contains(&req.method().as_str()) {
-        return Some(bad());
-    }
-    let headers = req.headers();
-    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    if let Some(first) = lengths.next() {
-        if lengths.next().is_some() || first.as_bytes().contains(&b',') {
-            return Some(bad());
-        }
-    }
-    if let Some(te) = headers.get(http::header::TRANSFER_ENCODING) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Some(LocalReply::new(501).body("Not Implemented").close());
-        }
-        if headers.contains_key(http::header::CONTENT_LENGTH) {
-            return Some(bad());
-        }
-    }
-    None
 }
 
 /// The upgrade a request asks for (lower-case), if it really asks: `Upgrade` plus the `upgrade`

@@ -89,6 +89,17 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
     remove_ordered(headers, |n| HOP_BY_HOP.contains(&n.as_str()));
 }
 
+/// Envoy's upstream HTTP/1 framing: a request that has a body but no `content-length` (chunked
+/// from the client, HTTP/2 without a length, or a length named in `Connection`) goes upstream
+/// chunked, `transfer-encoding: chunked` written after every other header. An empty chunked
+/// body stays chunked (`0\r\n\r\n`), as with Envoy.
+pub fn frame_request_body<B: http_body::Body>(req: &mut http::Request<B>) {
+    let h = req.headers();
+    if !req.body().is_end_stream() && !h.contains_key(http::header::CONTENT_LENGTH) && !h.contains_key(http::header::TRANSFER_ENCODING) {
+        req.headers_mut().insert(http::header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+}
+
 /// A new UUIDv4 request id.
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];

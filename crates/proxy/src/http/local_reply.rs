@@ -1,6 +1,7 @@
 //! Envoy-generated responses ("local replies"), byte-compatible with Envoy 1.40: header order
-//! `content-length, content-type, date, server` when there is a body, `date, server,
-//! content-length: 0` when there is none; `connection: close` for codec-level errors.
+//! `content-length, content-type, date, server` when there is a body, `date, server` when there
+//! is none (the HTTP/1 codec then adds `content-length: 0` last); `connection: close` for
+//! codec-level errors.
 
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -87,13 +88,14 @@ impl LocalReply {
                 }
                 *resp.body_mut() = Body::full(body);
             }
+            // No `content-length: 0`: the HTTP/1 codec adds it after everything else (after a
+            // `connection: close` it may add too), as Envoy's codec does; HTTP/2 sends none.
             None => {
                 h.insert(DATE, http_date());
                 h.insert(SERVER, server.clone());
                 if self.close {
                     h.insert(CONNECTION, HeaderValue::from_static("close"));
                 }
-                h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
         }
         resp
@@ -124,13 +126,13 @@ mod tests {
         assert_eq!(names(&r), ["content-length", "content-type", "date", "server"]);
         assert_eq!(r.headers()["content-length"], "19");
         let r = LocalReply::new(404).build(&server);
-        assert_eq!(names(&r), ["date", "server", "content-length"]);
+        assert_eq!(names(&r), ["date", "server"]);
         let r = LocalReply::new(400).close().build(&server);
-        assert_eq!(names(&r), ["date", "server", "connection", "content-length"]);
+        assert_eq!(names(&r), ["date", "server", "connection"]);
         let r = LocalReply::new(301)
             .header(http::header::LOCATION, HeaderValue::from_static("https://a/"))
             .build(&server);
-        assert_eq!(names(&r), ["location", "date", "server", "content-length"]);
+        assert_eq!(names(&r), ["location", "date", "server"]);
         assert_eq!(reset_body("connection timeout").len(), 91);
     }
 }
