@@ -490,6 +490,13 @@ impl Cluster {
             Conn::H2(mut sender) => sender.send_request(req).await.map(|r| (r, None)).map_err(|e| self.map_error(&e)),
         };
         match result {
+            // Framing Envoy's HTTP/1 codec refuses in a response (hyper accepts it): 502, and
+            // the connection is not reused.
+            Ok((resp, Some(_))) if !http1_framing_ok(resp.headers()) => {
+                self.shared.stats.upstream_cx_protocol_error.inc();
+                host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
+                Err(UpstreamFailure::ProtocolError)
+            }
             Ok((resp, sender)) => {
                 if resp.status().is_server_error() {
                     host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
@@ -719,6 +726,23 @@ impl Cluster {
         self.shared.cx_count.load(Ordering::Relaxed)
     }
 }
+/// Whether an HTTP/1 response's framing headers are ones Envoy accepts: at most one
+/// `Content-Length` (no list), and `Transfer-Encoding` only as exactly `chunked` and never
+/// with a `Content-Length`.
+fn http1_framing_ok(h: &http::HeaderMap) -> bool {
+    let mut cl = h.get_all(http::header::CONTENT_LENGTH).iter();
+    let cl_first = cl.next();
+    if cl.next().is_some() || cl_first.is_some_and(|v| v.as_bytes().contains(&b',')) {
+        return false;
+    }
+    let mut te = h.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (te.next(), te.next()) {
+        (None, _) => true,
+        (Some(v), None) => cl_first.is_none() && v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// One open upstream connection's accounting; dropped when the connection task ends.
 struct CxGuard {
     shared: Arc<Shared>,

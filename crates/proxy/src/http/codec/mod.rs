@@ -22,3 +22,6 @@ pub mod tunnel;
 pub use conn::{serve, CodecStats, Config, ContinueSent, Service};
 pub use parse::{ParseConfig, Underscores};
 pub use tunnel::UpstreamTunnel;
+
+#[cfg(test)]
+mod tests;
