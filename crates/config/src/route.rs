@@ -163,8 +163,9 @@ pub struct RouteMatch {
     pub safe_regex: Option<RegexMatcher>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_separated_prefix: Option<String>,
+    /// Matches `CONNECT` requests (and only them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connect_matcher: Option<NotSupported>,
+    pub connect_matcher: Option<ConnectMatcher>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_match_policy: Option<NotSupported>,
     /// Default true.
@@ -193,6 +194,7 @@ pub enum PathSpecifier<'a> {
     Path(&'a str),
     SafeRegex(&'a str),
     PathSeparatedPrefix(&'a str),
+    Connect,
 }
 
 impl RouteMatch {
@@ -207,6 +209,7 @@ impl RouteMatch {
             self.path_separated_prefix
                 .as_deref()
                 .map(PathSpecifier::PathSeparatedPrefix),
+            self.connect_matcher.as_ref().map(|_| PathSpecifier::Connect),
         ];
         let mut set = all.into_iter().flatten();
         let first = set.next()?;
@@ -220,6 +223,36 @@ impl RouteMatch {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcRouteMatchOptions {}
+
+/// `envoy.config.route.v3.RouteMatch.ConnectMatcher` (no fields).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectMatcher {}
+
+/// `envoy.config.route.v3.RouteAction.UpgradeConfig`: allows (or, with `enabled: false`,
+/// forbids) an upgrade type on one route, over the connection manager's `upgrade_configs`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteUpgradeConfig {
+    pub upgrade_type: String,
+    /// Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// For `CONNECT`: terminate it here and tunnel the payload as raw TCP to the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_config: Option<ConnectConfig>,
+}
+
+/// `envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol_config: Option<NotSupported>,
+    /// Forwarding POST payloads as raw TCP: refused at load when true.
+    #[serde(default)]
+    pub allow_post: bool,
+}
 
 /// `envoy.config.route.v3.HeaderMatcher`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -314,8 +347,8 @@ pub struct RouteAction {
     pub rate_limits: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_match: Option<NotSupported>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upgrade_configs: Option<NotSupported>,
+    #[serde(default)]
+    pub upgrade_configs: Vec<RouteUpgradeConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_stream_duration: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -974,6 +974,7 @@ impl<'a> Ctx<'a> {
                 ("path", m.path.is_some()),
                 ("safe_regex", m.safe_regex.is_some()),
                 ("path_separated_prefix", m.path_separated_prefix.is_some()),
+                ("connect_matcher", m.connect_matcher.is_some()),
             ],
             true,
         );

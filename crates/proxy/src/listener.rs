@@ -147,7 +147,8 @@ impl Listener {
                 },
                 CodecType::Http2 => match sniff_h2_preface(&stream).await {
                     Some(true) => CodecType::Http2,
-                    _ => return,
+                    Some(false) => return close_unanswered(stream).await,
+                    None => return,
                 },
                 c => c,
             };
@@ -233,6 +234,22 @@ async fn sniff_h2_preface(stream: &TcpStream) -> Option<bool> {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     None
+}
+
+/// Close a connection that gets no answer with a FIN, not a reset: shut the write side down and
+/// drain what the client sent (bounded), as Envoy does.
+async fn close_unanswered(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        for _ in 0..256 {
+            if matches!(stream.read(&mut sink).await, Ok(0) | Err(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The HTTP/1 codec's settings from the connection manager's config.

@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::header::{HeaderName, HeaderValue, HOST};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
 use sluice_config::hcm::{HttpConnectionManager as HcmConfig, ServerHeaderTransformation};
 
 use crate::body::Body;
 use crate::filters::{self, ConnectionInfo, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
-use crate::http::codec::ContinueSent;
+use crate::http::codec::tunnel::{BoxIo, TunnelFuture};
+use crate::http::codec::{self, ContinueSent, UpstreamTunnel};
 use crate::http::headers;
 use crate::http::local_reply::{http_date, reset_body, IsLocalReply, LocalReply, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT, UPSTREAM_TIMEOUT};
 use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteRequest, RouteTable, Selected};
@@ -310,10 +312,12 @@ impl HttpConnectionManager {
             }
         }
         // An upgrade needs both `Upgrade` and the `upgrade` token in `Connection`; `h2c` is
-        // ignored (the request is served as plain HTTP/1.1), as Envoy does.
-        let upgrade = if h2 { None } else { upgrade_kind(req.headers()) };
+        // ignored (the request is served as plain HTTP/1.1), as Envoy does. A CONNECT (or an
+        // HTTP/2 extended CONNECT) is an upgrade too.
+        let upgrade = upgrade_kind(&req);
+        let keep_upgrade = !h2 && upgrade.as_deref().is_some_and(|k| k != "connect");
         let headers_mut = req.headers_mut();
-        headers::strip_hop_by_hop(headers_mut);
+        headers::strip_hop_by_hop(headers_mut, keep_upgrade);
         headers::strip_envoy_control(headers_mut);
 
         let scheme = if info.conn.tls.is_some() { "https" } else { "http" };
@@ -400,8 +404,19 @@ impl HttpConnectionManager {
             return self.reply(if upgrade.is_some() { reply.close() } else { reply });
         };
 
+        // Envoy's rule: a route's `upgrade_configs` entry decides (enabled or not); without one
+        // the connection manager's `upgrade_configs` do.
+        let mut tunnel = None;
         if let Some(kind) = upgrade {
-            if !self.upgrades.contains(&kind) {
+            let on_route = selected.route.forward().and_then(|f| f.upgrade(&kind));
+            let allowed = match on_route {
+                Some(u) => u.enabled,
+                None => self.upgrades.contains(&kind),
+            };
+            let terminate_connect = on_route.is_some_and(|u| u.terminate_connect) && req.method() == http::Method::CONNECT;
+            let connect = kind == "connect";
+            tunnel = Some(Tunnel { h2, connect, extended: h2 && !connect, terminate_connect });
+            if !allowed {
                 self.stats.downstream_rq_http1_upgrade_rejected.inc();
                 // Envoy decorates this reply with the response headers of a forwarding route
                 // (route, virtual host, table), and with none on a direct-response route.
@@ -462,6 +477,11 @@ impl HttpConnectionManager {
 
         let mut resp = match self.route_request(req, &ctx, scheme, &host, info) {
             Routed::Reply(resp) => resp,
+            // Upgrades and CONNECT: a rare path, boxed out of every request's state.
+            Routed::Upstream(call) if tunnel.is_some() => {
+                let t = tunnel.unwrap_or_default();
+                Box::pin(self.tunnel(call, t, &ctx.selected)).await
+            }
             Routed::Upstream(call) => {
                 let UpstreamCall { mut req, cluster, lb, deadline, set_cookie } = call;
                 headers::frame_request_body(&mut req);
@@ -592,8 +612,8 @@ impl HttpConnectionManager {
                         *req.uri_mut() = uri;
                         original_path = Some(orig);
                     }
-                } else if req.uri().authority().is_some() {
-                    // Absolute-form: upstream gets origin-form.
+                } else if req.uri().authority().is_some() && req.uri().path_and_query().is_some() {
+                    // Absolute-form: upstream gets origin-form (a CONNECT keeps its authority-form).
                     if let Ok(uri) = Uri::try_from(pq.as_str()) {
                         *req.uri_mut() = uri;
                     }
@@ -668,8 +688,9 @@ impl HttpConnectionManager {
                 let elapsed_ms = sent.elapsed().as_secs_f64() * 1000.0;
                 cluster.stats().charge_response(resp.status().as_u16(), Some(elapsed_ms));
                 *resp.version_mut() = Version::HTTP_11;
+                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let h = resp.headers_mut();
-                headers::strip_response_hop_by_hop(h);
+                headers::strip_response_hop_by_hop(h, switching);
                 // Envoy overwrites `server` in place; when the upstream sent none it goes last.
                 let had_server = h.contains_key(http::header::SERVER);
                 if had_server && self.server_transformation == ServerHeaderTransformation::Overwrite {
@@ -706,6 +727,122 @@ impl HttpConnectionManager {
     }
 }
 
+/// How an allowed upgrade or CONNECT goes upstream.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tunnel {
+    /// The client speaks HTTP/2: the tunnel is spliced here, the client gets `200`.
+    h2: bool,
+    /// A CONNECT (a `2xx` switches); else an upgrade (a `101` switches).
+    connect: bool,
+    /// An HTTP/2 extended CONNECT, sent upstream as an HTTP/1.1 upgrade.
+    extended: bool,
+    /// A CONNECT on a route with `connect_config`: terminated here (TCP to a host).
+    terminate_connect: bool,
+}
+
+impl HttpConnectionManager {
+    /// Forward an allowed upgrade or CONNECT. The upstream's `101` (or a `2xx` to CONNECT)
+    /// comes back with the upstream side of the tunnel: for an HTTP/1 client as a response
+    /// extension the codec splices after writing the head; for an HTTP/2 client (extended
+    /// CONNECT) answered `200` and spliced in a task. No `x-envoy-upstream-service-time` on
+    /// these responses (Envoy adds none).
+    async fn tunnel(&self, call: UpstreamCall, t: Tunnel, sel: &Selected) -> Response<Body> {
+        let UpstreamCall { mut req, cluster, lb, deadline, set_cookie: _ } = call;
+        let downstream = t.h2.then(|| hyper::upgrade::on(&mut req));
+        let mut resp = if t.terminate_connect {
+            match self.connect_tcp(&cluster, &lb).await {
+                Ok(io) => {
+                    let mut r = Response::new(Body::empty());
+                    let h = r.headers_mut();
+                    self.apply_response_mutations(h, sel);
+                    h.insert(http::header::DATE, http_date());
+                    if self.server_transformation != ServerHeaderTransformation::PassThrough {
+                        h.insert(http::header::SERVER, self.server_name.clone());
+                    }
+                    r.extensions_mut().insert(UpstreamTunnel::ready(io));
+                    return self.finish_tunnel(r, downstream);
+                }
+                Err(reply) => return self.local_with_route(reply, sel),
+            }
+        } else {
+            if t.extended {
+                // RFC 8441 → an HTTP/1.1 upgrade: `GET` with `upgrade: <protocol>` and
+                // `connection: upgrade`.
+                let protocol = req.extensions_mut().remove::<hyper::ext::Protocol>();
+                *req.method_mut() = http::Method::GET;
+                if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(p.as_str()).ok()) {
+                    let h = req.headers_mut();
+                    h.insert(http::header::UPGRADE, p);
+                    h.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+                }
+            }
+            let sent = Instant::now();
+            let send = cluster.send(req, &lb);
+            let result = match deadline {
+                Some((d, idle)) => tokio::time::timeout(d, send).await.map_err(|_| idle),
+                None => Ok(send.await),
+            };
+            self.upstream_response(result, sent, &cluster, sel)
+        };
+        headers::remove_ordered(resp.headers_mut(), |n| *n == X_ENVOY_UPSTREAM_SERVICE_TIME);
+        let switched = if t.connect { resp.status().is_success() } else { resp.status() == StatusCode::SWITCHING_PROTOCOLS };
+        if !switched || resp.extensions().get::<IsLocalReply>().is_some() {
+            return resp;
+        }
+        let up = hyper::upgrade::on(&mut resp);
+        let up: TunnelFuture = Box::pin(async move {
+            let u = up.await.map_err(std::io::Error::other)?;
+            Ok(Box::new(TokioIo::new(u)) as BoxIo)
+        });
+        resp.extensions_mut().insert(UpstreamTunnel::new(up));
+        self.finish_tunnel(resp, downstream)
+    }
+
+    /// For an HTTP/2 client: `200`, no hop-by-hop headers, and the splice in a task once both
+    /// sides have switched. For an HTTP/1 client the codec does this.
+    fn finish_tunnel(&self, mut resp: Response<Body>, downstream: Option<hyper::upgrade::OnUpgrade>) -> Response<Body> {
+        let Some(down) = downstream else {
+            return resp;
+        };
+        let Some(up) = resp.extensions_mut().remove::<UpstreamTunnel>().and_then(|t| t.take()) else {
+            return resp;
+        };
+        *resp.status_mut() = StatusCode::OK;
+        *resp.body_mut() = Body::empty();
+        headers::remove_ordered(resp.headers_mut(), |n| *n == http::header::CONNECTION || *n == http::header::UPGRADE);
+        tokio::spawn(async move {
+            if let (Ok(d), Ok(u)) = tokio::join!(down, up) {
+                codec::tunnel::splice(TokioIo::new(d), bytes::Bytes::new(), u).await;
+            }
+        });
+        resp
+    }
+
+    /// A TCP connection to the host the cluster's load balancer picks (CONNECT termination),
+    /// within the cluster's `connect_timeout`; Envoy's 503 replies when there is none.
+    async fn connect_tcp(&self, cluster: &Cluster, lb: &LbContext) -> Result<BoxIo, LocalReply> {
+        let Some(host) = cluster.choose_host(lb) else {
+            cluster.stats().upstream_cx_none_healthy.inc();
+            return Err(LocalReply::new(503).body(NO_HEALTHY_UPSTREAM));
+        };
+        let failure = |f: UpstreamFailure| LocalReply::new(503).body(reset_body(f.reset_reason()));
+        match tokio::time::timeout(cluster.config().connect_timeout(), tokio::net::TcpStream::connect(host.address)).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                Ok(Box::new(tcp))
+            }
+            Ok(Err(_)) => {
+                cluster.stats().upstream_cx_connect_fail.inc();
+                Err(failure(UpstreamFailure::ConnectionFailure { transport_reason: None }))
+            }
+            Err(_) => {
+                cluster.stats().upstream_cx_connect_timeout.inc();
+                Err(failure(UpstreamFailure::ConnectTimeout))
+            }
+        }
+    }
+}
+
 /// What the router decided for a request.
 // Lives on the stack for one call; boxing the larger variant would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
@@ -726,8 +863,19 @@ struct UpstreamCall {
 }
 
 /// The upgrade a request asks for (lower-case), if it really asks: `Upgrade` plus the `upgrade`
-/// token in `Connection`. `h2c` upgrades are not honoured.
-fn upgrade_kind(headers: &http::HeaderMap) -> Option<String> {
+/// token in `Connection` (HTTP/1; `h2c` upgrades are not honoured), `connect` for a CONNECT, the
+/// `:protocol` of an HTTP/2 extended CONNECT (RFC 8441).
+fn upgrade_kind(req: &Request<Body>) -> Option<String> {
+    if req.method() == http::Method::CONNECT {
+        return Some(match req.extensions().get::<hyper::ext::Protocol>() {
+            Some(p) => p.as_str().to_ascii_lowercase(),
+            None => "connect".to_string(),
+        });
+    }
+    if req.version() == Version::HTTP_2 {
+        return None;
+    }
+    let headers = req.headers();
     let kind = headers.get(http::header::UPGRADE)?.to_str().ok()?.trim().to_ascii_lowercase();
     let asks = headers
         .get_all(http::header::CONNECTION)

@@ -53,15 +53,18 @@ pub fn remove_ordered(headers: &mut HeaderMap, mut remove: impl FnMut(&HeaderNam
 }
 
 /// Remove hop-by-hop headers, headers listed in `Connection:`, `te` other than `trailers`, and
-/// `expect: 100-continue` (Envoy answers the expectation itself).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// `expect: 100-continue` (Envoy answers the expectation itself). An upgrade request keeps its
+/// `Connection` and `Upgrade` headers where they are (`keep_upgrade`). `Host` is never removed,
+/// whatever `Connection` names (the HTTP/1 codec refuses such a request, as Envoy does).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let listed: Vec<String> = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty() && s != "close" && s != "keep-alive" && s != "te")
+        .filter(|s| !s.is_empty() && s != "close" && s != "keep-alive" && s != "te" && s != "host")
+        .filter(|s| !(keep_upgrade && s == "upgrade"))
         .collect();
     let drop_te = headers.get(http::header::TE).is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let drop_expect = headers
@@ -69,7 +72,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     remove_ordered(headers, |n| {
         let n = n.as_str();
-        HOP_BY_HOP.contains(&n)
+        (HOP_BY_HOP.contains(&n) && !(keep_upgrade && (n == "connection" || n == "upgrade")))
             || listed.iter().any(|l| l == n)
             || (drop_te && n == "te")
             || (drop_expect && n == "expect")
@@ -84,9 +87,13 @@ pub fn strip_envoy_control(headers: &mut HeaderMap) {
     });
 }
 
-/// Remove hop-by-hop headers from an upstream response before it goes downstream.
-pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
-    remove_ordered(headers, |n| HOP_BY_HOP.contains(&n.as_str()));
+/// Remove hop-by-hop headers from an upstream response before it goes downstream; a `101`
+/// keeps its `Connection` and `Upgrade` (`switching`).
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
+    remove_ordered(headers, |n| {
+        let n = n.as_str();
+        HOP_BY_HOP.contains(&n) && !(switching && (n == "connection" || n == "upgrade"))
+    });
 }
 
 /// Envoy's upstream HTTP/1 framing: a request that has a body but no `content-length` (chunked
@@ -167,9 +174,26 @@ mod tests {
         h.insert("expect", HeaderValue::from_static("100-continue"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         h.insert("x-last", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["te", "x-keep", "x-last"], "order is kept");
+    }
+
+    #[test]
+    fn upgrades_keep_connection_and_upgrade_and_host_is_never_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a"));
+        h.insert("connection", HeaderValue::from_static("Upgrade, host, x-hop"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let mut plain = h.clone();
+        strip_hop_by_hop(&mut h, true);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "connection", "upgrade", "x-keep"]);
+        strip_hop_by_hop(&mut plain, false);
+        let names: Vec<&str> = plain.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-keep"]);
     }
 
     #[test]

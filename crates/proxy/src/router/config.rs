@@ -95,6 +95,18 @@ pub struct Forward {
     pub timeout_header: Option<HeaderValue>,
     pub idle_timeout: Option<Duration>,
     pub hash_policies: Vec<HashPolicy>,
+    /// Route `upgrade_configs`, over the connection manager's.
+    pub upgrades: Vec<RouteUpgrade>,
+}
+
+/// One route `upgrade_configs` entry.
+#[derive(Debug)]
+pub struct RouteUpgrade {
+    /// Lower-case upgrade type (`websocket`, `connect`, …).
+    pub kind: String,
+    pub enabled: bool,
+    /// `connect_config`: a CONNECT is terminated here and its payload tunnelled over TCP.
+    pub terminate_connect: bool,
 }
 
 #[derive(Debug)]
@@ -123,6 +135,8 @@ enum PathMatch {
     Exact(String),
     SeparatedPrefix(String),
     Regex(Regex),
+    /// `connect_matcher`: CONNECT requests only.
+    Connect,
 }
 
 #[derive(Debug)]
@@ -411,6 +425,7 @@ impl Route {
                 let re = if m.case_sensitive() { re.to_string() } else { format!("(?i){re}") };
                 PathMatch::Regex(full_regex(&re).map_err(|e| ("match.safe_regex".to_string(), e))?)
             }
+            cfg::PathSpecifier::Connect => PathMatch::Connect,
         };
         let mut headers = Vec::new();
         for (i, h) in m.headers.iter().enumerate() {
@@ -453,6 +468,7 @@ impl Route {
         match &self.matcher.path {
             PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => p.len().min(path.len()),
             PathMatch::Regex(_) => path.len(),
+            PathMatch::Connect => 0,
         }
     }
 
@@ -514,6 +530,7 @@ impl RouteMatcher {
                     && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
             }
             PathMatch::Regex(r) => r.is_match(path),
+            PathMatch::Connect => req.method == "CONNECT",
         };
         if !path_ok {
             return false;
@@ -658,6 +675,21 @@ impl Forward {
                 }
             })
             .collect();
+        let mut upgrades = Vec::new();
+        for (i, u) in a.upgrade_configs.iter().enumerate() {
+            let cfg::RouteUpgradeConfig { upgrade_type, enabled, connect_config } = u;
+            let terminate_connect = match connect_config {
+                None => false,
+                Some(cfg::ConnectConfig { proxy_protocol_config: None, allow_post: false }) => true,
+                Some(cfg::ConnectConfig { proxy_protocol_config: None, allow_post: true }) => {
+                    return Err((format!("upgrade_configs[{i}].connect_config.allow_post"), "recognised but not supported by sluice".to_string()))
+                }
+                Some(cfg::ConnectConfig { proxy_protocol_config: Some(_), .. }) => {
+                    return Err((format!("upgrade_configs[{i}].connect_config.proxy_protocol_config"), "recognised but not supported by sluice".to_string()))
+                }
+            };
+            upgrades.push(RouteUpgrade { kind: upgrade_type.to_ascii_lowercase(), enabled: enabled.unwrap_or(true), terminate_connect });
+        }
         Ok(Forward {
             cluster,
             cluster_not_found_status: match a.cluster_not_found_response_code {
@@ -674,7 +706,13 @@ impl Forward {
             timeout_header: timeout.map(|t| HeaderValue::from(t.as_millis() as u64)),
             idle_timeout: a.idle_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
             hash_policies,
+            upgrades,
         })
+    }
+
+    /// This route's `upgrade_configs` entry for `kind` (lower-case), if any.
+    pub fn upgrade(&self, kind: &str) -> Option<&RouteUpgrade> {
+        self.upgrades.iter().find(|u| u.kind == kind)
     }
 
     /// The upstream path after `prefix_rewrite` / `regex_rewrite`, or `None` when unchanged.

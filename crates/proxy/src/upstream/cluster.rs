@@ -498,6 +498,10 @@ impl Cluster {
                 Err(UpstreamFailure::ProtocolError)
             }
             Ok((resp, sender)) => {
+                // A switched connection belongs to its tunnel, never to the pool.
+                let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                    || (resp.status().is_success() && resp.extensions().get::<hyper::upgrade::OnUpgrade>().is_some());
+                let sender = if switched { None } else { sender };
                 if resp.status().is_server_error() {
                     host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -583,8 +587,9 @@ impl Cluster {
                     }
                 }
             }
-            // HTTP/1.1 upstreams get origin-form; most requests already are.
-            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            // HTTP/1.1 upstreams get origin-form; most requests already are (CONNECT keeps its
+            // authority-form).
+            if parts.method != Method::CONNECT && (parts.uri.scheme().is_some() || parts.uri.authority().is_some()) {
                 if let Ok(uri) = pq(&parts.uri).parse() {
                     parts.uri = uri;
                 }
@@ -714,11 +719,19 @@ impl Cluster {
                 UpstreamFailure::ProtocolError
             })?;
             tokio::spawn(async move {
-                let _ = conn.await;
+                // With upgrades: a `101` (or a 2xx to CONNECT) hands the connection over.
+                let _ = conn.with_upgrades().await;
                 drop(guard);
             });
             Ok(Conn::H1 { sender, reused: false })
         }
+    }
+
+    /// The host the load balancer picks for `ctx` (a terminated CONNECT opens its own TCP
+    /// connection to it).
+    pub fn choose_host(&self, ctx: &LbContext) -> Option<Arc<Host>> {
+        let st = self.state.load();
+        st.lb.choose(&st.routable, ctx)
     }
 
     /// Connections currently open (all hosts).

@@ -293,12 +293,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
         let mut close = !keep_alive || last || resp_close || !request_complete || (tunnel && !upgraded);
         let length = resp.headers().get(CONTENT_LENGTH).map(|v| parse_length(v.as_bytes()));
         let no_body_status = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        let (framing_line, mut writer): (Option<&[u8]>, Writer) = if upgraded {
-            (None, match length {
-                Some(Some(n)) if !is_head => Writer::Length(n),
-                _ => Writer::Skip,
-            })
-        } else if no_body_status {
+        // A switched connection carries no HTTP body: whatever the upstream sends after its head
+        // (even under a content-length, as an upstream may answer a CONNECT) is tunnel data.
+        let (framing_line, mut writer): (Option<&[u8]>, Writer) = if upgraded || no_body_status {
             (None, Writer::Skip)
         } else if let Some(len) = length {
             match len {

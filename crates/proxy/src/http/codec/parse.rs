@@ -513,6 +513,12 @@ fn parse_target(method: &Method, target: Bytes, cfg: &ParseConfig) -> Option<Uri
             if !a.as_str().bytes().all(is_authority_char) {
                 return None;
             }
+            // Envoy drops the userinfo of an absolute URL (`http://u@x/` is for host `x`).
+            if let Some((_, hostport)) = a.as_str().rsplit_once('@') {
+                let mut parts = uri.clone().into_parts();
+                parts.authority = Some(hostport.parse().ok()?);
+                return Uri::from_parts(parts).ok();
+            }
             Some(uri)
         }
     }

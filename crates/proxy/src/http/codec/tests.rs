@@ -117,6 +117,7 @@ fn request_targets() {
     let h = parse("GET http://abs.test/p?q HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(h.request.uri().authority().unwrap(), "abs.test");
     assert_eq!(parse("GET https://x HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().request.uri().path(), "/");
+    assert_eq!(parse("GET http://u:p@x:81/e HTTP/1.1\r\nHost: y\r\n\r\n").unwrap().request.uri(), "http://x:81/e", "userinfo dropped");
     assert_eq!(reject("GET ftp://x/y HTTP/1.1\r\nHost: x\r\n\r\n"), Reject::BadRequest);
     assert_eq!(reject("GET http://a{b/c HTTP/1.1\r\nHost: x\r\n\r\n"), Reject::BadRequest);
     let no_abs = ParseConfig { allow_absolute_url: false, ..Default::default() };
