@@ -15,6 +15,7 @@
 pub mod body;
 pub mod conn;
 pub mod encode;
+pub mod fuzzing;
 pub mod parse;
 pub mod reason;
 pub mod tunnel;

@@ -220,8 +220,13 @@ fn fast<'b>(
         let start = s.as_ptr() as usize - base.as_ptr() as usize;
         start..start + s.len()
     };
+    let target = req.path.unwrap_or_default().as_bytes();
+    // httparse takes UTF-8 in the target; Envoy refuses any byte above 0x7e there.
+    if !target.is_ascii() {
+        return Err(httparse::Error::Token);
+    }
     scratch.method = at(req.method.unwrap_or_default().as_bytes());
-    scratch.target = at(req.path.unwrap_or_default().as_bytes());
+    scratch.target = at(target);
     scratch.http10 = req.version == Some(0);
     scratch.headers.clear();
     for h in req.headers.iter() {
@@ -233,10 +238,16 @@ fn fast<'b>(
 /// Envoy's leniencies for heads `httparse` refuses. Works on a copy; rare.
 fn slow(buf: &[u8], cfg: &ParseConfig, scratch: &mut Scratch) -> Result<Option<usize>, CodecError> {
     let bad = || Err(Reject::BadRequest.into());
-    // Leading empty lines are skipped (as httparse does).
+    // Leading empty lines (CRLF or LF) are skipped, as httparse does; a lone CR is an error.
     let mut start = 0;
-    while start < buf.len() && (buf[start] == b'\r' || buf[start] == b'\n') {
-        start += 1;
+    loop {
+        match &buf[start..] {
+            [b'\r', b'\n', ..] => start += 2,
+            [b'\n', ..] => start += 1,
+            [b'\r'] => return Ok(None),
+            [b'\r', ..] => return bad(),
+            _ => break,
+        }
     }
     let rest = &buf[start..];
     let Some(line_end) = memchr(b'\n', rest) else {
@@ -297,10 +308,8 @@ fn slow(buf: &[u8], cfg: &ParseConfig, scratch: &mut Scratch) -> Result<Option<u
             if i == 0 {
                 return bad();
             }
-            // Replace the previous line's terminator.
-            while out.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                out.pop();
-            }
+            // Replace the previous line's terminator (the CRLF written below).
+            out.truncate(out.len() - 2);
         }
         out.extend_from_slice(strip_line_end(line));
         out.extend_from_slice(b"\r\n");
@@ -543,6 +552,33 @@ fn trim(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(v.len());
     let end = v.iter().rposition(|b| *b != b' ' && *b != b'\t').map_or(start, |e| e + 1);
     &v[start..end.max(start)]
+}
+
+/// What [`scan`] found, as owned bytes (fuzzing and tests compare it with a reference parser).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawHead {
+    pub len: usize,
+    pub method: Vec<u8>,
+    pub target: Vec<u8>,
+    /// `Some(true)`: HTTP/1.0, `Some(false)`: HTTP/1.1, `None`: another version (426).
+    pub http10: Option<bool>,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// [`scan`] with its findings copied out.
+pub fn scan_raw(buf: &[u8], cfg: &ParseConfig) -> Result<Option<RawHead>, CodecError> {
+    let mut scratch = Scratch::default();
+    let Some(len) = scan(buf, cfg, &mut scratch)? else {
+        return Ok(None);
+    };
+    let src: &[u8] = scratch.normalized.as_deref().unwrap_or(buf);
+    Ok(Some(RawHead {
+        len,
+        method: src[scratch.method.clone()].to_vec(),
+        target: src[scratch.target.clone()].to_vec(),
+        http10: (!scratch.bad_version).then_some(scratch.http10),
+        headers: scratch.headers.iter().map(|(n, v)| (src[n.clone()].to_vec(), src[v.clone()].to_vec())).collect(),
+    }))
 }
 
 /// [`scan`] then [`build`] over a copy of `buf` (tests, fuzzing): the head and its length.
