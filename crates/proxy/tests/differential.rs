@@ -1013,6 +1013,12 @@ fn cases() -> Vec<Case> {
         h2("h2/503-connection-termination", "GET", "/echo/close", &[], b""),
         h2("h2/504-upstream-timeout", "GET", "/timeout/slow", &[], b""),
         h2("h2/upstream-chunked-response", "GET", "/echo/chunked", &[], b""),
+        // --- gRPC requests get gRPC local replies (trailers-only, grpc-status from the HTTP status)
+        h2("grpc/404-unimplemented", "POST", "/nothing", &[("content-type", "application/grpc")], b""),
+        h2("grpc/503-unavailable", "POST", "/empty", &[("content-type", "application/grpc"), ("te", "trailers")], b""),
+        h2("grpc/504-timeout", "POST", "/timeout/slow", &[("content-type", "application/grpc")], b""),
+        h2("grpc/direct-200-unknown", "POST", "/direct", &[("content-type", "application/grpc+proto")], b""),
+        case("grpc/http1-404", req("POST", "/nothing", &["Content-Type: application/grpc", "Content-Length: 0"])),
         // --- admin (last: the stats counters reflect all the requests above)
         admin("admin/ready", "/ready"),
         admin("admin/listeners", "/listeners"),

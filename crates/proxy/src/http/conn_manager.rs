@@ -32,6 +32,8 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-en
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// Methods the HTTP/1 codec accepts (Envoy's parser list); anything else is a 400.
 const KNOWN_METHODS: [&str; 34] = [
@@ -229,9 +231,13 @@ impl HttpConnectionManager {
             stats.downstream_rq_xx[0].inc();
             info.listener_stats.downstream_rq_xx[0].inc();
         }
+        let grpc = is_grpc(req.headers());
         let mut request_id = None;
         let mut resp = self.process(req, info, &mut request_id).await;
         if resp.extensions().get::<IsLocalReply>().is_some() {
+            if grpc {
+                resp = grpc_local_reply(resp, h2);
+            }
             let h = resp.headers_mut();
             if self.server_transformation == ServerHeaderTransformation::PassThrough {
                 h.remove(http::header::SERVER);
@@ -807,6 +813,76 @@ fn h2_to_h1_headers(headers: &mut http::HeaderMap, host: HeaderValue) {
     if let Some(j) = joined {
         headers.insert(http::header::COOKIE, j);
     }
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc…`), as Envoy decides it.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status Envoy gives a local reply's HTTP status.
+fn http_to_grpc_status(status: u16) -> u16 {
+    match status {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// A local reply to a gRPC request, as Envoy sends it: trailers-only, `:status 200`,
+/// `content-type: application/grpc`, `grpc-status` mapped from the HTTP status and the body as
+/// `grpc-message`, after the reply's own headers (route headers, …) and before `date`/`server`.
+fn grpc_local_reply(resp: Response<Body>, h2: bool) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let message = body.full_bytes().map(|b| grpc_message(b)).unwrap_or_default();
+    let old = std::mem::take(&mut parts.headers);
+    let h = &mut parts.headers;
+    let mut tail = Vec::new();
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in old {
+        if let Some(n) = name {
+            current = Some(n);
+        }
+        let Some(n) = &current else { continue };
+        match *n {
+            http::header::CONTENT_LENGTH | http::header::CONTENT_TYPE => {}
+            http::header::DATE | http::header::SERVER => tail.push((n.clone(), value)),
+            _ => {
+                h.append(n.clone(), value);
+            }
+        }
+    }
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(GRPC_STATUS.clone(), HeaderValue::from(http_to_grpc_status(parts.status.as_u16())));
+    if !message.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            h.insert(GRPC_MESSAGE.clone(), v);
+        }
+    }
+    for (n, v) in tail {
+        h.append(n, v);
+    }
+    if !h2 {
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    parts.status = http::StatusCode::OK;
+    Response::from_parts(parts, Body::empty())
+}
+
+/// `grpc-message` encoding: bytes outside printable ASCII and `%` are percent-encoded.
+fn grpc_message(body: &[u8]) -> String {
+    let mut out = String::with_capacity(body.len());
+    for &b in body {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Add `value` to a header as Envoy's `appendCopy` does: existing values (several lines joined
