@@ -13,6 +13,7 @@ pub mod clusters;
 pub mod help;
 pub mod info;
 pub mod json;
+pub mod logging;
 pub mod stats;
 
 use std::convert::Infallible;
@@ -471,21 +472,7 @@ fn json_reply(v: &serde_json::Value) -> Response<AdminBody> {
 }
 
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// Query parameters, percent-decoded (the last value of a repeated name wins).
@@ -599,6 +586,13 @@ pub fn handle(ctx: &AdminContext, method: &Method, path: &str, query: Option<&st
             ctx.server.set_healthcheck_failed(false);
             ctx.stats.gauge("server.live").set(i64::from(ctx.server.state() == State::Live));
             text(StatusCode::OK, "OK\n")
+        }
+        "/logging" => {
+            let control = logging::control();
+            match control.apply(&q) {
+                Ok(()) => text(StatusCode::OK, control.listing()),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("error: {e}\n\n{}{}", logging::USAGE, control.listing())),
+            }
         }
         "/reset_counters" => {
             ctx.stats.reset_counters();
@@ -780,5 +774,24 @@ mod tests {
         assert_eq!(param(&q, "usedonly"), Some(""));
         assert_eq!(param(&q, "type"), Some("Gauges"));
         assert_eq!(percent_decode("a%2"), "a%2");
+        // A '%' before a multi-byte character used to slice inside it and panic.
+        assert_eq!(param(&parse_query(Some("filter=%aé")), "filter"), Some("%aé"));
+        assert_eq!(percent_decode("%e9%"), "\u{fffd}%");
+    }
+
+    #[test]
+    fn any_query_decodes_without_panicking() {
+        // A bounded sweep of generated queries mixing escapes, separators and multi-byte text.
+        let pieces = ["%", "%a", "%zz", "%41", "%e9", "é", "字", "=", "&", "a", "", "+", "%%", "%f0%9f"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            let mut q = String::new();
+            for _ in 0..(seed % 8) {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                q.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
+            }
+            let parsed = parse_query(Some(&q));
+            assert!(parsed.len() <= q.len() + 1);
+        }
     }
 }
