@@ -463,6 +463,21 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
     r
 }
 
+/// An error some handlers (`/config_dump`) answer in Envoy's other layout: `text/plain`
+/// without a charset, with `x-content-type-options` first (and again after `cache-control`).
+fn plain_error(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
+    let mut r = reply(status, "text/plain", body);
+    let old = std::mem::take(r.headers_mut());
+    let h = r.headers_mut();
+    h.append("x-content-type-options", http::HeaderValue::from_static("nosniff"));
+    for (name, value) in old {
+        if let Some(name) = name {
+            h.append(name, value);
+        }
+    }
+    r
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
     reply(status, TEXT, body)
 }
@@ -561,11 +576,21 @@ pub fn handle(ctx: &AdminContext, method: &Method, path: &str, query: Option<&st
             ctx.server.uptime().as_secs(),
             &ctx.options,
         )),
-        "/config_dump" => json_reply(&info::config_dump(
-            &ctx.snapshot.bootstrap,
-            &ctx.snapshot.redacted_source(),
-            ctx.server.started_at(),
-        )),
+        "/config_dump" => {
+            let name_regex = match param(&q, "name_regex") {
+                Some(r) if !r.is_empty() => match Regex::new(r) {
+                    Ok(re) => Some(re),
+                    Err(_) => return text(StatusCode::BAD_REQUEST, "Invalid regex"),
+                },
+                _ => None,
+            };
+            let dump = info::config_dump(&ctx.snapshot.bootstrap, &ctx.snapshot.redacted_source(), ctx.server.started_at());
+            match info::config_dump_query(dump, param(&q, "resource"), param(&q, "mask"), name_regex.as_ref()) {
+                Ok(v) => json_reply(&v),
+                Err((404, m)) => plain_error(StatusCode::NOT_FOUND, m),
+                Err((_, m)) => plain_error(StatusCode::BAD_REQUEST, m),
+            }
+        }
         "/listeners" => {
             if param(&q, "format") == Some("json") {
                 json_reply(&info::listeners_json(&ctx.listeners))
