@@ -11,14 +11,16 @@
 pub mod cluster;
 pub mod cluster_manager;
 mod discovery;
+pub mod health_check;
 pub mod host;
 pub mod load_balancer;
+pub mod outlier;
 mod pool;
 mod tls;
 
 pub use cluster::{CircuitBreakerThresholds, Cluster, ClusterStats};
 pub use cluster_manager::ClusterManager;
-pub use host::{Host, HostSet, HostStats};
+pub use host::{health_flag, Host, HostSet, HostStats, Outcome};
 pub use pool::bind_worker_thread;
 
 /// What the router knows that load balancing needs.
