@@ -1,0 +1,334 @@
+//! Active health checking, outlier detection and the panic threshold over real loopback sockets:
+//! controllable upstreams (`health_common`), a cluster manager (or the whole proxy) in the test.
+//! Every wait is bounded; intervals are short (100–300 ms) so each test takes a few seconds.
+
+mod common;
+mod health_common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use health_common::{endpoints, wait_for, Upstream};
+use sluice_proxy::body::Body;
+use sluice_proxy::stats::Store;
+use sluice_proxy::upstream::{health_flag, Cluster, ClusterManager, LbContext};
+
+fn any() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn manager(cluster_yaml: &str, store: &Store) -> Arc<ClusterManager> {
+    let yaml = format!("static_resources:\n  clusters:\n{cluster_yaml}");
+    let b = sluice_config::parse(&yaml, sluice_config::Format::Yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}")).bootstrap;
+    let cm = ClusterManager::new(&b, store).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), cm.initialized()).await.expect("clusters warm up");
+    cm
+}
+
+fn cluster(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    connect_timeout: 1s\n{extra}\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{}",
+        endpoints(addrs)
+    )
+}
+
+const HC: &str = "    health_checks:
+    - timeout: 1s
+      interval: 0.2s
+      no_traffic_interval: 0.2s
+      unhealthy_threshold: 2
+      healthy_threshold: 2
+      http_health_check: {path: /hc}";
+
+/// Send `n` requests; answers per upstream label (`"503"`-style keys for local replies).
+async fn spread(c: &Cluster, n: usize) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for _ in 0..n {
+        let req = http::Request::builder().uri("/x").header("host", "t").body(Body::empty()).unwrap();
+        let key = match tokio::time::timeout(Duration::from_secs(5), c.send(req, &LbContext::default())).await.expect("answer in time") {
+            Ok(r) => r.headers().get("x-upstream-id").and_then(|v| v.to_str().ok()).unwrap_or("?").to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        *m.entry(key).or_default() += 1;
+    }
+    m
+}
+
+fn flags(c: &Cluster, addr: SocketAddr) -> String {
+    c.hosts().hosts.iter().find(|h| h.address == addr).map(|h| h.health_flags()).unwrap_or_else(|| "absent".into())
+}
+
+fn stat(store: &Store, name: &str) -> i64 {
+    store
+        .all()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, m)| match m {
+            sluice_proxy::stats::Metric::Counter(c) => c.value() as i64,
+            sluice_proxy::stats::Metric::Gauge(g) => g.value(),
+            _ => -1,
+        })
+        .unwrap_or_else(|| panic!("no stat {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_upstream_leaves_within_two_intervals_and_returns_after_healthy_threshold() {
+    let ups = [Upstream::start(any(), "a").await, Upstream::start(any(), "b").await, Upstream::start(any(), "c").await];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let store = Store::new();
+    let cm = manager(&cluster("hc", &addrs, HC), &store).await;
+    let c = cm.get("hc").unwrap();
+    // Warm: every host had its first (passing) check.
+    assert!(addrs.iter().all(|a| flags(c, *a) == "healthy"), "{:?}", addrs.iter().map(|a| flags(c, *a)).collect::<Vec<_>>());
+    assert_eq!(stat(&store, "cluster.hc.health_check.healthy"), 3);
+    assert_eq!(stat(&store, "cluster.hc.membership_healthy"), 3);
+    // The health check request Envoy sends.
+    let hdrs = ups[0].ctl.last_hc.lock().unwrap().clone();
+    assert_eq!(hdrs, vec![("host".to_string(), "hc".to_string()), ("user-agent".to_string(), "Envoy/HC".to_string())]);
+
+    // b answers 503: failed at once on its next check (within two intervals), traffic moves.
+    ups[1].set_hc(503);
+    let t = wait_for(Duration::from_secs(2), || flags(c, addrs[1]) == "/failed_active_hc").await.expect("b marked failed");
+    assert!(t <= Duration::from_millis(400 + 150), "marked after {t:?}");
+    let m = spread(c, 30).await;
+    assert_eq!((m.get("a"), m.get("b"), m.get("c")), (Some(&15), None, Some(&15)), "{m:?}");
+    assert_eq!(stat(&store, "cluster.hc.membership_healthy"), 2);
+    assert_eq!(stat(&store, "cluster.hc.health_check.healthy"), 2);
+
+    // b passes again: back after healthy_threshold (2) checks, and gets traffic again.
+    let before = ups[1].requests();
+    ups[1].set_hc(200);
+    let back = Instant::now();
+    let t = wait_for(Duration::from_secs(3), || flags(c, addrs[1]) == "healthy").await.expect("b back");
+    assert!(t >= Duration::from_millis(150) && t <= Duration::from_millis(700), "back after {t:?}");
+    // The time until the returning replica receives traffic again, with requests flowing.
+    let mut first = None;
+    for _ in 0..200 {
+        spread(c, 1).await;
+        if ups[1].requests() > before {
+            first = Some(back.elapsed());
+            break;
+        }
+    }
+    let first = first.expect("b received traffic again");
+    println!("returning replica received traffic again after {first:?} (interval 200 ms, healthy_threshold 2)");
+
+    // b stops listening: two network failures (unhealthy_threshold 2) fail it.
+    ups[1].stop();
+    let t = wait_for(Duration::from_secs(3), || flags(c, addrs[1]) == "/failed_active_hc").await.expect("b failed");
+    assert!(t <= Duration::from_millis(2 * 200 + 300), "network failures marked after {t:?}");
+    assert!(stat(&store, "cluster.hc.health_check.network_failure") >= 2);
+    let m = spread(c, 20).await;
+    assert!(!m.contains_key("b") && m.keys().all(|k| k == "a" || k == "c"), "{m:?}");
+    cm.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_ejects_after_consecutive_5xx_and_returns_after_the_ejection_time() {
+    let ups = [Upstream::start(any(), "a").await, Upstream::start(any(), "b").await];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let store = Store::new();
+    let od = "    outlier_detection: {consecutive_5xx: 3, interval: 0.1s, base_ejection_time: 1s, max_ejection_percent: 100}";
+    let cm = manager(&cluster("od", &addrs, od), &store).await;
+    let c = cm.get("od").unwrap();
+    ups[1].set_status(500);
+    // Round robin: b sees every other request; its third 500 ejects it.
+    let m = spread(c, 6).await;
+    assert_eq!(m.get("b"), Some(&3), "{m:?}");
+    let ejected = Instant::now();
+    wait_for(Duration::from_secs(1), || flags(c, addrs[1]) == "/failed_outlier_check").await.expect("b ejected");
+    for (s, v) in [
+        ("ejections_active", 1),
+        ("ejections_enforced_total", 1),
+        ("ejections_detected_consecutive_5xx", 1),
+        ("ejections_enforced_consecutive_5xx", 1),
+        ("ejections_total", 1),
+        ("ejections_consecutive_5xx", 1),
+    ] {
+        assert_eq!(stat(&store, &format!("cluster.od.outlier_detection.{s}")), v, "{s}");
+    }
+    let m = spread(c, 10).await;
+    assert_eq!(m.get("a"), Some(&10), "{m:?}");
+    ups[1].set_status(200);
+    wait_for(Duration::from_secs(3), || flags(c, addrs[1]) == "healthy").await.expect("b returns");
+    let t = ejected.elapsed();
+    assert!(t >= Duration::from_millis(950) && t <= Duration::from_millis(1400), "returned after {t:?}");
+    assert_eq!(stat(&store, "cluster.od.outlier_detection.ejections_active"), 0);
+    let m = spread(c, 10).await;
+    assert_eq!(m.get("b"), Some(&5), "{m:?}");
+    // A second ejection lasts twice as long (base_ejection_time × 2).
+    ups[1].set_status(503);
+    spread(c, 6).await;
+    let ejected = Instant::now();
+    wait_for(Duration::from_secs(1), || flags(c, addrs[1]) == "/failed_outlier_check").await.expect("b ejected again");
+    ups[1].set_status(200);
+    wait_for(Duration::from_secs(4), || flags(c, addrs[1]) == "healthy").await.expect("b returns again");
+    let t = ejected.elapsed();
+    assert!(t >= Duration::from_millis(1950) && t <= Duration::from_millis(2500), "second return after {t:?}");
+    cm.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_panic_threshold_traffic_goes_to_all_hosts() {
+    let ups = [Upstream::start(any(), "a").await, Upstream::start(any(), "b").await, Upstream::start(any(), "c").await];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let store = Store::new();
+    let cm = manager(&cluster("p", &addrs, HC), &store).await;
+    let c = cm.get("p").unwrap();
+    ups[0].set_hc(500);
+    ups[1].set_hc(500);
+    wait_for(Duration::from_secs(2), || flags(c, addrs[0]) != "healthy" && flags(c, addrs[1]) != "healthy").await.expect("two fail");
+    // 1 of 3 healthy (33 % < 50 %): panic, all three get traffic, every pick counted.
+    let m = spread(c, 30).await;
+    assert_eq!((m.get("a"), m.get("b"), m.get("c")), (Some(&10), Some(&10), Some(&10)), "{m:?}");
+    assert_eq!(stat(&store, "cluster.p.lb_healthy_panic"), 30);
+    // Back above the threshold: only the healthy hosts, no more panic picks.
+    ups[1].set_hc(200);
+    wait_for(Duration::from_secs(3), || flags(c, addrs[1]) == "healthy").await.expect("b back");
+    let m = spread(c, 20).await;
+    assert_eq!((m.get("a"), m.get("b"), m.get("c")), (None, Some(&10), Some(&10)), "{m:?}");
+    assert_eq!(stat(&store, "cluster.p.lb_healthy_panic"), 30);
+    cm.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immediate_health_check_fail_excludes_at_once_until_a_check_passes() {
+    let ups = [Upstream::start(any(), "a").await, Upstream::start(any(), "b").await];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let store = Store::new();
+    let slow = HC.replace("interval: 0.2s\n      no_traffic_interval: 0.2s", "interval: 30s\n      no_traffic_interval: 30s");
+    let cm = manager(&cluster("i", &addrs, &slow), &store).await;
+    let c = cm.get("i").unwrap();
+    ups[1].ctl.immediate_fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    spread(c, 2).await;
+    wait_for(Duration::from_secs(1), || flags(c, addrs[1]) == "/failed_active_hc/excluded_via_immediate_hc_fail")
+        .await
+        .unwrap_or_else(|| panic!("flags {}", flags(c, addrs[1])));
+    assert_eq!(stat(&store, "cluster.i.health_check.passive_failure"), 1);
+    assert_eq!(stat(&store, "cluster.i.membership_excluded"), 1);
+    let m = spread(c, 10).await;
+    assert_eq!(m.get("a"), Some(&10), "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_grpc_and_http2_checks() {
+    let ups = [Upstream::start(any(), "a").await, Upstream::start(any(), "b").await];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    // A TCP service that answers PONG to PING.
+    let tcp = tokio::net::TcpListener::bind(any()).await.unwrap();
+    let tcp_addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = tcp.accept().await else { return };
+            tokio::spawn(async move {
+                let mut b = [0u8; 16];
+                while let Ok(n) = s.read(&mut b).await {
+                    if n == 0 || s.write_all(if &b[..n] == b"PING" { b"xxPONGxx" } else { b"NOPE" }).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dead = std::net::TcpListener::bind(any()).unwrap().local_addr().unwrap();
+    let h2 = r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}"#;
+    let check = |kind: &str| format!("    health_checks:\n    - {{timeout: 1s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1, {kind}}}");
+    let yaml = [
+        cluster("tcp", &[tcp_addr, dead], &check("tcp_health_check: {send: {text: '50494E47'}, receive: [{text: '504F4E47'}]}")),
+        cluster("grpc", &addrs, &format!("{h2}\n{}", check("grpc_health_check: {service_name: svc}"))),
+        cluster("h2", &addrs, &check("http_health_check: {path: /hc, codec_client_type: HTTP2, host: h2.test}")),
+    ]
+    .join("");
+    let store = Store::new();
+    let cm = manager(&yaml, &store).await;
+    let tcp_c = cm.get("tcp").unwrap();
+    assert_eq!(flags(tcp_c, tcp_addr), "healthy");
+    assert_eq!(flags(tcp_c, dead), "/failed_active_hc");
+    let g = cm.get("grpc").unwrap();
+    assert!(addrs.iter().all(|a| flags(g, *a) == "healthy"));
+    ups[1].ctl.grpc_serving.store(false, std::sync::atomic::Ordering::Relaxed);
+    wait_for(Duration::from_secs(2), || flags(g, addrs[1]) == "/failed_active_hc").await.expect("NOT_SERVING fails");
+    let h = cm.get("h2").unwrap();
+    ups[0].set_hc(503);
+    wait_for(Duration::from_secs(2), || flags(h, addrs[0]) == "/failed_active_hc").await.expect("h2 check fails");
+    cm.shutdown();
+}
+
+/// The health-check filter and `/healthcheck/fail` through the whole proxy, and a sluice peer
+/// that health-checks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_filter_and_healthcheck_fail() {
+    let up = Upstream::start(any(), "u").await;
+    let cfg = serde_json::json!({
+        "node": {"cluster": "front"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "s",
+                    "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]},
+                    "http_filters": [
+                        {"name": "envoy.filters.http.health_check", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                            "pass_through_mode": false,
+                            "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}],
+                            "cluster_min_healthy_percentages": {"up": {"value": 100}}}},
+                        {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}],
+            "clusters": [{"name": "up", "connect_timeout": "1s",
+                "health_checks": [{"timeout": "1s", "interval": "0.1s", "no_traffic_interval": "0.1s", "unhealthy_threshold": 1, "healthy_threshold": 1, "http_health_check": {"path": "/hc"}}],
+                "load_assignment": {"cluster_name": "up", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": up.addr.port()}}}}]}]}}]
+        }
+    });
+    let server = common::start_proxy(&cfg, "front.yaml").await;
+    let base = format!("http://{}", server.listeners[0].address);
+    let admin = format!("http://{}", server.admin.unwrap());
+    let r = sluice_testkit::client::get(&format!("{base}/healthz")).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-envoy-upstream-healthchecked-cluster"), Some("front"));
+    assert_eq!(up.requests(), 0, "answered by the filter, not the upstream");
+    // The upstream cluster below 100 % healthy: 503.
+    up.set_hc(503);
+    let c = server.clusters.get("up").unwrap().clone();
+    wait_for(Duration::from_secs(2), || flags(&c, up.addr) == "/failed_active_hc").await.expect("upstream failed");
+    assert_eq!(sluice_testkit::client::get(&format!("{base}/healthz")).await.unwrap().status, 503);
+    up.set_hc(200);
+    wait_for(Duration::from_secs(2), || flags(&c, up.addr) == "healthy").await.expect("upstream back");
+
+    // A sluice peer health-checks this proxy's /healthz.
+    let peer_store = Store::new();
+    let peer_yaml = cluster(
+        "front",
+        &[server.listeners[0].address],
+        "    health_checks:\n    - {timeout: 1s, interval: 30s, no_traffic_interval: 30s, unhealthy_threshold: 3, healthy_threshold: 1, http_health_check: {path: /healthz}}",
+    );
+    let peer = manager(&peer_yaml, &peer_store).await;
+    let pc = peer.get("front").unwrap();
+    assert_eq!(flags(pc, server.listeners[0].address), "healthy");
+
+    let r = sluice_testkit::client::request("POST", &format!("{admin}/healthcheck/fail"), &[], "").await.unwrap();
+    assert_eq!(r.status, 200);
+    let r = sluice_testkit::client::get(&format!("{base}/healthz")).await.unwrap();
+    assert_eq!(r.status, 503);
+    // Other answers tell peers to stop sending at once.
+    let r = sluice_testkit::client::get(&format!("{base}/other")).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.header("x-envoy-immediate-health-check-fail")), (200, Some("true")));
+    // The peer, on its next request, excludes the proxy at once (its checks are 30 s apart).
+    let _ = spread(pc, 1).await;
+    wait_for(Duration::from_secs(1), || pc.hosts().hosts[0].health_flag(health_flag::EXCLUDED_VIA_IMMEDIATE_HC_FAIL))
+        .await
+        .expect("peer excluded the failing proxy");
+    let r = sluice_testkit::client::request("POST", &format!("{admin}/healthcheck/ok"), &[], "").await.unwrap();
+    assert_eq!(r.status, 200);
+    let r = sluice_testkit::client::get(&format!("{base}/healthz")).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(sluice_testkit::client::get(&format!("{base}/other")).await.unwrap().header("x-envoy-immediate-health-check-fail"), None);
+    peer.shutdown();
+    server.shutdown();
+}
