@@ -205,8 +205,10 @@ pub struct CommonLbConfig {
     pub zone_aware_lb_config: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_weighted_lb_config: Option<NotSupported>,
+    /// Health-only host updates within this window reach the load balancer together at its end
+    /// (default 1 s; 0 disables merging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub update_merge_window: Option<NotSupported>,
+    pub update_merge_window: Option<Duration>,
     /// New hosts stay out of the load balancer (`/pending_active_hc`) until their first check.
     #[serde(default)]
     pub ignore_new_hosts_until_first_hc: bool,

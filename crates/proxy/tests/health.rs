@@ -105,23 +105,87 @@ async fn failing_upstream_leaves_within_two_intervals_and_returns_after_healthy_
     assert!(t >= Duration::from_millis(150) && t <= Duration::from_millis(700), "back after {t:?}");
     // The time until the returning replica receives traffic again, with requests flowing.
     let mut first = None;
-    for _ in 0..200 {
+    for _ in 0..600 {
         spread(c, 1).await;
         if ups[1].requests() > before {
             first = Some(back.elapsed());
             break;
         }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let first = first.expect("b received traffic again");
-    println!("returning replica received traffic again after {first:?} (interval 200 ms, healthy_threshold 2)");
+    // b's return came within update_merge_window (1 s) of its failure: the load balancer gets it
+    // when the window ends, as in Envoy.
+    assert!(first >= Duration::from_millis(900), "traffic back after {first:?}");
+    println!("returning replica received traffic again after {first:?} (interval 200 ms, healthy_threshold 2, update_merge_window 1 s)");
 
     // b stops listening: two network failures (unhealthy_threshold 2) fail it.
     ups[1].stop();
     let t = wait_for(Duration::from_secs(3), || flags(c, addrs[1]) == "/failed_active_hc").await.expect("b failed");
     assert!(t <= Duration::from_millis(2 * 200 + 300), "network failures marked after {t:?}");
     assert!(stat(&store, "cluster.hc.health_check.network_failure") >= 2);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let m = spread(c, 20).await;
     assert!(!m.contains_key("b") && m.keys().all(|k| k == "a" || k == "c"), "{m:?}");
+    cm.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_merge_window_a_returning_replica_gets_traffic_after_healthy_threshold_checks() {
+    let ups = [Upstream::start(any(), "a").await, Upstream::start(any(), "b").await];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let store = Store::new();
+    let extra = format!("{HC}\n    common_lb_config: {{update_merge_window: 0s}}");
+    let cm = manager(&cluster("nm", &addrs, &extra), &store).await;
+    let c = cm.get("nm").unwrap();
+    ups[1].set_hc(503);
+    wait_for(Duration::from_secs(2), || flags(c, addrs[1]) == "/failed_active_hc").await.expect("b failed");
+    let before = ups[1].requests();
+    ups[1].set_hc(200);
+    let back = Instant::now();
+    let mut first = None;
+    for _ in 0..400 {
+        spread(c, 1).await;
+        if ups[1].requests() > before {
+            first = Some(back.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let first = first.expect("b received traffic again");
+    assert!(first <= Duration::from_millis(700), "{first:?}");
+    println!("returning replica received traffic again after {first:?} (interval 200 ms, healthy_threshold 2, no merge window)");
+    assert_eq!(stat(&store, "cluster_manager.cluster_updated"), 2);
+    assert_eq!(stat(&store, "cluster_manager.update_out_of_merge_window"), 0);
+    cm.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_updates_within_the_merge_window_reach_the_load_balancer_together() {
+    let ups = [Upstream::start(any(), "a").await, Upstream::start(any(), "b").await, Upstream::start(any(), "c").await];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let store = Store::new();
+    let cm = manager(&cluster("m", &addrs, HC), &store).await;
+    let c = cm.get("m").unwrap();
+    // First change: out of any window, delivered at once.
+    ups[0].set_hc(503);
+    wait_for(Duration::from_secs(2), || flags(c, addrs[0]) == "/failed_active_hc").await.expect("a failed");
+    let m = spread(c, 10).await;
+    assert_eq!(m.get("a"), None, "{m:?}");
+    // Second change right after: gauges follow at once, the load balancer a window later.
+    ups[1].set_hc(503);
+    let t0 = Instant::now();
+    wait_for(Duration::from_secs(2), || flags(c, addrs[1]) == "/failed_active_hc").await.expect("b failed");
+    assert_eq!(stat(&store, "cluster.m.membership_healthy"), 1);
+    let m = spread(c, 10).await;
+    assert_eq!(m.get("b"), Some(&5), "still b, within the window: {m:?}");
+    wait_for(Duration::from_secs(3), || stat(&store, "cluster_manager.cluster_updated_via_merge") == 1).await.expect("merged update");
+    assert!(t0.elapsed() >= Duration::from_millis(700), "{:?}", t0.elapsed());
+    let m = spread(c, 12).await;
+    // 1 of 3 healthy: panic mode, all three.
+    assert_eq!((m.get("a"), m.get("b"), m.get("c")), (Some(&4), Some(&4), Some(&4)), "{m:?}");
+    assert_eq!(stat(&store, "cluster_manager.cluster_updated"), 1);
+    assert_eq!(stat(&store, "cluster_manager.update_out_of_merge_window"), 1);
     cm.shutdown();
 }
 
@@ -175,7 +239,8 @@ async fn below_the_panic_threshold_traffic_goes_to_all_hosts() {
     let ups = [Upstream::start(any(), "a").await, Upstream::start(any(), "b").await, Upstream::start(any(), "c").await];
     let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
     let store = Store::new();
-    let cm = manager(&cluster("p", &addrs, HC), &store).await;
+    let extra = format!("{HC}\n    common_lb_config: {{update_merge_window: 0s}}");
+    let cm = manager(&cluster("p", &addrs, &extra), &store).await;
     let c = cm.get("p").unwrap();
     ups[0].set_hc(500);
     ups[1].set_hc(500);

@@ -217,12 +217,17 @@ impl HttpFilter for HealthCheckFilter {
                 }
                 return FilterOutcome::Continue;
             }
-            ctx.response_headers_to_add.push((HEALTHCHECKED_CLUSTER.clone(), self.local_cluster.clone()));
             if self.pass_through && !failed {
+                ctx.response_headers_to_add.push((HEALTHCHECKED_CLUSTER.clone(), self.local_cluster.clone()));
                 return FilterOutcome::Continue;
             }
             let status = if failed { 503 } else { self.status() };
-            FilterOutcome::Respond(LocalReply::new(status).build(&self.server_name))
+            // Envoy's order: the filter's headers first, then the connection manager's.
+            let mut reply = LocalReply::new(status).header(HEALTHCHECKED_CLUSTER.clone(), self.local_cluster.clone());
+            if failed {
+                reply = reply.header(IMMEDIATE_FAIL.clone(), HeaderValue::from_static("true"));
+            }
+            FilterOutcome::Respond(reply.build(&self.server_name))
         })
     }
 }

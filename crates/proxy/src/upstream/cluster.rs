@@ -303,6 +303,23 @@ struct LbState {
 }
 
 impl LbState {
+    /// `[healthy, degraded, excluded]` (what the `membership_*` gauges show).
+    fn counts(all: &HostSet) -> [usize; 3] {
+        let mut c = [0; 3];
+        for h in &all.hosts {
+            if h.excluded() {
+                c[2] += 1;
+                continue;
+            }
+            match h.coarse_health() {
+                CoarseHealth::Healthy => c[0] += 1,
+                CoarseHealth::Degraded => c[1] += 1,
+                CoarseHealth::Unhealthy => {}
+            }
+        }
+        c
+    }
+
     fn build(all: Arc<HostSet>, factory: &dyn LbFactory, panic_threshold: f64) -> (LbState, [usize; 3]) {
         let mut healthy = Vec::new();
         let mut degraded = Vec::new();
@@ -390,7 +407,30 @@ struct ClusterHealth {
     update: Mutex<()>,
     /// Woken when membership changes (the health checker follows it).
     members: tokio::sync::Notify,
+    /// `common_lb_config.update_merge_window` (default 1 s).
+    merge_window: Duration,
+    merge: Mutex<MergeState>,
+    /// The cluster finished warming: from then on updates go through the merge window and are
+    /// counted in `cluster_manager.*`, as Envoy's cluster manager sees them.
+    live: std::sync::atomic::AtomicBool,
+    cm_stats: [Counter; 4],
 }
+
+/// Envoy's pending merged update of one cluster.
+#[derive(Default)]
+struct MergeState {
+    /// When the load balancer last got an update.
+    last_updated: Option<tokio::time::Instant>,
+    /// The generation of the scheduled delivery, if one is pending.
+    pending: Option<u64>,
+    generation: u64,
+}
+
+/// Indexes of `ClusterHealth::cm_stats`.
+const CLUSTER_UPDATED: usize = 0;
+const UPDATED_VIA_MERGE: usize = 1;
+const MERGE_CANCELLED: usize = 2;
+const OUT_OF_MERGE_WINDOW: usize = 3;
 
 /// What connection tasks and response bodies need after `send` returned.
 struct Shared {
@@ -489,6 +529,11 @@ impl Cluster {
             close_on_failure: config.close_connections_on_host_health_failure,
             update: Mutex::new(()),
             members: tokio::sync::Notify::new(),
+            merge_window: lb_cfg.and_then(|c| c.update_merge_window).map_or(Duration::from_secs(1), |d| d.as_std()),
+            merge: Mutex::new(MergeState::default()),
+            live: std::sync::atomic::AtomicBool::new(false),
+            cm_stats: ["cluster_updated", "cluster_updated_via_merge", "update_merge_cancelled", "update_out_of_merge_window"]
+                .map(|n| store.counter(format!("cluster_manager.{n}"))),
         };
         let (lb_state, _) = LbState::build(Arc::new(HostSet::default()), lb_factory.as_ref(), health.panic_threshold);
         let state = ArcSwap::from_pointee(lb_state);
@@ -576,9 +621,26 @@ impl Cluster {
             }
         }
         self.shared.stats.membership_change.inc();
+        if self.health.live.load(Ordering::Acquire) {
+            // Not mergeable: delivered now, cancelling a pending merged update.
+            let mut m = self.health.merge.lock().unwrap_or_else(|e| e.into_inner());
+            if !self.health.merge_window.is_zero() {
+                if m.pending.take().is_some() {
+                    self.health.cm_stats[MERGE_CANCELLED].inc();
+                }
+                m.last_updated = Some(tokio::time::Instant::now());
+            }
+            self.health.cm_stats[CLUSTER_UPDATED].inc();
+        }
         self.store_state(all);
         self.health.members.notify_one();
         true
+    }
+
+    /// Warming finished (first discovery answer and first health checks): later updates are
+    /// merged and counted as Envoy's cluster manager does.
+    pub(crate) fn mark_live(&self) {
+        self.health.live.store(true, Ordering::Release);
     }
 
     /// First time in this cluster: connect the host to the health checker and detector.
@@ -602,20 +664,19 @@ impl Cluster {
 
     /// Build and swap in the load balancers for `all` with the hosts' current health.
     fn store_state(&self, all: Arc<HostSet>) {
-        let total = all.len();
-        let (st, [healthy, degraded, excluded]) = LbState::build(all, self.lb_factory.as_ref(), self.health.panic_threshold);
-        let s = &self.shared.stats;
-        s.membership_total.set(total as i64);
-        s.membership_healthy.set(healthy as i64);
-        s.membership_degraded.set(degraded as i64);
-        s.membership_excluded.set(excluded as i64);
+        self.set_membership_gauges(&all);
+        let (st, _) = LbState::build(all, self.lb_factory.as_ref(), self.health.panic_threshold);
         self.state.store(Arc::new(st));
     }
 
     /// Health flags of `hosts` changed (active health checking, outlier detection): close their
     /// connections when they became unhealthy and `close_connections_on_host_health_failure` is
     /// set, and rebuild the load balancers. Control runtime only.
-    pub(crate) fn on_health_changed(&self, hosts: &[Arc<Host>]) {
+    ///
+    /// The `membership_*` gauges change at once; the load balancers follow Envoy's
+    /// `update_merge_window`: an update more than a window after the previous one is delivered
+    /// at once, others are merged and delivered together a window after the first of them.
+    pub(crate) fn on_health_changed(self: &Arc<Self>, hosts: &[Arc<Host>]) {
         if self.health.close_on_failure {
             for h in hosts {
                 if h.coarse_health() == CoarseHealth::Unhealthy {
@@ -623,8 +684,66 @@ impl Cluster {
                 }
             }
         }
-        let _g = self.health.update.lock().unwrap_or_else(|e| e.into_inner());
+        let h = &self.health;
+        let _g = h.update.lock().unwrap_or_else(|e| e.into_inner());
+        let all = self.state.load().all.clone();
+        if !h.live.load(Ordering::Acquire) || h.merge_window.is_zero() {
+            if h.live.load(Ordering::Acquire) {
+                h.cm_stats[CLUSTER_UPDATED].inc();
+            }
+            self.store_state(all);
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let mut m = h.merge.lock().unwrap_or_else(|e| e.into_inner());
+        let out_of_window = m.last_updated.is_none_or(|t| now.saturating_duration_since(t) > h.merge_window);
+        if out_of_window {
+            h.cm_stats[OUT_OF_MERGE_WINDOW].inc();
+            if m.pending.take().is_some() {
+                h.cm_stats[MERGE_CANCELLED].inc();
+            }
+            m.last_updated = Some(now);
+            drop(m);
+            h.cm_stats[CLUSTER_UPDATED].inc();
+            self.store_state(all);
+            return;
+        }
+        self.set_membership_gauges(&all);
+        if m.pending.is_none() {
+            m.generation += 1;
+            let generation = m.generation;
+            m.pending = Some(generation);
+            let c = self.clone();
+            let window = h.merge_window;
+            tokio::spawn(async move {
+                tokio::time::sleep(window).await;
+                c.deliver_merged(generation);
+            });
+        }
+    }
+
+    /// The merge window of a pending update ended: deliver it (unless it was cancelled).
+    fn deliver_merged(&self, generation: u64) {
+        let h = &self.health;
+        let _g = h.update.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = h.merge.lock().unwrap_or_else(|e| e.into_inner());
+        if m.pending != Some(generation) {
+            return;
+        }
+        m.pending = None;
+        m.last_updated = Some(tokio::time::Instant::now());
+        drop(m);
+        h.cm_stats[UPDATED_VIA_MERGE].inc();
         self.store_state(self.state.load().all.clone());
+    }
+
+    fn set_membership_gauges(&self, all: &HostSet) {
+        let [healthy, degraded, excluded] = LbState::counts(all);
+        let s = &self.shared.stats;
+        s.membership_total.set(all.len() as i64);
+        s.membership_healthy.set(healthy as i64);
+        s.membership_degraded.set(degraded as i64);
+        s.membership_excluded.set(excluded as i64);
     }
 
     /// A host kept as `/pending_dynamic_removal` failed its health check: it leaves now.

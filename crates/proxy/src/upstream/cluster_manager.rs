@@ -104,20 +104,32 @@ impl ClusterManager {
             }
         };
         let mut discovered = HashMap::new();
+        for c in clusters.iter().filter(|c| c.config().type_ == DiscoveryType::Static && c.health_checker().is_none()) {
+            c.mark_live();
+        }
         for (cluster, resolver) in dns {
             let g = warming_gauge.clone();
             let warmed = step(&warming);
             let (tx, rx_discovered) = tokio::sync::oneshot::channel::<()>();
             discovered.insert(Arc::as_ptr(&cluster), rx_discovered);
+            let c = (cluster.health_checker().is_none()).then(|| cluster.clone());
             let done: Box<dyn FnOnce() + Send> = Box::new(move || {
                 g.dec();
                 let _ = tx.send(());
+                if let Some(c) = c {
+                    c.mark_live();
+                }
                 warmed();
             });
             tasks.push(tokio::spawn(discovery::dns_loop(cluster, resolver, Some(done), rx.clone())));
         }
         for c in checked {
-            let warmed: Box<dyn FnOnce() + Send> = Box::new(step(&warming));
+            let step = step(&warming);
+            let live = c.clone();
+            let warmed: Box<dyn FnOnce() + Send> = Box::new(move || {
+                live.mark_live();
+                step();
+            });
             let first = discovered.remove(&Arc::as_ptr(c));
             tasks.push(tokio::spawn(health_check::run(c.clone(), first, Some(warmed), rx.clone())));
         }

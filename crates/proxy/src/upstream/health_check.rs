@@ -795,7 +795,7 @@ struct Session {
 
 /// What happens after a result: rebuild on changes, drop a removed host that failed,
 /// uneject an outlier that passes.
-fn after_result(cluster: &Cluster, host: &Arc<Host>, healthy: bool, t: Transition) {
+fn after_result(cluster: &Arc<Cluster>, host: &Arc<Host>, healthy: bool, t: Transition) {
     let mut changed = t == Transition::Changed;
     if healthy && !host.health_flag(health_flag::FAILED_ACTIVE_HC) && host.health_flag(health_flag::FAILED_OUTLIER_CHECK) {
         if let Some(d) = cluster.detector().filter(|d| d.cfg.successful_active_health_check_uneject_host) {
