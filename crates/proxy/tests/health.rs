@@ -397,3 +397,56 @@ async fn health_check_filter_and_healthcheck_fail() {
     peer.shutdown();
     server.shutdown();
 }
+
+/// STRICT_DNS with active health checks: a host that leaves DNS stays (as
+/// `/pending_dynamic_removal`) while it passes its checks, and leaves when it fails one; with
+/// `ignore_health_on_host_removal` it leaves at once. A host that stays keeps its health state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_removed_from_dns_stay_while_healthy() {
+    use std::net::{IpAddr, Ipv4Addr};
+    let ip = |n: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n));
+    let a = Upstream::start(SocketAddr::new(ip(21), 0), "a").await;
+    let port = a.addr.port();
+    let b = Upstream::start(SocketAddr::new(ip(22), port), "b").await;
+    let dns = sluice_testkit::dns::DnsServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    dns.set("svc.test", vec![ip(21), ip(22)]);
+    let dns_cluster = |name: &str, extra: &str| {
+        format!(
+            "  - name: {name}\n    type: STRICT_DNS\n    dns_lookup_family: V4_ONLY\n    dns_refresh_rate: 0.2s\n    connect_timeout: 1s\n{HC}\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: svc.test, port_value: {port}}}}}}}\n"
+        )
+    };
+    let yaml = format!(
+        "typed_dns_resolver_config:\n  name: envoy.network.dns_resolver.cares\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig\n    resolvers: [{{socket_address: {{address: 127.0.0.1, port_value: {}}}}}]\nstatic_resources:\n  clusters:\n{}{}",
+        dns.local_addr().port(),
+        dns_cluster("keep", "    common_lb_config: {update_merge_window: 0s}\n"),
+        dns_cluster("drop", "    ignore_health_on_host_removal: true\n"),
+    );
+    let store = Store::new();
+    let b_cfg = sluice_config::parse(&yaml, sluice_config::Format::Yaml).unwrap_or_else(|e| panic!("{e}")).bootstrap;
+    let cm = ClusterManager::new(&b_cfg, &store).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), cm.initialized()).await.expect("warm");
+    let keep = cm.get("keep").unwrap();
+    let drop_ = cm.get("drop").unwrap();
+    assert_eq!(flags(keep, b.addr), "healthy");
+    let b_host = keep.hosts().hosts.iter().find(|h| h.address == b.addr).unwrap().clone();
+    dns.set("svc.test", vec![ip(21)]);
+    wait_for(Duration::from_secs(3), || flags(keep, b.addr) == "/pending_dynamic_removal").await.expect("b pending removal");
+    wait_for(Duration::from_secs(3), || flags(drop_, b.addr) == "absent").await.expect("b dropped at once with ignore_health_on_host_removal");
+    // Still in the load balancer while it passes its checks.
+    let m = spread(keep, 10).await;
+    assert_eq!((m.get("a"), m.get("b")), (Some(&5), Some(&5)), "{m:?}");
+    // Back in DNS: the same host (same state), no longer pending.
+    dns.set("svc.test", vec![ip(21), ip(22)]);
+    wait_for(Duration::from_secs(3), || flags(keep, b.addr) == "healthy").await.expect("b back in DNS");
+    assert!(keep.hosts().hosts.iter().any(|h| Arc::ptr_eq(h, &b_host)));
+    // Out of DNS again, then failing: it leaves.
+    dns.set("svc.test", vec![ip(21)]);
+    wait_for(Duration::from_secs(3), || flags(keep, b.addr) == "/pending_dynamic_removal").await.expect("pending again");
+    b.set_hc(503);
+    wait_for(Duration::from_secs(3), || flags(keep, b.addr) == "absent").await.expect("b removed after failing");
+    assert_eq!(stat(&store, "cluster.keep.membership_total"), 1);
+    let m = spread(keep, 4).await;
+    assert_eq!(m.get("a"), Some(&4), "{m:?}");
+    cm.shutdown();
+    dns.shutdown();
+}

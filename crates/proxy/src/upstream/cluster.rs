@@ -787,15 +787,37 @@ impl Cluster {
         self.state.load().choose(ctx, &self.shared.stats.lb_healthy_panic)
     }
 
+    /// Envoy's host selection with a retry host predicate: pick up to `1 + extra_attempts`
+    /// times (`host_selection_retry_max_attempts`) until `reject` accepts a host (e.g.
+    /// `previous_hosts`); the last pick when every one was rejected.
+    pub fn choose_host_with(&self, ctx: &LbContext, extra_attempts: u32, reject: impl Fn(&Host) -> bool) -> Option<Arc<Host>> {
+        let st = self.state.load();
+        let mut host = st.choose(ctx, &self.shared.stats.lb_healthy_panic)?;
+        for _ in 0..extra_attempts {
+            if !reject(&host) {
+                break;
+            }
+            host = st.choose(ctx, &self.shared.stats.lb_healthy_panic)?;
+        }
+        Some(host)
+    }
+
     /// Choose a host with the LB, take a pooled connection or connect (bounded by
     /// `connect_timeout`), apply circuit breakers, send. The response body streams; the
     /// connection returns to the pool when the body ends.
     pub async fn send(&self, req: Request<Body>, ctx: &LbContext) -> Result<Response<Body>, UpstreamFailure> {
-        let host = self.choose_host(ctx);
-        let Some(host) = host else {
+        let Some(host) = self.choose_host(ctx) else {
             self.shared.stats.upstream_cx_none_healthy.inc();
             return Err(UpstreamFailure::NoHealthyUpstream);
         };
+        self.send_to(host, req, ctx).await
+    }
+
+    /// [`Self::send`] to a host the caller chose ([`Self::choose_host`],
+    /// [`Self::choose_host_with`]). The attempt's result is reported to outlier detection
+    /// (connect success/failure, reset, response status); a timeout the caller applies around
+    /// this future is the caller's to report ([`Host::report`] with [`Outcome::Timeout`]).
+    pub async fn send_to(&self, host: Arc<Host>, req: Request<Body>, ctx: &LbContext) -> Result<Response<Body>, UpstreamFailure> {
         let h2 = match self.protocol {
             Protocol::Http1 => false,
             Protocol::Http2 => true,
@@ -1273,6 +1295,18 @@ mod tests {
         }
         let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 0.0);
         assert!(st.choose(&LbContext::default(), &counter).is_none());
+    }
+
+    #[tokio::test]
+    async fn choose_host_with_skips_rejected_hosts() {
+        let hs = hosts(3);
+        let c = Cluster::new(&ClusterConfig { name: "c".into(), ..Default::default() }, &crate::stats::Store::new(), hs.clone()).unwrap();
+        for _ in 0..30 {
+            let h = c.choose_host_with(&LbContext::default(), 3, |h| h.address == hs[0].address).unwrap();
+            assert_ne!(h.address, hs[0].address);
+        }
+        // Every host rejected: the last pick.
+        assert!(c.choose_host_with(&LbContext::default(), 2, |_| true).is_some());
     }
 
     #[test]
