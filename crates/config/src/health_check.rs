@@ -84,7 +84,11 @@ pub struct HealthCheck {
 impl HealthCheck {
     /// Which checker the `health_checker` oneof selects.
     pub fn kind(&self) -> Option<HealthCheckKind<'_>> {
-        match (&self.http_health_check, &self.tcp_health_check, &self.grpc_health_check) {
+        match (
+            &self.http_health_check,
+            &self.tcp_health_check,
+            &self.grpc_health_check,
+        ) {
             (Some(h), None, None) => Some(HealthCheckKind::Http(h)),
             (None, Some(t), None) => Some(HealthCheckKind::Tcp(t)),
             (None, None, Some(g)) => Some(HealthCheckKind::Grpc(g)),
@@ -117,7 +121,8 @@ impl Payload {
     pub fn bytes(&self) -> Result<Vec<u8>, String> {
         match (&self.text, &self.binary) {
             (Some(t), None) => decode_hex(t),
-            (None, Some(b)) => crate::core::base64_decode(b).ok_or_else(|| "binary is not valid base64".to_string()),
+            (None, Some(b)) => crate::core::base64_decode(b)
+                .ok_or_else(|| "binary is not valid base64".to_string()),
             _ => Err("exactly one of text, binary is required".to_string()),
         }
     }
@@ -128,12 +133,15 @@ pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
     if s.is_empty() {
         return Err("value length must be at least 1 characters".to_string());
     }
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!("invalid hex string \"{s}\": odd length"));
     }
     (0..s.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16).map_err(|_| format!("invalid hex string \"{s}\"")))
+        .map(|i| {
+            u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16)
+                .map_err(|_| format!("invalid hex string \"{s}\""))
+        })
         .collect()
 }
 
@@ -256,7 +264,9 @@ pub struct HealthCheckFilter {
 /// Envoy's interval defaults and rules, resolved.
 impl HealthCheck {
     pub fn no_traffic_interval(&self) -> std::time::Duration {
-        self.no_traffic_interval.map(Duration::as_std).unwrap_or(std::time::Duration::from_secs(60))
+        self.no_traffic_interval
+            .map(Duration::as_std)
+            .unwrap_or(std::time::Duration::from_secs(60))
     }
 }
 
@@ -266,9 +276,21 @@ fn range_errors(path: &str, ranges: &[Int64Range], kind: &str, out: &mut Vec<(St
         if r.start >= r.end {
             out.push((p, format!("Invalid http {kind} status range: expecting start < end, but found start={} and end={}", r.start, r.end)));
         } else if r.start < 100 {
-            out.push((p, format!("Invalid http {kind} status range: expecting start >= 100, but found start={}", r.start)));
+            out.push((
+                p,
+                format!(
+                    "Invalid http {kind} status range: expecting start >= 100, but found start={}",
+                    r.start
+                ),
+            ));
         } else if r.end > 600 {
-            out.push((p, format!("Invalid http {kind} status range: expecting end <= 600, but found end={}", r.end)));
+            out.push((
+                p,
+                format!(
+                    "Invalid http {kind} status range: expecting end <= 600, but found end={}",
+                    r.end
+                ),
+            ));
         }
     }
 }
@@ -279,7 +301,8 @@ fn header_value_errors(path: &str, headers: &[HeaderValueOption], out: &mut Vec<
         if value.replace("%%", "").contains('%') {
             out.push((
                 format!("{path}[{i}].header.value"),
-                "formatter commands (%…%) in health check headers are not supported by sluice".to_string(),
+                "formatter commands (%…%) in health check headers are not supported by sluice"
+                    .to_string(),
             ));
         }
     }
@@ -300,18 +323,26 @@ pub fn check_cluster(c: &Cluster) -> Vec<(String, String)> {
         for (f, v) in [("timeout", hc.timeout), ("interval", hc.interval)] {
             match v {
                 None => out.push((p(f), "value is required".to_string())),
-                Some(d) if d.is_zero() => out.push((p(f), "value must be greater than 0s".to_string())),
+                Some(d) if d.is_zero() => {
+                    out.push((p(f), "value must be greater than 0s".to_string()))
+                }
                 _ => {}
             }
         }
-        for (f, v) in [("unhealthy_threshold", hc.unhealthy_threshold), ("healthy_threshold", hc.healthy_threshold)] {
+        for (f, v) in [
+            ("unhealthy_threshold", hc.unhealthy_threshold),
+            ("healthy_threshold", hc.healthy_threshold),
+        ] {
             if v.is_none() {
                 out.push((p(f), "value is required".to_string()));
             }
         }
         for (f, v) in [
             ("no_traffic_interval", hc.no_traffic_interval),
-            ("no_traffic_healthy_interval", hc.no_traffic_healthy_interval),
+            (
+                "no_traffic_healthy_interval",
+                hc.no_traffic_healthy_interval,
+            ),
             ("unhealthy_interval", hc.unhealthy_interval),
             ("unhealthy_edge_interval", hc.unhealthy_edge_interval),
             ("healthy_edge_interval", hc.healthy_edge_interval),
@@ -320,7 +351,11 @@ pub fn check_cluster(c: &Cluster) -> Vec<(String, String)> {
                 out.push((p(f), "value must be greater than 0s".to_string()));
             }
         }
-        let set = [hc.http_health_check.is_some(), hc.tcp_health_check.is_some(), hc.grpc_health_check.is_some()];
+        let set = [
+            hc.http_health_check.is_some(),
+            hc.tcp_health_check.is_some(),
+            hc.grpc_health_check.is_some(),
+        ];
         match set.iter().filter(|s| **s).count() {
             0 => out.push((
                 format!("health_checks[{i}]"),
@@ -335,13 +370,22 @@ pub fn check_cluster(c: &Cluster) -> Vec<(String, String)> {
         if let Some(h) = &hc.http_health_check {
             let hp = |f: &str| p(&format!("http_health_check.{f}"));
             if h.path.is_empty() {
-                out.push((hp("path"), "value length must be at least 1 characters".to_string()));
+                out.push((
+                    hp("path"),
+                    "value length must be at least 1 characters".to_string(),
+                ));
             }
             if h.codec_client_type == CodecClientType::Http3 {
-                out.push((hp("codec_client_type"), "value \"HTTP3\" is recognised but not supported by sluice".to_string()));
+                out.push((
+                    hp("codec_client_type"),
+                    "value \"HTTP3\" is recognised but not supported by sluice".to_string(),
+                ));
             }
             if h.method == RequestMethod::Connect {
-                out.push((hp("method"), "value must not be in list [CONNECT]".to_string()));
+                out.push((
+                    hp("method"),
+                    "value must not be in list [CONNECT]".to_string(),
+                ));
             }
             if let Some(s) = &h.send {
                 match s.bytes() {
@@ -376,12 +420,30 @@ pub fn check_cluster(c: &Cluster) -> Vec<(String, String)> {
                     format!("The expected response length '{total}' is over than http health response buffer size '{buffer}'"),
                 ));
             }
-            range_errors(&hp("expected_statuses"), &h.expected_statuses, "expected", &mut out);
-            range_errors(&hp("retriable_statuses"), &h.retriable_statuses, "retriable", &mut out);
-            header_value_errors(&hp("request_headers_to_add"), &h.request_headers_to_add, &mut out);
+            range_errors(
+                &hp("expected_statuses"),
+                &h.expected_statuses,
+                "expected",
+                &mut out,
+            );
+            range_errors(
+                &hp("retriable_statuses"),
+                &h.retriable_statuses,
+                "retriable",
+                &mut out,
+            );
+            header_value_errors(
+                &hp("request_headers_to_add"),
+                &h.request_headers_to_add,
+                &mut out,
+            );
             if let Some(m) = &h.service_name_matcher {
                 if m.pattern().is_none() {
-                    out.push((hp("service_name_matcher"), "exactly one of exact, prefix, suffix, contains, safe_regex is required".to_string()));
+                    out.push((
+                        hp("service_name_matcher"),
+                        "exactly one of exact, prefix, suffix, contains, safe_regex is required"
+                            .to_string(),
+                    ));
                 }
             }
         }
@@ -398,12 +460,20 @@ pub fn check_cluster(c: &Cluster) -> Vec<(String, String)> {
             }
         }
         if let Some(g) = &hc.grpc_health_check {
-            header_value_errors(&p("grpc_health_check.initial_metadata"), &g.initial_metadata, &mut out);
+            header_value_errors(
+                &p("grpc_health_check.initial_metadata"),
+                &g.initial_metadata,
+                &mut out,
+            );
         }
     }
     if let Some(od) = &c.outlier_detection {
         let p = |f: &str| format!("outlier_detection.{f}");
-        for (f, v) in [("interval", od.interval), ("base_ejection_time", od.base_ejection_time), ("max_ejection_time", od.max_ejection_time)] {
+        for (f, v) in [
+            ("interval", od.interval),
+            ("base_ejection_time", od.base_ejection_time),
+            ("max_ejection_time", od.max_ejection_time),
+        ] {
             if v.is_some_and(|d| d.is_zero()) {
                 out.push((p(f), "value must be greater than 0s".to_string()));
             }
@@ -412,18 +482,39 @@ pub fn check_cluster(c: &Cluster) -> Vec<(String, String)> {
             ("max_ejection_percent", od.max_ejection_percent),
             ("enforcing_consecutive_5xx", od.enforcing_consecutive_5xx),
             ("enforcing_success_rate", od.enforcing_success_rate),
-            ("enforcing_consecutive_gateway_failure", od.enforcing_consecutive_gateway_failure),
-            ("enforcing_consecutive_local_origin_failure", od.enforcing_consecutive_local_origin_failure),
-            ("enforcing_local_origin_success_rate", od.enforcing_local_origin_success_rate),
-            ("failure_percentage_threshold", od.failure_percentage_threshold),
-            ("enforcing_failure_percentage", od.enforcing_failure_percentage),
-            ("enforcing_failure_percentage_local_origin", od.enforcing_failure_percentage_local_origin),
+            (
+                "enforcing_consecutive_gateway_failure",
+                od.enforcing_consecutive_gateway_failure,
+            ),
+            (
+                "enforcing_consecutive_local_origin_failure",
+                od.enforcing_consecutive_local_origin_failure,
+            ),
+            (
+                "enforcing_local_origin_success_rate",
+                od.enforcing_local_origin_success_rate,
+            ),
+            (
+                "failure_percentage_threshold",
+                od.failure_percentage_threshold,
+            ),
+            (
+                "enforcing_failure_percentage",
+                od.enforcing_failure_percentage,
+            ),
+            (
+                "enforcing_failure_percentage_local_origin",
+                od.enforcing_failure_percentage_local_origin,
+            ),
         ] {
             if v.is_some_and(|v| v > 100) {
                 out.push((p(f), "value must be less than or equal to 100".to_string()));
             }
         }
-        let base = od.base_ejection_time.map(Duration::as_std).unwrap_or(std::time::Duration::from_secs(30));
+        let base = od
+            .base_ejection_time
+            .map(Duration::as_std)
+            .unwrap_or(std::time::Duration::from_secs(30));
         if let Some(max) = od.max_ejection_time {
             if max.as_std() < base {
                 out.push((
@@ -451,7 +542,10 @@ pub fn check_cluster(c: &Cluster) -> Vec<(String, String)> {
 pub fn check_filter(f: &HealthCheckFilter) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if f.pass_through_mode.is_none() {
-        out.push(("pass_through_mode".to_string(), "value is required".to_string()));
+        out.push((
+            "pass_through_mode".to_string(),
+            "value is required".to_string(),
+        ));
     }
     for (name, pct) in &f.cluster_min_healthy_percentages {
         if !(0.0..=100.0).contains(&pct.value) {
@@ -475,7 +569,10 @@ mod tests {
         assert!(decode_hex("abc").is_err());
         assert!(decode_hex("zz").is_err());
         assert!(decode_hex("").is_err());
-        let p = Payload { binary: Some("b2s=".into()), ..Default::default() };
+        let p = Payload {
+            binary: Some("b2s=".into()),
+            ..Default::default()
+        };
         assert_eq!(p.bytes().unwrap(), b"ok");
         assert!(Payload::default().bytes().is_err());
     }
@@ -495,15 +592,30 @@ mod tests {
         }));
         let errs = check_cluster(&c);
         let has = |p: &str, m: &str| errs.iter().any(|(ep, em)| ep == p && em.contains(m));
-        assert!(has("health_checks[0].timeout", "value is required"), "{errs:?}");
+        assert!(
+            has("health_checks[0].timeout", "value is required"),
+            "{errs:?}"
+        );
         assert!(has("health_checks[0].interval", "greater than 0s"));
         assert!(has("health_checks[0].unhealthy_threshold", "required"));
         assert!(has("health_checks[0]", "only one of"));
         assert!(has("health_checks[0].http_health_check.path", "at least 1"));
-        assert!(has("health_checks[0].http_health_check.expected_statuses[0]", "start < end"));
-        assert!(has("outlier_detection.max_ejection_percent", "less than or equal to 100"));
-        assert!(has("outlier_detection", "max_ejection_time cannot be smaller"));
-        assert!(has("common_lb_config.healthy_panic_threshold.value", "[0, 100]"));
+        assert!(has(
+            "health_checks[0].http_health_check.expected_statuses[0]",
+            "start < end"
+        ));
+        assert!(has(
+            "outlier_detection.max_ejection_percent",
+            "less than or equal to 100"
+        ));
+        assert!(has(
+            "outlier_detection",
+            "max_ejection_time cannot be smaller"
+        ));
+        assert!(has(
+            "common_lb_config.healthy_panic_threshold.value",
+            "[0, 100]"
+        ));
     }
 
     #[test]
@@ -515,9 +627,13 @@ mod tests {
                                                      "receive": [{"text": "6f6b"}]}}]
         }));
         assert_eq!(check_cluster(&c), vec![]);
-        let f: HealthCheckFilter = crate::de::from_value(serde_json::json!({"pass_through_mode": false})).unwrap();
+        let f: HealthCheckFilter =
+            crate::de::from_value(serde_json::json!({"pass_through_mode": false})).unwrap();
         assert!(check_filter(&f).is_empty());
         let f: HealthCheckFilter = crate::de::from_value(serde_json::json!({})).unwrap();
-        assert_eq!(check_filter(&f), vec![("pass_through_mode".into(), "value is required".into())]);
+        assert_eq!(
+            check_filter(&f),
+            vec![("pass_through_mode".into(), "value is required".into())]
+        );
     }
 }

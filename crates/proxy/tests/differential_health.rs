@@ -39,7 +39,6 @@ fn sluice() -> PathBuf {
 
 /// A proxy process; killed by PID and reaped on drop.
 struct Proxy {
-    name: &'static str,
     child: Child,
     listen: u16,
     admin: u16,
@@ -70,7 +69,7 @@ impl Proxy {
         }
         cmd.arg("-c").arg(&path).args(["--concurrency", "1", "--log-level", "warning"]);
         let child = cmd.stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
-        let mut p = Proxy { name, child, listen, admin, log };
+        let mut p = Proxy { child, listen, admin, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(st)) = p.child.try_wait() {
@@ -187,7 +186,13 @@ impl Pair {
             m.iter()
                 .map(|(k, v)| {
                     let short = k.strip_prefix(prefix).unwrap_or(k);
-                    let v = if exact.contains(&short) { v.clone() } else if v == "0" { "0".into() } else { "non-zero".into() };
+                    let v = if exact.contains(&short) {
+                        v.clone()
+                    } else if v == "0" {
+                        "0".into()
+                    } else {
+                        "non-zero".into()
+                    };
                     (short.to_string(), v)
                 })
                 .collect::<BTreeMap<_, _>>()
@@ -313,7 +318,12 @@ async fn health_check_transitions_match_envoy() {
     p.compare_spread("b passes again, within the merge window", "/x", 12).await;
     p.quiesce().await;
     p.compare_spread("b passes again, after the merge window", "/x", 12).await;
-    p.compare_stats("b passes again", "cluster_manager.", &["cluster_updated", "cluster_updated_via_merge", "update_merge_cancelled", "update_out_of_merge_window"]).await;
+    p.compare_stats(
+        "b passes again",
+        "cluster_manager.",
+        &["cluster_updated", "cluster_updated_via_merge", "update_merge_cancelled", "update_out_of_merge_window"],
+    )
+    .await;
 
     // c answers x-envoy-degraded: degraded, still healthy for membership's total.
     ups[2].ctl.degraded.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -462,7 +472,9 @@ async fn health_check_filter_and_immediate_fail_match_envoy() {
             .collect();
         (r.status.as_u16(), names, envoy_headers, r.body.len())
     };
-    for (step, post) in [("ok", None), ("after /healthcheck/fail", Some("/healthcheck/fail")), ("after /healthcheck/ok", Some("/healthcheck/ok"))] {
+    for (step, post) in
+        [("ok", None), ("after /healthcheck/fail", Some("/healthcheck/fail")), ("after /healthcheck/ok", Some("/healthcheck/ok"))]
+    {
         if let Some(path) = post {
             let (e, s) = (p.envoy.admin_post(path).await, p.sluice.admin_post(path).await);
             p.record(&format!("POST {path}"), e, s);
@@ -478,7 +490,8 @@ async fn health_check_filter_and_immediate_fail_match_envoy() {
     let b = key(addrs[1]);
     p.settle("up", Duration::from_secs(2), |m| m.get(&b).is_some_and(|v| v.contains("excluded_via_immediate_hc_fail"))).await;
     p.compare_flags("b excluded", "up").await;
-    p.compare_stats("b excluded", "cluster.up.health_check.", &["healthy", "degraded", "passive_failure", "failure", "network_failure"]).await;
+    p.compare_stats("b excluded", "cluster.up.health_check.", &["healthy", "degraded", "passive_failure", "failure", "network_failure"])
+        .await;
     p.compare_stats("b excluded", "cluster.up.membership_", &["healthy", "degraded", "excluded", "total"]).await;
     p.quiesce().await;
     p.compare_spread("b excluded", "/x", 6).await;

@@ -303,7 +303,9 @@ async fn tcp_grpc_and_http2_checks() {
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: {http2_protocol_options: {}}"#;
-    let check = |kind: &str| format!("    health_checks:\n    - {{timeout: 1s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1, {kind}}}");
+    let check = |kind: &str| {
+        format!("    health_checks:\n    - {{timeout: 1s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1, {kind}}}")
+    };
     let yaml = [
         cluster("tcp", &[tcp_addr, dead], &check("tcp_health_check: {send: {text: '50494E47'}, receive: [{text: '504F4E47'}]}")),
         cluster("grpc", &addrs, &format!("{h2}\n{}", check("grpc_health_check: {service_name: svc}"))),
@@ -431,7 +433,9 @@ async fn hosts_removed_from_dns_stay_while_healthy() {
     let b_host = keep.hosts().hosts.iter().find(|h| h.address == b.addr).unwrap().clone();
     dns.set("svc.test", vec![ip(21)]);
     wait_for(Duration::from_secs(3), || flags(keep, b.addr) == "/pending_dynamic_removal").await.expect("b pending removal");
-    wait_for(Duration::from_secs(3), || flags(drop_, b.addr) == "absent").await.expect("b dropped at once with ignore_health_on_host_removal");
+    wait_for(Duration::from_secs(3), || flags(drop_, b.addr) == "absent")
+        .await
+        .expect("b dropped at once with ignore_health_on_host_removal");
     // Still in the load balancer while it passes its checks.
     let m = spread(keep, 10).await;
     assert_eq!((m.get("a"), m.get("b")), (Some(&5), Some(&5)), "{m:?}");

@@ -48,9 +48,7 @@ impl Value {
         match self {
             Value::Exact(s, ic) => eq(v, s, *ic),
             Value::Prefix(s, ic) => v.len() >= s.len() && v.is_char_boundary(s.len()) && eq(&v[..s.len()], s, *ic),
-            Value::Suffix(s, ic) => {
-                v.len() >= s.len() && v.is_char_boundary(v.len() - s.len()) && eq(&v[v.len() - s.len()..], s, *ic)
-            }
+            Value::Suffix(s, ic) => v.len() >= s.len() && v.is_char_boundary(v.len() - s.len()) && eq(&v[v.len() - s.len()..], s, *ic),
             Value::Contains(s, ic) => {
                 if *ic {
                     v.to_ascii_lowercase().contains(&s.to_ascii_lowercase())
@@ -117,12 +115,7 @@ impl Matcher {
         } else {
             Value::Present(present_match.unwrap_or(true))
         };
-        Ok(Matcher {
-            name: name.to_ascii_lowercase(),
-            value,
-            invert: *invert_match,
-            missing_as_empty: *treat_missing_header_as_empty,
-        })
+        Ok(Matcher { name: name.to_ascii_lowercase(), value, invert: *invert_match, missing_as_empty: *treat_missing_header_as_empty })
     }
 
     fn matches(&self, req: &Request<Body>) -> bool {
@@ -256,7 +249,8 @@ mod tests {
         assert!(matcher(serde_json::json!({"name": "x-hc"})).matches(&req("/", &[("x-hc", "1")])));
         assert!(!matcher(serde_json::json!({"name": "x-hc"})).matches(&req("/", &[])));
         assert!(matcher(serde_json::json!({"name": "x-hc", "present_match": false})).matches(&req("/", &[])));
-        assert!(matcher(serde_json::json!({"name": "user-agent", "prefix_match": "Envoy/HC"})).matches(&req("/", &[("user-agent", "Envoy/HC")])));
+        assert!(matcher(serde_json::json!({"name": "user-agent", "prefix_match": "Envoy/HC"}))
+            .matches(&req("/", &[("user-agent", "Envoy/HC")])));
         assert!(!matcher(serde_json::json!({"name": "x-a", "exact_match": "b", "invert_match": true})).matches(&req("/", &[])));
         assert!(matcher(serde_json::json!({"name": "x-a", "safe_regex_match": {"regex": "a+"}, "invert_match": true}))
             .matches(&req("/", &[("x-a", "b")])));

@@ -340,15 +340,12 @@ impl LbState {
         let n = available.len();
         // Envoy: availability = min(100, 140 × hosts / host_count) for healthy and degraded;
         // panic when (healthy + degraded) % < the threshold, unless availability reaches 100.
-        let (health, degraded_avail) = if n == 0 {
-            (0, 0)
-        } else {
-            ((140 * healthy.len() / n).min(100) as u32, (140 * degraded.len() / n).min(100) as u32)
-        };
+        let availability = |count: usize| (140 * count).checked_div(n).map_or(0, |a| a.min(100) as u32);
+        let (health, degraded_avail) = (availability(healthy.len()), availability(degraded.len()));
         let total = (health + degraded_avail).min(100);
         let percent = if n == 0 { 0.0 } else { 100.0 * (healthy.len() + degraded.len()) as f64 / n as f64 };
         let in_panic = total != 100 && percent < panic_threshold;
-        let healthy_load = if total == 0 { 100 } else { (health * 100 / total).min(100) };
+        let healthy_load = (health * 100).checked_div(total).map_or(100, |l| l.min(100));
         let healthy = HostSet::new(healthy);
         let healthy_lb = factory.build(&healthy);
         let degraded = (!degraded.is_empty() && healthy_load < 100).then(|| {

@@ -159,7 +159,7 @@ struct GrpcCheck {
 
 #[derive(Debug)]
 enum CheckKind {
-    Http(HttpCheck),
+    Http(Box<HttpCheck>),
     Tcp(TcpCheck),
     Grpc(GrpcCheck),
 }
@@ -273,7 +273,7 @@ impl HealthCheckConfig {
                         Some((p, m.ignore_case))
                     }
                 };
-                CheckKind::Http(HttpCheck {
+                CheckKind::Http(Box::new(HttpCheck {
                     path: path.clone(),
                     host: host.clone(),
                     method: http::Method::from_bytes(method.as_str().as_bytes()).expect("static method"),
@@ -283,7 +283,10 @@ impl HealthCheckConfig {
                     headers_add: header_list(request_headers_to_add)?,
                     headers_remove: request_headers_to_remove
                         .iter()
-                        .map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).map_err(|_| anyhow::anyhow!("invalid header name \"{n}\"")))
+                        .map(|n| {
+                            HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                                .map_err(|_| anyhow::anyhow!("invalid header name \"{n}\""))
+                        })
                         .collect::<Result<_, _>>()?,
                     expected,
                     retriable: ranges(retriable_statuses),
@@ -293,7 +296,7 @@ impl HealthCheckConfig {
                         CodecClientType::Http3 => anyhow::bail!("health check: HTTP3 is not supported"),
                     },
                     service_name_matcher,
-                })
+                }))
             }
             HealthCheckKind::Tcp(t) => {
                 let sluice_config::health_check::TcpHealthCheck { send, receive, proxy_protocol_config: None } = t else {
@@ -591,14 +594,13 @@ impl HealthChecker {
     }
 
     async fn sender(&self, cluster: &Cluster, host: &Host, kept: &mut Kept, h2: bool) -> Option<Kept> {
-        match std::mem::take(kept) {
-            Kept::H1(mut s) if !h2 && !s.is_closed() => {
-                if s.ready().await.is_ok() {
-                    return Some(Kept::H1(s));
-                }
-            }
-            Kept::H2(s) if h2 && !s.is_closed() => return Some(Kept::H2(s)),
-            _ => {}
+        let reusable = match std::mem::take(kept) {
+            Kept::H1(mut s) if !h2 && !s.is_closed() => s.ready().await.is_ok().then_some(Kept::H1(s)),
+            Kept::H2(s) if h2 && !s.is_closed() => Some(Kept::H2(s)),
+            _ => None,
+        };
+        if reusable.is_some() {
+            return reusable;
         }
         let io = TokioIo::new(connect(cluster, host, h2).await.ok()?);
         if h2 {
@@ -617,7 +619,12 @@ impl HealthChecker {
     }
 
     /// Send `req`; the response head and its body (the first `limit` bytes kept; 0 keeps all).
-    async fn exchange(&self, conn: &mut Kept, req: Request<Body>, limit: usize) -> Option<(http::response::Parts, Bytes, Option<http::HeaderMap>)> {
+    async fn exchange(
+        &self,
+        conn: &mut Kept,
+        req: Request<Body>,
+        limit: usize,
+    ) -> Option<(http::response::Parts, Bytes, Option<http::HeaderMap>)> {
         let resp = match conn {
             Kept::H1(s) => s.send_request(req).await.ok()?,
             Kept::H2(s) => s.send_request(req).await.ok()?,
@@ -689,7 +696,11 @@ impl HealthChecker {
         };
         let close = !self.cfg.reuse_connection
             || (!h.h2
-                && parts.headers.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("close")));
+                && parts
+                    .headers
+                    .get(http::header::CONNECTION)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close")));
         if !close {
             *kept = conn;
         }
@@ -803,7 +814,8 @@ fn after_result(cluster: &Arc<Cluster>, host: &Arc<Host>, healthy: bool, t: Tran
             changed = true;
         }
     }
-    if t == Transition::Changed && host.health_flag(health_flag::FAILED_ACTIVE_HC) && host.health_flag(health_flag::PENDING_DYNAMIC_REMOVAL) {
+    if t == Transition::Changed && host.health_flag(health_flag::FAILED_ACTIVE_HC) && host.health_flag(health_flag::PENDING_DYNAMIC_REMOVAL)
+    {
         cluster.remove_host(host);
         return;
     }
@@ -893,7 +905,12 @@ pub(crate) async fn run(
     }
 }
 
-fn reconcile(cluster: &Arc<Cluster>, hc: &Arc<HealthChecker>, sessions: &mut HashMap<usize, Session>, mut firsts: Option<&mut Vec<oneshot::Receiver<()>>>) {
+fn reconcile(
+    cluster: &Arc<Cluster>,
+    hc: &Arc<HealthChecker>,
+    sessions: &mut HashMap<usize, Session>,
+    mut firsts: Option<&mut Vec<oneshot::Receiver<()>>>,
+) {
     let hosts = cluster.hosts();
     let current: std::collections::HashSet<usize> = hosts.hosts.iter().map(|h| Arc::as_ptr(h) as usize).collect();
     sessions.retain(|k, s| {
@@ -1024,7 +1041,9 @@ mod tests {
         assert_eq!(d.cfg.next_interval(false, Transition::ChangePending, true), s(10));
         assert_eq!(d.cfg.next_interval(true, Transition::Unchanged, false), s(60));
         // Jitter: interval + [0, 10 % of it) + [0, interval_jitter).
-        let j = checker(serde_json::json!({"interval": "1s", "interval_jitter": "0.2s", "interval_jitter_percent": 10, "initial_jitter": "0.5s"}));
+        let j = checker(
+            serde_json::json!({"interval": "1s", "interval_jitter": "0.2s", "interval_jitter_percent": 10, "initial_jitter": "0.5s"}),
+        );
         for _ in 0..500 {
             let d = j.cfg.next_interval(true, Transition::Unchanged, true);
             assert!(d >= Duration::from_millis(1000) && d < Duration::from_millis(1300), "{d:?}");

@@ -242,8 +242,8 @@ impl Host {
     /// Whether a connection whose request ended goes back to the pool: not when the host was
     /// removed, nor while it is unhealthy with `close_connections_on_host_health_failure`.
     pub(crate) fn pools_connections(&self) -> bool {
-        !self.is_draining()
-            && !(self.link.get().is_some_and(|l| l.close_on_failure) && self.coarse_health() == CoarseHealth::Unhealthy)
+        let closing = self.link.get().is_some_and(|l| l.close_on_failure) && self.coarse_health() == CoarseHealth::Unhealthy;
+        !(self.is_draining() || closing)
     }
 
     /// Removed from discovery: no new requests; idle connections are closed now, busy ones when

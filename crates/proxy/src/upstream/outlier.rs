@@ -339,8 +339,11 @@ pub struct Detector {
     stats: OutlierStats,
     active: AtomicU64,
     pub(crate) sink: Arc<OutlierSink>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<(Arc<Host>, EjectionType)>>>,
+    rx: Mutex<Option<Receiver>>,
 }
+
+/// Consecutive-error messages from the request path.
+type Receiver = mpsc::UnboundedReceiver<(Arc<Host>, EjectionType)>;
 
 impl Detector {
     pub(crate) fn new(cfg: OutlierConfig, store: &Store, cluster_prefix: &str) -> Detector {
@@ -507,7 +510,12 @@ impl Detector {
         }
         let mut changed = false;
         if !sr_hosts.is_empty() && sr_hosts.len() as u64 >= c.success_rate_minimum_hosts as u64 {
-            let threshold = success_rate_threshold(sum, &sr_hosts.iter().map(|(_, r)| *r).collect::<Vec<_>>(), c.success_rate_stdev_factor as f64 / 1000.0).1;
+            let threshold = success_rate_threshold(
+                sum,
+                &sr_hosts.iter().map(|(_, r)| *r).collect::<Vec<_>>(),
+                c.success_rate_stdev_factor as f64 / 1000.0,
+            )
+            .1;
             let t = if origin == 0 { EjectionType::SuccessRate } else { EjectionType::SuccessRateLocalOrigin };
             for (h, rate) in &sr_hosts {
                 if *rate < threshold {
@@ -602,7 +610,10 @@ mod tests {
     fn defaults_are_envoys() {
         let d = detector(serde_json::json!({}));
         let c = &d.cfg;
-        assert_eq!((c.interval, c.base_ejection_time, c.max_ejection_time), (Duration::from_secs(10), Duration::from_secs(30), Duration::from_secs(300)));
+        assert_eq!(
+            (c.interval, c.base_ejection_time, c.max_ejection_time),
+            (Duration::from_secs(10), Duration::from_secs(30), Duration::from_secs(300))
+        );
         assert_eq!((c.consecutive_5xx, c.consecutive_gateway_failure, c.max_ejection_percent), (5, 5, 10));
         assert_eq!(c.enforcing, [100, 0, 100, 100, 100, 0, 0]);
         let d = detector(serde_json::json!({"base_ejection_time": "400s"}));
@@ -611,7 +622,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn consecutive_5xx_ejects_and_returns_after_the_ejection_time() {
-        let d = detector(serde_json::json!({"consecutive_5xx": 3, "max_ejection_percent": 100, "interval": "1s", "base_ejection_time": "2s"}));
+        let d =
+            detector(serde_json::json!({"consecutive_5xx": 3, "max_ejection_percent": 100, "interval": "1s", "base_ejection_time": "2s"}));
         let hs = hosts(3, &d);
         let h = &hs[0];
         h.report(Outcome::HttpStatus(500));

@@ -83,8 +83,7 @@ fn answer(ctl: &Control, req: &Request<Incoming>) -> Response<GrpcBody> {
     let hc = path.starts_with("/hc");
     let status = if hc {
         ctl.hc_requests.fetch_add(1, Ordering::Relaxed);
-        *ctl.last_hc.lock().unwrap() =
-            req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+        *ctl.last_hc.lock().unwrap() = req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
         ctl.hc_status.load(Ordering::Relaxed)
     } else {
         ctl.requests.fetch_add(1, Ordering::Relaxed);
