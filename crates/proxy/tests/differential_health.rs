@@ -106,6 +106,20 @@ impl Proxy {
             .collect()
     }
 
+    /// `/clusters?format=json`: `address → health_status` of one cluster's hosts.
+    async fn health_status_json(&self, cluster: &str) -> BTreeMap<String, serde_json::Value> {
+        let text = self.admin_get("/clusters?format=json").await.map(|r| r.1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let mut out = BTreeMap::new();
+        for c in v["cluster_statuses"].as_array().into_iter().flatten().filter(|c| c["name"] == cluster) {
+            for h in c["host_statuses"].as_array().into_iter().flatten() {
+                let a = &h["address"]["socket_address"];
+                out.insert(format!("{}:{}", a["address"].as_str().unwrap_or(""), a["port_value"]), h["health_status"].clone());
+            }
+        }
+        out
+    }
+
     /// `/stats` lines under `prefix`: name → value.
     async fn stats(&self, prefix: &str) -> BTreeMap<String, String> {
         let text = self.admin_get("/stats").await.map(|r| r.1).unwrap_or_default();
@@ -174,6 +188,8 @@ impl Pair {
     async fn compare_flags(&mut self, what: &str, cluster: &str) {
         let (e, s) = (self.envoy.flags(cluster).await, self.sluice.flags(cluster).await);
         self.record(&format!("{what}: /clusters health_flags"), e, s);
+        let (e, s) = (self.envoy.health_status_json(cluster).await, self.sluice.health_status_json(cluster).await);
+        self.record(&format!("{what}: /clusters?format=json health_status"), e, s);
     }
 
     /// Stats under `prefix`: exact for `exact` names, zero/non-zero for the others, and the same
@@ -399,6 +415,27 @@ async fn outlier_ejection_and_return_match_envoy() {
     p.compare_stats("b returned", "cluster.od.outlier_detection.", &exact).await;
     p.compare_spread("b returned", "/x", 6).await;
     p.report("outlier_ejection_and_return", &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_health_check_returns_an_ejected_host_as_in_envoy() {
+    let ups = upstreams(&["a", "b"]).await;
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let extra = format!("{HC}    outlier_detection: {{consecutive_5xx: 2, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100}}\n");
+    let cfg = config(&cluster("odhc", &addrs, &extra), "", &route("/", "odhc"));
+    let Some(mut p) = Pair::start("odhc", &cfg).await else { return };
+    ups[1].set_status(500);
+    p.compare_spread("b answers 500", "/x", 4).await;
+    let b = key(addrs[1]);
+    // Ejected, then back at its next passing health check (not after 30 s).
+    p.settle("odhc", Duration::from_secs(2), |m| m.get(&b).is_some_and(|v| v == "/failed_outlier_check")).await;
+    let ejected = Instant::now();
+    p.settle("odhc", Duration::from_secs(3), |m| m.get(&b).is_some_and(|v| v == "healthy")).await;
+    p.record("b returned within 2 s of its ejection", ejected.elapsed() < Duration::from_secs(2), true);
+    p.compare_flags("b returned", "odhc").await;
+    let exact = ["ejections_active", "ejections_enforced_total", "ejections_detected_consecutive_5xx", "ejections_total"];
+    p.compare_stats("b returned", "cluster.odhc.outlier_detection.", &exact).await;
+    p.report("a_passing_health_check_returns_an_ejected_host", &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -347,24 +347,10 @@ pub fn json(views: &[ClusterView], filter: Option<&Regex>) -> Value {
                             stat("rq_pending_active", s.rq_pending_active, true),
                         ]),
                     );
+                    // Envoy prints HostHealthStatus fields in field-number order, the EDS status
+                    // third.
                     let mut hs = Map::new();
                     let f = h.flags;
-                    {
-                        use crate::upstream::health_flag::*;
-                        for (bit, name) in [
-                            (FAILED_ACTIVE_HC, "failed_active_health_check"),
-                            (FAILED_OUTLIER_CHECK, "failed_outlier_check"),
-                            (DEGRADED_ACTIVE_HC, "failed_active_degraded_check"),
-                            (PENDING_DYNAMIC_REMOVAL, "pending_dynamic_removal"),
-                            (PENDING_ACTIVE_HC, "pending_active_hc"),
-                            (EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "excluded_via_immediate_hc_fail"),
-                            (ACTIVE_HC_TIMEOUT, "active_hc_timeout"),
-                        ] {
-                            if f & bit != 0 {
-                                hs.insert(name.into(), json!(true));
-                            }
-                        }
-                    }
                     let eds = match h.health {
                         HealthStatus::Unknown | HealthStatus::Healthy => "HEALTHY",
                         HealthStatus::Unhealthy => "UNHEALTHY",
@@ -372,7 +358,25 @@ pub fn json(views: &[ClusterView], filter: Option<&Regex>) -> Value {
                         HealthStatus::Timeout => "TIMEOUT",
                         HealthStatus::Degraded => "DEGRADED",
                     };
-                    hs.insert("eds_health_status".into(), json!(eds));
+                    {
+                        use crate::upstream::health_flag::*;
+                        for (bit, name) in [
+                            (FAILED_ACTIVE_HC, "failed_active_health_check"),
+                            (FAILED_OUTLIER_CHECK, "failed_outlier_check"),
+                            (0, "eds_health_status"),
+                            (DEGRADED_ACTIVE_HC, "failed_active_degraded_check"),
+                            (PENDING_DYNAMIC_REMOVAL, "pending_dynamic_removal"),
+                            (PENDING_ACTIVE_HC, "pending_active_hc"),
+                            (EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "excluded_via_immediate_hc_fail"),
+                            (ACTIVE_HC_TIMEOUT, "active_hc_timeout"),
+                        ] {
+                            if bit == 0 {
+                                hs.insert(name.into(), json!(eds));
+                            } else if f & bit != 0 {
+                                hs.insert(name.into(), json!(true));
+                            }
+                        }
+                    }
                     hm.insert("health_status".into(), Value::Object(hs));
                     if h.success_rate >= 0.0 {
                         hm.insert("success_rate".into(), json!({"value": h.success_rate}));
