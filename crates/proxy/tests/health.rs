@@ -48,7 +48,12 @@ async fn spread(c: &Cluster, n: usize) -> HashMap<String, usize> {
     for _ in 0..n {
         let req = http::Request::builder().uri("/x").header("host", "t").body(Body::empty()).unwrap();
         let key = match tokio::time::timeout(Duration::from_secs(5), c.send(req, &LbContext::default())).await.expect("answer in time") {
-            Ok(r) => r.headers().get("x-upstream-id").and_then(|v| v.to_str().ok()).unwrap_or("?").to_string(),
+            Ok(r) => {
+                let id = r.headers().get("x-upstream-id").and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
+                // Read the body: the connection goes back to the pool.
+                let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                id
+            }
             Err(e) => format!("error: {e}"),
         };
         *m.entry(key).or_default() += 1;
@@ -453,4 +458,31 @@ async fn hosts_removed_from_dns_stay_while_healthy() {
     assert_eq!(m.get("a"), Some(&4), "{m:?}");
     cm.shutdown();
     dns.shutdown();
+}
+
+/// `close_connections_on_host_health_failure`: the pooled connections of a host that becomes
+/// unhealthy (here: ejected) close; without it they stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_close_on_health_failure_when_configured() {
+    let ups = [Upstream::start(any(), "a").await, Upstream::start(any(), "b").await];
+    let others = [Upstream::start(any(), "c").await, Upstream::start(any(), "d").await];
+    let store = Store::new();
+    let od = "    outlier_detection: {consecutive_5xx: 2, base_ejection_time: 30s, max_ejection_percent: 100}";
+    let yaml = cluster("close", &[ups[0].addr, ups[1].addr], &format!("{od}\n    close_connections_on_host_health_failure: true"))
+        + &cluster("keep", &[others[0].addr, others[1].addr], od);
+    let cm = manager(&yaml, &store).await;
+    let (close, keep) = (cm.get("close").unwrap(), cm.get("keep").unwrap());
+    let open = |u: &Upstream| u.ctl.open.load(std::sync::atomic::Ordering::Relaxed);
+    ups[1].set_status(500);
+    others[1].set_status(500);
+    spread(close, 4).await;
+    spread(keep, 4).await;
+    wait_for(Duration::from_secs(2), || flags(close, ups[1].addr) == "/failed_outlier_check" && flags(keep, others[1].addr) == "/failed_outlier_check")
+        .await
+        .expect("both ejected");
+    wait_for(Duration::from_secs(1), || open(&ups[1]) == 0).await.expect("pooled connection closed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(open(&others[1]), 1, "kept without the option");
+    assert_eq!(open(&ups[0]), 1, "a healthy host keeps its connection");
+    cm.shutdown();
 }

@@ -526,6 +526,7 @@ enum Kept {
     None,
     H1(http1::SendRequest<Body>),
     H2(http2::SendRequest<Body>),
+    Tcp(Box<dyn Io>),
 }
 
 const NETWORK: CheckResult = CheckResult::Unhealthy { kind: FailureType::Network, retriable: false };
@@ -588,7 +589,7 @@ impl HealthChecker {
     async fn check(&self, cluster: &Cluster, host: &Host, kept: &mut Kept) -> CheckResult {
         match &self.cfg.kind {
             CheckKind::Http(h) => self.http_check(cluster, host, kept, h).await,
-            CheckKind::Tcp(t) => self.tcp_check(cluster, host, t).await,
+            CheckKind::Tcp(t) => self.tcp_check(cluster, host, kept, t).await,
             CheckKind::Grpc(g) => self.grpc_check(cluster, host, kept, g).await,
         }
     }
@@ -628,7 +629,7 @@ impl HealthChecker {
         let resp = match conn {
             Kept::H1(s) => s.send_request(req).await.ok()?,
             Kept::H2(s) => s.send_request(req).await.ok()?,
-            Kept::None => return None,
+            Kept::None | Kept::Tcp(_) => return None,
         };
         let (parts, mut body) = resp.into_parts();
         let mut buf = BytesMut::new();
@@ -707,13 +708,22 @@ impl HealthChecker {
         result
     }
 
-    async fn tcp_check(&self, cluster: &Cluster, host: &Host, t: &TcpCheck) -> CheckResult {
-        let Ok(mut io) = connect(cluster, host, false).await else { return NETWORK };
-        if !t.send.is_empty() && (io.write_all(&t.send).await.is_err() || io.flush().await.is_err()) {
-            return NETWORK;
-        }
+    /// Connect-only (no `receive`): success on connect, the connection closed (nothing is
+    /// written, as in Envoy). Otherwise write `send` and read until every `receive` block has
+    /// arrived in order; the connection is kept for the next check with `reuse_connection`.
+    async fn tcp_check(&self, cluster: &Cluster, host: &Host, kept: &mut Kept, t: &TcpCheck) -> CheckResult {
+        let mut io = match std::mem::take(kept) {
+            Kept::Tcp(io) if !t.receive.is_empty() => io,
+            _ => match connect(cluster, host, false).await {
+                Ok(io) => io,
+                Err(_) => return NETWORK,
+            },
+        };
         if t.receive.is_empty() {
             return CheckResult::Healthy { degraded: false };
+        }
+        if !t.send.is_empty() && (io.write_all(&t.send).await.is_err() || io.flush().await.is_err()) {
+            return NETWORK;
         }
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -723,8 +733,13 @@ impl HealthChecker {
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
                     if payload_matches(&t.receive, &buf) {
+                        if self.cfg.reuse_connection {
+                            *kept = Kept::Tcp(io);
+                        }
                         return CheckResult::Healthy { degraded: false };
                     }
+                    // Bounded: a peer that never sends the expected bytes fails here, or at the
+                    // timeout.
                     if buf.len() > 1 << 20 {
                         return ACTIVE;
                     }

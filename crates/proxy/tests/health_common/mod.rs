@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ pub struct Control {
     pub grpc_serving: AtomicBool,
     pub hc_requests: AtomicU64,
     pub requests: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicI64,
     /// Headers of the last health check, in order.
     pub last_hc: Mutex<Vec<(String, String)>>,
 }
@@ -127,6 +129,7 @@ impl Upstream {
             grpc_serving: AtomicBool::new(true),
             hc_requests: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            open: AtomicI64::new(0),
             last_hc: Mutex::new(Vec::new()),
         });
         let (stop, rx) = watch::channel(false);
@@ -141,7 +144,9 @@ impl Upstream {
                 let Ok((tcp, _)) = accepted else { continue };
                 let c = c.clone();
                 let mut rx3 = rx.clone();
+                c.open.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
+                    let open = c.clone();
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let r = answer(&c, &req);
                         async move { Ok::<_, Infallible>(r) }
@@ -152,6 +157,7 @@ impl Upstream {
                         _ = conn => {}
                         _ = rx3.changed() => {}
                     }
+                    open.open.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
