@@ -176,7 +176,11 @@ impl Pair {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        println!("settle({cluster}): envoy {e_ok}, sluice {s_ok} after {limit:?}");
+        println!(
+            "settle({cluster}): envoy {e_ok}, sluice {s_ok} after {limit:?}: envoy {:?}, sluice {:?}",
+            self.envoy.flags(cluster).await,
+            self.sluice.flags(cluster).await
+        );
     }
 
     /// Health-only updates reach the load balancers of both proxies within
@@ -349,6 +353,14 @@ async fn health_check_transitions_match_envoy() {
     p.compare_stats("c degraded", "cluster.hc.health_check.", &["healthy", "degraded", "passive_failure", "verify_cluster"]).await;
     p.compare_stats("c degraded", "cluster.hc.membership_", &["healthy", "degraded", "excluded", "total"]).await;
     ups[2].ctl.degraded.store(false, std::sync::atomic::Ordering::Relaxed);
+
+    // c's checks hang past the timeout: two timeouts fail it, flagged /active_hc_timeout (it
+    // stays /degraded_active_hc: no passing check cleared that).
+    ups[2].ctl.hc_delay_ms.store(3000, std::sync::atomic::Ordering::Relaxed);
+    p.settle("hc", Duration::from_secs(5), |m| m.get(&c).is_some_and(|v| v.ends_with("/active_hc_timeout"))).await;
+    p.compare_flags("c times out", "hc").await;
+    p.compare_stats("c times out", "cluster.hc.membership_", &["healthy", "degraded", "excluded", "total"]).await;
+    ups[2].ctl.hc_delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
 
     // a stops listening: two network failures fail it.
     ups[0].stop();

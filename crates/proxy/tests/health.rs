@@ -486,3 +486,24 @@ async fn connections_close_on_health_failure_when_configured() {
     assert_eq!(open(&ups[0]), 1, "a healthy host keeps its connection");
     cm.shutdown();
 }
+
+/// Until the cluster has opened a connection for traffic, checks run every
+/// `no_traffic_interval`; then every `interval`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_traffic_interval_until_the_first_connection() {
+    let up = Upstream::start(any(), "a").await;
+    let store = Store::new();
+    let hc = "    health_checks:\n    - {timeout: 1s, interval: 0.05s, no_traffic_interval: 2s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /hc}}";
+    let cm = manager(&cluster("nt", &[up.addr], hc), &store).await;
+    let c = cm.get("nt").unwrap();
+    let first = up.hc_requests();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(up.hc_requests(), first, "no check within no_traffic_interval");
+    spread(c, 1).await;
+    // The session still sleeps out its current no-traffic wait (up to 2 s), then checks every 50 ms.
+    wait_for(Duration::from_secs(3), || up.hc_requests() > first).await.expect("a check after the wait");
+    let n = up.hc_requests();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(up.hc_requests() - n >= 5, "{} checks in 500 ms", up.hc_requests() - n);
+    cm.shutdown();
+}

@@ -38,6 +38,8 @@ pub struct Control {
     pub requests: AtomicU64,
     /// Connections open now.
     pub open: AtomicI64,
+    /// Milliseconds health checks wait before they are answered.
+    pub hc_delay_ms: AtomicU64,
     /// Headers of the last health check, in order.
     pub last_hc: Mutex<Vec<(String, String)>>,
 }
@@ -130,6 +132,7 @@ impl Upstream {
             hc_requests: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             open: AtomicI64::new(0),
+            hc_delay_ms: AtomicU64::new(0),
             last_hc: Mutex::new(Vec::new()),
         });
         let (stop, rx) = watch::channel(false);
@@ -148,8 +151,14 @@ impl Upstream {
                 tokio::spawn(async move {
                     let open = c.clone();
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let delay = if req.uri().path().starts_with("/hc") { c.hc_delay_ms.load(Ordering::Relaxed) } else { 0 };
                         let r = answer(&c, &req);
-                        async move { Ok::<_, Infallible>(r) }
+                        async move {
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            Ok::<_, Infallible>(r)
+                        }
                     });
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection(TokioIo::new(tcp), svc);
