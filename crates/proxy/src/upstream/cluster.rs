@@ -845,9 +845,7 @@ impl Cluster {
         match result {
             Ok((resp, sender)) => {
                 host.report(Outcome::HttpStatus(resp.status().as_u16()));
-                if resp.headers().contains_key("x-envoy-immediate-health-check-fail") {
-                    host.immediate_health_check_fail();
-                }
+                host.check_immediate_health_check_fail(resp.headers());
                 if resp.status().is_server_error() {
                     host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
                 } else {

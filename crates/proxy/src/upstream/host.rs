@@ -239,6 +239,14 @@ impl Host {
         }
     }
 
+    /// [`Self::immediate_health_check_fail`] when `headers` (a response of this host) carry
+    /// `x-envoy-immediate-health-check-fail`; nothing to look up without active health checks.
+    pub fn check_immediate_health_check_fail(self: &Arc<Self>, headers: &http::HeaderMap) {
+        if self.link.get().is_some_and(|l| l.health_checker.is_some()) && headers.contains_key("x-envoy-immediate-health-check-fail") {
+            self.immediate_health_check_fail();
+        }
+    }
+
     /// Whether a connection whose request ended goes back to the pool: not when the host was
     /// removed, nor while it is unhealthy with `close_connections_on_host_health_failure`.
     pub(crate) fn pools_connections(&self) -> bool {
