@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(
             error(v),
             format!(
-                "{HCM}.http_filters[0].typed_config.@type: unsupported type \"type.googleapis.com/envoy.extensions.filters.http.nope.v3.Nope\" here (expected one of: envoy.extensions.filters.http.router.v3.Router, envoy.extensions.filters.http.ext_authz.v3.ExtAuthz)"
+                "{HCM}.http_filters[0].typed_config.@type: unsupported type \"type.googleapis.com/envoy.extensions.filters.http.nope.v3.Nope\" here (expected one of: envoy.extensions.filters.http.router.v3.Router, envoy.extensions.filters.http.ext_authz.v3.ExtAuthz, envoy.extensions.filters.http.health_check.v3.HealthCheck)"
             )
         );
         let v =

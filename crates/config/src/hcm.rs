@@ -185,6 +185,7 @@ typed_enum! {
     pub enum HttpFilterConfig {
         Router(Router) = "envoy.extensions.filters.http.router.v3.Router",
         ExtAuthz(Box<ExtAuthz>) = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        HealthCheck(Box<crate::health_check::HealthCheckFilter>) = "envoy.extensions.filters.http.health_check.v3.HealthCheck",
     }
 }
 

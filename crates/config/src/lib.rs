@@ -46,6 +46,7 @@ mod de;
 pub mod error;
 pub mod ext_authz;
 pub mod hcm;
+pub mod health_check;
 pub mod listener;
 pub mod route;
 pub mod tls;

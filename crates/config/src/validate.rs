@@ -701,6 +701,7 @@ impl<'a> Ctx<'a> {
             let (kind, terminal) = match &config {
                 HttpFilterConfig::Router(_) => (ROUTER_FILTER, true),
                 HttpFilterConfig::ExtAuthz(_) => (EXT_AUTHZ_FILTER, false),
+                HttpFilterConfig::HealthCheck(_) => ("envoy.filters.http.health_check", false),
             };
             if terminal && i != last {
                 self.err(
@@ -718,6 +719,11 @@ impl<'a> Ctx<'a> {
                         f.name
                     ),
                 );
+            }
+            if let Some(HttpFilterConfig::HealthCheck(hc)) = &f.typed_config {
+                for (field, message) in crate::health_check::check_filter(hc) {
+                    self.err(&p.f("typed_config").f(&field), message);
+                }
             }
             if let Some(HttpFilterConfig::ExtAuthz(a)) = &f.typed_config {
                 authz_filters.insert(f.name.as_str());
@@ -1194,6 +1200,9 @@ impl<'a> Ctx<'a> {
             self.err(&p.f("dns_refresh_rate"), "value must be greater than 1ms");
         }
         self.endpoints(p, c);
+        for (field, message) in crate::health_check::check_cluster(c) {
+            self.err(&p.f(&field), message);
+        }
         self.lb_config(p, c);
         self.protocol_options(p, c);
         if let Some(cb) = &c.circuit_breakers {

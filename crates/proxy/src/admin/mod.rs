@@ -604,11 +604,13 @@ pub fn handle(ctx: &AdminContext, method: &Method, path: &str, query: Option<&st
         "/hot_restart_version" => text(StatusCode::OK, info::HOT_RESTART_VERSION),
         "/healthcheck/fail" => {
             ctx.server.set_healthcheck_failed(true);
+            ctx.clusters.set_healthcheck_failed(true);
             ctx.stats.gauge("server.live").set(0);
             text(StatusCode::OK, "OK\n")
         }
         "/healthcheck/ok" => {
             ctx.server.set_healthcheck_failed(false);
+            ctx.clusters.set_healthcheck_failed(false);
             ctx.stats.gauge("server.live").set(i64::from(ctx.server.state() == State::Live));
             text(StatusCode::OK, "OK\n")
         }

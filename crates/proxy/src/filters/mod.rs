@@ -16,6 +16,7 @@ use crate::router::config::{PerFilterConfigs, RouteTable, Selected};
 use crate::upstream::{Cluster, ClusterManager};
 
 pub mod ext_authz;
+pub mod health_check;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -116,6 +117,7 @@ pub fn build(
     match filter.config() {
         Some(HttpFilterConfig::Router(_)) => Ok(None),
         Some(HttpFilterConfig::ExtAuthz(cfg)) => Ok(Some(Arc::new(ext_authz::ExtAuthzFilter::build(&cfg, ctx)?))),
+        Some(HttpFilterConfig::HealthCheck(cfg)) => Ok(Some(Arc::new(health_check::HealthCheckFilter::build(&cfg, ctx)?))),
         None => anyhow::bail!("unknown HTTP filter \"{}\" without typed_config", filter.name),
     }
 }
