@@ -136,6 +136,7 @@ pub fn parse(text: &str, format: Format) -> Result<Snapshot, ConfigError> {
 
 /// Type and validate an already parsed tree.
 pub fn from_tree(source: serde_json::Value) -> Result<Snapshot, ConfigError> {
+    check_depth(&source)?;
     let bootstrap = de::from_value::<Bootstrap>(source.clone())?;
     validate::validate(&bootstrap)?;
     Ok(Snapshot { bootstrap, source })
@@ -161,19 +162,166 @@ pub fn merge_tree(base: &mut serde_json::Value, overlay: serde_json::Value) {
     }
 }
 
+/// Envoy's protobuf JSON parser refuses values nested deeper than this (the root object is
+/// level 1; `{"node": {"metadata": …}}` is 3 levels at `metadata`'s value).
+pub const MAX_NESTING_DEPTH: usize = 100;
+
+/// The YAML pre-scan refuses documents whose estimated nesting exceeds this before the YAML
+/// parser sees them (the parser's time grows with the square of the depth). The estimate can only
+/// over-count a little (indentation inside block scalars, brackets inside plain scalars), so it
+/// is far above [`MAX_NESTING_DEPTH`], which the parsed tree is then checked against exactly.
+pub const YAML_PRESCAN_DEPTH: usize = 1000;
+
 /// Parse text into a generic tree without typing it.
+///
+/// As Envoy: an empty document (empty file, only comments, `null`, `~`) is refused, and so is
+/// nesting deeper than [`MAX_NESTING_DEPTH`]. Deep input is refused by a linear pre-scan before
+/// the parser runs, so a hostile file cannot make loading slow.
 pub fn parse_tree(text: &str, format: Format) -> Result<serde_json::Value, ConfigError> {
     let value: serde_json::Value = match format {
-        Format::Json => serde_json::from_str(text)
-            .map_err(|e| ConfigError::single("", format!("invalid JSON: {e}")))?,
-        Format::Yaml => serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigError::single("", format!("invalid YAML: {e}")))?,
+        Format::Json => {
+            if let Some(depth) = json_depth_over(text, MAX_NESTING_DEPTH) {
+                return Err(too_deep(depth));
+            }
+            serde_json::from_str(text)
+                .map_err(|e| ConfigError::single("", format!("invalid JSON: {e}")))?
+        }
+        Format::Yaml => {
+            if let Some(depth) = yaml_depth_estimate_over(text, YAML_PRESCAN_DEPTH) {
+                return Err(too_deep(depth));
+            }
+            serde_yaml_ng::from_str(text)
+                .map_err(|e| ConfigError::single("", format!("invalid YAML: {e}")))?
+        }
     };
     if value.is_null() {
-        // An empty file is an empty bootstrap, as for Envoy.
-        return Ok(serde_json::Value::Object(Default::default()));
+        // Envoy: "Unable to convert YAML as JSON: " for an empty file; `{}` is the empty bootstrap.
+        return Err(ConfigError::single(
+            "",
+            "Unable to convert YAML as JSON: the configuration is empty \
+             (an empty bootstrap is written \"{}\")",
+        ));
     }
+    check_depth(&value)?;
     Ok(value)
+}
+
+fn too_deep(depth: usize) -> ConfigError {
+    ConfigError::single(
+        "",
+        format!(
+            "nesting depth {depth} exceeds {MAX_NESTING_DEPTH}, the limit of Envoy's protobuf JSON parser"
+        ),
+    )
+}
+
+/// Refuse a tree nested deeper than [`MAX_NESTING_DEPTH`] (iteratively: any depth is safe).
+pub fn check_depth(value: &serde_json::Value) -> Result<(), ConfigError> {
+    let mut stack: Vec<(&serde_json::Value, usize)> = vec![(value, 1)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Array(items) => Box::new(items.iter()),
+            serde_json::Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth > MAX_NESTING_DEPTH {
+            return Err(too_deep(depth));
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    Ok(())
+}
+
+/// JSON: the bracket depth outside strings, exactly. `Some(depth)` once it exceeds `limit`.
+fn json_depth_over(text: &str, limit: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in text.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return Some(depth);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// YAML: an over-estimate of the nesting depth, in one pass over the text. Block nesting is the
+/// stack of indentation columns (plus compact `- ` entries on one line); flow nesting is the
+/// bracket depth outside quoted scalars and comments. `Some(estimate)` once it exceeds `limit`.
+fn yaml_depth_estimate_over(text: &str, limit: usize) -> Option<usize> {
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    for line in text.lines() {
+        let bytes = line.as_bytes();
+        let mut i = bytes.iter().take_while(|b| **b == b' ').count();
+        if i == bytes.len() || bytes[i] == b'#' {
+            continue;
+        }
+        if flow == 0 {
+            while indents.last().is_some_and(|top| *top >= i) {
+                indents.pop();
+            }
+            indents.push(i);
+        }
+        // Compact block entries: `- - - x`, `? `, each one more level.
+        let mut compact = 0;
+        while i + 1 < bytes.len() && matches!(bytes[i], b'-' | b'?') && bytes[i + 1] == b' ' {
+            compact += 1;
+            i += 2;
+            while i < bytes.len() && bytes[i] == b' ' {
+                i += 1;
+            }
+        }
+        let mut quote: Option<u8> = None;
+        let mut prev = b' ';
+        let mut line_flow_max = flow;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match quote {
+                Some(q) => {
+                    if b == q {
+                        quote = None;
+                    }
+                }
+                None => match b {
+                    b'#' if prev == b' ' || prev == b'\t' => break,
+                    b'"' | b'\'' if matches!(prev, b' ' | b'\t' | b'[' | b'{' | b',' | b':') => {
+                        quote = Some(b)
+                    }
+                    b'[' | b'{' => {
+                        flow += 1;
+                        line_flow_max = line_flow_max.max(flow);
+                    }
+                    b']' | b'}' => flow = flow.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            prev = b;
+            i += 1;
+        }
+        let estimate = indents.len() + compact + line_flow_max;
+        if estimate > limit {
+            return Some(estimate);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -181,10 +329,111 @@ mod tests {
     use super::*;
 
     #[test]
+    fn empty_documents_are_refused_as_envoy_does() {
+        for text in ["", "\n\n", "# only a comment\n", "null", "~", "---\n"] {
+            let e = parse(text, Format::Yaml).expect_err(text);
+            assert!(
+                e.to_string().starts_with("Unable to convert YAML as JSON"),
+                "{text:?}: {e}"
+            );
+        }
+        assert!(parse("", Format::Json).is_err());
+        assert!(parse("null", Format::Json).is_err());
+        // `{}` is the empty bootstrap, accepted by Envoy.
+        parse("{}", Format::Yaml).unwrap();
+        parse("{}", Format::Json).unwrap();
+        // A root that is not an object is refused.
+        assert!(parse("[]", Format::Yaml).is_err());
+        assert!(parse("5", Format::Yaml).is_err());
+    }
+
+    /// `node.metadata` nested `n` objects deep.
+    fn deep_metadata(n: usize) -> String {
+        format!(
+            "node:\n  metadata: {}1{}\n",
+            "{a: ".repeat(n),
+            "}".repeat(n)
+        )
+    }
+
+    #[test]
+    fn nesting_depth_matches_envoy() {
+        // Envoy 1.40 accepts 98 levels under node.metadata (100 in all) and refuses 99.
+        parse(&deep_metadata(98), Format::Yaml).unwrap();
+        let e = parse(&deep_metadata(99), Format::Yaml).unwrap_err();
+        assert!(
+            e.to_string().contains("nesting depth 101 exceeds 100"),
+            "{e}"
+        );
+        let json = format!(
+            "{{\"node\": {{\"metadata\": {}1{}}}}}",
+            "{\"a\": ".repeat(99),
+            "}".repeat(99)
+        );
+        let e = parse(&json, Format::Json).unwrap_err();
+        assert!(e.to_string().contains("exceeds 100"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_quickly() {
+        let n = 100_000;
+        let cases = [
+            (
+                format!("a: {}{}", "[".repeat(n), "]".repeat(n)),
+                Format::Yaml,
+            ),
+            (
+                format!("a: {}1{}", "{a: ".repeat(n), "}".repeat(n)),
+                Format::Yaml,
+            ),
+            (format!("a:\n{}", "- ".repeat(n)), Format::Yaml),
+            (format!("{}{}", "[".repeat(n), "]".repeat(n)), Format::Json),
+            (
+                (0..2000)
+                    .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+                    .collect::<String>(),
+                Format::Yaml,
+            ),
+        ];
+        for (text, format) in cases {
+            let start = std::time::Instant::now();
+            let e = parse(&text, format).expect_err("deep input must be refused");
+            assert!(e.to_string().contains("nesting depth"), "{e}");
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(2),
+                "took {:?}",
+                start.elapsed()
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_prescan_does_not_count_text() {
+        // Brackets in quoted scalars and comments, and indentation inside a block scalar, stay
+        // far below the pre-scan bound.
+        let text = format!(
+            "a: \"{}\"\nb: '{}'\n# {}\nc: |\n{}",
+            "[".repeat(5000),
+            "{".repeat(5000),
+            "[".repeat(5000),
+            (0..40)
+                .map(|i| format!("  {}x\n", " ".repeat(i)))
+                .collect::<String>()
+        );
+        assert_eq!(yaml_depth_estimate_over(&text, YAML_PRESCAN_DEPTH), None);
+    }
+
+    #[test]
     fn merge_tree_follows_protobuf_merge() {
         let mut base: serde_json::Value = serde_json::json!({"a": {"x": 1, "l": [1]}, "s": "old"});
-        merge_tree(&mut base, serde_json::json!({"a": {"y": 2, "l": [2]}, "s": "new"}));
-        assert_eq!(base, serde_json::json!({"a": {"x": 1, "y": 2, "l": [1, 2]}, "s": "new"}));
+        merge_tree(
+            &mut base,
+            serde_json::json!({"a": {"y": 2, "l": [2]}, "s": "new"}),
+        );
+        assert_eq!(
+            base,
+            serde_json::json!({"a": {"x": 1, "y": 2, "l": [1, 2]}, "s": "new"})
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //!   codec; `max_request_headers_kb` in (0, 8192]; a non-empty `http_filters` list whose last (and
 //!   only last) filter is the router; a filter without `typed_config` must have a well-known name.
 //! * **ext_authz**: exactly one of `grpc_service` / `http_service`; gRPC via `envoy_grpc` to a
-//!   cluster of `static_resources` with `transport_api_version: V3` (Envoy rejects AUTO/V2);
+//!   cluster of `static_resources` (`transport_api_version` may be absent, AUTO, V2 or V3:
+//!   Envoy 1.40 accepts each and speaks V3);
 //!   `status_on_error` a status in 100..=599; `max_request_bytes` > 0; valid string matchers.
 //! * **Route tables**: domains unique across the table (case-insensitive), one `*`, wildcards only
 //!   as the first or last character; one path specifier per match, `path_separated_prefix` shape,
@@ -757,12 +758,6 @@ impl<'a> Ctx<'a> {
                         );
                     }
                 }
-            }
-            if a.transport_api_version != Some(crate::ext_authz::ApiVersion::V3) {
-                self.err(
-                    &p.f("transport_api_version"),
-                    "V2 (and AUTO) xDS transport protocol versions are deprecated: set transport_api_version: V3",
-                );
             }
         }
         if let Some(h) = &a.http_service {
