@@ -50,8 +50,8 @@ use crate::cluster::{
     Cluster, DiscoveryType, LbPolicy, ProtocolOptions, UpstreamHttpProtocolOptions,
 };
 use crate::core::{
-    Address, DataSource, HeaderValueOption, ListStringMatcher, RegexMatcher, SocketProtocol,
-    StringMatcher, TypedExtensionConfig,
+    Address, CommonHttpProtocolOptions, DataSource, HeaderValueOption, Http2ProtocolOptions,
+    ListStringMatcher, RegexMatcher, SocketProtocol, StringMatcher, TypedExtensionConfig,
 };
 use crate::error::{join_path, ConfigError, PathError};
 use crate::ext_authz::{ExtAuthz, ExtAuthzPerRoute};
@@ -74,6 +74,8 @@ pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
 pub const DEFAULT_MAX_DIRECT_RESPONSE_BODY_BYTES: u32 = 4096;
 
 const NOT_SUPPORTED: &str = "recognised but not supported by sluice";
+const MS: std::time::Duration = std::time::Duration::from_millis(1);
+const H2_WINDOW: &str = "value must be inside range [65535, 2147483647]";
 const MIN_LEN_1: &str = "value length must be at least 1 characters";
 const MIN_ITEMS_1: &str = "value must contain at least 1 item(s)";
 const ONLY_HCM: &str =
@@ -152,6 +154,15 @@ pub fn check(bootstrap: &Bootstrap) -> Vec<PathError> {
     }
     if let Some(dns) = &bootstrap.typed_dns_resolver_config {
         ctx.dns_resolver(&root.f("typed_dns_resolver_config"), dns);
+    }
+    if let Some(d) = bootstrap.stats_flush_interval {
+        let d = d.as_std();
+        if d < MS || d >= std::time::Duration::from_secs(300) {
+            ctx.err(
+                &root.f("stats_flush_interval"),
+                "value must be inside range [1ms, 5m0s)",
+            );
+        }
     }
     ctx.errors
 }
@@ -308,7 +319,62 @@ impl<'a> Ctx<'a> {
     }
 
     fn regex_matcher(&mut self, p: &P, m: &RegexMatcher) {
+        if m.regex.is_empty() {
+            self.err(&p.f("regex"), MIN_LEN_1);
+            return;
+        }
         self.regex(&p.f("regex"), &m.regex);
+    }
+
+    /// PGV rules of `Http2ProtocolOptions` (stream limits, windows, keepalive).
+    fn http2_options(&mut self, p: &P, h: &Http2ProtocolOptions) {
+        const MAX: u32 = 2_147_483_647;
+        if h.max_concurrent_streams
+            .is_some_and(|n| !(1..=MAX).contains(&n))
+        {
+            self.err(
+                &p.f("max_concurrent_streams"),
+                "value must be inside range [1, 2147483647]",
+            );
+        }
+        for (field, v) in [
+            ("initial_stream_window_size", h.initial_stream_window_size),
+            (
+                "initial_connection_window_size",
+                h.initial_connection_window_size,
+            ),
+        ] {
+            if v.is_some_and(|n| !(65_535..=MAX).contains(&n)) {
+                self.err(&p.f(field), H2_WINDOW);
+            }
+        }
+        if let Some(k) = &h.connection_keepalive {
+            let kp = p.f("connection_keepalive");
+            if k.interval.is_some_and(|d| d.as_std() < MS) {
+                self.err(
+                    &kp.f("interval"),
+                    "value must be greater than or equal to 1ms",
+                );
+            }
+            match k.timeout {
+                None => self.err(&kp.f("timeout"), "value is required"),
+                Some(d) if d.as_std() < MS => self.err(
+                    &kp.f("timeout"),
+                    "value must be greater than or equal to 1ms",
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// PGV rules of the common `HttpProtocolOptions`.
+    fn common_http_options(&mut self, p: &P, c: &CommonHttpProtocolOptions) {
+        if c.max_headers_count == Some(0) {
+            self.err(
+                &p.f("max_headers_count"),
+                "value must be greater than or equal to 1",
+            );
+        }
     }
 
     fn regex_rewrite(&mut self, p: &P, r: &RegexMatchAndSubstitute) {
@@ -339,6 +405,10 @@ impl<'a> Ctx<'a> {
             return;
         };
         let sp = p.f("socket_address");
+        if sa.address.is_empty() {
+            self.err(&sp.f("address"), MIN_LEN_1);
+            return;
+        }
         if sa.port_value > 65535 {
             self.err(
                 &sp.f("port_value"),
@@ -466,9 +536,20 @@ impl<'a> Ctx<'a> {
         match &ts.typed_config {
             TransportSocketConfig::DownstreamTls(d) if on_listener => {
                 self.common_tls(&tp.f("common_tls_context"), &d.common_tls_context, true);
+                if d.session_timeout
+                    .is_some_and(|t| t.as_std() >= std::time::Duration::from_secs(1 << 32))
+                {
+                    self.err(
+                        &tp.f("session_timeout"),
+                        "value must be less than 4294967296s",
+                    );
+                }
             }
             TransportSocketConfig::UpstreamTls(u) if !on_listener => {
                 self.common_tls(&tp.f("common_tls_context"), &u.common_tls_context, false);
+                if u.sni.as_ref().is_some_and(|s| s.len() > 255) {
+                    self.err(&tp.f("sni"), "value length must be at most 255 bytes");
+                }
             }
             TransportSocketConfig::RawBuffer(_) => {}
             TransportSocketConfig::DownstreamTls(_) => self.err(
@@ -598,6 +679,14 @@ impl<'a> Ctx<'a> {
             let default = Default::default();
             let m = c.filter_chain_match.as_ref().unwrap_or(&default);
             let mp = cp.f("filter_chain_match");
+            if m.destination_port
+                .is_some_and(|port| !(1..=65535).contains(&port))
+            {
+                self.err(
+                    &mp.f("destination_port"),
+                    "value must be inside range [1, 65535]",
+                );
+            }
             for (k, name) in m.server_names.iter().enumerate() {
                 if name.contains('*') && !(name.starts_with("*.") && name.matches('*').count() == 1)
                 {
@@ -670,6 +759,12 @@ impl<'a> Ctx<'a> {
                     "value must be inside range (0, 8192]",
                 );
             }
+        }
+        if let Some(o) = &h.http2_protocol_options {
+            self.http2_options(&p.f("http2_protocol_options"), o);
+        }
+        if let Some(o) = &h.common_http_protocol_options {
+            self.common_http_options(&p.f("common_http_protocol_options"), o);
         }
         let fp = p.f("http_filters");
         if h.http_filters.is_empty() {
@@ -1188,6 +1283,21 @@ impl<'a> Ctx<'a> {
         {
             self.err(&p.f("dns_refresh_rate"), "value must be greater than 1ms");
         }
+        if let Some(r) = &c.dns_failure_refresh_rate {
+            let rp = p.f("dns_failure_refresh_rate");
+            if r.base_interval.as_std() <= MS {
+                self.err(&rp.f("base_interval"), "value must be greater than 1ms");
+            }
+            if r.max_interval.is_some_and(|d| d.as_std() <= MS) {
+                self.err(&rp.f("max_interval"), "value must be greater than 1ms");
+            }
+        }
+        if let Some(o) = &c.http2_protocol_options {
+            self.http2_options(&p.f("http2_protocol_options"), o);
+        }
+        if let Some(o) = &c.common_http_protocol_options {
+            self.common_http_options(&p.f("common_http_protocol_options"), o);
+        }
         self.endpoints(p, c);
         self.lb_config(p, c);
         self.protocol_options(p, c);
@@ -1230,7 +1340,9 @@ impl<'a> Ctx<'a> {
         let ep = lp.f("endpoints");
         for (i, group) in la.endpoints.iter().enumerate() {
             let gp = ep.i(i);
-            if group.priority != 0 {
+            if group.priority > 128 {
+                self.err(&gp.f("priority"), "value must be less than or equal to 128");
+            } else if group.priority != 0 {
                 self.err(
                     &gp.f("priority"),
                     "priorities other than 0 are not supported yet",
@@ -1362,6 +1474,27 @@ impl<'a> Ctx<'a> {
             ],
             true,
         );
+        if let Some(o) = &h.common_http_protocol_options {
+            self.common_http_options(&p.f("common_http_protocol_options"), o);
+        }
+        for (field, o) in [
+            (
+                "explicit_http_config",
+                h.explicit_http_config
+                    .as_ref()
+                    .and_then(|e| e.http2_protocol_options.as_ref()),
+            ),
+            (
+                "use_downstream_protocol_config",
+                h.use_downstream_protocol_config
+                    .as_ref()
+                    .and_then(|e| e.http2_protocol_options.as_ref()),
+            ),
+        ] {
+            if let Some(o) = o {
+                self.http2_options(&p.f(field).f("http2_protocol_options"), o);
+            }
+        }
         if let Some(e) = &h.explicit_http_config {
             self.one_of(
                 &p.f("explicit_http_config"),
