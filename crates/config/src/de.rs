@@ -720,6 +720,29 @@ pub(crate) fn type_name(url: &str) -> &str {
     url.rsplit('/').next().unwrap_or(url)
 }
 
+/// The error for a `typed_config` whose `@type` is none of `supported`. An Envoy v3 API message
+/// (or a `TypedStruct` wrapper) is a real Envoy extension that sluice does not run; anything else
+/// (v2 URLs, other packages) is unknown to Envoy 1.40 as well.
+pub(crate) fn unsupported_type(url: &str, supported: &[&str]) -> String {
+    let name = type_name(url);
+    let envoy_v3 = (name.starts_with("envoy.")
+        && name
+            .split('.')
+            .any(|part| part == "v3" || part.starts_with("v3alpha")))
+        || matches!(name, "udpa.type.v1.TypedStruct" | "xds.type.v3.TypedStruct");
+    if envoy_v3 && url.contains('/') {
+        format!(
+            "type \"{url}\" is not supported by sluice here (sluice supports: {})",
+            supported.join(", ")
+        )
+    } else {
+        format!(
+            "unknown type \"{url}\" here (not an Envoy v3 message; expected one of: {})",
+            supported.join(", ")
+        )
+    }
+}
+
 /// Define an enum resolved from a `typed_config` by `@type`: each variant names the proto message
 /// and the Rust type holding it.
 macro_rules! typed_enum {
@@ -754,8 +777,7 @@ macro_rules! typed_enum {
                     $($msg => Ok(Self::$variant($crate::de::nested::<$ty, D::Error>(rest)?)),)+
                     _ => Err($crate::de::nested_error(
                         "@type",
-                        format!("unsupported type \"{}\" here (expected one of: {})", url,
-                            Self::MESSAGES.join(", ")),
+                        $crate::de::unsupported_type(&url, Self::MESSAGES),
                     )),
                 }
             }
@@ -832,9 +854,16 @@ mod tests {
         assert_eq!(
             error(v),
             format!(
-                "{HCM}.http_filters[0].typed_config.@type: unsupported type \"type.googleapis.com/envoy.extensions.filters.http.nope.v3.Nope\" here (expected one of: envoy.extensions.filters.http.router.v3.Router, envoy.extensions.filters.http.ext_authz.v3.ExtAuthz)"
+                "{HCM}.http_filters[0].typed_config.@type: type \"type.googleapis.com/envoy.extensions.filters.http.nope.v3.Nope\" is not supported by sluice here (sluice supports: envoy.extensions.filters.http.router.v3.Router, envoy.extensions.filters.http.ext_authz.v3.ExtAuthz)"
             )
         );
+        // A v2 URL is unknown to Envoy 1.40 as well: not called "not supported".
+        let v = hcm(
+            json!({"http_filters": [{"name": "x", "typed_config": {"@type": "type.googleapis.com/envoy.config.filter.http.router.v2.Router"}}]}),
+        );
+        let e = error(v);
+        assert!(e.contains("@type: unknown type"), "{e}");
+        assert!(!e.contains("not supported by sluice"), "{e}");
         let v =
             hcm(json!({"http_filters": [{"name": "x", "typed_config": {"dynamic_stats": true}}]}));
         assert_eq!(

@@ -324,6 +324,32 @@ fn yaml_depth_estimate_over(text: &str, limit: usize) -> Option<usize> {
     None
 }
 
+/// The config loader as a fuzz target: `crates/config/fuzz` runs it under libFuzzer, and
+/// `tests/fuzz_smoke.rs` runs it on a fixed seed corpus plus deterministic mutations in the
+/// normal test suite.
+#[doc(hidden)]
+pub mod fuzz {
+    use super::{parse, Format};
+
+    /// Load `data` as YAML and as JSON. It must never panic or hang, whatever the bytes; and a
+    /// config that loads must load again from its own typed serialization (what `/config_dump`
+    /// and tooling rely on).
+    pub fn load(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        for format in [Format::Yaml, Format::Json] {
+            if let Ok(snapshot) = parse(text, format) {
+                let json = serde_json::to_string(&snapshot.bootstrap)
+                    .expect("a loaded bootstrap serializes");
+                if let Err(e) = parse(&json, Format::Json) {
+                    panic!("a loaded config does not load from its serialization: {e}\n{json}");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
