@@ -11,6 +11,33 @@
 //! Struct and field names follow Envoy's protos (snake_case), so the Envoy docs describe them.
 //! Proto `oneof`s are sibling `Option` fields, as in the YAML; accessors return them as enums.
 //!
+//! # Loading as Envoy loads
+//!
+//! Envoy's loader is protobuf's JSON mapping, and so is sluice's (one `serde::Deserializer` in
+//! `de.rs` serves every type, YAML, JSON and xDS trees alike):
+//!
+//! * field names in snake_case or lowerCamelCase (`filter_chains` / `filterChains`); map keys
+//!   (per-filter configs, metadata, runtime layers) are never rewritten; errors name the path as
+//!   written (`staticResources.clusters[0].lbPolicy: …`);
+//! * enum values by name in any ASCII case (`round_robin`) or by number (`1`, `"1"`); a number
+//!   naming no value is refused as Envoy's `defined_only` rule does;
+//! * integers as numbers or strings (64-bit values as `"18446744073709551615"`), integral floats,
+//!   range-checked for their width; bools also as the YAML 1.1 words yaml-cpp reads (`yes`, `on`);
+//!   `null` for a field means "not set";
+//! * every `google.protobuf.Duration` (`"1.5s"` or `{seconds, nanos}`) checked as Envoy checks it:
+//!   within protobuf's range, not negative, at most 9,223,372,035 s; never a panic;
+//! * an empty document (empty file, only comments, `null`) is refused, as Envoy refuses it; `{}`
+//!   is the empty bootstrap;
+//! * nesting deeper than [`MAX_NESTING_DEPTH`] (100, protobuf's limit) is refused; a linear
+//!   pre-scan refuses absurd depths before the YAML parser runs, so no input makes loading slow;
+//! * a `typed_config` whose `@type` is an Envoy v3 message sluice does not run is
+//!   `not supported by sluice`; other URLs (v2, unknown packages) are unknown, as for Envoy.
+//!
+//! Proto-validate (PGV) rules Envoy applies at load (ranges of ports, durations, limits) are
+//! checked by [`validate`] with PGV's wording. [`fuzz::load`] is the loader's fuzz target
+//! (`crates/config/fuzz`, and bounded in `tests/fuzz_smoke.rs`); `tests/corpus` holds real-world
+//! configs that `tests/corpus.rs` loads with sluice and, given `SLUICE_ENVOY`, with real Envoy.
+//!
 //! # What is supported
 //!
 //! A static bootstrap (`static_resources`, no xDS): `node`, `admin` (IP address),

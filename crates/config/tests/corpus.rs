@@ -59,7 +59,14 @@ fn sluice_verdict(path: &Path) -> Sluice {
 /// line), `None` when Envoy could not be run to the end.
 fn envoy_verdict(envoy: &str, path: &Path) -> Result<(bool, String), String> {
     let mut child = Command::new(envoy)
-        .args(["--mode", "validate", "--use-dynamic-base-id", "-l", "error", "-c"])
+        .args([
+            "--mode",
+            "validate",
+            "--use-dynamic-base-id",
+            "-l",
+            "error",
+            "-c",
+        ])
         .arg(path)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
@@ -75,7 +82,10 @@ fn envoy_verdict(envoy: &str, path: &Path) -> Result<(bool, String), String> {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("envoy did not finish validating {}", path.display()));
+            return Err(format!(
+                "envoy did not finish validating {}",
+                path.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -108,9 +118,7 @@ fn cut(s: &str, n: usize) -> String {
 fn corpus_loads_as_envoy_decides() {
     let files = corpus();
     assert!(files.len() >= 30, "corpus too small: {}", files.len());
-    let envoy = std::env::var("SLUICE_ENVOY")
-        .ok()
-        .filter(|e| !e.is_empty());
+    let envoy = std::env::var("SLUICE_ENVOY").ok().filter(|e| !e.is_empty());
     if envoy.is_none() {
         println!("SLUICE_ENVOY is unset: the corpus is loaded by sluice only, without real Envoy's verdicts");
     }
@@ -198,7 +206,10 @@ fn corpus_loads_as_envoy_decides() {
             ));
         }
     }
-    println!("{:<36} {:<8} {:<11} first sluice error", "config", "envoy", "sluice");
+    println!(
+        "{:<36} {:<8} {:<11} first sluice error",
+        "config", "envoy", "sluice"
+    );
     for r in &rows {
         println!("{r}");
     }
@@ -207,7 +218,11 @@ fn corpus_loads_as_envoy_decides() {
          {refused_by_both} refused by both; {} mismatches{}",
         files.len(),
         mismatches.len(),
-        if envoy.is_none() { " (sluice only: SLUICE_ENVOY unset)" } else { "" }
+        if envoy.is_none() {
+            " (sluice only: SLUICE_ENVOY unset)"
+        } else {
+            ""
+        }
     );
     assert!(
         mismatches.is_empty(),
