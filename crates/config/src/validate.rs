@@ -21,7 +21,8 @@
 //! * **ext_authz**: exactly one of `grpc_service` / `http_service`; gRPC via `envoy_grpc` to a
 //!   cluster of `static_resources` (`transport_api_version` may be absent, AUTO, V2 or V3:
 //!   Envoy 1.40 accepts each and speaks V3);
-//!   `status_on_error` a status in 100..=599; `max_request_bytes` > 0; valid string matchers.
+//!   `status_on_error` one of `envoy.type.v3.StatusCode`'s values; `max_request_bytes` > 0; valid string
+//!   matchers; the HTTP service's `timeout` below 2^32 s.
 //! * **Route tables**: domains unique across the table (case-insensitive), one `*`, wildcards only
 //!   as the first or last character; one path specifier per match, `path_separated_prefix` shape,
 //!   regexes compile (regex crate ≈ RE2), header/query/string matchers have one pattern; one action
@@ -39,6 +40,14 @@
 //!   keyed by the type's name with exactly one protocol selection; one circuit-breaker threshold
 //!   per priority; upstream transport socket is an `UpstreamTlsContext` (or raw buffer).
 //! * **Admin** and **DNS resolvers** (bootstrap and cluster): IP socket addresses.
+//! * **PGV ranges and shapes** Envoy checks at load: `stats_flush_interval` in [1ms, 300s);
+//!   HTTP/2 `max_concurrent_streams` and window sizes, keepalive `interval`/`timeout` (≥ 1ms,
+//!   timeout required); `max_headers_count` ≥ 1; `destination_port` in [1, 65535]; locality
+//!   `priority` ≤ 128; DNS failure refresh intervals > 1ms; socket `address` and regexes non-empty;
+//!   upstream `sni` ≤ 255 bytes; `session_timeout` < 2^32 s; header names and values (mutations,
+//!   removals, matchers, domains, rewrites, redirects, `server_name`, `via`) without NUL, CR or LF
+//!   and at most 16 KiB, at most 1000 headers to add per list; router `strict_check_headers` from
+//!   Envoy's list. Every `Duration` is range-checked while deserializing (see `core.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -76,6 +85,23 @@ pub const DEFAULT_MAX_DIRECT_RESPONSE_BODY_BYTES: u32 = 4096;
 const NOT_SUPPORTED: &str = "recognised but not supported by sluice";
 const MS: std::time::Duration = std::time::Duration::from_millis(1);
 const H2_WINDOW: &str = "value must be inside range [65535, 2147483647]";
+/// PGV's `HTTP_HEADER_NAME` / `HTTP_HEADER_VALUE` rules (non-strict): no NUL, CR or LF.
+const HEADER_TEXT: &str = "value does not match regex pattern \"^[^\\x00\\n\\r]*$\"";
+const MAX_HEADER_BYTES: usize = 16384;
+/// The values of `envoy.type.v3.StatusCode` (HttpStatus.code is `defined_only`, not 0).
+const STATUS_CODES: &[u32] = &[
+    100, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308,
+    400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421,
+    422, 423, 424, 426, 428, 429, 431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
+];
+/// The headers the router's `strict_check_headers` may name.
+const STRICT_CHECK_HEADERS: &[&str] = &[
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-max-retries",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+];
 const MIN_LEN_1: &str = "value length must be at least 1 characters";
 const MIN_ITEMS_1: &str = "value must contain at least 1 item(s)";
 const ONLY_HCM: &str =
@@ -309,6 +335,13 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A header name or value (PGV `HTTP_HEADER_NAME`/`HTTP_HEADER_VALUE`, non-strict).
+    fn header_text(&mut self, p: &P, s: &str) {
+        if s.contains(['\0', '\n', '\r']) {
+            self.err(p, HEADER_TEXT);
+        }
+    }
+
     fn regex(&mut self, p: &P, pattern: &str) {
         if let Err(e) = regex::Regex::new(pattern) {
             self.err(
@@ -379,6 +412,7 @@ impl<'a> Ctx<'a> {
 
     fn regex_rewrite(&mut self, p: &P, r: &RegexMatchAndSubstitute) {
         self.regex_matcher(&p.f("pattern"), &r.pattern);
+        self.header_text(&p.f("substitution"), &r.substitution);
     }
 
     fn data_source(&mut self, p: &P, ds: &DataSource) {
@@ -494,8 +528,26 @@ impl<'a> Ctx<'a> {
             ("request_headers_to_add", m.request_headers_to_add),
             ("response_headers_to_add", m.response_headers_to_add),
         ] {
+            if list.len() > 1000 {
+                self.err(&p.f(field), "value must contain no more than 1000 item(s)");
+            }
             for (i, h) in list.iter().enumerate() {
                 let hp = p.f(field).i(i);
+                let (key, value) = (&h.header.key, &h.header.value);
+                if key.len() > MAX_HEADER_BYTES {
+                    self.err(
+                        &hp.f("header").f("key"),
+                        "value length must be at most 16384 bytes",
+                    );
+                }
+                if value.len() > MAX_HEADER_BYTES {
+                    self.err(
+                        &hp.f("header").f("value"),
+                        "value length must be at most 16384 bytes",
+                    );
+                }
+                self.header_text(&hp.f("header").f("key"), key);
+                self.header_text(&hp.f("header").f("value"), value);
                 if h.header.key.is_empty() {
                     self.err(&hp.f("header").f("key"), MIN_LEN_1);
                 } else if !modifiable_header(&h.header.key) {
@@ -517,6 +569,7 @@ impl<'a> Ctx<'a> {
             ("response_headers_to_remove", m.response_headers_to_remove),
         ] {
             for (i, h) in list.iter().enumerate() {
+                self.header_text(&p.f(field).i(i), h);
                 if h.is_empty() {
                     self.err(&p.f(field).i(i), MIN_LEN_1);
                 } else if !modifiable_header(h) {
@@ -766,6 +819,11 @@ impl<'a> Ctx<'a> {
         if let Some(o) = &h.common_http_protocol_options {
             self.common_http_options(&p.f("common_http_protocol_options"), o);
         }
+        for (field, v) in [("server_name", &h.server_name), ("via", &h.via)] {
+            if let Some(v) = v {
+                self.header_text(&p.f(field), v);
+            }
+        }
         let fp = p.f("http_filters");
         if h.http_filters.is_empty() {
             self.err(
@@ -815,6 +873,16 @@ impl<'a> Ctx<'a> {
                     ),
                 );
             }
+            if let Some(HttpFilterConfig::Router(r)) = &f.typed_config {
+                for (k, name) in r.strict_check_headers.iter().enumerate() {
+                    if !STRICT_CHECK_HEADERS.contains(&name.as_str()) {
+                        self.err(
+                            &p.f("typed_config").f("strict_check_headers").i(k),
+                            format!("value must be in list [{}]", STRICT_CHECK_HEADERS.join(" ")),
+                        );
+                    }
+                }
+            }
             if let Some(HttpFilterConfig::ExtAuthz(a)) = &f.typed_config {
                 authz_filters.insert(f.name.as_str());
                 self.ext_authz(&p.f("typed_config"), a);
@@ -857,6 +925,12 @@ impl<'a> Ctx<'a> {
         }
         if let Some(h) = &a.http_service {
             let up = p.f("http_service").f("server_uri");
+            if h.server_uri.timeout.as_std() >= std::time::Duration::from_secs(1 << 32) {
+                self.err(
+                    &up.f("timeout"),
+                    "value must be inside range [0s, 1193046h28m16s)",
+                );
+            }
             self.non_empty(&up.f("uri"), &h.server_uri.uri);
             self.non_empty(&up.f("cluster"), &h.server_uri.cluster);
             let hp = p.f("http_service");
@@ -889,10 +963,10 @@ impl<'a> Ctx<'a> {
             }
         }
         if let Some(s) = &a.status_on_error {
-            if !(100..=599).contains(&s.code) {
+            if !STATUS_CODES.contains(&s.code) {
                 self.err(
                     &p.f("status_on_error").f("code"),
-                    "value must be an HTTP status code in 100..=599",
+                    "value must be one of the defined enum values",
                 );
             }
         }
@@ -935,6 +1009,7 @@ impl<'a> Ctx<'a> {
                 self.err(&dp, MIN_ITEMS_1);
             }
             for (k, d) in vh.domains.iter().enumerate() {
+                self.header_text(&dp.i(k), d);
                 let lower = d.to_ascii_lowercase();
                 if lower == "*" {
                     if wildcard {
@@ -1022,6 +1097,15 @@ impl<'a> Ctx<'a> {
                 ],
                 false,
             );
+            for (field, v) in [
+                ("host_redirect", &rd.host_redirect),
+                ("path_redirect", &rd.path_redirect),
+                ("prefix_rewrite", &rd.prefix_rewrite),
+            ] {
+                if let Some(v) = v {
+                    self.header_text(&rp.f(field), v);
+                }
+            }
             if rd.port_redirect.is_some_and(|port| port > 65535) {
                 self.err(
                     &rp.f("port_redirect"),
@@ -1082,6 +1166,7 @@ impl<'a> Ctx<'a> {
         for (i, h) in m.headers.iter().enumerate() {
             let p = hp.i(i);
             self.non_empty(&p.f("name"), &h.name);
+            self.header_text(&p.f("name"), &h.name);
             self.one_of(
                 &p,
                 &[
@@ -1107,6 +1192,9 @@ impl<'a> Ctx<'a> {
         for (i, q) in m.query_parameters.iter().enumerate() {
             let p = qp.i(i);
             self.non_empty(&p.f("name"), &q.name);
+            if q.name.len() > 1024 {
+                self.err(&p.f("name"), "value length must be at most 1024 bytes");
+            }
             self.one_of(
                 &p,
                 &[
@@ -1140,6 +1228,16 @@ impl<'a> Ctx<'a> {
         }
         if let Some(h) = &a.cluster_header {
             self.non_empty(&p.f("cluster_header"), h);
+        }
+        for (field, v) in [
+            ("cluster_header", &a.cluster_header),
+            ("prefix_rewrite", &a.prefix_rewrite),
+            ("host_rewrite_literal", &a.host_rewrite_literal),
+            ("host_rewrite_header", &a.host_rewrite_header),
+        ] {
+            if let Some(v) = v {
+                self.header_text(&p.f(field), v);
+            }
         }
         if let Some(w) = &a.weighted_clusters {
             let wp = p.f("weighted_clusters");
@@ -1208,6 +1306,7 @@ impl<'a> Ctx<'a> {
             );
             if let Some(hh) = &h.header {
                 self.non_empty(&p.f("header").f("header_name"), &hh.header_name);
+                self.header_text(&p.f("header").f("header_name"), &hh.header_name);
                 if let Some(r) = &hh.regex_rewrite {
                     self.regex_rewrite(&p.f("header").f("regex_rewrite"), r);
                 }
