@@ -146,6 +146,17 @@ fn field_for(key: &str, fields: &'static [&'static str]) -> Option<&'static str>
         .copied()
 }
 
+const NOT_SUPPORTED: &str = "recognised but not supported by sluice";
+
+/// Whether `key` (snake_case or lowerCamelCase) names a field of the Envoy message that the
+/// struct `name` mirrors (see `envoy_fields.rs`): a real Envoy field sluice does not model.
+fn envoy_has_field(name: &str, key: &str) -> bool {
+    crate::envoy_fields::ENVOY_FIELDS
+        .iter()
+        .filter(|(rust, _, _)| *rust == name)
+        .any(|(_, _, fields)| fields.iter().any(|f| *f == key || is_json_name_of(key, f)))
+}
+
 /// A `serde::Deserializer` over a JSON tree with protobuf's JSON rules (see the module doc).
 #[derive(Clone, Copy)]
 pub(crate) struct Proto<'a>(pub &'a Value);
@@ -570,7 +581,7 @@ impl<'de> de::Deserializer<'de> for Proto<'de> {
     }
     fn deserialize_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DeError> {
@@ -583,7 +594,13 @@ impl<'de> de::Deserializer<'de> for Proto<'de> {
             if v.is_null() {
                 continue;
             }
-            let field = field_for(k, fields).unwrap_or(k.as_str());
+            let field = match field_for(k, fields) {
+                Some(f) => f,
+                None if envoy_has_field(name, k) => {
+                    return Err(DeError::custom(NOT_SUPPORTED).at(k));
+                }
+                None => k.as_str(),
+            };
             if let Some(i) = entries.iter().position(|(_, f, _)| *f == field) {
                 // Both spellings of one field: the lowerCamelCase one wins, as with Envoy.
                 if k.as_str() != field {
@@ -677,7 +694,7 @@ pub enum NotSupported {}
 
 impl<'de> serde::Deserialize<'de> for NotSupported {
     fn deserialize<D: serde::Deserializer<'de>>(_d: D) -> Result<Self, D::Error> {
-        Err(D::Error::custom("recognised but not supported by sluice"))
+        Err(D::Error::custom(NOT_SUPPORTED))
     }
 }
 
@@ -1084,6 +1101,34 @@ mod tests {
         assert_eq!(
             error(cluster(json!({"lb_Policy": "RANDOM"}))),
             "static_resources.clusters[0]: unknown field \"lb_Policy\""
+        );
+    }
+
+    #[test]
+    fn envoy_fields_sluice_lacks_are_not_supported_typos_are_unknown() {
+        // `preconnect_policy` is a field of Envoy's Cluster that sluice does not model.
+        assert_eq!(
+            error(cluster(json!({"preconnect_policy": {}}))),
+            "static_resources.clusters[0].preconnect_policy: recognised but not supported by sluice"
+        );
+        assert_eq!(
+            error(cluster(json!({"preconnectPolicy": {}}))),
+            "static_resources.clusters[0].preconnectPolicy: recognised but not supported by sluice"
+        );
+        // Unset (null) is fine, as for Envoy.
+        from_value::<Cluster>(json!({"name": "a", "preconnect_policy": null})).unwrap();
+        // A misspelt name is still unknown.
+        assert_eq!(
+            error(cluster(json!({"preconect_policy": {}}))),
+            "static_resources.clusters[0]: unknown field \"preconect_policy\""
+        );
+        assert_eq!(
+            error(hcm(
+                json!({"set_current_client_cert_details": {"subject": true}})
+            )),
+            format!(
+                "{HCM}.set_current_client_cert_details: recognised but not supported by sluice"
+            )
         );
     }
 
