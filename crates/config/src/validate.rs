@@ -585,6 +585,7 @@ impl<'a> Ctx<'a> {
     // ---- TLS and transport sockets ----
 
     fn transport_socket(&mut self, p: &P, ts: &TransportSocket, on_listener: bool) {
+        self.non_empty(&p.f("name"), &ts.name);
         let tp = p.f("typed_config");
         match &ts.typed_config {
             TransportSocketConfig::DownstreamTls(d) if on_listener => {
@@ -914,6 +915,15 @@ impl<'a> Ctx<'a> {
                     "missing field \"envoy_grpc\" (google_grpc is not supported by sluice)",
                 ),
                 Some(e) => {
+                    if let Some(a) = &e.authority {
+                        self.header_text(&gp.f("envoy_grpc").f("authority"), a);
+                        if a.len() > MAX_HEADER_BYTES {
+                            self.err(
+                                &gp.f("envoy_grpc").f("authority"),
+                                "value length must be at most 16384 bytes",
+                            );
+                        }
+                    }
                     if !self.clusters.contains(e.cluster_name.as_str()) {
                         self.err(
                             &gp.f("envoy_grpc").f("cluster_name"),
@@ -1257,12 +1267,18 @@ impl<'a> Ctx<'a> {
                         format!("route: unknown weighted cluster '{}'", c.name),
                     );
                 }
+                if let Some(h) = &c.host_rewrite_literal {
+                    self.header_text(&p.f("host_rewrite_literal"), h);
+                }
                 self.header_mutations(&p, mutations!(c));
                 self.per_filter_config(
                     &p.f("typed_per_filter_config"),
                     &c.typed_per_filter_config,
                     scope,
                 );
+            }
+            if let Some(h) = &w.header_name {
+                self.header_text(&wp.f("header_name"), h);
             }
             match w.total_weight {
                 Some(t) if u64::from(t) != sum => self.err(
@@ -1562,6 +1578,17 @@ impl<'a> Ctx<'a> {
     }
 
     fn upstream_http_options(&mut self, p: &P, h: &UpstreamHttpProtocolOptions) {
+        if let Some(sni) = h
+            .upstream_http_protocol_options
+            .as_ref()
+            .and_then(|u| u.override_auto_sni_header.as_ref())
+        {
+            self.header_text(
+                &p.f("upstream_http_protocol_options")
+                    .f("override_auto_sni_header"),
+                sni,
+            );
+        }
         self.one_of(
             p,
             &[
