@@ -271,123 +271,13 @@ fn boolean(v: &Value) -> Result<bool, DeError> {
     }
 }
 
-/// Proto enum numbers of the enums sluice knows, by the Rust enum's name: `(name, number)`.
-/// Every enum deserialized from a config is listed here (a unit test checks the names against
-/// each enum's serde variants).
-pub(crate) const ENUM_NUMBERS: &[(&str, &[(&str, i64)])] = &[
-    ("SocketProtocol", &[("TCP", 0), ("UDP", 1)]),
-    (
-        "HeaderAppendAction",
-        &[
-            ("APPEND_IF_EXISTS_OR_ADD", 0),
-            ("ADD_IF_ABSENT", 1),
-            ("OVERWRITE_IF_EXISTS_OR_ADD", 2),
-            ("OVERWRITE_IF_EXISTS", 3),
-        ],
-    ),
-    (
-        "HeadersWithUnderscoresAction",
-        &[("ALLOW", 0), ("REJECT_REQUEST", 1), ("DROP_HEADER", 2)],
-    ),
-    (
-        "CodecType",
-        &[("AUTO", 0), ("HTTP1", 1), ("HTTP2", 2), ("HTTP3", 3)],
-    ),
-    (
-        "ServerHeaderTransformation",
-        &[
-            ("OVERWRITE", 0),
-            ("APPEND_IF_ABSENT", 1),
-            ("PASS_THROUGH", 2),
-        ],
-    ),
-    (
-        "TrafficDirection",
-        &[("UNSPECIFIED", 0), ("INBOUND", 1), ("OUTBOUND", 2)],
-    ),
-    (
-        "DiscoveryType",
-        &[
-            ("STATIC", 0),
-            ("STRICT_DNS", 1),
-            ("LOGICAL_DNS", 2),
-            ("EDS", 3),
-            ("ORIGINAL_DST", 4),
-        ],
-    ),
-    (
-        "LbPolicy",
-        &[
-            ("ROUND_ROBIN", 0),
-            ("LEAST_REQUEST", 1),
-            ("RING_HASH", 2),
-            ("RANDOM", 3),
-            ("MAGLEV", 5),
-            ("CLUSTER_PROVIDED", 6),
-            ("LOAD_BALANCING_POLICY_CONFIG", 7),
-        ],
-    ),
-    (
-        "DnsLookupFamily",
-        &[
-            ("AUTO", 0),
-            ("V4_ONLY", 1),
-            ("V6_ONLY", 2),
-            ("V4_PREFERRED", 3),
-            ("ALL", 4),
-        ],
-    ),
-    ("RoutingPriority", &[("DEFAULT", 0), ("HIGH", 1)]),
-    ("RingHashFunction", &[("XX_HASH", 0), ("MURMUR_HASH_2", 1)]),
-    (
-        "HealthStatus",
-        &[
-            ("UNKNOWN", 0),
-            ("HEALTHY", 1),
-            ("UNHEALTHY", 2),
-            ("DRAINING", 3),
-            ("TIMEOUT", 4),
-            ("DEGRADED", 5),
-        ],
-    ),
-    (
-        "TlsRequirementType",
-        &[("NONE", 0), ("EXTERNAL_ONLY", 1), ("ALL", 2)],
-    ),
-    (
-        "ClusterNotFoundResponseCode",
-        &[
-            ("SERVICE_UNAVAILABLE", 0),
-            ("NOT_FOUND", 1),
-            ("INTERNAL_SERVER_ERROR", 2),
-        ],
-    ),
-    (
-        "RedirectResponseCode",
-        &[
-            ("MOVED_PERMANENTLY", 0),
-            ("FOUND", 1),
-            ("SEE_OTHER", 2),
-            ("TEMPORARY_REDIRECT", 3),
-            ("PERMANENT_REDIRECT", 4),
-        ],
-    ),
-    ("ApiVersion", &[("AUTO", 0), ("V2", 1), ("V3", 2)]),
-    (
-        "TlsProtocol",
-        &[
-            ("TLS_AUTO", 0),
-            ("TLSv1_0", 1),
-            ("TLSv1_1", 2),
-            ("TLSv1_2", 3),
-            ("TLSv1_3", 4),
-        ],
-    ),
-    (
-        "TrustChainVerification",
-        &[("VERIFY_TRUST_CHAIN", 0), ("ACCEPT_UNTRUSTED", 1)],
-    ),
-];
+/// The proto values (name, number) of the Envoy enum a Rust enum mirrors (`envoy_fields.rs`).
+fn enum_values(name: &str) -> Option<&'static [(&'static str, i64)]> {
+    crate::envoy_fields::ENVOY_ENUMS
+        .iter()
+        .find(|(rust, _, _)| *rust == name)
+        .map(|(_, _, values)| *values)
+}
 
 const UNDEFINED_ENUM: &str = "value must be one of the defined enum values";
 
@@ -398,10 +288,7 @@ fn enum_variant(
     variants: &'static [&'static str],
     v: &Value,
 ) -> Result<&'static str, DeError> {
-    let numbers = ENUM_NUMBERS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, table)| *table);
+    let numbers = enum_values(name);
     let by_number = |n: i128| -> Result<&'static str, DeError> {
         let Some(table) = numbers else {
             return Err(DeError::custom(format!(
@@ -429,6 +316,15 @@ fn enum_variant(
             }
             if let Ok(n) = s.parse::<i128>() {
                 return by_number(n);
+            }
+            // A value of Envoy's enum that sluice's enum lacks.
+            if let Some(proto) = numbers
+                .and_then(|t| t.iter().find(|(p, _)| p.eq_ignore_ascii_case(s)))
+                .map(|(p, _)| *p)
+            {
+                return Err(DeError::custom(format!(
+                    "value \"{proto}\" is not supported by sluice"
+                )));
             }
             Err(DeError::unknown_variant(s, variants))
         }
@@ -970,11 +866,10 @@ mod tests {
         json!({"static_resources": {"clusters": [c]}})
     }
 
-    /// Every enum of the config model has its proto numbers in [`ENUM_NUMBERS`], and each
-    /// number's proto name is one of the enum's serde names.
+    /// The generated enum table (`envoy_fields.rs`) names, for each mirrored enum, exactly the
+    /// proto values of its serde variants, in proto order.
     #[test]
     fn enum_number_table_matches_the_enums() {
-        use super::ENUM_NUMBERS;
         use crate::cluster::*;
         use crate::core::*;
         use crate::hcm::*;
@@ -1047,16 +942,42 @@ mod tests {
             ),
         ];
         for (name, serde_names) in enums {
-            let table = ENUM_NUMBERS.iter().find(|(n, _)| *n == name).unwrap().1;
-            let protos: Vec<&str> = table.iter().map(|(p, _)| *p).collect();
+            let protos: Vec<&str> = super::enum_values(name)
+                .unwrap()
+                .iter()
+                .map(|(p, _)| *p)
+                .collect();
             assert_eq!(protos, serde_names, "{name}");
         }
-        // No duplicate numbers or names within one enum.
-        for (name, table) in ENUM_NUMBERS {
-            let mut nums: Vec<i64> = table.iter().map(|(_, n)| *n).collect();
-            nums.sort();
-            nums.dedup();
-            assert_eq!(nums.len(), table.len(), "{name}");
+        assert_eq!(
+            super::enum_values("LbPolicy")
+                .unwrap()
+                .iter()
+                .find(|(p, _)| *p == "MAGLEV"),
+            Some(&("MAGLEV", 5))
+        );
+        // Every enum of the config model is in the table (numbers work for all of them).
+        for name in [
+            "SocketProtocol",
+            "HeaderAppendAction",
+            "HeadersWithUnderscoresAction",
+            "CodecType",
+            "ServerHeaderTransformation",
+            "TrafficDirection",
+            "DiscoveryType",
+            "LbPolicy",
+            "DnsLookupFamily",
+            "RoutingPriority",
+            "RingHashFunction",
+            "HealthStatus",
+            "TlsRequirementType",
+            "ClusterNotFoundResponseCode",
+            "RedirectResponseCode",
+            "ApiVersion",
+            "TlsProtocol",
+            "TrustChainVerification",
+        ] {
+            assert!(super::enum_values(name).is_some(), "{name}");
         }
     }
 

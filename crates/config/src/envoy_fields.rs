@@ -414,3 +414,66 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
         "clusters", "header_name", "runtime_key_prefix", "total_weight", "use_hash_policy",
     ]),
 ];
+
+/// (Rust enum name, Envoy enum, its values with their numbers) for enums by number.
+/// Enums without an Envoy enum: none.
+pub(crate) const ENVOY_ENUMS: &[(&str, &str, &[(&str, i64)])] = &[
+    ("ApiVersion", "envoy.config.core.v3.ApiVersion", &[
+        ("AUTO", 0), ("V2", 1), ("V3", 2),
+    ]),
+    ("ClusterNotFoundResponseCode", "envoy.config.route.v3.RouteAction.ClusterNotFoundResponseCode", &[
+        ("SERVICE_UNAVAILABLE", 0), ("NOT_FOUND", 1), ("INTERNAL_SERVER_ERROR", 2),
+    ]),
+    ("CodecType", "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.CodecType", &[
+        ("AUTO", 0), ("HTTP1", 1), ("HTTP2", 2), ("HTTP3", 3),
+    ]),
+    ("DiscoveryType", "envoy.config.cluster.v3.Cluster.DiscoveryType", &[
+        ("STATIC", 0), ("STRICT_DNS", 1), ("LOGICAL_DNS", 2), ("EDS", 3), ("ORIGINAL_DST", 4),
+    ]),
+    ("DnsLookupFamily", "envoy.config.cluster.v3.Cluster.DnsLookupFamily", &[
+        ("AUTO", 0), ("V4_ONLY", 1), ("V6_ONLY", 2), ("V4_PREFERRED", 3), ("ALL", 4),
+    ]),
+    ("HeaderAppendAction", "envoy.config.core.v3.HeaderValueOption.HeaderAppendAction", &[
+        ("APPEND_IF_EXISTS_OR_ADD", 0), ("ADD_IF_ABSENT", 1), ("OVERWRITE_IF_EXISTS_OR_ADD", 2),
+        ("OVERWRITE_IF_EXISTS", 3),
+    ]),
+    ("HeadersWithUnderscoresAction", "envoy.config.core.v3.HttpProtocolOptions.HeadersWithUnderscoresAction", &[
+        ("ALLOW", 0), ("REJECT_REQUEST", 1), ("DROP_HEADER", 2),
+    ]),
+    ("HealthStatus", "envoy.config.core.v3.HealthStatus", &[
+        ("UNKNOWN", 0), ("HEALTHY", 1), ("UNHEALTHY", 2), ("DRAINING", 3), ("TIMEOUT", 4),
+        ("DEGRADED", 5),
+    ]),
+    ("LbPolicy", "envoy.config.cluster.v3.Cluster.LbPolicy", &[
+        ("ROUND_ROBIN", 0), ("LEAST_REQUEST", 1), ("RING_HASH", 2), ("RANDOM", 3), ("MAGLEV", 5),
+        ("CLUSTER_PROVIDED", 6), ("LOAD_BALANCING_POLICY_CONFIG", 7),
+    ]),
+    ("RedirectResponseCode", "envoy.config.route.v3.RedirectAction.RedirectResponseCode", &[
+        ("MOVED_PERMANENTLY", 0), ("FOUND", 1), ("SEE_OTHER", 2), ("TEMPORARY_REDIRECT", 3),
+        ("PERMANENT_REDIRECT", 4),
+    ]),
+    ("RingHashFunction", "envoy.config.cluster.v3.Cluster.RingHashLbConfig.HashFunction", &[
+        ("XX_HASH", 0), ("MURMUR_HASH_2", 1),
+    ]),
+    ("RoutingPriority", "envoy.config.core.v3.RoutingPriority", &[
+        ("DEFAULT", 0), ("HIGH", 1),
+    ]),
+    ("ServerHeaderTransformation", "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.ServerHeaderTransformation", &[
+        ("OVERWRITE", 0), ("APPEND_IF_ABSENT", 1), ("PASS_THROUGH", 2),
+    ]),
+    ("SocketProtocol", "envoy.config.core.v3.SocketAddress.Protocol", &[
+        ("TCP", 0), ("UDP", 1),
+    ]),
+    ("TlsProtocol", "envoy.extensions.transport_sockets.tls.v3.TlsParameters.TlsProtocol", &[
+        ("TLS_AUTO", 0), ("TLSv1_0", 1), ("TLSv1_1", 2), ("TLSv1_2", 3), ("TLSv1_3", 4),
+    ]),
+    ("TlsRequirementType", "envoy.config.route.v3.VirtualHost.TlsRequirementType", &[
+        ("NONE", 0), ("EXTERNAL_ONLY", 1), ("ALL", 2),
+    ]),
+    ("TrafficDirection", "envoy.config.core.v3.TrafficDirection", &[
+        ("UNSPECIFIED", 0), ("INBOUND", 1), ("OUTBOUND", 2),
+    ]),
+    ("TrustChainVerification", "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext.TrustChainVerification", &[
+        ("VERIFY_TRUST_CHAIN", 0), ("ACCEPT_UNTRUSTED", 1),
+    ]),
+];

@@ -35,7 +35,8 @@
 //! * a field of an Envoy message that sluice's struct does not model is `recognised but not
 //!   supported by sluice` at its path (the field lists of Envoy's messages are in
 //!   `envoy_fields.rs`, generated from Envoy's API protos by
-//!   `tests/envoy_fields/generate.py`); a name Envoy does not have is an `unknown field`.
+//!   `tests/envoy_fields/generate.py`, with the numbers of Envoy's enums); a name Envoy does not
+//!   have is an `unknown field`. Re-run the generator after adding a config struct or enum.
 //!
 //! Proto-validate (PGV) rules Envoy applies at load (ranges of ports, durations, limits) are
 //! checked by [`validate`] with PGV's wording. [`fuzz::load`] is the loader's fuzz target

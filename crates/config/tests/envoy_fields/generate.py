@@ -112,6 +112,29 @@ OVERRIDES = {
 }
 
 
+# Rust enum name -> Envoy enum (full name) for the enums whose short names differ or repeat.
+ENUM_OVERRIDES = {
+    "SocketProtocol": "envoy.config.core.v3.SocketAddress.Protocol",
+    "HeaderAppendAction": "envoy.config.core.v3.HeaderValueOption.HeaderAppendAction",
+    "HeadersWithUnderscoresAction": "envoy.config.core.v3.HttpProtocolOptions.HeadersWithUnderscoresAction",
+    "CodecType": "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.CodecType",
+    "ServerHeaderTransformation": "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.ServerHeaderTransformation",
+    "TrafficDirection": "envoy.config.core.v3.TrafficDirection",
+    "DiscoveryType": "envoy.config.cluster.v3.Cluster.DiscoveryType",
+    "LbPolicy": "envoy.config.cluster.v3.Cluster.LbPolicy",
+    "DnsLookupFamily": "envoy.config.cluster.v3.Cluster.DnsLookupFamily",
+    "RoutingPriority": "envoy.config.core.v3.RoutingPriority",
+    "RingHashFunction": "envoy.config.cluster.v3.Cluster.RingHashLbConfig.HashFunction",
+    "HealthStatus": "envoy.config.core.v3.HealthStatus",
+    "TlsRequirementType": "envoy.config.route.v3.VirtualHost.TlsRequirementType",
+    "ClusterNotFoundResponseCode": "envoy.config.route.v3.RouteAction.ClusterNotFoundResponseCode",
+    "RedirectResponseCode": "envoy.config.route.v3.RedirectAction.RedirectResponseCode",
+    "ApiVersion": "envoy.config.core.v3.ApiVersion",
+    "TlsProtocol": "envoy.extensions.transport_sockets.tls.v3.TlsParameters.TlsProtocol",
+    "TrustChainVerification": "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext.TrustChainVerification",
+}
+
+
 def default_root():
     found = sorted(glob.glob(os.path.expanduser(
         "~/.cargo/registry/src/*/envoy-types-*/proto/data-plane-api/envoy")))
@@ -123,6 +146,7 @@ def default_root():
 def parse_protos(root):
     """Full message name -> list of field names (oneof members included)."""
     messages = {}
+    enums = {}
     for path in glob.glob(os.path.join(root, "**", "*.proto"), recursive=True):
         text = open(path, encoding="utf-8").read()
         text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
@@ -152,11 +176,20 @@ def parse_protos(root):
                 if stack[-1][0] == "message":
                     names = [n for k, n in stack if k == "message"]
                     messages.setdefault(".".join([package] + names), [])
+                if stack[-1][0] == "enum":
+                    names = [n for k, n in stack if k in ("message", "enum")]
+                    enums.setdefault(".".join([package] + names), [])
             elif ch == "}":
                 if stack:
                     stack.pop()
             elif ch == ";":
                 kinds = [k for k, _ in stack]
+                if kinds and kinds[-1] == "enum":
+                    m = re.match(r"(\w+)\s*=\s*(-?\d+)", head)
+                    if m and m.group(1) not in ("option", "reserved"):
+                        names = [n for k, n in stack if k in ("message", "enum")]
+                        enums[".".join([package] + names)].append((m.group(1), int(m.group(2))))
+                    continue
                 if not kinds or kinds[-1] not in ("message", "oneof") or "other" in kinds \
                         or "enum" in kinds:
                     continue
@@ -165,7 +198,7 @@ def parse_protos(root):
                 if m and not head.startswith(("reserved", "option", "extensions")):
                     names = [n for k, n in stack if k == "message"]
                     messages.setdefault(".".join([package] + names), []).append(m.group(1))
-    return messages
+    return messages, enums
 
 
 def rust_structs():
@@ -178,9 +211,19 @@ def rust_structs():
     return sorted(set(names))
 
 
+def rust_enums():
+    names = []
+    for path in sorted(glob.glob(os.path.join(CRATE, "src", "*.rs"))):
+        text = open(path, encoding="utf-8").read()
+        for m in re.finditer(r"#\[derive\(([^)]*)\)\][^{;]*?pub enum (\w+)", text, re.S):
+            if "Deserialize" in m.group(1) and "typed_enum" not in text[max(0, m.start() - 40):m.start()]:
+                names.append(m.group(2))
+    return sorted(set(names))
+
+
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else default_root()
-    messages = parse_protos(root)
+    messages, enums = parse_protos(root)
     rows, missing = [], []
     for name in rust_structs():
         full = OVERRIDES.get(name)
@@ -213,6 +256,35 @@ def main():
         out.append(line)
         out.append("    ]),")
     out.append("];")
+    enum_rows, enum_missing = [], []
+    for name in rust_enums():
+        full = ENUM_OVERRIDES.get(name)
+        if full is None:
+            candidates = [e for e in enums if e.rsplit(".", 1)[-1] == name]
+            full = candidates[0] if len(candidates) == 1 else None
+        if full is None or full not in enums:
+            enum_missing.append(name)
+            continue
+        enum_rows.append((name, full, enums[full]))
+    out += [
+        "",
+        "/// (Rust enum name, Envoy enum, its values with their numbers) for enums by number.",
+        f"/// Enums without an Envoy enum: {', '.join(enum_missing) or 'none'}.",
+        "pub(crate) const ENVOY_ENUMS: &[(&str, &str, &[(&str, i64)])] = &[",
+    ]
+    for name, full, values in enum_rows:
+        out.append(f'    ("{name}", "{full}", &[')
+        line = "       "
+        for v, n in values:
+            item = f' ("{v}", {n}),'
+            if len(line) + len(item) > 99:
+                out.append(line)
+                line = "       "
+            line += item
+        out.append(line)
+        out.append("    ]),")
+    out.append("];")
+    missing += [f"enum {e}" for e in enum_missing]
     open(OUT, "w").write("\n".join(out) + "\n")
     print(f"{len(rows)} structs written to {OUT}; without an Envoy message: {missing}")
 
