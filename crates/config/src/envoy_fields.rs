@@ -417,7 +417,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
 
 /// (Rust enum name, Envoy enum, its values with their numbers) for enums by number.
 /// Enums without an Envoy enum: none.
-pub(crate) const ENVOY_ENUMS: &[(&str, &str, &[(&str, i64)])] = &[
+pub(crate) type EnumValues = &'static [(&'static str, i64)];
+
+pub(crate) const ENVOY_ENUMS: &[(&str, &str, EnumValues)] = &[
     ("ApiVersion", "envoy.config.core.v3.ApiVersion", &[
         ("AUTO", 0), ("V2", 1), ("V3", 2),
     ]),

@@ -270,7 +270,9 @@ def main():
         "",
         "/// (Rust enum name, Envoy enum, its values with their numbers) for enums by number.",
         f"/// Enums without an Envoy enum: {', '.join(enum_missing) or 'none'}.",
-        "pub(crate) const ENVOY_ENUMS: &[(&str, &str, &[(&str, i64)])] = &[",
+        "pub(crate) type EnumValues = &'static [(&'static str, i64)];",
+        "",
+        "pub(crate) const ENVOY_ENUMS: &[(&str, &str, EnumValues)] = &[",
     ]
     for name, full, values in enum_rows:
         out.append(f'    ("{name}", "{full}", &[')
