@@ -319,6 +319,7 @@ pub struct RingHashLbConfig {
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RingHashFunction {
     XxHash,
+    #[serde(rename = "MURMUR_HASH_2")]
     MurmurHash2,
 }
 
