@@ -2,7 +2,7 @@
 //! each config struct that mirrors an Envoy message, every field of that message. The
 //! deserializer tells a field Envoy has but sluice does not model ("recognised but not
 //! supported by sluice") from a misspelt one ("unknown field"). Do not edit by hand.
-//! Structs without an Envoy message: Empty, HealthCheck, HealthCheckFilter, OutlierDetection.
+//! Structs without an Envoy message: Empty.
 
 /// (Rust struct name, Envoy message, the message's field names).
 pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
@@ -191,6 +191,18 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ("HeaderValueOption", "envoy.config.core.v3.HeaderValueOption", &[
         "append", "append_action", "header", "keep_empty_value",
     ]),
+    ("HealthCheck", "envoy.config.core.v3.HealthCheck", &[
+        "alt_port", "always_log_health_check_failures", "always_log_health_check_success",
+        "custom_health_check", "event_log_path", "event_logger", "event_service",
+        "grpc_health_check", "healthy_edge_interval", "healthy_threshold", "http_health_check",
+        "initial_jitter", "interval", "interval_jitter", "interval_jitter_percent",
+        "no_traffic_healthy_interval", "no_traffic_interval", "reuse_connection",
+        "tcp_health_check", "timeout", "tls_options", "transport_socket_match_criteria",
+        "unhealthy_edge_interval", "unhealthy_interval", "unhealthy_threshold",
+    ]),
+    ("HealthCheckFilter", "envoy.extensions.filters.http.health_check.v3.HealthCheck", &[
+        "cache_time", "cluster_min_healthy_percentages", "headers", "pass_through_mode",
+    ]),
     ("Http1ProtocolOptions", "envoy.config.core.v3.Http1ProtocolOptions", &[
         "accept_http_10", "allow_absolute_url", "allow_chunked_length", "allow_custom_methods",
         "default_host_for_http_10", "enable_trailers", "header_key_format",
@@ -302,6 +314,19 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
         "client_features", "cluster", "dynamic_parameters", "extensions", "id",
         "listening_addresses", "locality", "metadata", "user_agent_build_version",
         "user_agent_name", "user_agent_version",
+    ]),
+    ("OutlierDetection", "envoy.config.cluster.v3.OutlierDetection", &[
+        "always_eject_one_host", "base_ejection_time", "consecutive_5xx",
+        "consecutive_gateway_failure", "consecutive_local_origin_failure", "detect_degraded_hosts",
+        "enforcing_consecutive_5xx", "enforcing_consecutive_gateway_failure",
+        "enforcing_consecutive_local_origin_failure", "enforcing_failure_percentage",
+        "enforcing_failure_percentage_local_origin", "enforcing_local_origin_success_rate",
+        "enforcing_success_rate", "failure_percentage_minimum_hosts",
+        "failure_percentage_request_volume", "failure_percentage_threshold", "interval",
+        "max_ejection_percent", "max_ejection_time", "max_ejection_time_jitter", "monitors",
+        "split_external_local_origin_errors", "success_rate_minimum_hosts",
+        "success_rate_request_volume", "success_rate_stdev_factor",
+        "successful_active_health_check_uneject_host",
     ]),
     ("Payload", "envoy.config.core.v3.HealthCheck.Payload", &[
         "binary", "text",
