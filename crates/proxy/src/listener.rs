@@ -170,6 +170,9 @@ impl Listener {
             peer_principal: peer_cert.as_ref().and_then(tls::principal),
             peer_certificate: peer_cert.map(|c| c.as_ref().to_vec()),
             alpn_h2,
+            version: session.protocol_version().and_then(crate::formatter::tls_version_name),
+            cipher: session.negotiated_cipher_suite().and_then(|c| crate::formatter::cipher_name(c.suite())),
+            local_certificate: None,
         };
         chain.hcm.stats.downstream_cx_ssl_total.inc();
         let conn = Arc::new(ConnectionInfo::new(peer, local, Some(Arc::new(info))));

@@ -89,6 +89,8 @@ response_flags! {
     DROP_OVERLOAD = 27, "DO", "DropOverload";
     /// `DR`: downstream remote reset.
     DOWNSTREAM_REMOTE_RESET = 28, "DR", "DownstreamRemoteReset";
+    /// `UDO`: unconditional drop overload.
+    UNCONDITIONAL_DROP_OVERLOAD = 29, "UDO", "UnconditionalDropOverload";
 }
 
 impl ResponseFlags {
@@ -144,6 +146,8 @@ pub struct UpstreamInfo {
     pub local_address: Option<SocketAddr>,
     /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
     pub transport_failure_reason: Option<String>,
+    /// The protocol of the upstream response (`%UPSTREAM_PROTOCOL%`).
+    pub protocol: Option<Version>,
 }
 
 /// The record of one request.

@@ -188,7 +188,7 @@ impl StrMatch {
 }
 
 #[derive(Debug)]
-struct HeaderMatcher {
+pub struct HeaderMatcher {
     name: HeaderName,
     matcher: StrMatch,
     invert: bool,
@@ -441,7 +441,7 @@ impl Route {
     }
 }
 
-fn header_matcher(h: &cfg::HeaderMatcher) -> Result<HeaderMatcher, String> {
+pub fn header_matcher(h: &cfg::HeaderMatcher) -> Result<HeaderMatcher, String> {
     let name = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
         .map_err(|_| format!("invalid header name \"{}\"", h.name))?;
     let plain = |kind| StrMatch { kind, ignore_case: false };
@@ -509,7 +509,7 @@ fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
 }
 
 impl HeaderMatcher {
-    fn matches(&self, headers: &HeaderMap) -> bool {
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
         let mut values = headers.get_all(&self.name).iter().peekable();
         let result = if values.peek().is_none() {
             match &self.matcher.kind {
