@@ -194,12 +194,22 @@ pub struct StreamInfo {
     pub health_check: bool,
 }
 
+/// The upstream host that served a response, as a response extension set by the upstream
+/// layer (`%UPSTREAM_HOST%`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamHost(pub SocketAddr);
+
 impl StreamInfo {
     pub fn new(stream_id: u64, protocol: Version, conn: Arc<ConnectionInfo>) -> StreamInfo {
+        Self::starting(stream_id, protocol, conn, Instant::now())
+    }
+
+    /// A record for a request that started at `start` (now, on the wall clock).
+    pub fn starting(stream_id: u64, protocol: Version, conn: Arc<ConnectionInfo>, start: Instant) -> StreamInfo {
         StreamInfo {
             stream_id,
             start_time: SystemTime::now(),
-            start: Instant::now(),
+            start,
             protocol,
             conn,
             last_downstream_rx: None,

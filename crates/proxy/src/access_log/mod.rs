@@ -340,3 +340,87 @@ impl Drop for LoggedBody {
         }
     }
 }
+
+/// The connection manager's record of one request: its [`StreamInfo`], and, when something
+/// formats after the request went upstream (access logs, `local_reply_config`, formatted
+/// response headers), a copy of the request head. Dropped before the request finished (the
+/// downstream went away), it writes the access log with `DC`, as Envoy does.
+pub struct StreamRecord<'a> {
+    pub info: StreamInfo,
+    pub request: Option<RequestHead>,
+    /// Whether [`StreamRecord::keep_request`] keeps a copy and string facts (route and cluster
+    /// names) are recorded.
+    pub full: bool,
+    logs: Option<&'a Arc<AccessLogs>>,
+    request_body: Option<Arc<RequestBodyCount>>,
+    head_request: bool,
+    done: bool,
+}
+
+impl<'a> StreamRecord<'a> {
+    pub fn new(info: StreamInfo, logs: Option<&'a Arc<AccessLogs>>, full: bool, head_request: bool) -> Self {
+        StreamRecord { info, request: None, full: full || logs.is_some(), logs, request_body: None, head_request, done: false }
+    }
+
+    /// Whether access logs are configured.
+    pub fn logging(&self) -> bool {
+        self.logs.is_some()
+    }
+
+    /// Keep a copy of the request head as it is now (when anything will need it).
+    pub fn keep_request<B>(&mut self, req: &http::Request<B>) {
+        if self.full {
+            self.request = Some(RequestHead::of(req));
+        }
+    }
+
+    /// With access logs, count the request body (`%BYTES_RECEIVED%`, `%REQUEST_DURATION%`).
+    pub fn count_request_body(&mut self, body: Body) -> Body {
+        if self.logs.is_none() {
+            return body;
+        }
+        let (body, count) = CountedBody::wrap(body, self.info.start);
+        self.request_body = Some(count);
+        body
+    }
+
+    /// The request is over on our side: with access logs the response body is wrapped and the
+    /// log written at its end; otherwise the response is returned as is.
+    pub fn finish(mut self, resp: Response<Body>) -> Response<Body> {
+        self.done = true;
+        let Some(logs) = self.logs else {
+            return resp;
+        };
+        let status = resp.status().as_u16();
+        let no_body = self.head_request || status == 204 || status == 304;
+        let pending = PendingLog {
+            logs: logs.clone(),
+            info: take_info(&mut self.info),
+            request: self.request.take(),
+            request_body: self.request_body.take(),
+        };
+        pending.attach(resp, no_body)
+    }
+}
+
+/// Move the info out, leaving a cheap stand-in behind.
+fn take_info(info: &mut StreamInfo) -> StreamInfo {
+    let stand_in = StreamInfo::starting(info.stream_id, info.protocol, info.conn.clone(), info.start);
+    std::mem::replace(info, stand_in)
+}
+
+impl Drop for StreamRecord<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Some(logs) = self.logs else { return };
+        // The request was abandoned before its response: the downstream went away.
+        let mut info = take_info(&mut self.info);
+        info.response_code = None;
+        info.response_code_details = Some("downstream_remote_disconnect".into());
+        info.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+        let pending = PendingLog { logs: logs.clone(), info, request: self.request.take(), request_body: self.request_body.take() };
+        pending.log(None, None, None);
+    }
+}

@@ -8,16 +8,22 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Request, Response, Uri, Version};
 use sluice_config::hcm::{HttpConnectionManager as HcmConfig, ServerHeaderTransformation};
 
+use crate::access_log::{AccessLogs, StreamRecord};
 use crate::body::Body;
 use crate::filters::{self, ConnectionInfo, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
+use crate::formatter::{Context, Format, RequestView, ResponseView};
 use crate::http::headers;
-use crate::http::local_reply::{http_date, reset_body, IsLocalReply, LocalReply, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT, UPSTREAM_TIMEOUT};
+use crate::http::local_reply::{
+    http_date, reset_body, IsLocalReply, LocalReply, LocalReplyConfig, LocalReplyInfo, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT,
+    UPSTREAM_TIMEOUT,
+};
+use crate::stream_info::{ResponseFlags, StreamInfo, UpstreamHost};
 use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteTable, Selected};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::upstream::{Cluster, ClusterManager, LbContext, UpstreamFailure};
@@ -129,6 +135,11 @@ pub struct HttpConnectionManager {
     filters: Vec<Arc<dyn HttpFilter>>,
     clusters: Arc<ClusterManager>,
     pub stats: HcmStats,
+    access_logs: Option<Arc<AccessLogs>>,
+    local_reply: Option<LocalReplyConfig>,
+    /// Something formats after the request went upstream (access logs, `local_reply_config`,
+    /// formatted response headers): keep the request head and the route and cluster names.
+    record_full: bool,
 }
 
 /// Everything a request needs to know about the connection it arrived on.
@@ -169,7 +180,16 @@ impl HttpConnectionManager {
                 Err(e) => return Err((format!("http_filters[{i}]"), format!("{e:#}"))),
             }
         }
+        let access_logs = AccessLogs::build(&cfg.access_log, store).map_err(|(p, e)| (format!("access_log{p}"), e))?;
+        let local_reply = match &cfg.local_reply_config {
+            Some(c) => Some(LocalReplyConfig::build(c).map_err(|(p, e)| (format!("local_reply_config.{p}"), e))?),
+            None => None,
+        };
+        let record_full = access_logs.is_some() || local_reply.is_some() || routes.formatted_headers;
         Ok(HttpConnectionManager {
+            access_logs,
+            local_reply,
+            record_full,
             server_name,
             server_transformation: cfg.server_header_transformation,
             use_remote_address: cfg.use_remote_address(),
@@ -229,7 +249,26 @@ impl HttpConnectionManager {
             stats.downstream_rq_xx[0].inc();
             info.listener_stats.downstream_rq_xx[0].inc();
         }
-        let mut resp = self.process(req, info).await;
+        let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+        let si = StreamInfo::starting(stream_id, req.version(), info.conn.clone(), start);
+        let mut rec = StreamRecord::new(si, self.access_logs.as_ref(), self.record_full, req.method() == http::Method::HEAD);
+        let req = if unread_body {
+            req.map(|b| rec.count_request_body(b))
+        } else {
+            rec.info.last_downstream_rx = Some(start.elapsed());
+            req
+        };
+        let mut resp = self.process(req, info, &mut rec).await;
+        if let Some(local) = resp.extensions().get::<LocalReplyInfo>() {
+            if local.details.is_some() {
+                rec.info.response_code_details = local.details.clone();
+            }
+            rec.info.set_flag(local.flags);
+            if let Some(lr) = &self.local_reply {
+                let request = rec.request.as_ref().map(|r| r.view());
+                resp = lr.rewrite(resp, &mut rec.info, request, &self.server_name);
+            }
+        }
         if resp.extensions().get::<IsLocalReply>().is_some() {
             let h = resp.headers_mut();
             if h2 {
@@ -249,7 +288,8 @@ impl HttpConnectionManager {
         stats.downstream_rq_completed.inc();
         stats.downstream_rq_active.dec();
         stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
-        resp
+        rec.info.response_code = Some(resp.status().as_u16());
+        rec.finish(resp)
     }
 
     /// Count a reply the HTTP/1 codec made before any request reached [`Self::handle`].
@@ -266,15 +306,15 @@ impl HttpConnectionManager {
         r.build(&self.server_name)
     }
 
-    async fn process(&self, mut req: Request<Body>, info: &ConnContext) -> Response<Body> {
+    async fn process(&self, mut req: Request<Body>, info: &ConnContext, rec: &mut StreamRecord<'_>) -> Response<Body> {
         let version = req.version();
         let h2 = version == Version::HTTP_2;
         // Codec-level checks.
         if version == Version::HTTP_10 && !self.accept_http_10 {
-            return self.reply(LocalReply::new(426).body("Upgrade Required").close());
+            return self.reply(LocalReply::new(426).body("Upgrade Required").close().details("low_version").flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR));
         }
         if version == Version::HTTP_09 || version == Version::HTTP_3 {
-            return self.reply(LocalReply::new(400).body("Bad Request").close());
+            return self.reply(LocalReply::new(400).body("Bad Request").close().details("http1.codec_error").flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR));
         }
         if !h2 {
             if let Some(reply) = codec_check(&req) {
@@ -285,10 +325,14 @@ impl HttpConnectionManager {
             Some(pq) if pq.as_str().starts_with('/') => pq.as_str().to_string(),
             _ if req.method() == http::Method::OPTIONS && req.uri() == "*" => "*".to_string(),
             _ if req.method() == http::Method::CONNECT => String::new(),
-            _ => return self.reply(LocalReply::new(400).body("Bad Request").close()),
+            _ => {
+                let r = LocalReply::new(400).body("Bad Request").close();
+                return self.reply(r.details("http1.codec_error").flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR));
+            }
         };
         if headers::header_bytes(req.headers(), req.method().as_str(), &path_and_query) > self.max_request_headers_bytes {
-            return self.reply(LocalReply::new(431).body("Request Header Fields Too Large").close());
+            let r = LocalReply::new(431).body("Request Header Fields Too Large").close();
+            return self.reply(r.details("http1.headers_too_large").flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR));
         }
         // The authority: absolute-form URI (HTTP/1) or :authority (HTTP/2) wins over Host.
         let host: String = match req.uri().authority() {
@@ -300,9 +344,15 @@ impl HttpConnectionManager {
                 }
                 None if version == Version::HTTP_10 => match &self.default_host_for_http_10 {
                     Some(h) => h.clone(),
-                    None => return self.reply(LocalReply::new(400).close()),
+                    None => {
+                        rec.keep_request(&req);
+                        return self.reply(LocalReply::new(400).close().details("missing_host_header"));
+                    }
                 },
-                None => return self.reply(LocalReply::new(400).close()),
+                None => {
+                    rec.keep_request(&req);
+                    return self.reply(LocalReply::new(400).close().details("missing_host_header"));
+                }
             },
         };
         // `strip_any_host_port` / `strip_matching_host_port` rewrite the authority itself before
@@ -380,13 +430,15 @@ impl HttpConnectionManager {
         let route_host = self.route_host(&host, info.conn.local);
         // `OPTIONS *` asks about the server, not a resource: it never reaches the router.
         if route_path == "*" {
-            return self.reply(LocalReply::new(404));
+            rec.keep_request(&req);
+            return self.reply(LocalReply::new(404).details("absolute_path_rejected"));
         }
         let Some(selected) = self.routes.route(&route_host, &route_path, req.headers()) else {
             // Envoy's router filter makes this reply: it counts in `rq_total` too.
             self.stats.rq_total.inc();
             self.stats.no_route.inc();
-            let reply = LocalReply::new(404);
+            rec.keep_request(&req);
+            let reply = LocalReply::new(404).details("route_not_found").flag(ResponseFlags::NO_ROUTE_FOUND);
             return self.reply(if upgrade.is_some() { reply.close() } else { reply });
         };
 
@@ -395,22 +447,28 @@ impl HttpConnectionManager {
                 self.stats.downstream_rq_http1_upgrade_rejected.inc();
                 // Envoy decorates this reply with the response headers of a forwarding route
                 // (route, virtual host, table), and with none on a direct-response route.
-                let reply = LocalReply::new(403).close();
+                let reply = LocalReply::new(403).close().details("upgrade_failed");
+                rec.keep_request(&req);
                 return match selected.route.action {
-                    Action::Forward(_) => self.local_with_route(reply, &selected),
+                    Action::Forward(_) => self.local_with_route(reply, &selected, rec),
                     _ => self.reply(reply),
                 };
             }
         }
 
         let cluster = selected.route.forward().and_then(|f| self.resolve_cluster(f, req.headers()));
+        if rec.full {
+            rec.info.route_name = selected.route.name.as_deref().map(Arc::from);
+            rec.info.virtual_host_name = Some(Arc::from(self.routes.virtual_hosts[selected.vhost].name.as_str()));
+            rec.info.upstream.cluster = cluster.as_ref().map(|c| Arc::from(c.name()));
+        }
         let mut ctx = FilterContext {
             conn: info.conn.clone(),
             routes: self.routes.clone(),
             selected,
             cluster,
-            stream_id: NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed),
-            start_time: SystemTime::now(),
+            stream_id: rec.info.stream_id,
+            start_time: rec.info.start_time,
             stat_prefix: self.stats.prefix.clone(),
             response_headers_to_add: Vec::new(),
             clear_route_cache: false,
@@ -419,6 +477,7 @@ impl HttpConnectionManager {
             match filter.on_request(&mut req, &mut ctx).await {
                 FilterOutcome::Continue => {}
                 FilterOutcome::Respond(mut resp) => {
+                    rec.keep_request(&req);
                     let h = resp.headers_mut();
                     for (k, v) in ctx.response_headers_to_add.drain(..) {
                         h.append(k, v);
@@ -436,24 +495,27 @@ impl HttpConnectionManager {
                     }
                     None => {
                         self.stats.no_route.inc();
-                        return self.reply(LocalReply::new(404));
+                        rec.keep_request(&req);
+                        return self.reply(LocalReply::new(404).details("route_not_found").flag(ResponseFlags::NO_ROUTE_FOUND));
                     }
                 }
             }
         }
 
-        let mut resp = match self.route_request(req, &ctx, scheme, &host, info) {
+        let mut resp = match self.route_request(req, &ctx, scheme, &host, info, rec) {
             Routed::Reply(resp) => resp,
             Routed::Upstream(call) => {
                 let UpstreamCall { req, cluster, lb, deadline, set_cookie } = call;
                 let sel = &ctx.selected;
                 let sent = Instant::now();
+                rec.info.attempt_count = 1;
+                rec.info.first_upstream_tx = Some(rec.info.elapsed());
                 let send = cluster.send(req, &lb);
                 let result = match deadline {
                     Some((d, idle)) => tokio::time::timeout(d, send).await.map_err(|_| idle),
                     None => Ok(send.await),
                 };
-                let mut resp = self.upstream_response(result, sent, &cluster, sel);
+                let mut resp = self.upstream_response(result, sent, &cluster, sel, rec);
                 if let Some(c) = set_cookie {
                     resp.headers_mut().append(http::header::SET_COOKIE, c);
                 }
@@ -507,19 +569,27 @@ impl HttpConnectionManager {
     }
 
     /// Local reply for a request that selected a route: the route's response headers go first.
-    fn local_with_route(&self, mut r: LocalReply, sel: &Selected) -> Response<Body> {
+    fn local_with_route(&self, mut r: LocalReply, sel: &Selected, rec: &StreamRecord<'_>) -> Response<Body> {
         let mut h = http::HeaderMap::new();
-        self.apply_response_mutations(&mut h, sel);
+        self.apply_response_mutations(&mut h, sel, rec, r.status.as_u16());
         for (k, v) in h.iter() {
             r.leading.push((k.clone(), v.clone()));
         }
         self.reply(r)
     }
 
-    fn apply_response_mutations(&self, h: &mut http::HeaderMap, sel: &Selected) {
-        sel.route.response_headers.apply(h);
-        self.routes.virtual_hosts[sel.vhost].response_headers.apply(h);
-        self.routes.response_headers.apply(h);
+    /// The response headers of the route, its virtual host and the table; formatted values see
+    /// the request as it went upstream and the response being changed.
+    fn apply_response_mutations(&self, h: &mut http::HeaderMap, sel: &Selected, rec: &StreamRecord<'_>, status: u16) {
+        let request = rec.request.as_ref().map(|r| r.view());
+        let fmt = |f: &Format, h: &http::HeaderMap| {
+            let mut ctx = Context::new(&rec.info).with_response(ResponseView { status, headers: h });
+            ctx.request = request;
+            f.to_bytes(&ctx)
+        };
+        sel.route.response_headers.apply(h, &fmt);
+        self.routes.virtual_hosts[sel.vhost].response_headers.apply(h, &fmt);
+        self.routes.response_headers.apply(h, &fmt);
     }
 
     /// The router's decisions, all synchronous: a local reply, or the request prepared for its
@@ -533,6 +603,7 @@ impl HttpConnectionManager {
         scheme: &str,
         host: &str,
         info: &ConnContext,
+        rec: &mut StreamRecord<'_>,
     ) -> Routed {
         let sel = &ctx.selected;
         self.stats.rq_total.inc();
@@ -544,7 +615,8 @@ impl HttpConnectionManager {
                 if let Some(b) = body {
                     r = r.body(b.clone());
                 }
-                Routed::Reply(self.local_with_route(r, sel))
+                rec.keep_request(&req);
+                Routed::Reply(self.local_with_route(r.details("direct_response"), sel, rec))
             }
             Action::Redirect(redirect) => {
                 // Envoy 1.40 counts redirects as direct responses (`rq_redirect` stays 0).
@@ -555,12 +627,15 @@ impl HttpConnectionManager {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     r = r.header(http::header::LOCATION, v);
                 }
-                Routed::Reply(self.local_with_route(r, sel))
+                rec.keep_request(&req);
+                Routed::Reply(self.local_with_route(r.details("direct_response"), sel, rec))
             }
             Action::Forward(fwd) => {
                 let Some(cluster) = ctx.cluster.clone() else {
                     self.stats.no_cluster.inc();
-                    return Routed::Reply(self.local_with_route(LocalReply::new(fwd.cluster_not_found_status), sel));
+                    rec.keep_request(&req);
+                    let r = LocalReply::new(fwd.cluster_not_found_status).details("cluster_not_found").flag(ResponseFlags::NO_CLUSTER_FOUND);
+                    return Routed::Reply(self.local_with_route(r, sel, rec));
                 };
                 // Path and host rewrites.
                 let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
@@ -591,13 +666,27 @@ impl HttpConnectionManager {
                     req.headers_mut().insert(HOST, new_host);
                     original_host = old;
                 }
-                let headers = req.headers_mut();
                 if let Some(t) = &fwd.timeout_header {
-                    headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), t.clone());
+                    req.headers_mut().insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), t.clone());
                 }
-                sel.route.request_headers.apply(headers);
-                self.routes.virtual_hosts[sel.vhost].request_headers.apply(headers);
-                self.routes.request_headers.apply(headers);
+                // Formatted values see the request as it is (Envoy counts the attempt first).
+                rec.info.attempt_count = 1;
+                let vhost = &self.routes.virtual_hosts[sel.vhost];
+                let formatted = sel.route.request_headers.is_formatted()
+                    || vhost.request_headers.is_formatted()
+                    || self.routes.request_headers.is_formatted();
+                let (method, uri) = if formatted { (req.method().clone(), req.uri().clone()) } else { (http::Method::GET, Uri::default()) };
+                {
+                    let si = &rec.info;
+                    let fmt = |f: &Format, h: &http::HeaderMap| {
+                        f.to_bytes(&Context::new(si).with_request(RequestView { method: &method, uri: &uri, headers: h }))
+                    };
+                    let headers = req.headers_mut();
+                    sel.route.request_headers.apply(headers, &fmt);
+                    vhost.request_headers.apply(headers, &fmt);
+                    self.routes.request_headers.apply(headers, &fmt);
+                }
+                let headers = req.headers_mut();
                 // Set after the mutations: a client's copy is overwritten in place, else appended.
                 if let Some(p) = original_path {
                     headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), p);
@@ -605,8 +694,9 @@ impl HttpConnectionManager {
                 if let Some(h) = original_host {
                     headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), h);
                 }
+                rec.keep_request(&req);
                 let (hash, set_cookie) = compute_hash(&fwd.hash_policies, &req, info.conn.peer);
-                let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2 };
+                let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2, report_host: rec.full };
                 *req.version_mut() = Version::HTTP_11;
                 let for_1xx = cluster.clone();
                 hyper::ext::on_informational(&mut req, move |res| {
@@ -632,6 +722,7 @@ impl HttpConnectionManager {
         sent: Instant,
         cluster: &Cluster,
         sel: &Selected,
+        rec: &mut StreamRecord<'_>,
     ) -> Response<Body> {
         let result = match result {
             Ok(r) => r,
@@ -639,13 +730,24 @@ impl HttpConnectionManager {
                 cluster.stats().upstream_rq_timeout().inc();
                 let (status, body) = if idle { (504, STREAM_TIMEOUT) } else { (504, UPSTREAM_TIMEOUT) };
                 cluster.stats().charge_response(status, None);
-                return self.local_with_route(LocalReply::new(status).body(body), sel);
+                let r = if idle {
+                    LocalReply::new(status).body(body).details("stream_idle_timeout").flag(ResponseFlags::STREAM_IDLE_TIMEOUT)
+                } else {
+                    LocalReply::new(status).body(body).details("response_timeout").flag(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT)
+                };
+                return self.local_with_route(r, sel, rec);
             }
         };
         match result {
             Ok(mut resp) => {
                 let elapsed_ms = sent.elapsed().as_secs_f64() * 1000.0;
                 cluster.stats().charge_response(resp.status().as_u16(), Some(elapsed_ms));
+                rec.info.first_upstream_rx = Some(rec.info.elapsed());
+                rec.info.upstream.protocol = Some(resp.version());
+                rec.info.upstream.host = resp.extensions().get::<UpstreamHost>().map(|h| h.0);
+                rec.info.response_code = Some(resp.status().as_u16());
+                rec.info.response_code_details = Some("via_upstream".into());
+                let status = resp.status().as_u16();
                 *resp.version_mut() = Version::HTTP_11;
                 let h = resp.headers_mut();
                 headers::strip_response_hop_by_hop(h);
@@ -655,7 +757,7 @@ impl HttpConnectionManager {
                     h.insert(http::header::SERVER, self.server_name.clone());
                 }
                 h.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(elapsed_ms as u64));
-                self.apply_response_mutations(h, sel);
+                self.apply_response_mutations(h, sel, rec, status);
                 if !h.contains_key(http::header::DATE) {
                     h.insert(http::header::DATE, http_date());
                 }
@@ -665,6 +767,28 @@ impl HttpConnectionManager {
                 resp
             }
             Err(failure) => {
+                let (flag, reason) = match &failure {
+                    UpstreamFailure::NoHealthyUpstream => (ResponseFlags::NO_HEALTHY_UPSTREAM, None),
+                    UpstreamFailure::ProtocolError => (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, Some("protocol_error")),
+                    UpstreamFailure::Overflow => (ResponseFlags::UPSTREAM_OVERFLOW, Some("overflow")),
+                    UpstreamFailure::ConnectionFailure { .. } => {
+                        (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, Some("remote_connection_failure"))
+                    }
+                    UpstreamFailure::ConnectTimeout => (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, Some("connection_timeout")),
+                    UpstreamFailure::ConnectionTermination => {
+                        (ResponseFlags::UPSTREAM_CONNECTION_TERMINATION, Some("connection_termination"))
+                    }
+                };
+                let transport = match &failure {
+                    UpstreamFailure::ConnectionFailure { transport_reason: Some(r) } => Some(r.clone()),
+                    _ => None,
+                };
+                let details = match (reason, &transport) {
+                    (None, _) => std::borrow::Cow::Borrowed("no_healthy_upstream"),
+                    (Some(r), None) => format!("upstream_reset_before_response_started{{{r}}}").into(),
+                    (Some(r), Some(t)) => format!("upstream_reset_before_response_started{{{r}|{}}}", t.replace(' ', "_")).into(),
+                };
+                rec.info.upstream.transport_failure_reason = transport;
                 let reply = match &failure {
                     UpstreamFailure::NoHealthyUpstream => LocalReply::new(503).body(NO_HEALTHY_UPSTREAM),
                     // An upstream that answers something that is not HTTP: 502, as Envoy.
@@ -679,7 +803,7 @@ impl HttpConnectionManager {
                     _ => LocalReply::new(503).body(reset_body(failure.reset_reason())),
                 };
                 cluster.stats().charge_response(reply.status.as_u16(), None);
-                self.local_with_route(reply, sel)
+                self.local_with_route(reply.details(details).flag(flag), sel, rec)
             }
         }
     }
@@ -708,7 +832,9 @@ struct UpstreamCall {
 /// list-valued `Content-Length`, `Transfer-Encoding` with `Content-Length` or other than
 /// `chunked` (501).
 fn codec_check(req: &Request<Body>) -> Option<LocalReply> {
-    let bad = || LocalReply::new(400).body("Bad Request").close();
+    let bad = || {
+        LocalReply::new(400).body("Bad Request").close().details("http1.codec_error").flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR)
+    };
     if !KNOWN_METHODS.contains(&req.method().as_str()) {
         return Some(bad());
     }
@@ -721,7 +847,8 @@ fn codec_check(req: &Request<Body>) -> Option<LocalReply> {
     }
     if let Some(te) = headers.get(http::header::TRANSFER_ENCODING) {
         if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Some(LocalReply::new(501).body("Not Implemented").close());
+            let r = LocalReply::new(501).body("Not Implemented").close();
+            return Some(r.details("http1.invalid_transfer_encoding").flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR));
         }
         if headers.contains_key(http::header::CONTENT_LENGTH) {
             return Some(bad());
