@@ -192,6 +192,9 @@ pub struct StreamInfo {
     pub attempt_count: u32,
     /// The request was answered by the health-check filter.
     pub health_check: bool,
+    /// A connection-level record from before any protocol was chosen (a listener access log of
+    /// a refused connection): `%PROTOCOL%` is `-`.
+    pub protocol_unset: bool,
 }
 
 /// The upstream host that served a response, as a response extension set by the upstream
@@ -227,6 +230,7 @@ impl StreamInfo {
             dynamic_metadata: None,
             attempt_count: 0,
             health_check: false,
+            protocol_unset: false,
         }
     }
 

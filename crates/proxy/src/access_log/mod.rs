@@ -10,6 +10,7 @@
 //! Lines are formatted on the worker into a reused buffer and handed to [`writer`], which
 //! buffers them per worker and writes them from its own thread.
 
+pub mod connection;
 pub mod filter;
 pub mod runtime;
 pub mod writer;

@@ -893,6 +893,7 @@ fn string<'c>(ctx: &Context<'c>, f: StrField) -> Option<Cow<'c, [u8]>> {
     let info = ctx.info;
     let b = |s: &'c str| Some(Cow::Borrowed(s.as_bytes()));
     match f {
+        StrField::Protocol if info.protocol_unset => None,
         StrField::Protocol => b(protocol_str(info.protocol)),
         StrField::UpstreamProtocol => info.upstream.protocol.and_then(|p| b(protocol_str(p))),
         StrField::Details => info.response_code_details.as_deref().and_then(b),

@@ -239,8 +239,10 @@ impl HeaderMutations {
         for (i, opt) in add.iter().enumerate() {
             let name = HeaderName::from_bytes(opt.header.key.to_ascii_lowercase().as_bytes())
                 .map_err(|_| (format!("[{i}].header.key"), format!("invalid header name \"{}\"", opt.header.key)))?;
-            let raw = opt.header.raw_value.as_deref().unwrap_or(&opt.header.value);
-            let format = if raw.contains('%') && opt.header.raw_value.is_none() {
+            // Envoy 1.40 adds `value` only: a `raw_value` alone is an empty value (left out unless
+            // `keep_empty_value`), as observed.
+            let raw = opt.header.value.as_str();
+            let format = if raw.contains('%') {
                 Some(Format::parse(raw).map_err(|e| (format!("[{i}].header.value"), e))?)
             } else {
                 None
