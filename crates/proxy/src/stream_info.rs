@@ -192,6 +192,9 @@ pub struct StreamInfo {
     pub attempt_count: u32,
     /// The request was answered by the health-check filter.
     pub health_check: bool,
+    /// The client address the connection manager trusts when it is not the peer (from
+    /// `x-forwarded-for`): `%DOWNSTREAM_REMOTE_ADDRESS%`.
+    pub downstream_remote: Option<SocketAddr>,
     /// A connection-level record from before any protocol was chosen (a listener access log of
     /// a refused connection): `%PROTOCOL%` is `-`.
     pub protocol_unset: bool,
@@ -231,6 +234,7 @@ impl StreamInfo {
             attempt_count: 0,
             health_check: false,
             protocol_unset: false,
+            downstream_remote: None,
         }
     }
 

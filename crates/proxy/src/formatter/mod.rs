@@ -627,25 +627,6 @@ fn hostname() -> Option<String> {
     .clone()
 }
 
-/// All values of a header joined with `,` (Envoy's codec keeps repeated headers as one).
-fn header_values(headers: &HeaderMap, name: &HeaderName) -> Option<Cow<'static, [u8]>> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next()?;
-    match values.next() {
-        None => Some(Cow::Owned(first.as_bytes().to_vec())),
-        Some(second) => {
-            let mut out = first.as_bytes().to_vec();
-            out.push(b',');
-            out.extend_from_slice(second.as_bytes());
-            for v in values {
-                out.push(b',');
-                out.extend_from_slice(v.as_bytes());
-            }
-            Some(Cow::Owned(out))
-        }
-    }
-}
-
 fn request_header<'c>(key: &HeaderKey, ctx: &Context<'c>) -> Option<Cow<'c, [u8]>> {
     let req = ctx.request?;
     match key {
@@ -662,30 +643,15 @@ fn request_header<'c>(key: &HeaderKey, ctx: &Context<'c>) -> Option<Cow<'c, [u8]
             _ => b"http".as_slice(),
         })),
         HeaderKey::Status | HeaderKey::Never => None,
-        HeaderKey::Name(n) => {
-            let mut values = req.headers.get_all(n).iter();
-            let first = values.next()?;
-            if values.next().is_none() {
-                Some(Cow::Borrowed(first.as_bytes()))
-            } else {
-                header_values(req.headers, n)
-            }
-        }
+        // The first value, as Envoy's header map gives it.
+        HeaderKey::Name(n) => req.headers.get(n).map(|v| Cow::Borrowed(v.as_bytes())),
     }
 }
 
 fn map_header<'c>(key: &HeaderKey, headers: &'c HeaderMap, status: Option<u16>) -> Option<Cow<'c, [u8]>> {
     match key {
         HeaderKey::Status => status.map(|s| Cow::Owned(s.to_string().into_bytes())),
-        HeaderKey::Name(n) => {
-            let mut values = headers.get_all(n).iter();
-            let first = values.next()?;
-            if values.next().is_none() {
-                Some(Cow::Borrowed(first.as_bytes()))
-            } else {
-                header_values(headers, n)
-            }
-        }
+        HeaderKey::Name(n) => headers.get(n).map(|v| Cow::Borrowed(v.as_bytes())),
         _ => None,
     }
 }
@@ -930,7 +896,8 @@ fn address(info: &StreamInfo, src: AddrSource) -> Option<SocketAddr> {
         AddrSource::UpstreamHost => info.upstream.host,
         AddrSource::UpstreamLocal => info.upstream.local_address,
         AddrSource::DownstreamLocal => Some(info.conn.local),
-        AddrSource::DownstreamRemote | AddrSource::DownstreamDirectRemote => Some(info.conn.peer),
+        AddrSource::DownstreamRemote => Some(info.downstream_remote.unwrap_or(info.conn.peer)),
+        AddrSource::DownstreamDirectRemote => Some(info.conn.peer),
     }
 }
 

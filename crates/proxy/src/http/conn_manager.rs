@@ -374,6 +374,9 @@ impl HttpConnectionManager {
         headers::strip_envoy_control(headers_mut);
 
         let scheme = if info.conn.tls.is_some() { "https" } else { "http" };
+        if rec.full {
+            rec.info.downstream_remote = trusted_client(headers_mut, self.use_remote_address, self.xff_num_trusted_hops);
+        }
         if self.use_remote_address {
             headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
             let ip = info.conn.peer.ip().to_string();
@@ -637,6 +640,10 @@ impl HttpConnectionManager {
                     let r = LocalReply::new(fwd.cluster_not_found_status).details("cluster_not_found").flag(ResponseFlags::NO_CLUSTER_FOUND);
                     return Routed::Reply(self.local_with_route(r, sel, rec));
                 };
+                let formatted = sel.route.request_headers.is_formatted()
+                    || self.routes.virtual_hosts[sel.vhost].request_headers.is_formatted()
+                    || self.routes.request_headers.is_formatted();
+                let (method, uri) = if formatted { (req.method().clone(), req.uri().clone()) } else { (http::Method::GET, Uri::default()) };
                 // Path and host rewrites.
                 let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
                 let mut original_path = None;
@@ -669,13 +676,10 @@ impl HttpConnectionManager {
                 if let Some(t) = &fwd.timeout_header {
                     req.headers_mut().insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), t.clone());
                 }
-                // Formatted values see the request as it is (Envoy counts the attempt first).
+                // Formatted values see the request before its rewrites (Envoy counts the attempt
+                // first).
                 rec.info.attempt_count = 1;
                 let vhost = &self.routes.virtual_hosts[sel.vhost];
-                let formatted = sel.route.request_headers.is_formatted()
-                    || vhost.request_headers.is_formatted()
-                    || self.routes.request_headers.is_formatted();
-                let (method, uri) = if formatted { (req.method().clone(), req.uri().clone()) } else { (http::Method::GET, Uri::default()) };
                 {
                     let si = &rec.info;
                     let fmt = |f: &Format, h: &http::HeaderMap| {
@@ -894,6 +898,25 @@ fn h2_to_h1_headers(headers: &mut http::HeaderMap, host: HeaderValue) {
     if let Some(j) = joined {
         headers.insert(http::header::COOKIE, j);
     }
+}
+
+/// The client address Envoy trusts (`%DOWNSTREAM_REMOTE_ADDRESS%`), from the request as it
+/// arrived: without `use_remote_address` the last `x-forwarded-for` address, with it the one
+/// `xff_num_trusted_hops` from the right; `None` (the peer) when there is none or it is not an
+/// IP address.
+fn trusted_client(headers: &http::HeaderMap, use_remote_address: bool, trusted_hops: usize) -> Option<SocketAddr> {
+    if use_remote_address && trusted_hops == 0 {
+        return None;
+    }
+    let values: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+    if values.is_empty() {
+        return None;
+    }
+    let joined = values.join(",");
+    let hops: Vec<&str> = joined.split(',').map(str::trim).collect();
+    let skip = if use_remote_address { trusted_hops - 1 } else { 0 };
+    let entry = hops.len().checked_sub(1 + skip).map(|i| hops[i])?;
+    entry.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0))
 }
 
 fn scheme_static(s: &str) -> &'static str {
