@@ -488,12 +488,27 @@ fn formatted_header_values_match_envoy() {
                 direct_response: {status: 200, body: {inline_string: "direct"}}
                 response_headers_to_add:
                 - header: {key: x-direct, value: "%RESPONSE_CODE% %REQ(:PATH)%"}
+              - match: {prefix: "/weighted"}
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - name: echo
+                      weight: 1
+                      request_headers_to_add:
+                      - header: {key: x-order, value: "weighted %UPSTREAM_CLUSTER%"}
+                      response_headers_to_add:
+                      - header: {key: x-order-resp, value: "weighted %RESPONSE_CODE%"}
+                request_headers_to_add:
+                - header: {key: x-order, value: "route"}
+                response_headers_to_add:
+                - header: {key: x-order-resp, value: "route"}
 "#
     );
     let requests = vec![
         ("formatted upstream request", get("/echo/x?y=1", "x-request-id: 00000001-0000-4000-8000-000000000001\r\nx-client: c1\r\nx-over: old\r\n")),
         ("alternate header", get("/echo/z", "x-request-id: 00000002-0000-4000-8000-000000000002\r\n")),
         ("direct response headers", get("/direct/q", "x-request-id: 00000003-0000-4000-8000-000000000003\r\n")),
+        ("weighted cluster headers", get("/weighted", "x-request-id: 00000004-0000-4000-8000-000000000004\r\n")),
     ];
     run("headers", &cfg, &requests, &[], &[]);
 }

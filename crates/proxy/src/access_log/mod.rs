@@ -352,6 +352,8 @@ pub struct StreamRecord<'a> {
     /// Whether [`StreamRecord::keep_request`] keeps a copy and string facts (route and cluster
     /// names) are recorded.
     pub full: bool,
+    /// The weighted cluster picked for the request (its header mutations apply).
+    pub weighted_cluster: Option<usize>,
     logs: Option<&'a Arc<AccessLogs>>,
     request_body: Option<Arc<RequestBodyCount>>,
     head_request: bool,
@@ -360,7 +362,16 @@ pub struct StreamRecord<'a> {
 
 impl<'a> StreamRecord<'a> {
     pub fn new(info: StreamInfo, logs: Option<&'a Arc<AccessLogs>>, full: bool, head_request: bool) -> Self {
-        StreamRecord { info, request: None, full: full || logs.is_some(), logs, request_body: None, head_request, done: false }
+        StreamRecord {
+            info,
+            request: None,
+            full: full || logs.is_some(),
+            weighted_cluster: None,
+            logs,
+            request_body: None,
+            head_request,
+            done: false,
+        }
     }
 
     /// Whether access logs are configured.

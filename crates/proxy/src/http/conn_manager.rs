@@ -459,7 +459,7 @@ impl HttpConnectionManager {
             }
         }
 
-        let cluster = selected.route.forward().and_then(|f| self.resolve_cluster(f, req.headers()));
+        let cluster = selected.route.forward().and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
         if rec.full {
             rec.info.route_name = selected.route.name.as_deref().map(Arc::from);
             rec.info.virtual_host_name = Some(Arc::from(self.routes.virtual_hosts[selected.vhost].name.as_str()));
@@ -493,7 +493,7 @@ impl HttpConnectionManager {
                 let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
                 match self.routes.route(&route_host, &pq, req.headers()) {
                     Some(sel) => {
-                        ctx.cluster = sel.route.forward().and_then(|f| self.resolve_cluster(f, req.headers()));
+                        ctx.cluster = sel.route.forward().and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
                         ctx.selected = sel;
                     }
                     None => {
@@ -556,7 +556,10 @@ impl HttpConnectionManager {
         self.strip_host_port(host.to_ascii_lowercase(), local)
     }
 
-    fn resolve_cluster(&self, f: &Forward, headers: &http::HeaderMap) -> Option<Arc<Cluster>> {
+    /// The cluster of a forwarding route; `weighted` gets the index of the weighted cluster
+    /// picked (for its header mutations).
+    fn resolve_cluster(&self, f: &Forward, headers: &http::HeaderMap, weighted: &mut Option<usize>) -> Option<Arc<Cluster>> {
+        *weighted = None;
         let name: &str = match &f.cluster {
             ClusterSpecifier::Name(n) => n,
             ClusterSpecifier::Header(h) => headers.get(h)?.to_str().ok()?,
@@ -565,7 +568,9 @@ impl HttpConnectionManager {
                     return None;
                 }
                 let pick = rand::random::<u64>() % total;
-                &list.iter().find(|(_, upper)| pick < *upper)?.0
+                let i = list.iter().position(|(_, upper)| pick < *upper)?;
+                *weighted = Some(i);
+                &list[i].0
             }
         };
         self.clusters.get(name).cloned()
@@ -590,6 +595,10 @@ impl HttpConnectionManager {
             ctx.request = request;
             f.to_bytes(&ctx)
         };
+        let weighted = sel.route.forward().zip(rec.weighted_cluster).and_then(|(f, i)| f.weighted_headers.get(i));
+        if let Some(w) = weighted {
+            w.response.apply(h, &fmt);
+        }
         sel.route.response_headers.apply(h, &fmt);
         self.routes.virtual_hosts[sel.vhost].response_headers.apply(h, &fmt);
         self.routes.response_headers.apply(h, &fmt);
@@ -640,7 +649,8 @@ impl HttpConnectionManager {
                     let r = LocalReply::new(fwd.cluster_not_found_status).details("cluster_not_found").flag(ResponseFlags::NO_CLUSTER_FOUND);
                     return Routed::Reply(self.local_with_route(r, sel, rec));
                 };
-                let formatted = sel.route.request_headers.is_formatted()
+                let formatted = rec.weighted_cluster.and_then(|i| fwd.weighted_headers.get(i)).is_some_and(|w| w.request.is_formatted())
+                    || sel.route.request_headers.is_formatted()
                     || self.routes.virtual_hosts[sel.vhost].request_headers.is_formatted()
                     || self.routes.request_headers.is_formatted();
                 let (method, uri) = if formatted { (req.method().clone(), req.uri().clone()) } else { (http::Method::GET, Uri::default()) };
@@ -686,6 +696,9 @@ impl HttpConnectionManager {
                         f.to_bytes(&Context::new(si).with_request(RequestView { method: &method, uri: &uri, headers: h }))
                     };
                     let headers = req.headers_mut();
+                    if let Some(w) = rec.weighted_cluster.and_then(|i| fwd.weighted_headers.get(i)) {
+                        w.request.apply(headers, &fmt);
+                    }
                     sel.route.request_headers.apply(headers, &fmt);
                     vhost.request_headers.apply(headers, &fmt);
                     self.routes.request_headers.apply(headers, &fmt);

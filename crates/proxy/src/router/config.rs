@@ -99,6 +99,16 @@ pub struct Forward {
     pub timeout_header: Option<HeaderValue>,
     pub idle_timeout: Option<Duration>,
     pub hash_policies: Vec<HashPolicy>,
+    /// The header mutations of each weighted cluster (same order as the weighted list); they
+    /// apply before the route's.
+    pub weighted_headers: Vec<WeightedHeaders>,
+}
+
+/// `request_headers_to_add` … of one weighted cluster.
+#[derive(Debug, Default)]
+pub struct WeightedHeaders {
+    pub request: HeaderMutations,
+    pub response: HeaderMutations,
 }
 
 #[derive(Debug)]
@@ -401,7 +411,13 @@ impl RouteTable {
             || table.virtual_hosts.iter().any(|vh| {
                 vh.request_headers.is_formatted()
                     || vh.response_headers.is_formatted()
-                    || vh.routes.iter().any(|r| r.request_headers.is_formatted() || r.response_headers.is_formatted())
+                    || vh.routes.iter().any(|r| {
+                        r.request_headers.is_formatted()
+                            || r.response_headers.is_formatted()
+                            || r.forward().is_some_and(|f| {
+                                f.weighted_headers.iter().any(|w| w.request.is_formatted() || w.response.is_formatted())
+                            })
+                    })
             });
         // Longest wildcard wins; ties keep config order (stable sort).
         table.suffixes.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
@@ -624,6 +640,7 @@ impl QueryMatcher {
 
 impl Forward {
     fn build(a: &cfg::RouteAction) -> Result<Forward, (String, String)> {
+        let mut weighted_headers = Vec::new();
         let cluster = if let Some(c) = &a.cluster {
             ClusterSpecifier::Name(Arc::from(c.as_str()))
         } else if let Some(h) = &a.cluster_header {
@@ -634,9 +651,16 @@ impl Forward {
         } else if let Some(w) = &a.weighted_clusters {
             let mut acc = 0u64;
             let mut list = Vec::new();
-            for c in &w.clusters {
+            for (i, c) in w.clusters.iter().enumerate() {
                 acc += c.weight.unwrap_or(0) as u64;
                 list.push((Arc::from(c.name.as_str()), acc));
+                let p = format!("weighted_clusters.clusters[{i}]");
+                weighted_headers.push(WeightedHeaders {
+                    request: HeaderMutations::build(&c.request_headers_to_add, &c.request_headers_to_remove)
+                        .map_err(|(q, e)| (format!("{p}.request_headers_to_add{q}"), e))?,
+                    response: HeaderMutations::build(&c.response_headers_to_add, &c.response_headers_to_remove)
+                        .map_err(|(q, e)| (format!("{p}.response_headers_to_add{q}"), e))?,
+                });
             }
             ClusterSpecifier::Weighted(list, acc)
         } else {
@@ -701,6 +725,7 @@ impl Forward {
             timeout_header: timeout.map(|t| HeaderValue::from(t.as_millis() as u64)),
             idle_timeout: a.idle_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
             hash_policies,
+            weighted_headers,
         })
     }
 
