@@ -580,3 +580,137 @@ fn listener_access_log_matches_envoy() {
     ];
     run("listener", &cfg, &requests, &[("listener.log", 3)], &[]);
 }
+
+/// `sluice proxy --mode validate` on a config with one bad piece: the error names its path.
+fn validate_error(hcm_extra: &str, routes: &str) -> String {
+    let cfg = format!("{HEAD}{HCM}{hcm_extra}{routes}")
+        .replace("@LISTEN@", "0")
+        .replace("@ADMIN@", "0")
+        .replace("@UPSTREAM@", "1")
+        .replace("@REFUSED@", "2")
+        .replace("@DIR@", env!("CARGO_TARGET_TMPDIR"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("access-log-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{:x}.yaml", cfg.len() * 31 + cfg.bytes().map(usize::from).sum::<usize>()));
+    std::fs::write(&path, &cfg).unwrap();
+    let out = Command::new(sluice()).args(["proxy", "--mode", "validate", "-c"]).arg(&path).output().unwrap();
+    assert!(!out.status.success(), "accepted:\n{cfg}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const HCM_PATH: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
+
+#[test]
+fn config_errors_name_the_path() {
+    let log = |extra: &str| {
+        format!(
+            r#"
+          access_log:
+          - name: a
+            {extra}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: @DIR@/validate.log
+              log_format: {{text_format_source: {{inline_string: "%RESPONSE_CODE%\n"}}}}
+"#
+        )
+    };
+    let cases: Vec<(String, String, String)> = vec![
+        (
+            r#"
+          access_log:
+          - name: a
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: @DIR@/validate.log
+              log_format: {text_format_source: {inline_string: "%NOPE%"}}
+"#
+            .into(),
+            ROUTES.into(),
+            format!("{HCM_PATH}.access_log[0].typed_config.log_format.text_format_source: Not supported field in StreamInfo: NOPE"),
+        ),
+        (
+            r#"
+          access_log:
+          - name: a
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {json_format: {a: {b: "%REQ(x):abc%"}}}
+"#
+            .into(),
+            ROUTES.into(),
+            format!("{HCM_PATH}.access_log[0].typed_config.log_format.json_format.a.b: Incorrect configuration: %REQ(x):abc%. Couldn't find valid command at position 0"),
+        ),
+        (
+            log("filter: {response_flag_filter: {flags: [NR, XX]}}"),
+            ROUTES.into(),
+            format!("{HCM_PATH}.access_log[0].filter.response_flag_filter.flags[1]: value must be in list [LH UH UT LR UR UF UC UO NR DI FI RL UAEX RLSE DC URX SI IH DPE UMSDR RFCF NFCF DT UPE NC OM DF DO DR UDO]"),
+        ),
+        (
+            log("filter: {traceable_filter: {}}"),
+            ROUTES.into(),
+            format!("{HCM_PATH}.access_log[0].filter.traceable_filter: recognised but not supported by sluice"),
+        ),
+        (
+            log("filter: {and_filter: {filters: [{not_health_check_filter: {}}]}}"),
+            ROUTES.into(),
+            format!("{HCM_PATH}.access_log[0].filter.and_filter.filters: value must contain at least 2 item(s)"),
+        ),
+        (
+            log("filter: {status_code_filter: {comparison: {op: EQ}}}"),
+            ROUTES.into(),
+            format!("{HCM_PATH}.access_log[0].filter.status_code_filter.comparison.value: value is required"),
+        ),
+        (
+            r#"
+          local_reply_config:
+            mappers:
+            - status_code: 410
+"#
+            .into(),
+            ROUTES.into(),
+            format!("{HCM_PATH}.local_reply_config.mappers[0].filter: value is required"),
+        ),
+        (
+            r#"
+          local_reply_config:
+            body_format: {text_format: "%START_TIME:3%"}
+"#
+            .into(),
+            ROUTES.into(),
+            format!("{HCM_PATH}.local_reply_config.body_format.text_format: START_TIME does not allow length to be specified."),
+        ),
+        (
+            String::new(),
+            r#"
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: echo}
+                request_headers_to_add:
+                - header: {key: x-ok, value: "fine"}
+                - header: {key: x-bad, value: "100%"}
+"#
+            .into(),
+            format!("{HCM_PATH}.route_config.virtual_hosts[0].routes[0].request_headers_to_add[1].header.value: Incorrect configuration: 100%. Couldn't find valid command at position 3"),
+        ),
+        (
+            r#"
+          access_log:
+          - name: a
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig
+"#
+            .into(),
+            ROUTES.into(),
+            format!("{HCM_PATH}.access_log[0].typed_config.@type: unsupported type"),
+        ),
+    ];
+    for (extra, routes, want) in cases {
+        let err = validate_error(&extra, &routes);
+        assert!(err.contains(&want), "want `{want}` in:\n{err}");
+    }
+}
