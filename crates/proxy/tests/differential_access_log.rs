@@ -133,9 +133,17 @@ fn refused_port() -> u16 {
 }
 
 /// Send one request on a new connection and read until the server closes it. An empty
-/// request is a connection closed at once.
+/// request is a connection closed at once; `ABORT <request>` closes 300 ms after sending.
 fn request(port: u16, raw: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    if let Some(rest) = raw.strip_prefix("ABORT ") {
+        // The client goes away before the response.
+        s.write_all(rest.as_bytes())?;
+        std::thread::sleep(Duration::from_millis(300));
+        s.shutdown(std::net::Shutdown::Both)?;
+        std::thread::sleep(Duration::from_millis(300));
+        return Ok(String::new());
+    }
     if raw.is_empty() {
         s.shutdown(std::net::Shutdown::Both)?;
         // Let the proxy see the close before the next connection (log lines keep their order).
@@ -234,6 +242,8 @@ fn run(test: &str, config: &str, requests: &[(&str, String)], logs: &[(&str, usi
 /// Known differences, each with its reason.
 const KNOWN_REFUSED_HOST: &str = "a failed connection: sluice's upstream layer reports the chosen host only with a \
 response, so %UPSTREAM_HOST% is - where Envoy prints the refusing host";
+const KNOWN_GONE_HOST: &str = "a request abandoned by its client while the upstream works: sluice logs 0 DC as \
+Envoy but %UPSTREAM_HOST% is - (the host is reported with the response, which never came)";
 const KNOWN_REFUSED_HOST_AND_BODY: &str = "as above, and %BYTES_RECEIVED% counts the body bytes sluice read: a body never \
 forwarded (the connection failed) counts 0 where Envoy counts what its codec had read";
 const KNOWN_204_BODY: &str = "Envoy sends a body_format body on a 204 (and counts it in %BYTES_SENT%); hyper's HTTP/1 \
@@ -292,6 +302,8 @@ const ROUTES: &str = r#"
                 route: {cluster: empty}
               - match: {prefix: "/refused"}
                 route: {cluster: refused}
+              - match: {prefix: "/slow"}
+                route: {cluster: echo}
               - match: {prefix: "/no-content"}
                 direct_response: {status: 204}
               - name: echo
@@ -333,6 +345,7 @@ fn default_format_lines_match_envoy() {
     );
     let mut requests = common_requests();
     requests.push(("connection refused", get("/refused", "x-request-id: 00000009-0000-4000-8000-000000000009\r\n")));
+    requests.push(("client gone", format!("ABORT {}", get("/slow/2000", "x-request-id: 0000000b-0000-4000-8000-00000000000b\r\n"))));
     requests.push((
         "connection refused, body",
         "POST /refused HTTP/1.1\r\nHost: diff.test\r\nConnection: close\r\nContent-Length: 3\r\nx-request-id: 0000000a-0000-4000-8000-00000000000a\r\n\r\nabc".to_string(),
@@ -341,10 +354,11 @@ fn default_format_lines_match_envoy() {
         "default_format",
         &cfg,
         &requests,
-        &[("access.log", 10)],
+        &[("access.log", 11)],
         &[
             ("access.log line 9", KNOWN_REFUSED_HOST),
-            ("access.log line 10", KNOWN_REFUSED_HOST_AND_BODY),
+            ("access.log line 10", KNOWN_GONE_HOST),
+            ("access.log line 11", KNOWN_REFUSED_HOST_AND_BODY),
         ],
     );
 }
