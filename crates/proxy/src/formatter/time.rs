@@ -367,7 +367,10 @@ fn push_text(out: &mut Vec<u8>, s: &str, c: Conv) {
 
 fn write_conv(out: &mut Vec<u8>, c: Conv, t: &Parts) {
     let plain = Conv { flag: None, width: None, kind: Kind::Char(b'%') };
-    let hour12 = if t.hour % 12 == 0 { 12 } else { t.hour % 12 } as i64;
+    let hour12 = match t.hour % 12 {
+        0 => 12,
+        h => h as i64,
+    };
     let k = match c.kind {
         Kind::OffsetColon { seconds } => {
             out.extend_from_slice(if seconds { b"+00:00:00" } else { b"+00:00" });
