@@ -148,7 +148,7 @@ pub struct RuntimeFilter {
 }
 
 /// `envoy.type.v3.FractionalPercent`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FractionalPercent {
     #[serde(default)]
@@ -157,7 +157,7 @@ pub struct FractionalPercent {
     pub denominator: DenominatorType,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DenominatorType {
     #[default]

@@ -196,3 +196,76 @@ fn request_id_integer(ctx: &Context<'_>) -> Option<u64> {
     let first = std::str::from_utf8(id.get(..8)?).ok()?;
     u64::from_str_radix(first, 16).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use http::{HeaderMap, HeaderValue, Method, Uri, Version};
+
+    use super::*;
+    use crate::filters::ConnectionInfo;
+    use crate::formatter::RequestView;
+    use crate::stream_info::StreamInfo;
+
+    fn filter(yaml: &str) -> Result<Filter, (String, String)> {
+        Filter::build(&serde_yaml_ng::from_str::<AccessLogFilter>(yaml).unwrap())
+    }
+
+    fn info(code: u16, flags: ResponseFlags, ms: u64) -> StreamInfo {
+        let c = Arc::new(ConnectionInfo::new("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), None));
+        let mut si = StreamInfo::new(1, Version::HTTP_11, c);
+        si.response_code = Some(code);
+        si.set_flag(flags);
+        si.last_downstream_tx = Some(Duration::from_millis(ms));
+        si
+    }
+
+    #[test]
+    fn comparisons_flags_and_combinations() {
+        let si = info(404, ResponseFlags::NO_ROUTE_FOUND, 30);
+        let ctx = Context::new(&si);
+        let yes = |y: &str| filter(y).unwrap().evaluate(&ctx);
+        assert!(yes("{status_code_filter: {comparison: {op: GE, value: {default_value: 400, runtime_key: k}}}}"));
+        assert!(!yes("{status_code_filter: {comparison: {op: LE, value: {default_value: 399}}}}"));
+        assert!(yes("{status_code_filter: {comparison: {op: NE, value: {default_value: 200}}}}"));
+        assert!(yes("{duration_filter: {comparison: {op: GE, value: {default_value: 30}}}}"));
+        assert!(!yes("{duration_filter: {comparison: {op: EQ, value: {default_value: 31}}}}"));
+        assert!(yes("{response_flag_filter: {flags: [UH, NR]}}"));
+        assert!(!yes("{response_flag_filter: {flags: [UH]}}"));
+        assert!(yes("{response_flag_filter: {}}"), "no list: any flag");
+        assert!(yes("{not_health_check_filter: {}}"));
+        assert!(!yes("{and_filter: {filters: [{not_health_check_filter: {}}, {response_flag_filter: {flags: [UH]}}]}}"));
+        assert!(yes("{or_filter: {filters: [{not_health_check_filter: {}}, {response_flag_filter: {flags: [UH]}}]}}"));
+        let ok = info(200, ResponseFlags::empty(), 1);
+        assert!(!filter("{response_flag_filter: {}}").unwrap().evaluate(&Context::new(&ok)));
+    }
+
+    #[test]
+    fn header_and_runtime_filters_read_the_request() {
+        let si = info(200, ResponseFlags::empty(), 1);
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("00000031-0000-4000-8000-000000000000"));
+        h.insert("x-env", HeaderValue::from_static("prod"));
+        let (m, u) = (Method::GET, Uri::from_static("/"));
+        let ctx = Context::new(&si).with_request(RequestView { method: &m, uri: &u, headers: &h });
+        let f = filter("{header_filter: {header: {name: x-env, string_match: {exact: prod}}}}").unwrap();
+        assert!(f.evaluate(&ctx));
+        assert!(!f.evaluate(&Context::new(&si)), "no request, no header");
+        // 0x31 = 49 < 50: sampled; with 49 % it is not.
+        assert!(filter("{runtime_filter: {runtime_key: a.b, percent_sampled: {numerator: 50}}}").unwrap().evaluate(&ctx));
+        assert!(!filter("{runtime_filter: {runtime_key: a.b, percent_sampled: {numerator: 49}}}").unwrap().evaluate(&ctx));
+        assert!(!filter("{runtime_filter: {runtime_key: a.b}}").unwrap().evaluate(&ctx), "default 0 %");
+    }
+
+    #[test]
+    fn bad_filters_name_their_field() {
+        let e = |y: &str| filter(y).expect_err(y);
+        assert_eq!(e("{}").1, "exactly one filter is required");
+        assert_eq!(e("{status_code_filter: {}}").0, "status_code_filter.comparison");
+        assert_eq!(e("{runtime_filter: {runtime_key: ''}}").0, "runtime_filter.runtime_key");
+        assert_eq!(e("{or_filter: {filters: [{not_health_check_filter: {}}, {response_flag_filter: {flags: [ZZ]}}]}}").0, "or_filter.filters[1].response_flag_filter.flags[0]");
+        assert_eq!(e("{header_filter: {header: {name: ':path', exact_match: /}}}").0, "header_filter.header.name");
+    }
+}

@@ -84,3 +84,26 @@ pub fn fractional_percent(key: &str) -> Option<FractionalPercent> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_layers_flatten_and_the_last_wins() {
+        let b: Bootstrap = serde_json::from_value(serde_json::json!({
+            "layered_runtime": {"layers": [
+                {"name": "a", "static_layer": {"access_log": {"min": 400, "pct": {"numerator": 5, "denominator": "TEN_THOUSAND"}}}},
+                {"name": "b", "static_layer": {"access_log.min": 500, "sample": 25}}
+            ]}
+        }))
+        .unwrap();
+        set_from_bootstrap(&b);
+        assert_eq!(u32("access_log.min"), Some(500));
+        assert_eq!(fractional_percent("access_log.pct"), Some(FractionalPercent { numerator: 5, denominator: DenominatorType::TenThousand }));
+        assert_eq!(fractional_percent("sample"), Some(FractionalPercent { numerator: 25, denominator: DenominatorType::Hundred }));
+        assert_eq!(u32("nope"), None);
+        set_from_bootstrap(&Bootstrap::default());
+        assert_eq!(u32("access_log.min"), None);
+    }
+}
