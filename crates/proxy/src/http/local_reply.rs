@@ -340,4 +340,56 @@ mod tests {
         assert_eq!(names(&r), ["location", "date", "server", "content-length"]);
         assert_eq!(reset_body("connection timeout").len(), 91);
     }
+
+    fn body_of(r: Response<Body>) -> String {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let bytes = rt.block_on(r.into_body().collect()).unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn local_reply_config_maps_and_formats() {
+        let cfg: LocalReplyConfigCfg = serde_yaml_ng::from_str(
+            r#"
+mappers:
+- filter: {status_code_filter: {comparison: {op: EQ, value: {default_value: 404}}}}
+  status_code: 410
+  body: {inline_string: "gone"}
+  headers_to_add: [{header: {key: x-mapped, value: "%RESPONSE_CODE%"}}]
+- filter: {response_flag_filter: {flags: [UH]}}
+  body_format_override: {json_format: {code: "%RESPONSE_CODE%", body: "%LOCAL_REPLY_BODY%"}}
+body_format:
+  text_format: "[%LOCAL_REPLY_BODY%] %RESPONSE_CODE%"
+"#,
+        )
+        .unwrap();
+        let lr = LocalReplyConfig::build(&cfg).unwrap();
+        let server = HeaderValue::from_static("envoy");
+        let conn = std::sync::Arc::new(crate::filters::ConnectionInfo::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            None,
+        ));
+        // 404 → 410, the mapper's body, its header (formatted with the original code) first.
+        let mut info = StreamInfo::new(1, http::Version::HTTP_11, conn.clone());
+        let reply = LocalReply::new(404).header(HeaderName::from_static("x-route"), HeaderValue::from_static("r")).build(&server);
+        let r = lr.rewrite(reply, &mut info, None, &server);
+        assert_eq!(r.status(), 410);
+        assert_eq!(info.response_code, Some(410));
+        assert_eq!(names(&r), ["x-route", "x-mapped", "content-length", "content-type", "date", "server"]);
+        assert_eq!(r.headers()["x-mapped"], "404");
+        assert_eq!(body_of(r), "[gone] 410");
+        // UH: the JSON override of the second mapper.
+        let mut info = StreamInfo::new(2, http::Version::HTTP_11, conn.clone());
+        info.set_flag(ResponseFlags::NO_HEALTHY_UPSTREAM);
+        let r = lr.rewrite(LocalReply::new(503).body(NO_HEALTHY_UPSTREAM).build(&server), &mut info, None, &server);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(body_of(r), "{\"body\":\"no healthy upstream\",\"code\":503}\n");
+        // No mapper: the body format alone, even for an empty body.
+        let mut info = StreamInfo::new(3, http::Version::HTTP_11, conn);
+        let r = lr.rewrite(LocalReply::new(403).close().build(&server), &mut info, None, &server);
+        assert_eq!(names(&r), ["content-length", "content-type", "date", "server", "connection"]);
+        assert_eq!(body_of(r), "[] 403");
+    }
 }
