@@ -109,9 +109,10 @@ impl Filter {
             if runtime_key.is_empty() {
                 return Err(("runtime_filter.runtime_key".into(), "value length must be at least 1 characters".into()));
             }
+            let FractionalPercent { numerator, denominator } = percent_sampled.unwrap_or_default();
             return Ok(Filter::Runtime {
                 key: runtime_key.clone(),
-                default: percent_sampled.unwrap_or_default(),
+                default: FractionalPercent { numerator, denominator },
                 independent: *use_independent_randomness,
             });
         }

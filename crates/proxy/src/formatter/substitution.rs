@@ -8,7 +8,7 @@
 //!   and nulls of the config are copied. With `omit_empty_values`, `null` values are dropped from
 //!   objects and lists, and so are objects left empty.
 
-use sluice_config::format::{FormatKind, SubstitutionFormatString};
+use sluice_config::format::{FormatKind, JsonFormatOptions, SubstitutionFormatString};
 
 use super::json;
 use super::{Context, Format, Typed};
@@ -59,9 +59,11 @@ impl FormatString {
             formatters,
             json_format_options,
         } = cfg;
-        // Formatter extensions are refused by the config types (any element is an error) and
-        // `sort_properties` changes nothing in Envoy 1.40 (keys are always sorted).
-        let _ = (formatters, json_format_options, text_format, json_format, text_format_source);
+        // Formatter extensions are refused by the config types (any element is an error).
+        let _: &Vec<_> = formatters;
+        // `sort_properties` (deprecated) changes nothing in Envoy 1.40: keys are always sorted.
+        if let Some(JsonFormatOptions { sort_properties: _ }) = json_format_options {}
+        let _ = (text_format, json_format, text_format_source);
         let body = match cfg.kind() {
             Some(FormatKind::Text(t)) => Body::Text(Format::parse(t).map_err(|e| ("text_format".to_string(), e))?),
             Some(FormatKind::TextSource(ds)) => {
