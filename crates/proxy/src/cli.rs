@@ -52,15 +52,37 @@ pub struct Args {
 }
 
 fn init_logging(level: &str) {
-    let level = match level {
-        "warning" | "warn" => "warn",
-        "critical" => "error",
-        "trace" | "debug" | "info" | "error" | "off" => level,
-        _ => "info",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // SLUICE_LOG (an EnvFilter directive) wins over -l and over run-time changes.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init();
+        return;
+    }
+    let control = crate::admin::logging::control();
+    let level = crate::admin::logging::envoy_level(level).unwrap_or("info");
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(
+        level.replace("warning", "warn").replace("critical", "error"),
+    ));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+        .try_init()
+        .is_ok();
+    if installed {
+        // `/logging` changes levels at run time through this handle.
+        control.install(
+            level,
+            Box::new(move |directives| {
+                let filter = tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            }),
+        );
+    }
 }
 
 fn load(args: &Args) -> Result<(String, sluice_config::Snapshot), String> {

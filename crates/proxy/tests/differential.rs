@@ -87,6 +87,8 @@ impl Drop for ChildGuard {
 struct Proxy {
     guard: ChildGuard,
     listen_port: u16,
+    /// The second listener (`edge_listener`: via, use_remote_address, request ids in responses).
+    edge_port: u16,
     admin_port: u16,
 }
 
@@ -98,10 +100,12 @@ enum Kind {
 
 fn start_proxy(kind: Kind, label: &str, upstream_port: u16, refused_port: u16) -> Proxy {
     let listen_port = free_port();
+    let edge_port = free_port();
     let admin_port = free_port();
     let config = CONFIG_TEMPLATE
         .replace("@ADMIN_PORT@", &admin_port.to_string())
         .replace("@LISTEN_PORT@", &listen_port.to_string())
+        .replace("@EDGE_PORT@", &edge_port.to_string())
         .replace("@UPSTREAM_PORT@", &upstream_port.to_string())
         .replace("@REFUSED_PORT@", &refused_port.to_string());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -156,7 +160,10 @@ fn start_proxy(kind: Kind, label: &str, upstream_port: u16, refused_port: u16) -
         )
         .map(|r| r.status_code() == 200)
         .unwrap_or(false);
-        if ready && TcpStream::connect(("127.0.0.1", listen_port)).is_ok() {
+        if ready
+            && TcpStream::connect(("127.0.0.1", listen_port)).is_ok()
+            && TcpStream::connect(("127.0.0.1", edge_port)).is_ok()
+        {
             break;
         }
         if start.elapsed() > STARTUP_DEADLINE {
@@ -170,6 +177,7 @@ fn start_proxy(kind: Kind, label: &str, upstream_port: u16, refused_port: u16) -
     Proxy {
         guard,
         listen_port,
+        edge_port,
         admin_port,
     }
 }
@@ -688,6 +696,8 @@ struct Case {
     head: bool,
     /// Sent to the admin listener instead of the HTTP listener.
     admin: bool,
+    /// Sent to the edge listener instead of the main HTTP listener.
+    edge: bool,
     /// Sent as HTTP/2 (h2c, prior knowledge) instead of the raw `parts`.
     h2: Option<H2Request>,
 }
@@ -799,8 +809,14 @@ fn case(name: &'static str, bytes: Vec<u8>) -> Case {
         parts: vec![bytes],
         head: false,
         admin: false,
+        edge: false,
         h2: None,
     }
+}
+
+/// A case sent to the edge listener.
+fn edge(name: &'static str, bytes: Vec<u8>) -> Case {
+    Case { edge: true, ..case(name, bytes) }
 }
 
 fn admin(name: &'static str, path: &str) -> Case {
@@ -877,7 +893,7 @@ fn cases() -> Vec<Case> {
         // --- direct responses
         case("direct/body", get("/direct")),
         case("direct/no-body-503", get("/direct/empty")),
-        Case { name: "direct/head", parts: vec![req("HEAD", "/direct", &[])], head: true, admin: false, h2: None },
+        Case { name: "direct/head", parts: vec![req("HEAD", "/direct", &[])], head: true, admin: false, edge: false, h2: None },
         case("direct/post-with-unread-body", req("POST", "/direct", &["Content-Length: 3"]).into_iter().chain(*b"abc").collect()),
         // --- local replies
         case("local/404-no-route", get("/nothing")),
@@ -930,6 +946,7 @@ fn cases() -> Vec<Case> {
             parts: vec![req("POST", "/echo/expect", &["Content-Length: 3", "Expect: 100-continue"]), b"abc".to_vec()],
             head: false,
             admin: false,
+            edge: false,
             h2: None,
         },
         // --- connection handling and more parsing
@@ -960,6 +977,31 @@ fn cases() -> Vec<Case> {
         case("upstream/multi-headers-and-envoy-headers", get("/echo/multi")),
         case("upstream/no-server-header", get("/echo/noserver")),
         case("upstream/http10-response", get("/echo/http10")),
+        // --- pseudo-header matchers, `location` on 201/3xx direct responses, a configured type
+        case("route/pseudo-method", req("POST", "/pseudo", &["Content-Length: 0"])),
+        case("route/pseudo-authority", req_host("GET", "/pseudo", "auth.test", &[])),
+        case("route/pseudo-path", get("/pseudo?x=1")),
+        case("route/pseudo-scheme", get("/pseudo")),
+        case("direct/201-location", get("/location/201?q=1")),
+        case("direct/301-location-not-body", get("/location/301")),
+        case("direct/302-no-body-location", get("/location/302")),
+        case("direct/configured-content-type", get("/typed")),
+        // --- a body-less request of a method that carries a body gets `content-length: 0`
+        case("body/post-without-body", req("POST", "/echo/nobody", &[])),
+        case("body/put-without-body", req("PUT", "/echo/nobody", &[])),
+        case("body/options-without-body", req("OPTIONS", "/echo/nobody", &[])),
+        case("body/patch-without-body", req("PATCH", "/echo/nobody", &[])),
+        case("body/delete-without-body", req("DELETE", "/echo/nobody", &[])),
+        case("body/trace-without-body", req("TRACE", "/echo/nobody", &[])),
+        // --- the edge listener: via, x-forwarded-for with a trusted hop, request ids, PASS_THROUGH
+        edge("edge/proxied", get("/echo/edge")),
+        edge("edge/via-joined", req("GET", "/echo/via", &["Via: 1.0 a", "Via: 1.1 b"])),
+        edge("edge/xff-one-hop", req("GET", "/echo/xff", &["X-Forwarded-For: 1.2.3.4"])),
+        edge("edge/xff-two-hops", req("GET", "/echo/xff", &["X-Forwarded-For: 1.2.3.4, 5.6.7.8"])),
+        edge("edge/external-address-overwritten", req("GET", "/echo/xea", &["X-Envoy-External-Address: 9.9.9.9"])),
+        edge("edge/direct-local-reply", get("/direct")),
+        edge("edge/404-local-reply", get("/nothing")),
+        edge("edge/upstream-server-passed-through", get("/echo/noserver")),
         // --- HTTP/2 (h2c prior knowledge) downstream
         h2("h2/proxied", "GET", "/echo/h2?x=1", &[("cookie", "a=1"), ("cookie", "b=2"), ("te", "trailers"), ("x-request-id", "h2-id")], b""),
         h2("h2/proxied-post-body", "POST", "/echo/h2post", &[("content-type", "text/plain")], b"hello"),
@@ -971,6 +1013,12 @@ fn cases() -> Vec<Case> {
         h2("h2/503-connection-termination", "GET", "/echo/close", &[], b""),
         h2("h2/504-upstream-timeout", "GET", "/timeout/slow", &[], b""),
         h2("h2/upstream-chunked-response", "GET", "/echo/chunked", &[], b""),
+        // --- gRPC requests get gRPC local replies (trailers-only, grpc-status from the HTTP status)
+        h2("grpc/404-unimplemented", "POST", "/nothing", &[("content-type", "application/grpc")], b""),
+        h2("grpc/503-unavailable", "POST", "/empty", &[("content-type", "application/grpc"), ("te", "trailers")], b""),
+        h2("grpc/504-timeout", "POST", "/timeout/slow", &[("content-type", "application/grpc")], b""),
+        h2("grpc/direct-200-unknown", "POST", "/direct", &[("content-type", "application/grpc+proto")], b""),
+        case("grpc/http1-404", req("POST", "/nothing", &["Content-Type: application/grpc", "Content-Length: 0"])),
         // --- admin (last: the stats counters reflect all the requests above)
         admin("admin/ready", "/ready"),
         admin("admin/listeners", "/listeners"),
@@ -992,6 +1040,11 @@ fn cases() -> Vec<Case> {
             ),
         ),
         admin("admin/get-on-post-endpoint-405", "/healthcheck/fail"),
+        admin("admin/config-dump-resource-masked", "/config_dump?resource=static_clusters&mask=cluster.name,cluster.type"),
+        admin("admin/config-dump-name-regex", "/config_dump?resource=static_clusters&name_regex=%5Ee&mask=cluster.name"),
+        admin("admin/config-dump-unknown-resource-404", "/config_dump?resource=nonsense"),
+        admin("admin/config-dump-empty-resource", "/config_dump?resource=dynamic_active_clusters"),
+        admin("admin/config-dump-mask-only", "/config_dump?mask=static_route_configs.route_config.name"),
     ];
     // Known differences run last, after the admin cases, so the stats comparisons above count
     // only requests both proxies handle the same way.
@@ -1013,6 +1066,8 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
     ("local/400-te-and-cl", "hyper drops Content-Length when Transfer-Encoding is present (RFC 9112 §6.3) instead of Envoy's 400"),
     ("local/400-fragment", "hyper drops a '#fragment' from the request target before the request is seen; Envoy answers 400"),
     ("local/501-te-identity", "hyper answers `Transfer-Encoding: identity` with 400 Bad Request; Envoy with 501 Not Implemented"),
+    ("admin/config-dump-unknown-resource-404", "Envoy sends x-content-type-options twice, before content-type and after cache-control; an http::HeaderMap keeps one line per name in the place of its first line"),
+    ("admin/config-dump-mask-only", "Envoy sends x-content-type-options twice, before content-type and after cache-control; an http::HeaderMap keeps one line per name in the place of its first line"),
     ("body/get-chunked-empty", "an empty chunked request body is forwarded without a body (no transfer-encoding) instead of as an empty chunked body"),
 ];
 
@@ -1027,6 +1082,7 @@ fn known_difference(name: &str) -> Option<&'static str> {
 fn render_for(proxy: &Proxy, resp: &Response) -> String {
     render(resp)
         .replace(&proxy.listen_port.to_string(), "<listen-port>")
+        .replace(&proxy.edge_port.to_string(), "<edge-port>")
         .replace(&proxy.admin_port.to_string(), "<admin-port>")
 }
 
@@ -1074,7 +1130,15 @@ fn differential_envoy_vs_sluice() {
             );
             break;
         }
-        let port = |p: &Proxy| if c.admin { p.admin_port } else { p.listen_port };
+        let port = |p: &Proxy| {
+            if c.admin {
+                p.admin_port
+            } else if c.edge {
+                p.edge_port
+            } else {
+                p.listen_port
+            }
+        };
         let (a, b) = if let Some(r) = &c.h2 {
             (send_h2(port(&reference), r), send_h2(port(&other), r))
         } else {
@@ -1369,6 +1433,7 @@ fn validate_mode_matches_envoy() {
     let good = CONFIG_TEMPLATE
         .replace("@ADMIN_PORT@", "19001")
         .replace("@LISTEN_PORT@", "19000")
+        .replace("@EDGE_PORT@", "19004")
         .replace("@UPSTREAM_PORT@", "19002")
         .replace("@REFUSED_PORT@", "19003");
     let bad = |from: &str, to: &str| {
@@ -1410,7 +1475,7 @@ fn validate_mode_matches_envoy() {
             vec!["cluster manager: duplicate cluster 'echo'"],
         ),
         ("bad-regex", bad("^/re/[0-9]+$", "^/re/[0-9+$"), vec!["[0-9+$"]),
-        ("yaml-syntax", bad("codec_type: AUTO", "codec_type: [AUTO"), vec!["line 22"]),
+        ("yaml-syntax", bad("codec_type: AUTO", "codec_type: [AUTO"), vec!["line 24"]),
     ];
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("validate-{}", std::process::id()));

@@ -10,7 +10,7 @@ use sluice_config::access_log::{
 
 use super::runtime;
 use crate::formatter::Context;
-use crate::router::config::{header_matcher, HeaderMatcher};
+use crate::router::config::{header_matcher, HeaderMatcher, RouteRequest};
 use crate::stream_info::ResponseFlags;
 
 /// A compiled filter.
@@ -133,12 +133,6 @@ impl Filter {
             let Some(h) = header else {
                 return Err(("header_filter.header".into(), "value is required".into()));
             };
-            if h.name.starts_with(':') {
-                return Err((
-                    "header_filter.header.name".into(),
-                    "pseudo-headers are recognised but not supported by sluice here".into(),
-                ));
-            }
             return Ok(Filter::Header(header_matcher(h).map_err(|e| ("header_filter.header".to_string(), e))?));
         }
         if let Some(ResponseFlagFilter { flags }) = response_flag_filter {
@@ -179,7 +173,21 @@ impl Filter {
             }
             Filter::And(list) => list.iter().all(|f| f.evaluate(ctx)),
             Filter::Or(list) => list.iter().any(|f| f.evaluate(ctx)),
-            Filter::Header(m) => ctx.request.is_some_and(|r| m.matches(r.headers)),
+            Filter::Header(m) => ctx.request.is_some_and(|r| {
+                let authority = match r.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()) {
+                    Some(h) => h,
+                    None => r.uri.authority().map(|a| a.as_str()).unwrap_or(""),
+                };
+                let tls = if info.conn.tls.is_some() { "https" } else { "http" };
+                m.matches(&RouteRequest {
+                    host: authority,
+                    authority,
+                    path_and_query: r.uri.path_and_query().map(|p| p.as_str()).unwrap_or(""),
+                    method: r.method.as_str(),
+                    scheme: r.uri.scheme_str().unwrap_or(tls),
+                    headers: r.headers,
+                })
+            }),
             Filter::ResponseFlags(set) => {
                 if set.is_empty() {
                     !info.response_flags.is_empty()
@@ -253,6 +261,8 @@ mod tests {
         let ctx = Context::new(&si).with_request(RequestView { method: &m, uri: &u, headers: &h });
         let f = filter("{header_filter: {header: {name: x-env, string_match: {exact: prod}}}}").unwrap();
         assert!(f.evaluate(&ctx));
+        assert!(filter("{header_filter: {header: {name: ':path', string_match: {exact: /}}}}").unwrap().evaluate(&ctx));
+        assert!(filter("{header_filter: {header: {name: ':method', string_match: {exact: GET}}}}").unwrap().evaluate(&ctx));
         assert!(!f.evaluate(&Context::new(&si)), "no request, no header");
         // 0x31 = 49 < 50: sampled; with 49 % it is not.
         assert!(filter("{runtime_filter: {runtime_key: a.b, percent_sampled: {numerator: 50}}}").unwrap().evaluate(&ctx));
@@ -267,6 +277,6 @@ mod tests {
         assert_eq!(e("{status_code_filter: {}}").0, "status_code_filter.comparison");
         assert_eq!(e("{runtime_filter: {runtime_key: ''}}").0, "runtime_filter.runtime_key");
         assert_eq!(e("{or_filter: {filters: [{not_health_check_filter: {}}, {response_flag_filter: {flags: [ZZ]}}]}}").0, "or_filter.filters[1].response_flag_filter.flags[0]");
-        assert_eq!(e("{header_filter: {header: {name: ':path', exact_match: /}}}").0, "header_filter.header.name");
+        assert_eq!(e("{header_filter: {}}").0, "header_filter.header");
     }
 }

@@ -23,8 +23,8 @@ use crate::http::local_reply::{
     http_date, reset_body, IsLocalReply, LocalReply, LocalReplyConfig, LocalReplyInfo, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT,
     UPSTREAM_TIMEOUT,
 };
+use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteRequest, RouteTable, Selected};
 use crate::stream_info::{ResponseFlags, StreamInfo, UpstreamHost};
-use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteTable, Selected};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::upstream::{Cluster, ClusterManager, LbContext, UpstreamFailure};
 
@@ -38,6 +38,8 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-en
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// Methods the HTTP/1 codec accepts (Envoy's parser list); anything else is a 400.
 const KNOWN_METHODS: [&str; 34] = [
@@ -249,6 +251,8 @@ impl HttpConnectionManager {
             stats.downstream_rq_xx[0].inc();
             info.listener_stats.downstream_rq_xx[0].inc();
         }
+        let grpc = is_grpc(req.headers());
+        let mut request_id = None;
         let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
         let si = StreamInfo::starting(stream_id, req.version(), info.conn.clone(), start);
         let mut rec = StreamRecord::new(si, self.access_logs.as_ref(), self.record_full, req.method() == http::Method::HEAD);
@@ -258,7 +262,7 @@ impl HttpConnectionManager {
             rec.info.last_downstream_rx = Some(start.elapsed());
             req
         };
-        let mut resp = self.process(req, info, &mut rec).await;
+        let mut resp = self.process(req, info, &mut rec, &mut request_id).await;
         if let Some(local) = resp.extensions().get::<LocalReplyInfo>() {
             if local.details.is_some() {
                 rec.info.response_code_details = local.details.clone();
@@ -270,7 +274,13 @@ impl HttpConnectionManager {
             }
         }
         if resp.extensions().get::<IsLocalReply>().is_some() {
+            if grpc {
+                resp = grpc_local_reply(resp, h2);
+            }
             let h = resp.headers_mut();
+            if self.server_transformation == ServerHeaderTransformation::PassThrough {
+                h.remove(http::header::SERVER);
+            }
             if h2 {
                 h.remove(http::header::CONNECTION);
                 if h.get(http::header::CONTENT_LENGTH).is_some_and(|v| v == "0") {
@@ -281,6 +291,15 @@ impl HttpConnectionManager {
             }
         } else if h2 {
             resp.headers_mut().remove(http::header::CONNECTION);
+        }
+        // Envoy's last response headers: the request id (when asked for) and `via`.
+        if self.always_set_request_id_in_response {
+            if let Some(id) = request_id {
+                resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+            }
+        }
+        if let Some(via) = &self.via {
+            append_joined(resp.headers_mut(), &http::header::VIA, via);
         }
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         stats.downstream_rq_xx[class].inc();
@@ -306,7 +325,13 @@ impl HttpConnectionManager {
         r.build(&self.server_name)
     }
 
-    async fn process(&self, mut req: Request<Body>, info: &ConnContext, rec: &mut StreamRecord<'_>) -> Response<Body> {
+    async fn process(
+        &self,
+        mut req: Request<Body>,
+        info: &ConnContext,
+        rec: &mut StreamRecord<'_>,
+        request_id: &mut Option<HeaderValue>,
+    ) -> Response<Body> {
         let version = req.version();
         let h2 = version == Version::HTTP_2;
         // Codec-level checks.
@@ -378,40 +403,49 @@ impl HttpConnectionManager {
             rec.info.downstream_remote = trusted_client(headers_mut, self.use_remote_address, self.xff_num_trusted_hops);
         }
         if self.use_remote_address {
-            headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
-            let ip = info.conn.peer.ip().to_string();
+            // Envoy's order: x-forwarded-for, then x-forwarded-proto, then the external address.
+            let peer = info.conn.peer.ip();
             let prev = headers_mut.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).map(str::to_string);
-            // With `xff_num_trusted_hops: N`, the client is the N-th address from the right of
-            // the incoming x-forwarded-for (Envoy's rule); with 0 it is the peer itself.
+            // With `xff_num_trusted_hops: N` the client is the N-th address from the right of the
+            // incoming x-forwarded-for followed by the peer (Envoy's rule); the peer itself when
+            // the list is too short or N is 0.
             let client = match (&prev, self.xff_num_trusted_hops) {
-                (_, 0) => Some(ip.clone()),
-                (Some(list), n) => {
+                (Some(list), n) if n > 0 => {
                     let hops: Vec<&str> = list.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
                     hops.len().checked_sub(n).map(|i| hops[i].to_string())
                 }
-                (None, _) => None,
-            };
+                _ => None,
+            }
+            .unwrap_or_else(|| peer.to_string());
+            // A loopback peer is recorded as this host's own address, as Envoy does.
+            let appended = if peer.is_loopback() { local_host_address(peer.is_ipv4()).unwrap_or(peer) } else { peer };
             let xff = match &prev {
-                Some(prev) => format!("{prev},{ip}"),
-                None => ip.clone(),
+                Some(prev) => format!("{prev},{appended}"),
+                None => appended.to_string(),
             };
             if let Ok(v) = HeaderValue::from_str(&xff) {
                 headers_mut.insert(X_FORWARDED_FOR.clone(), v);
             }
-            if let Some(client) = client.and_then(|c| HeaderValue::from_str(&c).ok()) {
-                headers_mut.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), client);
-            }
-        } else if !headers_mut.contains_key(&X_FORWARDED_PROTO) {
             headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
+            if let Some(via) = &self.via {
+                append_joined(headers_mut, &http::header::VIA, via);
+            }
+            if let Ok(v) = HeaderValue::from_str(&client) {
+                headers_mut.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+            }
+        } else {
+            if !headers_mut.contains_key(&X_FORWARDED_PROTO) {
+                headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
+            }
+            if let Some(via) = &self.via {
+                append_joined(headers_mut, &http::header::VIA, via);
+            }
         }
         let regenerate = self.use_remote_address && !self.preserve_external_request_id;
         if self.generate_request_id && (regenerate || !headers_mut.contains_key(&X_REQUEST_ID)) {
             headers_mut.insert(X_REQUEST_ID.clone(), headers::new_request_id());
         }
-        if let Some(via) = &self.via {
-            headers_mut.append(http::header::VIA, via.clone());
-        }
-        let request_id = headers_mut.get(&X_REQUEST_ID).cloned();
+        *request_id = headers_mut.get(&X_REQUEST_ID).cloned();
 
         // Route.
         let route_path = if self.normalize_path || self.merge_slashes {
@@ -436,7 +470,15 @@ impl HttpConnectionManager {
             rec.keep_request(&req);
             return self.reply(LocalReply::new(404).details("absolute_path_rejected"));
         }
-        let Some(selected) = self.routes.route(&route_host, &route_path, req.headers()) else {
+        let route_req = RouteRequest {
+            host: &route_host,
+            authority: &host,
+            path_and_query: &route_path,
+            method: req.method().as_str(),
+            scheme,
+            headers: req.headers(),
+        };
+        let Some(selected) = self.routes.route_request(&route_req) else {
             // Envoy's router filter makes this reply: it counts in `rq_total` too.
             self.stats.rq_total.inc();
             self.stats.no_route.inc();
@@ -491,7 +533,15 @@ impl HttpConnectionManager {
             if ctx.clear_route_cache {
                 ctx.clear_route_cache = false;
                 let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
-                match self.routes.route(&route_host, &pq, req.headers()) {
+                let route_req = RouteRequest {
+                    host: &route_host,
+                    authority: &host,
+                    path_and_query: &pq,
+                    method: req.method().as_str(),
+                    scheme,
+                    headers: req.headers(),
+                };
+                match self.routes.route_request(&route_req) {
                     Some(sel) => {
                         ctx.cluster = sel.route.forward().and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
                         ctx.selected = sel;
@@ -528,11 +578,6 @@ impl HttpConnectionManager {
         let h = resp.headers_mut();
         for (k, v) in ctx.response_headers_to_add.drain(..) {
             h.append(k, v);
-        }
-        if self.always_set_request_id_in_response {
-            if let Some(id) = request_id {
-                h.insert(X_REQUEST_ID.clone(), id);
-            }
         }
         resp
     }
@@ -626,6 +671,13 @@ impl HttpConnectionManager {
                 // HEAD keeps the announced length and type; hyper sends no body for HEAD.
                 if let Some(b) = body {
                     r = r.body(b.clone());
+                }
+                // Envoy points `location` at the request itself for a 201 or a redirect status.
+                if *status == 201 || (300..400).contains(status) {
+                    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{pq}")) {
+                        r = r.header(http::header::LOCATION, v);
+                    }
                 }
                 rec.keep_request(&req);
                 Routed::Reply(self.local_with_route(r.details("direct_response"), sel, rec))
@@ -930,6 +982,120 @@ fn trusted_client(headers: &http::HeaderMap, use_remote_address: bool, trusted_h
     let skip = if use_remote_address { trusted_hops - 1 } else { 0 };
     let entry = hops.len().checked_sub(1 + skip).map(|i| hops[i])?;
     entry.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0))
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc…`), as Envoy decides it.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status Envoy gives a local reply's HTTP status.
+fn http_to_grpc_status(status: u16) -> u16 {
+    match status {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// A local reply to a gRPC request, as Envoy sends it: trailers-only, `:status 200`,
+/// `content-type: application/grpc`, `grpc-status` mapped from the HTTP status and the body as
+/// `grpc-message`, after the reply's own headers (route headers, …) and before `date`/`server`.
+fn grpc_local_reply(resp: Response<Body>, h2: bool) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let message = body.full_bytes().map(|b| grpc_message(b)).unwrap_or_default();
+    let old = std::mem::take(&mut parts.headers);
+    let h = &mut parts.headers;
+    let mut tail = Vec::new();
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in old {
+        if let Some(n) = name {
+            current = Some(n);
+        }
+        let Some(n) = &current else { continue };
+        match *n {
+            http::header::CONTENT_LENGTH | http::header::CONTENT_TYPE => {}
+            http::header::DATE | http::header::SERVER => tail.push((n.clone(), value)),
+            _ => {
+                h.append(n.clone(), value);
+            }
+        }
+    }
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(GRPC_STATUS.clone(), HeaderValue::from(http_to_grpc_status(parts.status.as_u16())));
+    if !message.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            h.insert(GRPC_MESSAGE.clone(), v);
+        }
+    }
+    for (n, v) in tail {
+        h.append(n, v);
+    }
+    if !h2 {
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    parts.status = http::StatusCode::OK;
+    Response::from_parts(parts, Body::empty())
+}
+
+/// `grpc-message` encoding: bytes outside printable ASCII and `%` are percent-encoded.
+fn grpc_message(body: &[u8]) -> String {
+    let mut out = String::with_capacity(body.len());
+    for &b in body {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Add `value` to a header as Envoy's `appendCopy` does: existing values (several lines joined
+/// with `,`) and the new one become one line joined with `, `, in the place of the first line.
+fn append_joined(headers: &mut http::HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    let existing: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+    if existing.is_empty() {
+        headers.append(name.clone(), value.clone());
+        return;
+    }
+    let mut joined = existing.join(&b","[..]);
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(value.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// This host's first non-loopback address of a family (Envoy's local address, which it records
+/// in `x-forwarded-for` for loopback peers), looked up once.
+pub fn local_host_address(v4: bool) -> Option<std::net::IpAddr> {
+    static ADDRS: std::sync::OnceLock<(Option<std::net::IpAddr>, Option<std::net::IpAddr>)> = std::sync::OnceLock::new();
+    let (a4, a6) = ADDRS.get_or_init(|| {
+        let mut a4 = None;
+        let mut a6 = None;
+        if let Ok(ifaces) = nix::ifaddrs::getifaddrs() {
+            for i in ifaces {
+                let Some(addr) = i.address else { continue };
+                if let Some(sin) = addr.as_sockaddr_in() {
+                    let ip = std::net::IpAddr::V4(sin.ip());
+                    if a4.is_none() && !ip.is_loopback() {
+                        a4 = Some(ip);
+                    }
+                } else if let Some(sin6) = addr.as_sockaddr_in6() {
+                    let ip = std::net::IpAddr::V6(sin6.ip());
+                    if a6.is_none() && !ip.is_loopback() {
+                        a6 = Some(ip);
+                    }
+                }
+            }
+        }
+        (a4, a6)
+    });
+    if v4 { *a4 } else { *a6 }
 }
 
 fn scheme_static(s: &str) -> &'static str {

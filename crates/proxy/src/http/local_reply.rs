@@ -132,7 +132,10 @@ impl LocalReply {
         match self.body {
             Some(body) => {
                 h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-                h.insert(CONTENT_TYPE, self.content_type.unwrap_or(HeaderValue::from_static("text/plain")));
+                // A configured content type (route `response_headers_to_add`) is kept.
+                if !h.contains_key(CONTENT_TYPE) {
+                    h.insert(CONTENT_TYPE, self.content_type.unwrap_or(HeaderValue::from_static("text/plain")));
+                }
                 h.insert(DATE, http_date());
                 h.insert(SERVER, server.clone());
                 if self.close {

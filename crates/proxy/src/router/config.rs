@@ -201,9 +201,31 @@ impl StrMatch {
     }
 }
 
+/// What a header matcher looks at: a header, or one of the request's pseudo-headers.
+#[derive(Debug)]
+enum HeaderKey {
+    Header(HeaderName),
+    Method,
+    Authority,
+    Path,
+    Scheme,
+}
+
+/// The request as route matching sees it.
+pub struct RouteRequest<'a> {
+    /// The authority used for virtual-host selection (lower-case, port stripped as configured).
+    pub host: &'a str,
+    /// The `:authority` as the request carries it (header matchers on `:authority`).
+    pub authority: &'a str,
+    pub path_and_query: &'a str,
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
 #[derive(Debug)]
 pub struct HeaderMatcher {
-    name: HeaderName,
+    name: HeaderKey,
     matcher: StrMatch,
     invert: bool,
     missing_as_empty: bool,
@@ -445,14 +467,16 @@ impl RouteTable {
         self.wildcard
     }
 
-    /// Route a request: vhost by host, then the first matching route.
+    /// Route a GET over plain HTTP (tests and callers without a request at hand).
     pub fn route(&self, host: &str, path_and_query: &str, headers: &HeaderMap) -> Option<Selected> {
-        let vhost = self.select_vhost(host)?;
-        let (path, query) = split_path_query(path_and_query);
-        let route = self.virtual_hosts[vhost]
-            .routes
-            .iter()
-            .find(|r| r.matcher.matches(path, query, headers))?;
+        self.route_request(&RouteRequest { host, authority: host, path_and_query, method: "GET", scheme: "http", headers })
+    }
+
+    /// Route a request: vhost by host, then the first matching route.
+    pub fn route_request(&self, req: &RouteRequest<'_>) -> Option<Selected> {
+        let vhost = self.select_vhost(req.host)?;
+        let (path, query) = split_path_query(req.path_and_query);
+        let route = self.virtual_hosts[vhost].routes.iter().find(|r| r.matcher.matches(path, query, req))?;
         Some(Selected { vhost, route: route.clone() })
     }
 }
@@ -531,8 +555,15 @@ impl Route {
 }
 
 pub fn header_matcher(h: &cfg::HeaderMatcher) -> Result<HeaderMatcher, String> {
-    let name = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
-        .map_err(|_| format!("invalid header name \"{}\"", h.name))?;
+    let name = match h.name.to_ascii_lowercase().as_str() {
+        ":method" => HeaderKey::Method,
+        ":authority" | "host" => HeaderKey::Authority,
+        ":path" => HeaderKey::Path,
+        ":scheme" => HeaderKey::Scheme,
+        n => HeaderKey::Header(
+            HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name \"{}\"", h.name))?,
+        ),
+    };
     let plain = |kind| StrMatch { kind, ignore_case: false };
     let matcher = if let Some(s) = &h.string_match {
         StrMatch::build(s)?
@@ -556,7 +587,8 @@ pub fn header_matcher(h: &cfg::HeaderMatcher) -> Result<HeaderMatcher, String> {
 }
 
 impl RouteMatcher {
-    fn matches(&self, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
+    fn matches(&self, path: &str, query: Option<&str>, req: &RouteRequest<'_>) -> bool {
+        let headers = req.headers;
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => starts_with(path, p, self.case_sensitive),
             PathMatch::Exact(p) => {
@@ -583,7 +615,7 @@ impl RouteMatcher {
         {
             return false;
         }
-        self.headers.iter().all(|h| h.matches(headers)) && self.query.iter().all(|q| q.matches(query))
+        self.headers.iter().all(|h| h.matches(req)) && self.query.iter().all(|q| q.matches(query))
     }
 }
 
@@ -598,8 +630,22 @@ fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
 }
 
 impl HeaderMatcher {
-    pub fn matches(&self, headers: &HeaderMap) -> bool {
-        let mut values = headers.get_all(&self.name).iter().peekable();
+    pub fn matches(&self, req: &RouteRequest<'_>) -> bool {
+        let pseudo = match &self.name {
+            HeaderKey::Header(name) => return self.matches_values(req.headers.get_all(name).iter().peekable()),
+            HeaderKey::Method => req.method,
+            HeaderKey::Authority => req.authority,
+            HeaderKey::Path => req.path_and_query,
+            HeaderKey::Scheme => req.scheme,
+        };
+        let result = match &self.matcher.kind {
+            ValueMatch::Present(p) => *p,
+            _ => self.matcher.matches(pseudo),
+        };
+        result != self.invert
+    }
+
+    fn matches_values(&self, mut values: std::iter::Peekable<http::header::ValueIter<'_, HeaderValue>>) -> bool {
         let result = if values.peek().is_none() {
             match &self.matcher.kind {
                 ValueMatch::Present(p) => !*p,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -584,6 +584,14 @@ impl Cluster {
                 if let Ok(uri) = pq(&parts.uri).parse() {
                     parts.uri = uri;
                 }
+            }
+            // Envoy's HTTP/1 codec announces an empty body for methods that carry one.
+            if http_body::Body::is_end_stream(&body)
+                && !matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE | Method::TRACE | Method::CONNECT)
+                && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+                && !parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+            {
+                parts.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
             parts.version = Version::HTTP_11;
         }
