@@ -67,10 +67,11 @@
 //!   the deprecated fields); upstream TLS; endpoints at priority 0.
 //!
 //! Anything else Envoy knows is either an unknown-field error or, for fields sluice recognises but
-//! does not implement (RDS, EDS, access logs, tracing, retries, …), the error
+//! does not implement (RDS, EDS, tracing, retries, …), the error
 //! `recognised but not supported by sluice` at the field's path. See [`validate`] for the
 //! semantic rules.
 
+pub mod access_log;
 pub mod bootstrap;
 pub mod cluster;
 pub mod core;
@@ -78,6 +79,7 @@ mod de;
 mod envoy_fields;
 pub mod error;
 pub mod ext_authz;
+pub mod format;
 pub mod hcm;
 pub mod health_check;
 pub mod listener;

@@ -57,6 +57,12 @@ pub struct TlsInfo {
     pub peer_certificate: Option<Vec<u8>>,
     /// "HTTP/2" when ALPN chose h2.
     pub alpn_h2: bool,
+    /// The negotiated version in OpenSSL's spelling (`TLSv1.3`), `%DOWNSTREAM_TLS_VERSION%`.
+    pub version: Option<&'static str>,
+    /// The negotiated cipher suite, OpenSSL's name (`%DOWNSTREAM_TLS_CIPHER%`).
+    pub cipher: Option<&'static str>,
+    /// The listener's certificate (DER) presented on this connection (`%DOWNSTREAM_LOCAL_*%`).
+    pub local_certificate: Option<Arc<[u8]>>,
 }
 
 /// Per-request state shared between the connection manager, the filters and the router.

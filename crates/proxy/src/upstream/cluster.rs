@@ -851,7 +851,10 @@ impl Cluster {
                 } else {
                     host.stats.rq_success.fetch_add(1, Ordering::Relaxed);
                 }
-                let (parts, body) = resp.into_parts();
+                let (mut parts, body) = resp.into_parts();
+                if ctx.report_host {
+                    parts.extensions.insert(crate::stream_info::UpstreamHost(host.address));
+                }
                 let done = Done { _rq: rq, sender, host: host.clone(), shared: self.shared.clone() };
                 let body = UpstreamBody::new(body, done);
                 Ok(Response::from_parts(parts, Body::boxed(body)))

@@ -37,6 +37,9 @@ pub struct LbContext {
     pub hash: Option<u64>,
     /// The downstream request is HTTP/2 (for `use_downstream_protocol_config`).
     pub downstream_http2: bool,
+    /// Put the chosen host in the response's extensions ([`crate::stream_info::UpstreamHost`],
+    /// for `%UPSTREAM_HOST%`); off unless something formats it.
+    pub report_host: bool,
 }
 
 /// Why a request could not get a response from the cluster.
