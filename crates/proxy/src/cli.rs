@@ -49,6 +49,12 @@ pub struct Args {
     /// Accepted for Envoy compatibility (node.id).
     #[arg(long = "service-node", hide = true)]
     pub service_node: Option<String>,
+    /// How often buffered access-log lines are written to their files (Envoy's default 10 s).
+    #[arg(long = "file-flush-interval-msec", value_name = "MS", default_value_t = 10_000)]
+    pub file_flush_interval_msec: u64,
+    /// Buffered access-log bytes that trigger a write before the interval (KiB, Envoy's default 64).
+    #[arg(long = "file-flush-min-size-kb", value_name = "KIB", default_value_t = 64)]
+    pub file_flush_min_size_kb: usize,
 }
 
 fn init_logging(level: &str) {
@@ -108,6 +114,10 @@ fn load(args: &Args) -> Result<(String, sluice_config::Snapshot), String> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     init_logging(&args.log_level);
+    crate::access_log::set_flush_options(
+        std::time::Duration::from_millis(args.file_flush_interval_msec),
+        args.file_flush_min_size_kb.saturating_mul(1024),
+    );
     let shown = args.config_path.clone().unwrap_or_else(|| "<config-yaml>".into());
     let (path, snapshot) = match load(&args) {
         Ok(x) => x,
@@ -143,6 +153,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         tracing::info!("shutting down server instance");
         server.shutdown();
+        // Access-log lines still buffered go out before the process ends.
+        crate::access_log::flush_now();
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -98,7 +98,7 @@ fn start(envoy_bin: Option<&Path>, label: &str, config: &str, upstream: u16) -> 
     let mut cmd = match envoy_bin {
         Some(e) => {
             let mut c = Command::new(e);
-            c.args(["--disable-hot-restart", "--file-flush-interval-msec", "100"]);
+            c.arg("--disable-hot-restart");
             c
         }
         None => {
@@ -107,6 +107,7 @@ fn start(envoy_bin: Option<&Path>, label: &str, config: &str, upstream: u16) -> 
             c
         }
     };
+    cmd.args(["--file-flush-interval-msec", "100"]);
     cmd.arg("-c").arg(&path).args(["--concurrency", "1", "--log-level", "warning"]);
     cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out);
     let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {label}: {e}"));
@@ -720,7 +721,7 @@ fn config_errors_name_the_path() {
 "#
             .into(),
             ROUTES.into(),
-            format!("{HCM_PATH}.access_log[0].typed_config.@type: unsupported type"),
+            format!("{HCM_PATH}.access_log[0].typed_config.@type: type \"type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig\" is not supported by sluice"),
         ),
     ];
     for (extra, routes, want) in cases {

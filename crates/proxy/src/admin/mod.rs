@@ -621,6 +621,10 @@ pub fn handle(ctx: &AdminContext, method: &Method, path: &str, query: Option<&st
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("error: {e}\n\n{}{}", logging::USAGE, control.listing())),
             }
         }
+        "/reopen_logs" => {
+            crate::access_log::reopen();
+            text(StatusCode::OK, "OK\n")
+        }
         "/reset_counters" => {
             ctx.stats.reset_counters();
             text(StatusCode::OK, "OK\n")
