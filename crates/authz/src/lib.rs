@@ -27,6 +27,8 @@
 //! current policy generation; a reload compiles a new generation and swaps it in atomically
 //! ([`arc_swap`]), so checks in flight finish on the old one.
 
+pub mod bounds;
+pub mod builtins;
 pub mod cli;
 pub mod decision_log;
 mod grpc_conn;
@@ -36,5 +38,6 @@ pub mod response;
 pub mod server;
 
 pub use decision_log::{DecisionLogSink, LogFormat, SharedWriter};
-pub use policy::{EvalError, PolicySet, RegoVersion};
+pub use builtins::CustomBuiltin;
+pub use policy::{EvalError, EvalStats, LoadOptions, PolicySet, RegoVersion};
 pub use server::{Authorizer, AuthzServer, Config, Handle, DEFAULT_LABEL_VERSION};

@@ -8,14 +8,21 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::num::NonZeroU32;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
 use regorus::rvm::program::Program;
 use regorus::rvm::vm::RegoVM;
-use regorus::{Engine, Value};
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{Engine, LimitError, Value};
+
+use crate::bounds::Bounds;
+use crate::builtins::{self, CustomBuiltin};
 
 /// How `.rego` files are parsed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -217,6 +224,12 @@ enum Mode {
 pub struct PolicySet {
     generation: u64,
     engine: Engine,
+    /// Whether `engine` raises builtin errors.
+    strict: bool,
+    /// `engine` with the other builtin error mode, built on first use (REST
+    /// `?strict-builtin-errors`).
+    strict_twin: std::sync::OnceLock<Engine>,
+    stats: Arc<EvalStats>,
     rule: String,
     mode: Mode,
     files: Vec<PathBuf>,
@@ -257,6 +270,7 @@ fn rvm_enabled() -> bool {
 /// Per-thread evaluation state for one policy generation.
 struct Worker {
     generation: u64,
+    strict: bool,
     engine: Engine,
     vm: Option<RegoVM>,
 }
@@ -281,6 +295,11 @@ pub enum EvalError {
     Multiple,
     /// regorus reported an error while evaluating.
     Eval(String),
+    /// The evaluation exceeded a bound (time budget, regex size); the message says which.
+    Limit(String),
+    /// The evaluation panicked (a bug in the engine or a builtin); the engine state of this
+    /// thread was discarded, so the next evaluation starts clean.
+    Panic(String),
 }
 
 impl fmt::Display for EvalError {
@@ -289,6 +308,8 @@ impl fmt::Display for EvalError {
             EvalError::Undefined => f.write_str("undefined decision"),
             EvalError::Multiple => f.write_str("multiple evaluation results"),
             EvalError::Eval(e) => f.write_str(e),
+            EvalError::Limit(e) => write!(f, "evaluation stopped: {e}"),
+            EvalError::Panic(e) => write!(f, "internal error: evaluation failed unexpectedly ({e})"),
         }
     }
 }
@@ -304,6 +325,56 @@ fn is_not_a_rule(e: &anyhow::Error) -> bool {
     t.contains("not a valid rule path") || t.contains("not a valid rule")
 }
 
+/// How policies are loaded and evaluated (everything but the sources).
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// How `.rego` files are parsed.
+    pub version: RegoVersion,
+    /// Decision path, slash-separated (`envoy/authz/allow`).
+    pub decision_path: String,
+    /// Size and nesting bounds checked before parsing.
+    pub bounds: Bounds,
+    /// Time budget of one evaluation (`None`: unbounded, for the command-line tools).
+    pub eval_timeout: Option<Duration>,
+    /// OPA's `--strict-builtin-errors`: a builtin error is an evaluation error instead of an
+    /// undefined expression.
+    pub strict_builtin_errors: bool,
+    /// Extra builtins (OPA's custom builtins), checked before the standard ones.
+    pub custom_builtins: Vec<CustomBuiltin>,
+}
+
+/// The default per-decision time budget of the server.
+pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl LoadOptions {
+    /// Defaults for `decision_path`: auto-detected Rego version, default bounds, the default
+    /// time budget, OPA's lenient builtin errors.
+    pub fn new(version: RegoVersion, decision_path: &str) -> Self {
+        LoadOptions {
+            version,
+            decision_path: decision_path.to_string(),
+            bounds: Bounds::default(),
+            eval_timeout: Some(DEFAULT_EVAL_TIMEOUT),
+            strict_builtin_errors: false,
+            custom_builtins: Vec::new(),
+        }
+    }
+}
+
+/// A regorus engine with sluice's builtins, bounds and error mode.
+pub(crate) fn new_engine(opts: &LoadOptions) -> anyhow::Result<Engine> {
+    let mut engine = Engine::new();
+    engine.set_strict_builtin_errors(opts.strict_builtin_errors);
+    if let Some(limit) = opts.eval_timeout {
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit,
+            check_interval: NonZeroU32::new(64).expect("non-zero"),
+        });
+    }
+    builtins::register(&mut engine, &opts.custom_builtins)?;
+    Ok(engine)
+}
+
 impl PolicySet {
     /// Reads, compiles and test-evaluates the policies and data named by `paths`.
     ///
@@ -313,14 +384,20 @@ impl PolicySet {
         Self::compile(&sources, version, decision_path)
     }
 
-    /// Compiles already-read sources (see [`Sources::read`]).
+    /// Compiles already-read sources (see [`Sources::read`]) with default [`LoadOptions`].
     pub fn compile(sources: &Sources, version: RegoVersion, decision_path: &str) -> anyhow::Result<Self> {
+        Self::compile_with(sources, &LoadOptions::new(version, decision_path))
+    }
+
+    /// Compiles already-read sources with explicit options.
+    pub fn compile_with(sources: &Sources, opts: &LoadOptions) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let mut engine = Engine::new();
-        engine.set_strict_builtin_errors(false);
+        let decision_path = opts.decision_path.as_str();
+        let mut engine = new_engine(opts)?;
         let mut packages = Vec::new();
         for (path, text) in &sources.policies {
-            let v1 = match version {
+            crate::bounds::check(text, opts.bounds).map_err(|e| anyhow!("{}:{e}", path.display()))?;
+            let v1 = match opts.version {
                 RegoVersion::V1 => true,
                 RegoVersion::V0 => false,
                 RegoVersion::Auto => detect_v1(text),
@@ -331,6 +408,7 @@ impl PolicySet {
                 .map_err(|e| anyhow!("{}", tidy(&e, path)))?;
             packages.push(pkg);
         }
+        builtins::check_calls(&engine, &opts.custom_builtins)?;
         for (path, prefix, text) in &sources.data {
             let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
             let mut v = if is_json {
@@ -385,6 +463,9 @@ impl PolicySet {
         Ok(PolicySet {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             engine,
+            strict: opts.strict_builtin_errors,
+            strict_twin: std::sync::OnceLock::new(),
+            stats: Arc::new(EvalStats::default()),
             rule,
             mode,
             files: sources.policies.iter().map(|p| p.0.clone()).collect(),
@@ -420,11 +501,13 @@ impl PolicySet {
     }
 
     /// Evaluates the decision path against `input`. Lock-free: uses this thread's clone of the
-    /// engine for this generation.
+    /// engine for this generation. Isolated: a panic inside the engine becomes
+    /// [`EvalError::Panic`] and the thread's engine is rebuilt from the pristine copy; any other
+    /// error also discards the thread's engine state.
     pub fn eval(&self, input: Value) -> Result<Value, EvalError> {
         let mode = self.mode;
         let rule = &self.rule;
-        self.with_worker(|w| {
+        self.isolated(self.strict, |w| {
             if let Some(vm) = w.vm.as_mut() {
                 vm.set_input(input.clone());
                 let r = vm.execute();
@@ -442,7 +525,9 @@ impl PolicySet {
     /// Evaluates the decision with the regorus interpreter only (never the bytecode VM).
     /// [`PolicySet::eval`] must always agree with it; tests compare the two.
     pub fn eval_interpreted(&self, input: Value) -> Result<Value, EvalError> {
-        interpret(&mut self.engine.clone(), self.mode, &self.rule, input)
+        let mode = self.mode;
+        let rule = &self.rule;
+        self.isolated(self.strict, |w| interpret(&mut w.engine, mode, rule, input))
     }
 
     /// Whether decisions are evaluated by the bytecode VM (with the interpreter as fallback).
@@ -452,7 +537,12 @@ impl PolicySet {
 
     /// Evaluates any `data` reference (REST API): `Ok(None)` when undefined.
     pub fn query(&self, reference: &str, input: Option<Value>) -> Result<Option<Value>, EvalError> {
-        self.with_worker(|w| {
+        self.query_with(reference, input, self.strict)
+    }
+
+    /// [`PolicySet::query`] with an explicit builtin error mode (REST `?strict-builtin-errors`).
+    pub fn query_with(&self, reference: &str, input: Option<Value>, strict: bool) -> Result<Option<Value>, EvalError> {
+        self.isolated(strict, |w| {
             let e = &mut w.engine;
             e.set_input(input.unwrap_or(Value::Undefined));
             match query_value(e, reference) {
@@ -463,26 +553,113 @@ impl PolicySet {
         })
     }
 
-    fn new_worker(&self) -> Worker {
+    /// Counters of failed evaluations of this generation.
+    pub fn stats(&self) -> &EvalStats {
+        &self.stats
+    }
+
+    fn pristine(&self, strict: bool) -> &Engine {
+        if strict == self.strict {
+            return &self.engine;
+        }
+        self.strict_twin.get_or_init(|| {
+            let mut e = self.engine.clone();
+            e.set_strict_builtin_errors(strict);
+            e
+        })
+    }
+
+    fn new_worker(&self, strict: bool) -> Worker {
         Worker {
             generation: self.generation,
-            engine: self.engine.clone(),
-            vm: self.rvm.as_ref().and_then(Rvm::vm),
+            strict,
+            engine: self.pristine(strict).clone(),
+            vm: if strict == self.strict { self.rvm.as_ref().and_then(Rvm::vm) } else { None },
         }
     }
 
-    fn with_worker<R>(&self, f: impl FnOnce(&mut Worker) -> R) -> R {
+    /// Runs `f` on this thread's worker for this generation and error mode, with panics caught
+    /// and the worker discarded after any error, so that no evaluation can leave state behind
+    /// for the next one.
+    fn isolated<R>(&self, strict: bool, f: impl FnOnce(&mut Worker) -> Result<R, EvalError>) -> Result<R, EvalError> {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let _mode = builtins::StrictMode::enter(strict);
+            self.with_worker(strict, f)
+        }));
+        let r = match r {
+            Ok(r) => r,
+            Err(payload) => {
+                let msg = panic_message(&payload);
+                self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(generation = self.generation, "evaluation panicked; the engine of this thread is rebuilt: {msg}");
+                Err(EvalError::Panic(msg))
+            }
+        };
+        match &r {
+            Ok(_) | Err(EvalError::Undefined) | Err(EvalError::Multiple) => {}
+            Err(e) => {
+                WORKER.with(|cell| {
+                    if let Ok(mut slot) = cell.try_borrow_mut() {
+                        *slot = None;
+                    }
+                });
+                match e {
+                    EvalError::Limit(_) => self.stats.limits.fetch_add(1, Ordering::Relaxed),
+                    _ => self.stats.errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }
+        r
+    }
+
+    fn with_worker<R>(&self, strict: bool, f: impl FnOnce(&mut Worker) -> R) -> R {
         WORKER.with(|cell| match cell.try_borrow_mut() {
             Ok(mut slot) => {
-                if slot.as_ref().map(|w| w.generation) != Some(self.generation) {
-                    *slot = Some(self.new_worker());
+                if slot.as_ref().map(|w| (w.generation, w.strict)) != Some((self.generation, strict)) {
+                    *slot = Some(self.new_worker(strict));
                 }
                 f(slot.as_mut().expect("just set"))
             }
-            // Re-entrant use on this thread (not expected): use a throw-away worker.
-            Err(_) => f(&mut self.new_worker()),
+            // Re-entrant use on this thread (a custom builtin evaluating): a throw-away worker.
+            Err(_) => f(&mut self.new_worker(strict)),
         })
     }
+}
+
+/// Failed evaluations of one policy generation, by kind.
+#[derive(Debug, Default)]
+pub struct EvalStats {
+    /// Evaluations that panicked (engine rebuilt).
+    pub panics: AtomicU64,
+    /// Evaluations stopped by a bound (time budget, regex size).
+    pub limits: AtomicU64,
+    /// Other evaluation errors (conflicts, builtin errors in strict mode, type errors).
+    pub errors: AtomicU64,
+}
+
+fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+/// Maps a regorus error to an [`EvalError`]: bounds become [`EvalError::Limit`].
+fn eval_error(err: &anyhow::Error) -> EvalError {
+    if let Some(l) = err.chain().find_map(|c| c.downcast_ref::<LimitError>()) {
+        return EvalError::Limit(l.to_string());
+    }
+    let text = tidy(err, Path::new(""));
+    if let Some(i) = text.find(builtins::LIMIT_MARK) {
+        return EvalError::Limit(first_line(&text[i + builtins::LIMIT_MARK.len()..]).to_string());
+    }
+    if text.contains("execution exceeded") || text.contains("time limit") {
+        return EvalError::Limit(first_line(&text).to_string());
+    }
+    EvalError::Eval(first_line(&text).to_string())
 }
 
 /// The decision by the regorus interpreter: the rule's value (undefined when the rule does not
@@ -494,7 +671,7 @@ fn interpret(e: &mut Engine, mode: Mode, rule: &str, input: Value) -> Result<Val
             Ok(Value::Undefined) => Err(EvalError::Undefined),
             Ok(v) => Ok(v),
             Err(err) if is_not_a_rule(&err) => Err(EvalError::Undefined),
-            Err(err) => Err(EvalError::Eval(first_line(&tidy(&err, Path::new(""))).to_string())),
+            Err(err) => Err(eval_error(&err)),
         },
         Mode::Query => query_value(e, rule),
     }
@@ -503,7 +680,7 @@ fn interpret(e: &mut Engine, mode: Mode, rule: &str, input: Value) -> Result<Val
 fn query_value(e: &mut Engine, reference: &str) -> Result<Value, EvalError> {
     let r = e
         .eval_query(reference.to_string(), false)
-        .map_err(|err| EvalError::Eval(first_line(&tidy(&err, Path::new(""))).to_string()))?;
+        .map_err(|err| eval_error(&err))?;
     match r.result.len() {
         0 => Err(EvalError::Undefined),
         1 => match r.result[0].expressions.first().map(|x| &x.value) {
@@ -531,7 +708,9 @@ fn check_statically(engine: &mut Engine, rule: &str) -> anyhow::Result<Option<st
         Err(e) => {
             let text = e.to_string();
             let lower = text.to_ascii_lowercase();
-            if lower.contains("unknown function") || lower.contains("undefined variable") || lower.contains("unsafe") {
+            // Unknown functions are found by `builtins::check_calls` (the bytecode compiler does
+            // not know sluice's builtins).
+            if lower.contains("undefined variable") || lower.contains("unsafe") {
                 return Err(anyhow!("{}", tidy(&anyhow!(text), Path::new(""))));
             }
             tracing::debug!("bytecode check skipped, the interpreter evaluates every decision: {text}");

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::decision_log::{value_json, DecisionLogSink, DecisionLogger, Entry, LogFormat};
 use crate::input::build_input;
-use crate::policy::{rule_ref, EvalError, PolicySet, RegoVersion, Sources};
+use crate::policy::{rule_ref, EvalError, LoadOptions, PolicySet, RegoVersion, Sources};
 use crate::response::{check_response, CODE_OK};
 
 /// The `labels.version` written in decision logs by default: the OPA envoy plugin build the
@@ -51,6 +51,14 @@ pub struct Config {
     pub dry_run: bool,
     /// `labels.version` in decision logs (default [`DEFAULT_LABEL_VERSION`]).
     pub label_version: String,
+    /// Time budget of one decision (`None`: unbounded). Default 1 s.
+    pub eval_timeout: Option<Duration>,
+    /// OPA's `--strict-builtin-errors`.
+    pub strict_builtin_errors: bool,
+    /// Size and nesting bounds of policy files.
+    pub bounds: crate::bounds::Bounds,
+    /// Extra builtins (OPA's custom builtins) for library users.
+    pub custom_builtins: Vec<crate::builtins::CustomBuiltin>,
 }
 
 impl Default for Config {
@@ -66,6 +74,10 @@ impl Default for Config {
             watch_interval: Some(Duration::from_secs(1)),
             dry_run: false,
             label_version: DEFAULT_LABEL_VERSION.into(),
+            eval_timeout: Some(crate::policy::DEFAULT_EVAL_TIMEOUT),
+            strict_builtin_errors: false,
+            bounds: crate::bounds::Bounds::default(),
+            custom_builtins: Vec::new(),
         }
     }
 }
@@ -123,8 +135,10 @@ pub struct Authorizer {
     decision_path: String,
     dry_run: bool,
     paths: Vec<PathBuf>,
-    rego_version: RegoVersion,
+    load: LoadOptions,
     reload_lock: Mutex<u64>,
+    /// Decisions that failed by kind, over all generations: panics, bounds, other errors.
+    failed: [AtomicU64; 3],
     reloads: AtomicU64,
     req_ids: AtomicU64,
 }
@@ -142,7 +156,15 @@ impl Authorizer {
             return Err(anyhow!("no policy files given"));
         }
         let sources = Sources::read(&config.paths)?;
-        let set = PolicySet::compile(&sources, config.rego_version, &config.decision_path)?;
+        let load = LoadOptions {
+            version: config.rego_version,
+            decision_path: config.decision_path.clone(),
+            bounds: config.bounds,
+            eval_timeout: config.eval_timeout,
+            strict_builtin_errors: config.strict_builtin_errors,
+            custom_builtins: config.custom_builtins.clone(),
+        };
+        let set = PolicySet::compile_with(&sources, &load)?;
         let logger = DecisionLogger::new(
             &config.decision_log,
             config.log_format,
@@ -155,7 +177,8 @@ impl Authorizer {
             decision_path: config.decision_path.trim_matches('/').to_string(),
             dry_run: config.dry_run,
             paths: config.paths.clone(),
-            rego_version: config.rego_version,
+            load,
+            failed: Default::default(),
             reload_lock: Mutex::new(sources.fingerprint()),
             reloads: AtomicU64::new(0),
             req_ids: AtomicU64::new(0),
@@ -183,12 +206,30 @@ impl Authorizer {
             return Ok(false);
         }
         *last = fp;
-        let set = PolicySet::compile(&sources, self.rego_version, &self.decision_path)?;
+        let set = PolicySet::compile_with(&sources, &self.load)?;
         let generation = set.generation();
         self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true) }));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation, "policies reloaded");
         Ok(true)
+    }
+
+    fn count_failure<T>(&self, r: &Result<T, EvalError>) {
+        let i = match r {
+            Err(EvalError::Panic(_)) => 0,
+            Err(EvalError::Limit(_)) => 1,
+            Err(EvalError::Eval(_)) => 2,
+            _ => return,
+        };
+        self.failed[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Decisions (gRPC and REST) that failed since start: `(panicked, stopped by a bound,
+    /// other evaluation errors)`. A panicked evaluation is answered with an error (Envoy
+    /// denies) and leaves no state behind.
+    pub fn failed_decisions(&self) -> (u64, u64, u64) {
+        let g = |i: usize| self.failed[i].load(Ordering::Relaxed);
+        (g(0), g(1), g(2))
     }
 
     /// Answers one `Check` as OPA's envoy plugin does. `Err` is the gRPC error (UNKNOWN with
@@ -208,6 +249,7 @@ impl Authorizer {
         let t = Instant::now();
         let decision = generation.set.eval(input.clone());
         let eval_ns = t.elapsed().as_nanos() as u64;
+        self.count_failure(&decision);
         let outcome = match &decision {
             Ok(v) => check_response(v, &decision_id),
             Err(e) => Err(e.to_string()),
@@ -233,6 +275,7 @@ impl Authorizer {
         let t = Instant::now();
         let r = generation.set.query(&rule_ref(path), input.clone());
         let eval_ns = t.elapsed().as_nanos() as u64;
+        self.count_failure(&r);
         let req_id = Some(self.req_ids.fetch_add(1, Ordering::Relaxed) + 1);
         let path = path.trim_matches('/');
         match &r {
