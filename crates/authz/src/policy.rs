@@ -553,6 +553,23 @@ impl PolicySet {
         })
     }
 
+    /// Evaluates an arbitrary query (OPA's `/v1/query`, `eval`, the conformance suite): one
+    /// JSON object of variable bindings per result (an empty list: undefined).
+    pub fn query_bindings(&self, query: &str, input: Option<Value>, strict: bool) -> Result<Vec<serde_json::Value>, EvalError> {
+        self.isolated(strict, |w| {
+            let e = &mut w.engine;
+            e.set_input(input.unwrap_or(Value::Undefined));
+            let r = e.eval_query(query.to_string(), false).map_err(|err| eval_error(&err))?;
+            Ok(r.result
+                .iter()
+                .map(|res| match &res.bindings {
+                    Value::Object(_) => crate::decision_log::value_json(&res.bindings),
+                    _ => serde_json::Value::Object(Default::default()),
+                })
+                .collect())
+        })
+    }
+
     /// Counters of failed evaluations of this generation.
     pub fn stats(&self) -> &EvalStats {
         &self.stats

@@ -119,6 +119,7 @@ fn tokens_signed_by_openssl_verify_as_in_opa() {
         data: Some(json!({"m": m})),
         input: None,
         queries: cases.iter().map(|c| c.0.clone()).collect(),
+        bindings: false,
     };
     let Some(results) = common::opa::run(&[job]) else { return };
     let results = results[0]["results"].as_array().expect("OPA results").clone();

@@ -20,6 +20,78 @@ pub(crate) fn defs(v: &mut Vec<Def>) {
     v.push(Def { name: "numbers.range", arity: 2, f: numbers_range });
     v.push(Def { name: "numbers.range_step", arity: 3, f: numbers_range_step });
     v.push(Def { name: "bits.lsh", arity: 2, f: bits_lsh });
+    v.push(Def { name: "regex.template_match", arity: 4, f: template_match });
+    v.push(Def { name: "glob.quote_meta", arity: 1, f: glob_quote_meta });
+    v.push(Def { name: "upper", arity: 1, f: upper });
+    v.push(Def { name: "lower", arity: 1, f: lower });
+    v.push(Def { name: "trace", arity: 1, f: trace });
+}
+
+/// `regex.template_match(template, value, start, end)`: the template's literal parts must
+/// match the value exactly and each `{…}` part must match the regex between the delimiters.
+/// (regorus slices the value by the template's offsets and panics when it is shorter.)
+fn template_match(a: &[Value]) -> Result<Value> {
+    let mut template = string(a, 0, "regex.template_match")?;
+    let mut value = string(a, 1, "regex.template_match")?;
+    let ds = string(a, 2, "regex.template_match")?;
+    let de = string(a, 3, "regex.template_match")?;
+    if ds.is_empty() || de.is_empty() {
+        bail!("delimiters must not be empty");
+    }
+    while let (Some(start), Some(end)) = (template.find(ds), template.find(de)) {
+        if start >= end {
+            bail!("unbalanced delimiters in template {template:?}");
+        }
+        let literal = &template[..start];
+        let Some(rest) = value.strip_prefix(literal) else { return Ok(Value::Bool(false)) };
+        let pattern = &template[start + ds.len()..end];
+        let re = regex::Regex::new(&format!("^(?:{pattern})")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let Some(m) = re.find(rest) else { return Ok(Value::Bool(false)) };
+        value = &rest[m.end()..];
+        template = &template[end + de.len()..];
+    }
+    Ok(Value::Bool(template == value))
+}
+
+/// Go glob's `QuoteMeta`: every special character escaped.
+fn glob_quote_meta(a: &[Value]) -> Result<Value> {
+    let s = string(a, 0, "glob.quote_meta")?;
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "*?[]{}\\".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    Ok(Value::from(out))
+}
+
+/// Go's `strings.ToUpper`: simple (one character to one character) case mapping.
+fn upper(a: &[Value]) -> Result<Value> {
+    let s = string(a, 0, "upper")?;
+    Ok(Value::from(
+        s.chars()
+            .map(|c| {
+                let mut u = c.to_uppercase();
+                match (u.next(), u.next()) {
+                    (Some(x), None) => x,
+                    _ => c,
+                }
+            })
+            .collect::<String>(),
+    ))
+}
+
+/// Go's `strings.ToLower`.
+fn lower(a: &[Value]) -> Result<Value> {
+    let s = string(a, 0, "lower")?;
+    Ok(Value::from(s.chars().map(|c| c.to_lowercase().next().unwrap_or(c)).collect::<String>()))
+}
+
+/// `trace(msg)` is true (sluice does not collect query explanations).
+fn trace(a: &[Value]) -> Result<Value> {
+    string(a, 0, "trace")?;
+    Ok(Value::Bool(true))
 }
 
 /// Most elements a builtin may create from small arguments (regorus allocates the whole range

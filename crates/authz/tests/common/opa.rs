@@ -26,6 +26,12 @@ for job in jobs:
     except OpaError as err:
         out.append({"load_error": err.message}); e.close(); continue
     for q in job["queries"]:
+        if job.get("bindings"):
+            try:
+                res.append({"bindings": e.eval_query(q, job.get("input"))})
+            except OpaError as err:
+                res.append({"error": err.message})
+            continue
         try:
             rs = e.eval_query("__x__ = " + q, job.get("input"))
             if len(rs) == 0:
@@ -47,6 +53,9 @@ pub struct Job {
     pub data: Option<Json>,
     pub input: Option<Json>,
     pub queries: Vec<String>,
+    /// Answer each query with its list of variable bindings (`{"bindings": [...]}`) instead
+    /// of the value of the expression.
+    pub bindings: bool,
 }
 
 /// `None` (with a printed reason) when the oracle is not configured.
@@ -65,7 +74,7 @@ pub fn run(jobs: &[Job]) -> Option<Vec<Json>> {
     let (python, path) = available()?;
     let payload: Vec<Json> = jobs
         .iter()
-        .map(|j| json!({"modules": j.modules, "data": j.data, "input": j.input, "queries": j.queries}))
+        .map(|j| json!({"modules": j.modules, "data": j.data, "input": j.input, "queries": j.queries, "bindings": j.bindings}))
         .collect();
     let mut child = Command::new(&python)
         .arg("-c")
