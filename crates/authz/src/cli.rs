@@ -35,7 +35,8 @@ const AFTER_HELP: &str = "\
 Rego version (without --v0/--v1), decided per .rego file:
   1. a file that imports future.keywords.* is Rego v0;
   2. a file with `import rego.v1` is Rego v1;
-  3. a file that uses the keyword `if` or `contains` (outside comments and strings) is Rego v1;
+  3. a file that uses the keyword `if` or `contains` (outside comments and strings; the v0
+     builtin call `contains(…)` does not count) is Rego v1;
   4. anything else is Rego v0 (OPA 0.x's default; the guide's policy.rego).
 
 Every policy is compiled and test-evaluated at start; an error names file:line and the
@@ -78,6 +79,16 @@ enum Command {
     /// Run the policy server (OPA's `opa run --server …` command line).
     #[command(long_about = LONG_ABOUT, after_long_help = AFTER_HELP, after_help = SHORT_AFTER_HELP)]
     Run(RunArgs),
+    /// Evaluate a query (OPA's `opa eval`).
+    Eval(crate::tools::EvalArgs),
+    /// Run the policies' `test_` rules (OPA's `opa test`); exit 2 when a test fails.
+    Test(crate::tools::TestArgs),
+    /// Parse and compile policies, print the first error (OPA's `opa check`).
+    Check(crate::tools::CheckArgs),
+    /// Refused: regorus cannot print OPA's canonical Rego layout.
+    Fmt(crate::tools::FmtArgs),
+    /// Print the version.
+    Version,
 }
 
 /// The options of `sluice authz [run]`.
@@ -147,15 +158,47 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_watch: bool,
 
-    /// Bundle directories (loaded like directory PATHs).
-    #[arg(short = 'b', long, value_name = "DIR")]
+    /// Bundle directory or .tar.gz (repeatable): `.manifest` (revision, roots, rego_version)
+    /// and `.signatures.json` are honoured.
+    #[arg(short = 'b', long, value_name = "PATH")]
     pub bundle: Vec<PathBuf>,
+
+    /// Key that bundle signatures must verify with: a PEM public key or certificate file, a
+    /// JWK file, or for HS256/384/512 the shared secret itself.
+    #[arg(long, value_name = "KEY|FILE")]
+    pub verification_key: Option<String>,
+
+    /// Algorithm of bundle signatures (default RS256).
+    #[arg(long, value_name = "ALG")]
+    pub signing_alg: Option<String>,
+
+    /// Required `scope` of bundle signatures.
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: Option<String>,
+
+    /// Load signed bundles without verifying their signatures.
+    #[arg(long)]
+    pub skip_verify: bool,
+
+    /// Builtin errors end the evaluation with an error (OPA's --strict-builtin-errors).
+    #[arg(long)]
+    pub strict_builtin_errors: bool,
+
+    /// Time budget of one decision, e.g. 500ms, 2s; `0` for none. Default 1s.
+    #[arg(long, value_name = "DURATION")]
+    pub eval_timeout: Option<String>,
 }
 
 /// Runs `sluice authz`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout();
     let run = match args.command {
         Some(Command::Run(r)) => r,
+        Some(Command::Eval(e)) => return crate::tools::eval(&e, &mut stdout),
+        Some(Command::Test(t)) => return crate::tools::test(&t, &mut stdout),
+        Some(Command::Check(c)) => return crate::tools::check(&c, &mut stdout),
+        Some(Command::Fmt(f)) => return crate::tools::fmt(&f),
+        Some(Command::Version) => return crate::tools::version(&mut stdout),
         None => args.run,
     };
     init_tracing(&run);
@@ -230,7 +273,23 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
     let get = |k: &str| plugin.and_then(|p| p.get(k));
 
     let mut cfg = Config { paths: run.paths.clone(), ..Config::default() };
-    cfg.paths.extend(run.bundle.iter().cloned());
+    cfg.bundles = run.bundle.clone();
+    let key = match &run.verification_key {
+        Some(k) if std::path::Path::new(k).is_file() => {
+            Some(std::fs::read_to_string(k).with_context(|| format!("--verification-key {k}"))?)
+        }
+        other => other.clone(),
+    };
+    cfg.verification = crate::bundle::Verification {
+        key,
+        alg: run.signing_alg.clone(),
+        scope: run.scope.clone(),
+        skip: run.skip_verify,
+    };
+    cfg.strict_builtin_errors = run.strict_builtin_errors;
+    if let Some(t) = &run.eval_timeout {
+        cfg.eval_timeout = parse_duration(t)?;
+    }
 
     if let Some(a) = run.grpc_addr.as_deref().or(get("addr").and_then(Json::as_str)) {
         cfg.grpc_addr = parse_listen_addr(a)?;
@@ -278,6 +337,23 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
         tracing::warn!("configuration key {key} is not supported and is ignored");
     }
     Ok(cfg)
+}
+
+/// `500ms`, `2s`, `1m`, or `0` (no budget).
+fn parse_duration(s: &str) -> anyhow::Result<Option<Duration>> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(None);
+    }
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len()));
+    let n: f64 = num.parse().map_err(|_| anyhow!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(anyhow!("invalid duration {s:?} (use ms, s or m)")),
+    };
+    Ok(Some(Duration::from_secs_f64(secs)))
 }
 
 fn plugin_config(tree: &Json) -> Option<&serde_json::Map<String, Json>> {
@@ -370,6 +446,7 @@ mod tests {
         match a.command {
             Some(Command::Run(r)) => r,
             None => a.run,
+            Some(other) => panic!("not a run command: {other:?}"),
         }
     }
 

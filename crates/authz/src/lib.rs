@@ -29,6 +29,7 @@
 
 pub mod bounds;
 pub mod builtins;
+pub mod bundle;
 pub mod cli;
 pub mod decision_log;
 mod grpc_conn;
@@ -36,6 +37,7 @@ pub mod input;
 pub mod policy;
 pub mod response;
 pub mod server;
+pub mod tools;
 
 pub use decision_log::{DecisionLogSink, LogFormat, SharedWriter};
 pub use builtins::CustomBuiltin;

@@ -46,15 +46,16 @@ pub fn detect_v1(src: &str) -> bool {
     let toks = tokens(src);
     let mut has_kw = false;
     for w in toks.windows(3) {
-        if w[0] == "import" && w[1].starts_with("future.keywords") {
+        if w[0].0 == "import" && w[1].0.starts_with("future.keywords") {
             return false;
         }
-        if w[0] == "import" && w[1] == "rego.v1" {
+        if w[0].0 == "import" && w[1].0 == "rego.v1" {
             return true;
         }
     }
-    for t in &toks {
-        if t == "if" || t == "contains" {
+    for (t, call) in &toks {
+        // `contains(…)` is the v0 builtin; the keyword is never followed by `(`.
+        if t == "if" || (t == "contains" && !call) {
             has_kw = true;
         }
         if t.starts_with("future.keywords") {
@@ -64,8 +65,9 @@ pub fn detect_v1(src: &str) -> bool {
     has_kw
 }
 
-/// Identifier-ish tokens (dotted names kept together), comments and strings skipped.
-fn tokens(src: &str) -> Vec<String> {
+/// Identifier-ish tokens (dotted names kept together), comments and strings skipped, each with
+/// whether a `(` follows it (a call).
+fn tokens(src: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     let b = src.as_bytes();
     let mut i = 0;
@@ -95,13 +97,17 @@ fn tokens(src: &str) -> Vec<String> {
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
                 i += 1;
             }
-            out.push(src[st..i].to_string());
+            let mut j = i;
+            while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
+                j += 1;
+            }
+            out.push((src[st..i].to_string(), j < b.len() && b[j] == b'('));
         } else {
             i += 1;
         }
     }
-    out.push(String::new());
-    out.push(String::new());
+    out.push((String::new(), false));
+    out.push((String::new(), false));
     out
 }
 
@@ -131,6 +137,9 @@ pub struct Sources {
     /// `(file, prefix, text)` for each data file (`.json`, `.yaml`, `.yml`); `prefix` is the
     /// directory path below the root it was found in (OPA namespaces directory data that way).
     pub data: Vec<(PathBuf, Vec<String>, String)>,
+    /// Rego versions fixed per policy file (a bundle manifest's `rego_version`), overriding the
+    /// load option.
+    pub versions: std::collections::BTreeMap<PathBuf, RegoVersion>,
 }
 
 impl Sources {
@@ -155,6 +164,7 @@ impl Sources {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.policies.hash(&mut h);
         self.data.hash(&mut h);
+        format!("{:?}", self.versions).hash(&mut h);
         h.finish()
     }
 }
@@ -397,7 +407,7 @@ impl PolicySet {
         let mut packages = Vec::new();
         for (path, text) in &sources.policies {
             crate::bounds::check(text, opts.bounds).map_err(|e| anyhow!("{}:{e}", path.display()))?;
-            let v1 = match opts.version {
+            let v1 = match sources.versions.get(path).copied().unwrap_or(opts.version) {
                 RegoVersion::V1 => true,
                 RegoVersion::V0 => false,
                 RegoVersion::Auto => detect_v1(text),
@@ -431,8 +441,15 @@ impl PolicySet {
         // Test evaluation: prepares the engine (analysis, scheduling, rule gathering) and
         // surfaces errors that regorus only finds at evaluation, e.g. unsafe variables.
         engine.set_input(Value::new_object());
-        let mode = match engine.eval_rule(rule.clone()) {
+        let probe = if decision_path.is_empty() {
+            // No decision (the policy tools): nothing to probe; queries are evaluated as given.
+            Err(anyhow!("not a valid rule path"))
+        } else {
+            engine.eval_rule(rule.clone())
+        };
+        let mode = match probe {
             Ok(_) => Mode::Rule,
+            Err(_) if decision_path.is_empty() => Mode::Query,
             Err(e) if is_not_a_rule(&e) => {
                 engine
                     .eval_query(rule.clone(), false)
@@ -454,7 +471,7 @@ impl PolicySet {
                 }
             }
         }
-        if mode == Mode::Query {
+        if mode == Mode::Query && !decision_path.is_empty() {
             tracing::warn!(
                 path = decision_path,
                 "decision path {rule} is not a rule in the loaded policies; it is evaluated as a query"
@@ -568,6 +585,42 @@ impl PolicySet {
                 })
                 .collect())
         })
+    }
+
+    /// Evaluates a query and returns OPA's result set as JSON (`{"result": [{"expressions":
+    /// [{"value", "text", "location"}], "bindings"}]}`, `{}` when undefined), for `eval`.
+    pub fn query_results(&self, query: &str, input: Option<Value>, strict: bool) -> Result<serde_json::Value, EvalError> {
+        self.isolated(strict, |w| {
+            let e = &mut w.engine;
+            e.set_input(input.unwrap_or(Value::Undefined));
+            let r = e.eval_query(query.to_string(), false).map_err(|err| eval_error(&err))?;
+            serde_json::to_value(&r).map_err(|err| EvalError::Eval(err.to_string()))
+        })
+    }
+
+    /// References (`data.pkg.rule`) of every rule whose name starts with `prefix`, in file
+    /// order (`test_` for `sluice authz test`).
+    pub fn rules_with_prefix(&self, prefix: &str) -> Vec<String> {
+        builtins::rules_with_prefix(&self.engine, prefix)
+    }
+
+    /// Evaluates each rule of `refs` with line coverage recorded: the values (or errors) and
+    /// the report of every policy file.
+    pub fn eval_with_coverage(&self, refs: &[String]) -> (Vec<Result<Value, EvalError>>, Option<regorus::coverage::Report>) {
+        let mut e = self.engine.clone();
+        e.set_enable_coverage(true);
+        let mut out = Vec::new();
+        for r in refs {
+            e.set_input(Value::Undefined);
+            let v = catch_unwind(AssertUnwindSafe(|| match e.eval_rule(r.clone()) {
+                Ok(Value::Undefined) => Err(EvalError::Undefined),
+                Ok(v) => Ok(v),
+                Err(err) => Err(eval_error(&err)),
+            }))
+            .unwrap_or_else(|p| Err(EvalError::Panic(panic_message(&p))));
+            out.push(v);
+        }
+        (out, e.get_coverage_report().ok())
     }
 
     /// Counters of failed evaluations of this generation.
@@ -883,6 +936,9 @@ mod tests {
         assert!(!detect_v1("package a\nimport future.keywords.if\nallow if { input.x }\n"));
         assert!(!detect_v1("package a\n# if you like\nallow { input.x == \"if\" }\n"));
         assert!(detect_v1("package a\ndeny contains msg if { msg := \"x\" }\n"));
+        // The v0 builtin contains() is not the v1 keyword.
+        assert!(!detect_v1("package a\nallow { contains(input.path, \"/admin\") }\n"));
+        assert!(!detect_v1("package a\nallow { contains (input.path, \"/admin\") }\n"));
     }
 
     #[test]
@@ -893,7 +949,7 @@ mod tests {
     }
 
     fn sources(name: &str, text: &str) -> Sources {
-        Sources { policies: vec![(PathBuf::from(name), text.to_string())], data: vec![] }
+        Sources { policies: vec![(PathBuf::from(name), text.to_string())], ..Sources::default() }
     }
 
     #[test]

@@ -28,6 +28,9 @@ use crate::response::{check_response, CODE_OK};
 /// guide runs, so log consumers written for it keep working.
 pub const DEFAULT_LABEL_VERSION: &str = "0.63.0-envoy";
 
+/// The OPA release whose behaviour sluice follows (builtins, REST API, tools).
+pub const OPA_VERSION: &str = "1.20.0";
+
 /// Everything [`AuthzServer::start`] needs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -59,6 +62,10 @@ pub struct Config {
     pub bounds: crate::bounds::Bounds,
     /// Extra builtins (OPA's custom builtins) for library users.
     pub custom_builtins: Vec<crate::builtins::CustomBuiltin>,
+    /// Bundles (directories or `.tar.gz` files), loaded with the paths.
+    pub bundles: Vec<PathBuf>,
+    /// How bundle signatures are verified.
+    pub verification: crate::bundle::Verification,
 }
 
 impl Default for Config {
@@ -78,6 +85,8 @@ impl Default for Config {
             strict_builtin_errors: false,
             bounds: crate::bounds::Bounds::default(),
             custom_builtins: Vec::new(),
+            bundles: Vec::new(),
+            verification: crate::bundle::Verification::default(),
         }
     }
 }
@@ -115,6 +124,19 @@ pub fn parse_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("invalid listen address {s:?}"))
 }
 
+/// Reads the policy and data paths and the bundles into one set of sources.
+fn read_all(paths: &[PathBuf], bundles: &[PathBuf], v: &crate::bundle::Verification) -> anyhow::Result<Sources> {
+    let mut s = Sources::read(paths)?;
+    for b in bundles {
+        let bundle = crate::bundle::Bundle::read(b, v)?;
+        tracing::info!(bundle = %bundle.name, revision = %bundle.manifest.revision, "bundle loaded");
+        s.policies.extend(bundle.sources.policies);
+        s.data.extend(bundle.sources.data);
+        s.versions.extend(bundle.sources.versions);
+    }
+    Ok(s)
+}
+
 /// A random (v4) UUID, hyphenated and lower-case, as OPA's decision ids; formatted without
 /// going through `fmt`.
 fn new_decision_id() -> String {
@@ -135,6 +157,8 @@ pub struct Authorizer {
     decision_path: String,
     dry_run: bool,
     paths: Vec<PathBuf>,
+    bundles: Vec<PathBuf>,
+    verification: crate::bundle::Verification,
     load: LoadOptions,
     reload_lock: Mutex<u64>,
     /// Decisions that failed by kind, over all generations: panics, bounds, other errors.
@@ -152,10 +176,10 @@ impl std::fmt::Debug for Authorizer {
 impl Authorizer {
     /// Loads and compiles the configured policies. The error names file and line.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        if config.paths.is_empty() {
+        if config.paths.is_empty() && config.bundles.is_empty() {
             return Err(anyhow!("no policy files given"));
         }
-        let sources = Sources::read(&config.paths)?;
+        let sources = read_all(&config.paths, &config.bundles, &config.verification)?;
         let load = LoadOptions {
             version: config.rego_version,
             decision_path: config.decision_path.clone(),
@@ -177,6 +201,8 @@ impl Authorizer {
             decision_path: config.decision_path.trim_matches('/').to_string(),
             dry_run: config.dry_run,
             paths: config.paths.clone(),
+            bundles: config.bundles.clone(),
+            verification: config.verification.clone(),
             load,
             failed: Default::default(),
             reload_lock: Mutex::new(sources.fingerprint()),
@@ -200,7 +226,7 @@ impl Authorizer {
     /// error names file and line) and the previous generation keeps serving.
     pub fn reload(&self) -> anyhow::Result<bool> {
         let mut last = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let sources = Sources::read(&self.paths)?;
+        let sources = read_all(&self.paths, &self.bundles, &self.verification)?;
         let fp = sources.fingerprint();
         if fp == *last {
             return Ok(false);

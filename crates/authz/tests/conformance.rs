@@ -92,6 +92,7 @@ fn run_sluice(c: &Case) -> Result<Vec<Json>, String> {
     let sources = Sources {
         policies: c.modules.iter().enumerate().map(|(i, m)| (PathBuf::from(format!("test-{i}.rego")), m.clone())).collect(),
         data: c.data.iter().map(|d| (PathBuf::from("data.json"), vec![], d.to_string())).collect(),
+        ..Default::default()
     };
     let opts = LoadOptions { strict_builtin_errors: c.strict, ..LoadOptions::new(RegoVersion::V1, "__conformance__") };
     let p = PolicySet::compile_with(&sources, &opts).map_err(|e| format!("{e:#}"))?;

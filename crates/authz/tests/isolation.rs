@@ -131,7 +131,7 @@ async fn concurrent_poison_and_ordinary_requests() {
 }
 
 fn sources(text: &str) -> sluice_authz::policy::Sources {
-    sluice_authz::policy::Sources { policies: vec![("p.rego".into(), text.to_string())], data: vec![] }
+    sluice_authz::policy::Sources { policies: vec![("p.rego".into(), text.to_string())], ..Default::default() }
 }
 
 #[test]

@@ -95,6 +95,7 @@ fn tokens_signed_by_openssl_verify_as_in_opa() {
     let sources = Sources {
         policies: vec![("jwt.rego".into(), module.clone())],
         data: vec![("m.json".into(), vec!["m".into()], m.to_string())],
+        ..Default::default()
     };
     let opts = LoadOptions { strict_builtin_errors: true, ..LoadOptions::new(RegoVersion::V1, "jwtcases/none") };
     let p = PolicySet::compile_with(&sources, &opts).unwrap();
@@ -136,7 +137,7 @@ fn tokens_signed_by_openssl_verify_as_in_opa() {
 
 #[test]
 fn malformed_tokens_and_keys_are_builtin_errors() {
-    let sources = Sources { policies: vec![("p.rego".into(), "package p\n".into())], data: vec![] };
+    let sources = Sources { policies: vec![("p.rego".into(), "package p\n".into())], ..Default::default() };
     let strict = PolicySet::compile_with(
         &sources,
         &LoadOptions { strict_builtin_errors: true, ..LoadOptions::new(RegoVersion::V1, "p/none") },

@@ -342,6 +342,39 @@ fn verify_with(a: &[Value], alg: &str) -> Result<Value> {
     Ok(Value::Bool(ok))
 }
 
+/// Verifies a compact JWS with `alg` and `key` (a PEM certificate or public key, a JWK or JWK
+/// set, or for the HS algorithms the shared secret); `Ok(Some(payload))` when it verifies.
+/// Used for bundle signatures.
+pub fn verify_jws(token: &str, alg: &str, key: &str) -> Result<Option<serde_json::Map<String, Json>>> {
+    let t = split(token)?;
+    let header = t.header()?;
+    if let Some(h) = header.get("alg").and_then(Json::as_str) {
+        if h != alg {
+            bail!("signature algorithm {h} does not match the expected {alg}");
+        }
+    }
+    let sig = t.signature()?;
+    let msg = t.signed_part();
+    let ok = if alg.starts_with("HS") {
+        hmac_ok(alg, key.as_bytes(), msg.as_bytes(), &sig)
+    } else {
+        keys_from(key)?.iter().any(|k| verify_sig(alg, &k.key, msg.as_bytes(), &sig))
+    };
+    if !ok {
+        return Ok(None);
+    }
+    Ok(Some(json_object(&t.payload_bytes()?, "JWT payload")?))
+}
+
+/// Signs `payload` as a compact JWS with `alg` and a private JWK (tests and tooling).
+pub fn sign_jws(header: &Json, payload: &Json, jwk: &Json) -> Result<String> {
+    let v = encode(header.to_string().as_bytes(), payload.to_string().as_bytes(), &jwk.to_string())?;
+    match v {
+        Value::String(s) => Ok(s.to_string()),
+        _ => bail!("unexpected signature value"),
+    }
+}
+
 fn unverified() -> Value {
     Value::from(vec![Value::Bool(false), Value::new_object(), Value::new_object()])
 }

@@ -197,6 +197,40 @@ pub fn check_calls(engine: &Engine, custom: &[CustomBuiltin]) -> anyhow::Result<
     Ok(())
 }
 
+/// References of every rule whose name starts with `prefix` (duplicates removed, file order).
+pub fn rules_with_prefix(engine: &Engine, prefix: &str) -> Vec<String> {
+    let Ok(text) = engine.get_ast_as_json() else { return vec![] };
+    let Ok(ast) = serde_json::from_str::<serde_json::Value>(&text) else { return vec![] };
+    let mut out = Vec::new();
+    for m in ast.as_array().into_iter().flatten() {
+        let src = m["source"]["contents"].as_str().unwrap_or("");
+        let pkg = m["ast"]["package"]["refr"]
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|inner| span_text(&inner["span"], src))
+            .map(|t| t.chars().filter(|c| !c.is_whitespace()).collect::<String>())
+            .unwrap_or_default();
+        let mut names: Vec<String> = Vec::new();
+        for r in m["ast"]["rules"].as_array().into_iter().flatten() {
+            let mut one = BTreeSet::new();
+            let mut calls = Vec::new();
+            collect(r, src, "", &mut one, &mut calls);
+            for n in one {
+                if n.starts_with(prefix) && !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        for n in names {
+            let r = format!("data.{pkg}.{n}");
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
 fn span_text<'a>(span: &serde_json::Value, text: &'a str) -> Option<&'a str> {
     let s = span["start"].as_u64()? as usize;
     let e = span["end"].as_u64()? as usize;
