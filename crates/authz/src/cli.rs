@@ -49,8 +49,13 @@ Supported --set / --config-file keys:
   plugins.envoy_ext_authz_grpc.path      decision path (default envoy/authz/allow)
   plugins.envoy_ext_authz_grpc.query     `data.a.b` queries only (converted to a path)
   plugins.envoy_ext_authz_grpc.dry-run   evaluate and log, but always answer OK
+  plugins.envoy_ext_authz_grpc.skip-request-body-parse   no parsed_body/truncated_body in input
+  plugins.envoy_ext_authz_grpc.enable-performance-metrics
+                                         grpc_request_duration_seconds and error_counter
+  plugins.envoy_ext_authz_grpc.grpc-max-recv-msg-size / grpc-max-send-msg-size   bytes
   decision_logs.console                  true: decision logs on standard output
-(the legacy plugin name envoy.ext_authz.grpc works too; other keys are ignored with a warning)
+(the legacy plugin name envoy.ext_authz.grpc works too; any other key is an error at start:
+enable-reflection, proto-descriptor, services, bundles, status, … are not supported)
 
 Own flags win over --set, which wins over --config-file.";
 
@@ -187,6 +192,15 @@ pub struct RunArgs {
     /// Time budget of one decision, e.g. 500ms, 2s; `0` for none. Default 1s.
     #[arg(long, value_name = "DURATION")]
     pub eval_timeout: Option<String>,
+
+    /// Second HTTP address serving only /health and /metrics (Kubernetes probes).
+    #[arg(long, value_name = "ADDR")]
+    pub diagnostic_addr: Option<String>,
+
+    /// Skip files and directories whose name matches this pattern (`*` and `?` wildcards)
+    /// when loading directories, e.g. `.*` (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub ignore: Vec<String>,
 }
 
 /// Runs `sluice authz`.
@@ -333,8 +347,49 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
         RegoVersion::Auto
     };
     cfg.watch_interval = if run.no_watch { None } else { Some(Duration::from_secs(1)) };
-    for key in unknown_keys(&tree) {
-        tracing::warn!("configuration key {key} is not supported and is ignored");
+    let flag = |k: &str| -> anyhow::Result<bool> {
+        match get(k) {
+            None => Ok(false),
+            Some(Json::Bool(b)) => Ok(*b),
+            Some(Json::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+            Some(other) => Err(anyhow!("plugins.envoy_ext_authz_grpc.{k}: expected true or false, got {other}")),
+        }
+    };
+    let size = |k: &str| -> anyhow::Result<Option<usize>> {
+        match get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .filter(|n| *n > 0)
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| anyhow!("plugins.envoy_ext_authz_grpc.{k}: expected a positive number of bytes, got {v}")),
+        }
+    };
+    cfg.skip_body_parse = flag("skip-request-body-parse")?;
+    cfg.performance_metrics = flag("enable-performance-metrics")?;
+    if let Some(n) = size("grpc-max-recv-msg-size")? {
+        cfg.grpc_max_recv = n;
+    }
+    if let Some(n) = size("grpc-max-send-msg-size")? {
+        cfg.grpc_max_send = n;
+    }
+    if flag("enable-reflection")? {
+        return Err(anyhow!("plugins.envoy_ext_authz_grpc.enable-reflection: gRPC server reflection is not supported by sluice"));
+    }
+    if get("proto-descriptor").is_some() {
+        return Err(anyhow!("plugins.envoy_ext_authz_grpc.proto-descriptor: decoding gRPC request bodies is not supported by sluice"));
+    }
+    if get("path").is_some() && get("query").is_some() {
+        return Err(anyhow!("plugins.envoy_ext_authz_grpc: set either path or query, not both"));
+    }
+    if let Some(d) = &run.diagnostic_addr {
+        cfg.diagnostic_addr = Some(parse_listen_addr(d)?);
+    }
+    cfg.ignore = run.ignore.clone();
+    cfg.config_doc = tree.clone();
+    if let Some(keys) = unknown_keys(&tree).first() {
+        return Err(anyhow!("configuration key {keys} is not supported by sluice (supported keys: sluice authz run --help)"));
     }
     Ok(cfg)
 }
@@ -380,7 +435,11 @@ fn unknown_keys(tree: &Json) -> Vec<String> {
                 }
                 if let Some(pc) = plugin_config(tree) {
                     for key in pc.keys() {
-                        if !["addr", "path", "query", "dry-run"].contains(&key.as_str()) {
+                        let known = [
+                            "addr", "path", "query", "dry-run", "skip-request-body-parse", "enable-performance-metrics",
+                            "grpc-max-recv-msg-size", "grpc-max-send-msg-size", "enable-reflection", "proto-descriptor",
+                        ];
+                        if !known.contains(&key.as_str()) {
                             out.push(format!("plugins.envoy_ext_authz_grpc.{key}"));
                         }
                     }

@@ -123,6 +123,12 @@ fn string_map(m: &HashMap<String, String>) -> Value {
 
 /// Builds the full OPA input document for a v3 `CheckRequest`.
 pub fn build_input(req: &CheckRequest) -> Result<Value, InputError> {
+    build_input_with(req, false)
+}
+
+/// [`build_input`]; with `skip_body_parse` (the plugin's `skip-request-body-parse`) the input has
+/// no `parsed_body` and no `truncated_body`.
+pub fn build_input_with(req: &CheckRequest, skip_body_parse: bool) -> Result<Value, InputError> {
     let mut top = Obj::new();
     let mut path = "";
     let mut headers: Option<&HashMap<String, String>> = None;
@@ -141,10 +147,12 @@ pub fn build_input(req: &CheckRequest) -> Result<Value, InputError> {
     let (parsed_path, parsed_query) = parse_path_and_query(path)?;
     top.set("parsed_path", parsed_path);
     top.set("parsed_query", parsed_query);
-    let empty = HashMap::new();
-    let (parsed_body, truncated) = parse_body(headers.unwrap_or(&empty), body, raw_body)?;
-    top.set("parsed_body", parsed_body);
-    top.set("truncated_body", Value::from(truncated));
+    if !skip_body_parse {
+        let empty = HashMap::new();
+        let (parsed_body, truncated) = parse_body(headers.unwrap_or(&empty), body, raw_body)?;
+        top.set("parsed_body", parsed_body);
+        top.set("truncated_body", Value::from(truncated));
+    }
     let mut version = Obj::new();
     version.set("encoding", s("protojson"));
     version.set("ext_authz", s("v3"));

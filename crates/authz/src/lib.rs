@@ -27,6 +27,7 @@
 //! current policy generation; a reload compiles a new generation and swaps it in atomically
 //! ([`arc_swap`]), so checks in flight finish on the old one.
 
+pub mod api;
 pub mod bounds;
 pub mod builtins;
 pub mod bundle;

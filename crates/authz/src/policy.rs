@@ -158,6 +158,20 @@ impl Sources {
         Ok(s)
     }
 
+    /// Drops the files whose name matches one of the `--ignore` patterns (`*` and `?`
+    /// wildcards). Hidden directories are never walked.
+    pub fn drop_ignored(&mut self, patterns: &[String]) {
+        if patterns.is_empty() {
+            return;
+        }
+        let ignored = |p: &Path| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            patterns.iter().any(|pat| wildcard(pat, &name))
+        };
+        self.policies.retain(|(p, _)| !ignored(p));
+        self.data.retain(|(p, _, _)| !ignored(p));
+    }
+
     /// A cheap fingerprint of the contents, used by the reload watcher.
     pub fn fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
@@ -218,6 +232,33 @@ fn add_file(p: &Path, prefix: Vec<String>, s: &mut Sources, explicit: bool) -> a
         _ => {}
     }
     Ok(())
+}
+
+/// `*` (any run) and `?` (one character) matching of a whole name.
+pub fn wildcard(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -939,6 +980,14 @@ mod tests {
         // The v0 builtin contains() is not the v1 keyword.
         assert!(!detect_v1("package a\nallow { contains(input.path, \"/admin\") }\n"));
         assert!(!detect_v1("package a\nallow { contains (input.path, \"/admin\") }\n"));
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard(".*", ".git"));
+        assert!(!wildcard(".*", "policy.rego"));
+        assert!(wildcard("*_test.rego", "a_test.rego"));
+        assert!(wildcard("a?c", "abc") && !wildcard("a?c", "abbc"));
     }
 
     #[test]

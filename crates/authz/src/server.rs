@@ -13,14 +13,12 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use http_body_util::{BodyExt, Full};
 use regorus::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::decision_log::{value_json, DecisionLogSink, DecisionLogger, Entry, LogFormat};
-use crate::input::build_input;
+use crate::decision_log::{DecisionLogSink, DecisionLogger, Entry, LogFormat};
 use crate::policy::{rule_ref, EvalError, LoadOptions, PolicySet, RegoVersion, Sources};
 use crate::response::{check_response, CODE_OK};
 
@@ -66,6 +64,19 @@ pub struct Config {
     pub bundles: Vec<PathBuf>,
     /// How bundle signatures are verified.
     pub verification: crate::bundle::Verification,
+    /// `--diagnostic-addr`: a second HTTP listener serving only `/health` and `/metrics`.
+    pub diagnostic_addr: Option<SocketAddr>,
+    /// `plugins.envoy_ext_authz_grpc.skip-request-body-parse`.
+    pub skip_body_parse: bool,
+    /// `plugins.envoy_ext_authz_grpc.enable-performance-metrics`.
+    pub performance_metrics: bool,
+    /// `grpc-max-recv-msg-size` (default 4 MiB) and `grpc-max-send-msg-size` (default unlimited).
+    pub grpc_max_recv: usize,
+    pub grpc_max_send: usize,
+    /// The configuration document (`/v1/config`).
+    pub config_doc: serde_json::Value,
+    /// `--ignore` patterns for directory loading.
+    pub ignore: Vec<String>,
 }
 
 impl Default for Config {
@@ -87,6 +98,13 @@ impl Default for Config {
             custom_builtins: Vec::new(),
             bundles: Vec::new(),
             verification: crate::bundle::Verification::default(),
+            diagnostic_addr: None,
+            skip_body_parse: false,
+            performance_metrics: false,
+            grpc_max_recv: 4 << 20,
+            grpc_max_send: usize::MAX,
+            config_doc: serde_json::json!({}),
+            ignore: Vec::new(),
         }
     }
 }
@@ -124,17 +142,144 @@ pub fn parse_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("invalid listen address {s:?}"))
 }
 
-/// Reads the policy and data paths and the bundles into one set of sources.
-fn read_all(paths: &[PathBuf], bundles: &[PathBuf], v: &crate::bundle::Verification) -> anyhow::Result<Sources> {
+/// Reads the policy and data paths and the bundles into one set of sources, with the bundles'
+/// `(name, revision)`.
+fn read_all_with_revisions(
+    paths: &[PathBuf],
+    bundles: &[PathBuf],
+    v: &crate::bundle::Verification,
+    ignore: &[String],
+) -> anyhow::Result<(Sources, Vec<(String, String)>)> {
     let mut s = Sources::read(paths)?;
+    s.drop_ignored(ignore);
+    let mut revisions = Vec::new();
     for b in bundles {
         let bundle = crate::bundle::Bundle::read(b, v)?;
-        tracing::info!(bundle = %bundle.name, revision = %bundle.manifest.revision, "bundle loaded");
+        tracing::debug!(bundle = %bundle.name, revision = %bundle.manifest.revision, "bundle read");
+        revisions.push((bundle.name.clone(), bundle.manifest.revision.clone()));
         s.policies.extend(bundle.sources.policies);
         s.data.extend(bundle.sources.data);
         s.versions.extend(bundle.sources.versions);
     }
-    Ok(s)
+    Ok((s, revisions))
+}
+
+/// A change to the data document made through the REST API, replayed over the file data on
+/// every recompile (so that a reload of the files keeps it).
+#[derive(Clone, Debug)]
+pub(crate) enum DataOp {
+    /// Set the document at the path (creating parents).
+    Put(Vec<String>, serde_json::Value),
+    /// JSON patch `add`: like `Put`, but inserts into an array at an index (`-`: at the end).
+    Add(Vec<String>, serde_json::Value),
+    Delete(Vec<String>),
+}
+
+/// Policies and data changed at run time.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Runtime {
+    pub policies: std::collections::BTreeMap<String, String>,
+    pub ops: Vec<DataOp>,
+}
+
+fn merge_json(into: &mut serde_json::Value, from: serde_json::Value) {
+    match (into, from) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(x) => merge_json(x, v),
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Applies `op` to `doc`; `Err` when a deleted path does not exist.
+pub(crate) fn apply_op(doc: &mut serde_json::Value, op: &DataOp) -> Result<(), String> {
+    let (path, value, insert) = match op {
+        DataOp::Put(p, v) => (p, Some(v.clone()), false),
+        DataOp::Add(p, v) => (p, Some(v.clone()), true),
+        DataOp::Delete(p) => (p, None, false),
+    };
+    let missing = || format!("storage_not_found_error: /{}: document missing", path.join("/"));
+    if path.is_empty() {
+        *doc = value.unwrap_or_else(|| serde_json::json!({}));
+        return Ok(());
+    }
+    let mut cur = doc;
+    for seg in &path[..path.len() - 1] {
+        if let serde_json::Value::Array(a) = cur {
+            let i: usize = seg.parse().map_err(|_| missing())?;
+            cur = a.get_mut(i).ok_or_else(missing)?;
+            continue;
+        }
+        if !cur.is_object() {
+            if value.is_none() {
+                return Err(missing());
+            }
+            *cur = serde_json::json!({});
+        }
+        let o = cur.as_object_mut().expect("object");
+        if value.is_none() && !o.contains_key(seg) {
+            return Err(missing());
+        }
+        cur = o.entry(seg.clone()).or_insert_with(|| serde_json::json!({}));
+    }
+    let last = &path[path.len() - 1];
+    if let serde_json::Value::Array(a) = cur {
+        let i = if last == "-" { a.len() } else { last.parse::<usize>().map_err(|_| missing())? };
+        match value {
+            Some(v) if insert && i <= a.len() => a.insert(i, v),
+            Some(v) if i < a.len() => a[i] = v,
+            None if i < a.len() => {
+                a.remove(i);
+            }
+            _ => return Err(missing()),
+        }
+        return Ok(());
+    }
+    match value {
+        Some(v) => {
+            if !cur.is_object() {
+                *cur = serde_json::json!({});
+            }
+            cur.as_object_mut().expect("object").insert(last.clone(), v);
+        }
+        None => {
+            if cur.as_object_mut().and_then(|o| o.remove(last)).is_none() {
+                return Err(missing());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The file sources with the runtime policies and data changes applied.
+pub(crate) fn compose(mut s: Sources, rt: &Runtime) -> Result<(Sources, serde_json::Value), String> {
+    for (id, text) in &rt.policies {
+        s.policies.push((PathBuf::from(id), text.clone()));
+    }
+    let mut data = serde_json::json!({});
+    for (path, prefix, text) in &s.data {
+        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let mut v: serde_json::Value = if is_json { serde_json::from_str(text) } else { serde_yaml_ng::from_str(text).map_err(|e| serde_json::Error::io(std::io::Error::other(e.to_string()))) }
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for seg in prefix.iter().rev() {
+            v = serde_json::json!({ seg.clone(): v });
+        }
+        merge_json(&mut data, v);
+    }
+    if !rt.ops.is_empty() {
+        for op in &rt.ops {
+            apply_op(&mut data, op)?;
+        }
+        s.data = vec![(PathBuf::from("data.json"), vec![], data.to_string())];
+    }
+    Ok((s, data))
 }
 
 /// A random (v4) UUID, hyphenated and lower-case, as OPA's decision ids; formatted without
@@ -144,8 +289,21 @@ fn new_decision_id() -> String {
     uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf).to_owned()
 }
 
-struct Generation {
-    set: PolicySet,
+/// A REST API decision.
+#[derive(Debug)]
+pub struct Answer {
+    /// The value (`None`: undefined).
+    pub value: Option<Value>,
+    /// The decision id.
+    pub decision_id: String,
+    /// Evaluation time.
+    pub eval_ns: u64,
+}
+
+/// One swapped-in policy generation.
+pub struct Generation {
+    /// The compiled policies and data.
+    pub set: PolicySet,
     first_decision: AtomicBool,
 }
 
@@ -161,6 +319,22 @@ pub struct Authorizer {
     verification: crate::bundle::Verification,
     load: LoadOptions,
     reload_lock: Mutex<u64>,
+    /// Policies and data changed through the REST API (`/v1/policies`, `/v1/data`).
+    pub(crate) runtime: Mutex<Runtime>,
+    /// Prometheus metrics.
+    pub(crate) metrics: crate::api::Metrics,
+    /// Whether `/health?bundles` is satisfied (every configured bundle activated once).
+    pub(crate) bundles_ready: AtomicBool,
+    /// Revisions of the active bundles, by name (decision logs, `/v1/status`).
+    pub(crate) bundle_revisions: Mutex<Vec<(String, String)>>,
+    /// The effective configuration (`/v1/config`).
+    pub(crate) config_doc: serde_json::Value,
+    /// `plugins.envoy_ext_authz_grpc.skip-request-body-parse`.
+    skip_body_parse: bool,
+    grpc_max_recv: usize,
+    grpc_max_send: usize,
+    instance_id: String,
+    ignore: Vec<String>,
     /// Decisions that failed by kind, over all generations: panics, bounds, other errors.
     failed: [AtomicU64; 3],
     reloads: AtomicU64,
@@ -179,7 +353,7 @@ impl Authorizer {
         if config.paths.is_empty() && config.bundles.is_empty() {
             return Err(anyhow!("no policy files given"));
         }
-        let sources = read_all(&config.paths, &config.bundles, &config.verification)?;
+        let (sources, revisions) = read_all_with_revisions(&config.paths, &config.bundles, &config.verification, &config.ignore)?;
         let load = LoadOptions {
             version: config.rego_version,
             decision_path: config.decision_path.clone(),
@@ -189,12 +363,8 @@ impl Authorizer {
             custom_builtins: config.custom_builtins.clone(),
         };
         let set = PolicySet::compile_with(&sources, &load)?;
-        let logger = DecisionLogger::new(
-            &config.decision_log,
-            config.log_format,
-            uuid::Uuid::new_v4().to_string(),
-            config.label_version.clone(),
-        )?;
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        let logger = DecisionLogger::new(&config.decision_log, config.log_format, instance_id.clone(), config.label_version.clone())?;
         Ok(Authorizer {
             policy: ArcSwap::from_pointee(Generation { set, first_decision: AtomicBool::new(true) }),
             logger,
@@ -204,6 +374,16 @@ impl Authorizer {
             bundles: config.bundles.clone(),
             verification: config.verification.clone(),
             load,
+            runtime: Mutex::new(Runtime::default()),
+            metrics: crate::api::Metrics::new(config.performance_metrics),
+            bundles_ready: AtomicBool::new(true),
+            bundle_revisions: Mutex::new(revisions),
+            config_doc: config.config_doc.clone(),
+            skip_body_parse: config.skip_body_parse,
+            grpc_max_recv: config.grpc_max_recv,
+            grpc_max_send: config.grpc_max_send,
+            instance_id,
+            ignore: config.ignore.clone(),
             failed: Default::default(),
             reload_lock: Mutex::new(sources.fingerprint()),
             reloads: AtomicU64::new(0),
@@ -226,18 +406,37 @@ impl Authorizer {
     /// error names file and line) and the previous generation keeps serving.
     pub fn reload(&self) -> anyhow::Result<bool> {
         let mut last = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let sources = read_all(&self.paths, &self.bundles, &self.verification)?;
+        let (sources, revisions) = read_all_with_revisions(&self.paths, &self.bundles, &self.verification, &self.ignore)?;
         let fp = sources.fingerprint();
         if fp == *last {
             return Ok(false);
         }
         *last = fp;
+        let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (sources, _) = compose(sources, &rt).map_err(|e| anyhow!(e))?;
         let set = PolicySet::compile_with(&sources, &self.load)?;
+        *self.bundle_revisions.lock().unwrap_or_else(|p| p.into_inner()) = revisions;
         let generation = set.generation();
         self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true) }));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation, "policies reloaded");
         Ok(true)
+    }
+
+    /// Recompiles the files with the runtime state `rt` and swaps the result in; on error
+    /// nothing changes (the caller keeps its previous runtime state).
+    pub(crate) fn apply_runtime(&self, rt: &Runtime) -> anyhow::Result<()> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (sources, _) = read_all_with_revisions(&self.paths, &self.bundles, &self.verification, &self.ignore)?;
+        let (sources, _) = compose(sources, rt).map_err(|e| anyhow!(e))?;
+        let set = PolicySet::compile_with(&sources, &self.load)?;
+        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true) }));
+        Ok(())
+    }
+
+    /// The current generation's policy set.
+    pub fn policy_set(&self) -> arc_swap::Guard<Arc<Generation>> {
+        self.policy.load()
     }
 
     fn count_failure<T>(&self, r: &Result<T, EvalError>) {
@@ -262,9 +461,18 @@ impl Authorizer {
     /// the message, e.g. `undefined decision`).
     pub fn check(&self, req: &CheckRequest) -> Result<CheckResponse, tonic::Status> {
         let started = Instant::now();
+        let r = self.check_inner(req, started);
+        if self.metrics.grpc.is_some() {
+            let reason = r.as_ref().err().map(|s| format!("{:?}", s.code()).to_lowercase());
+            self.metrics.grpc_check(started.elapsed(), reason.as_deref());
+        }
+        r
+    }
+
+    fn check_inner(&self, req: &CheckRequest, started: Instant) -> Result<CheckResponse, tonic::Status> {
         let generation = self.policy.load();
         let decision_id = new_decision_id();
-        let input = match build_input(req) {
+        let input = match crate::input::build_input_with(req, self.skip_body_parse) {
             Ok(i) => i,
             Err(e) => {
                 let msg = e.to_string();
@@ -293,13 +501,39 @@ impl Authorizer {
         Ok(resp)
     }
 
+    /// The instance id (decision log `labels.id`).
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Whether decisions are logged.
+    pub fn decision_logging(&self) -> bool {
+        self.logger.enabled()
+    }
+
+    /// The data document: the files' data with the REST API's changes applied.
+    pub fn effective_data(&self) -> serde_json::Value {
+        let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        read_all_with_revisions(&self.paths, &self.bundles, &self.verification, &self.ignore)
+            .ok()
+            .and_then(|(s, _)| compose(s, &rt).ok())
+            .map(|(_, d)| d)
+            .unwrap_or_else(|| serde_json::json!({}))
+    }
+
     /// Evaluates `data.<path>` for the REST API. `Ok(None)`: undefined.
     pub fn query(&self, path: &str, input: Option<Value>, requested_by: Option<String>) -> Result<(Option<Value>, String), String> {
+        self.query_with(path, input, requested_by, false).map(|a| (a.value, a.decision_id))
+    }
+
+    /// [`Authorizer::query`] with the builtin error mode and the evaluation time.
+    pub fn query_with(&self, path: &str, input: Option<Value>, requested_by: Option<String>, strict: bool) -> Result<Answer, String> {
         let started = Instant::now();
         let generation = self.policy.load();
         let decision_id = new_decision_id();
         let t = Instant::now();
-        let r = generation.set.query(&rule_ref(path), input.clone());
+        let strict = strict || self.load.strict_builtin_errors;
+        let r = generation.set.query_with(&rule_ref(path), input.clone(), strict);
         let eval_ns = t.elapsed().as_nanos() as u64;
         self.count_failure(&r);
         let req_id = Some(self.req_ids.fetch_add(1, Ordering::Relaxed) + 1);
@@ -315,7 +549,7 @@ impl Authorizer {
                 self.log_at(path, &generation, &decision_id, input.as_ref(), Err(&msg), eval_ns, started, requested_by, req_id)
             }
         }
-        r.map(|v| (v, decision_id)).map_err(|e: EvalError| e.to_string())
+        r.map(|value| Answer { value, decision_id, eval_ns }).map_err(|e: EvalError| e.to_string())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -424,7 +658,12 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if req.uri().path() == CHECK_PATH {
             let method = CheckMethod(self.0.clone());
-            Box::pin(async move { Ok(tonic::server::Grpc::new(CheckCodec).unary(method, req).await) })
+            let (recv, send) = (self.0.grpc_max_recv, self.0.grpc_max_send);
+            Box::pin(async move {
+                let grpc = tonic::server::Grpc::new(CheckCodec).max_decoding_message_size(recv).max_encoding_message_size(send);
+                let mut grpc = grpc;
+                Ok(grpc.unary(method, req).await)
+            })
         } else {
             Box::pin(async move {
                 let mut response = http::Response::new(tonic::body::Body::default());
@@ -446,6 +685,7 @@ pub struct AuthzServer;
 pub struct Handle {
     grpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
+    diagnostic_addr: Option<SocketAddr>,
     authorizer: Arc<Authorizer>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -499,8 +739,15 @@ impl AuthzServer {
         tracing::info!(addr = %grpc_addr, "gRPC server listening (envoy.service.auth.v3.Authorization, grpc.health.v1.Health)");
 
         if let Some(l) = http_listener {
-            tasks.push(tokio::spawn(serve_http(l, authorizer.clone(), rx.clone())));
-            tracing::info!(addr = %http_addr.expect("bound"), "HTTP API listening (/health, /v1/data)");
+            tasks.push(tokio::spawn(crate::api::serve(l, authorizer.clone(), rx.clone(), false)));
+            tracing::info!(addr = %http_addr.expect("bound"), "HTTP API listening (/health, /metrics, /v1/data, /v1/policies, /v1/query)");
+        }
+        let mut diagnostic_addr = None;
+        if let Some(d) = config.diagnostic_addr {
+            let l = TcpListener::bind(d).await.with_context(|| format!("binding diagnostic address {d}"))?;
+            diagnostic_addr = Some(l.local_addr()?);
+            tasks.push(tokio::spawn(crate::api::serve(l, authorizer.clone(), rx.clone(), true)));
+            tracing::info!(addr = %diagnostic_addr.expect("bound"), "diagnostic HTTP listening (/health, /metrics)");
         }
 
         if let Some(every) = config.watch_interval {
@@ -529,7 +776,7 @@ impl AuthzServer {
             }));
         }
 
-        Ok(Handle { grpc_addr, http_addr, authorizer, shutdown, tasks })
+        Ok(Handle { grpc_addr, http_addr, diagnostic_addr, authorizer, shutdown, tasks })
     }
 }
 
@@ -542,6 +789,11 @@ impl Handle {
     /// The bound HTTP API address, if enabled.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The bound diagnostic address (`--diagnostic-addr`), if any.
+    pub fn diagnostic_addr(&self) -> Option<SocketAddr> {
+        self.diagnostic_addr
     }
 
     /// The in-process decision engine behind the sockets.
@@ -592,140 +844,6 @@ async fn futures_select_all(
     }
 }
 
-type HttpBody = Full<Bytes>;
-
-async fn serve_http(listener: TcpListener, a: Arc<Authorizer>, mut rx: watch::Receiver<bool>) -> anyhow::Result<()> {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("HTTP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = async { let _ = rx.wait_for(|s| *s).await; } => return Ok(()),
-        };
-        let _ = stream.set_nodelay(true);
-        let a = a.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let a = a.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle_http(req, &a, peer).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(io, svc)
-                .await;
-        });
-    }
-}
-
-fn json_response(status: u16, body: &serde_json::Value, pretty: bool) -> http::Response<HttpBody> {
-    let text = if pretty { serde_json::to_string_pretty(body) } else { serde_json::to_string(body) }.unwrap_or_default();
-    http::Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(text + "\n")))
-        .expect("valid response")
-}
-
-fn api_error(status: u16, code: &str, message: &str) -> http::Response<HttpBody> {
-    json_response(status, &serde_json::json!({"code": code, "message": message}), false)
-}
-
-fn query_param(q: Option<&str>, name: &str) -> Option<String> {
-    q?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| urldecode(v))
-    })
-}
-
-fn urldecode(s: &str) -> String {
-    let b = s.as_bytes();
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-async fn handle_http(req: http::Request<hyper::body::Incoming>, a: &Authorizer, peer: SocketAddr) -> http::Response<HttpBody> {
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_string);
-    let pretty = query_param(query.as_deref(), "pretty").is_some_and(|v| v.is_empty() || v == "true");
-    let method = req.method().clone();
-    if path == "/health" || path.starts_with("/health/") {
-        return if method == http::Method::GET {
-            json_response(200, &serde_json::json!({}), false)
-        } else {
-            api_error(405, "method_not_allowed", "method not allowed")
-        };
-    }
-    let data_path = if path == "/v1/data" { Some("") } else { path.strip_prefix("/v1/data/") };
-    let Some(data_path) = data_path else {
-        return api_error(404, "resource_not_found", &format!("{path} not found"));
-    };
-    let data_path = urldecode(data_path);
-    let input: Option<Value> = match method {
-        http::Method::GET => match query_param(query.as_deref(), "input") {
-            None => None,
-            Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(j) => Some(Value::from(j)),
-                Err(e) => return api_error(400, "invalid_parameter", &format!("input: {e}")),
-            },
-        },
-        http::Method::POST => {
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return api_error(400, "invalid_parameter", &format!("reading body: {e}")),
-            };
-            if body.iter().all(|c| c.is_ascii_whitespace()) {
-                None
-            } else {
-                match serde_json::from_slice::<serde_json::Value>(&body) {
-                    Ok(serde_json::Value::Object(mut m)) => m.remove("input").map(Value::from),
-                    Ok(_) => return api_error(400, "invalid_parameter", "body must be a JSON object"),
-                    Err(e) => return api_error(400, "invalid_parameter", &format!("body: {e}")),
-                }
-            }
-        }
-        _ => return api_error(405, "method_not_allowed", "method not allowed"),
-    };
-    match a.query(&data_path, input, Some(peer.to_string())) {
-        Ok((Some(v), id)) => {
-            let mut m = serde_json::Map::new();
-            if a.logger.enabled() {
-                m.insert("decision_id".into(), id.into());
-            }
-            m.insert("result".into(), value_json(&v));
-            json_response(200, &serde_json::Value::Object(m), pretty)
-        }
-        Ok((None, id)) => {
-            let mut m = serde_json::Map::new();
-            if a.logger.enabled() {
-                m.insert("decision_id".into(), id.into());
-            }
-            json_response(200, &serde_json::Value::Object(m), pretty)
-        }
-        Err(e) => api_error(500, "internal_error", &e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,9 +867,4 @@ mod tests {
         assert_eq!(u.hyphenated().to_string(), a);
     }
 
-    #[test]
-    fn url_decoding() {
-        assert_eq!(urldecode("a%20b+c%zz%4"), "a b c%zz%4");
-        assert_eq!(query_param(Some("pretty=true&input=%7B%7D"), "input").as_deref(), Some("{}"));
-    }
 }
