@@ -54,8 +54,11 @@ Supported --set / --config-file keys:
                                          grpc_request_duration_seconds and error_counter
   plugins.envoy_ext_authz_grpc.grpc-max-recv-msg-size / grpc-max-send-msg-size   bytes
   decision_logs.console                  true: decision logs on standard output
+  services.NAME.{url,headers,credentials.bearer.token}   http:// bundle services
+  bundles.NAME.{service,resource,polling.min_delay_seconds,polling.max_delay_seconds,signing.scope}
+  labels.KEY                             extra decision log labels
 (the legacy plugin name envoy.ext_authz.grpc works too; any other key is an error at start:
-enable-reflection, proto-descriptor, services, bundles, status, … are not supported)
+enable-reflection, proto-descriptor, status, decision_logs.service, … are not supported)
 
 Own flags win over --set, which wins over --config-file.";
 
@@ -387,6 +390,17 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
         cfg.diagnostic_addr = Some(parse_listen_addr(d)?);
     }
     cfg.ignore = run.ignore.clone();
+    cfg.remote_bundles = crate::bundle_service::from_config(&tree, &cfg.verification)?;
+    if let Some(l) = tree.get("labels") {
+        let o = l.as_object().ok_or_else(|| anyhow!("labels: expected an object"))?;
+        for (k, v) in o {
+            let v = match v {
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            cfg.labels.push((k.clone(), v));
+        }
+    }
     cfg.config_doc = tree.clone();
     if let Some(keys) = unknown_keys(&tree).first() {
         return Err(anyhow!("configuration key {keys} is not supported by sluice (supported keys: sluice authz run --help)"));
@@ -450,6 +464,7 @@ fn unknown_keys(tree: &Json) -> Vec<String> {
                     out.extend(d.keys().filter(|k| *k != "console").map(|k| format!("decision_logs.{k}")));
                 }
             }
+            "services" | "bundles" | "labels" => {}
             other => out.push(other.to_string()),
         }
     }

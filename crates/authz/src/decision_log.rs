@@ -71,10 +71,13 @@ pub struct DecisionLogger {
     pretty: bool,
     instance_id: String,
     version: String,
+    labels: Vec<(String, String)>,
 }
 
 /// One decision, as handed to [`DecisionLogger::log`].
 pub struct Entry<'a> {
+    /// `(bundle, revision)` of the active bundles.
+    pub bundles: &'a [(String, String)],
     /// The decision id (also in the response's dynamic metadata).
     pub decision_id: &'a str,
     /// The input document.
@@ -111,7 +114,12 @@ impl DecisionLogger {
             }
             DecisionLogSink::Writer(w) => Some(Out::Writer(w.clone())),
         };
-        Ok(DecisionLogger { out, pretty: format == LogFormat::JsonPretty, instance_id, version })
+        Ok(DecisionLogger { out, pretty: format == LogFormat::JsonPretty, instance_id, version, labels: Vec::new() })
+    }
+
+    /// Extra labels (OPA's `labels` configuration), next to `id` and `version`.
+    pub fn set_labels(&mut self, labels: Vec<(String, String)>) {
+        self.labels = labels;
     }
 
     /// Whether entries are written at all (callers skip building them otherwise).
@@ -123,6 +131,10 @@ impl DecisionLogger {
     pub fn entry_json(&self, e: &Entry<'_>) -> Json {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let mut m = Map::new();
+        if !e.bundles.is_empty() {
+            let b: Map<String, Json> = e.bundles.iter().map(|(n, r)| (n.clone(), serde_json::json!({ "revision": r }))).collect();
+            m.insert("bundles".into(), Json::Object(b));
+        }
         m.insert("decision_id".into(), e.decision_id.into());
         if let Err(msg) = e.result {
             m.insert("error".into(), serde_json::json!({ "message": msg }));
@@ -130,10 +142,10 @@ impl DecisionLogger {
         if let Some(input) = e.input {
             m.insert("input".into(), value_json(input));
         }
-        m.insert(
-            "labels".into(),
-            serde_json::json!({"id": self.instance_id, "version": self.version}),
-        );
+        let mut labels: std::collections::BTreeMap<String, Json> = self.labels.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect();
+        labels.insert("id".into(), self.instance_id.as_str().into());
+        labels.insert("version".into(), self.version.as_str().into());
+        m.insert("labels".into(), Json::Object(labels.into_iter().collect()));
         m.insert("level".into(), "info".into());
         let mut metrics = Map::new();
         if let Some(c) = e.compile_ns {
@@ -232,6 +244,7 @@ mod tests {
         let input = Value::from_json_str(r#"{"b":1,"a":"<&>"}"#).unwrap();
         let result = Value::from(true);
         l.log(&Entry {
+            bundles: &[],
             decision_id: "d1",
             input: Some(&input),
             result: Ok(&result),

@@ -31,6 +31,7 @@ pub mod api;
 pub mod bounds;
 pub mod builtins;
 pub mod bundle;
+pub mod bundle_service;
 pub mod cli;
 pub mod decision_log;
 mod grpc_conn;

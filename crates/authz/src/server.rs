@@ -77,6 +77,10 @@ pub struct Config {
     pub config_doc: serde_json::Value,
     /// `--ignore` patterns for directory loading.
     pub ignore: Vec<String>,
+    /// Bundles downloaded from bundle services (`services` + `bundles`).
+    pub remote_bundles: Vec<crate::bundle_service::RemoteBundle>,
+    /// Extra decision log labels (`labels` in the configuration).
+    pub labels: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -105,6 +109,8 @@ impl Default for Config {
             grpc_max_send: usize::MAX,
             config_doc: serde_json::json!({}),
             ignore: Vec::new(),
+            remote_bundles: Vec::new(),
+            labels: Vec::new(),
         }
     }
 }
@@ -304,6 +310,8 @@ pub struct Answer {
 pub struct Generation {
     /// The compiled policies and data.
     pub set: PolicySet,
+    /// `(bundle, revision)` of the bundles it was built from.
+    pub revisions: Vec<(String, String)>,
     first_decision: AtomicBool,
 }
 
@@ -335,6 +343,9 @@ pub struct Authorizer {
     grpc_max_send: usize,
     instance_id: String,
     ignore: Vec<String>,
+    /// Bundles downloaded from bundle services, by name (the last good one of each).
+    remote: Mutex<std::collections::BTreeMap<String, crate::bundle::Bundle>>,
+    remote_names: Vec<String>,
     /// Decisions that failed by kind, over all generations: panics, bounds, other errors.
     failed: [AtomicU64; 3],
     reloads: AtomicU64,
@@ -350,7 +361,7 @@ impl std::fmt::Debug for Authorizer {
 impl Authorizer {
     /// Loads and compiles the configured policies. The error names file and line.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        if config.paths.is_empty() && config.bundles.is_empty() {
+        if config.paths.is_empty() && config.bundles.is_empty() && config.remote_bundles.is_empty() {
             return Err(anyhow!("no policy files given"));
         }
         let (sources, revisions) = read_all_with_revisions(&config.paths, &config.bundles, &config.verification, &config.ignore)?;
@@ -364,9 +375,10 @@ impl Authorizer {
         };
         let set = PolicySet::compile_with(&sources, &load)?;
         let instance_id = uuid::Uuid::new_v4().to_string();
-        let logger = DecisionLogger::new(&config.decision_log, config.log_format, instance_id.clone(), config.label_version.clone())?;
+        let mut logger = DecisionLogger::new(&config.decision_log, config.log_format, instance_id.clone(), config.label_version.clone())?;
+        logger.set_labels(config.labels.clone());
         Ok(Authorizer {
-            policy: ArcSwap::from_pointee(Generation { set, first_decision: AtomicBool::new(true) }),
+            policy: ArcSwap::from_pointee(Generation { set, first_decision: AtomicBool::new(true), revisions: revisions.clone() }),
             logger,
             decision_path: config.decision_path.trim_matches('/').to_string(),
             dry_run: config.dry_run,
@@ -376,7 +388,7 @@ impl Authorizer {
             load,
             runtime: Mutex::new(Runtime::default()),
             metrics: crate::api::Metrics::new(config.performance_metrics),
-            bundles_ready: AtomicBool::new(true),
+            bundles_ready: AtomicBool::new(config.remote_bundles.is_empty()),
             bundle_revisions: Mutex::new(revisions),
             config_doc: config.config_doc.clone(),
             skip_body_parse: config.skip_body_parse,
@@ -384,6 +396,8 @@ impl Authorizer {
             grpc_max_send: config.grpc_max_send,
             instance_id,
             ignore: config.ignore.clone(),
+            remote: Mutex::default(),
+            remote_names: config.remote_bundles.iter().map(|b| b.name.clone()).collect(),
             failed: Default::default(),
             reload_lock: Mutex::new(sources.fingerprint()),
             reloads: AtomicU64::new(0),
@@ -406,7 +420,7 @@ impl Authorizer {
     /// error names file and line) and the previous generation keeps serving.
     pub fn reload(&self) -> anyhow::Result<bool> {
         let mut last = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (sources, revisions) = read_all_with_revisions(&self.paths, &self.bundles, &self.verification, &self.ignore)?;
+        let (sources, revisions) = self.read_sources()?;
         let fp = sources.fingerprint();
         if fp == *last {
             return Ok(false);
@@ -415,9 +429,9 @@ impl Authorizer {
         let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (sources, _) = compose(sources, &rt).map_err(|e| anyhow!(e))?;
         let set = PolicySet::compile_with(&sources, &self.load)?;
-        *self.bundle_revisions.lock().unwrap_or_else(|p| p.into_inner()) = revisions;
+        *self.bundle_revisions.lock().unwrap_or_else(|p| p.into_inner()) = revisions.clone();
         let generation = set.generation();
-        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true) }));
+        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions }));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation, "policies reloaded");
         Ok(true)
@@ -427,11 +441,58 @@ impl Authorizer {
     /// nothing changes (the caller keeps its previous runtime state).
     pub(crate) fn apply_runtime(&self, rt: &Runtime) -> anyhow::Result<()> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (sources, _) = read_all_with_revisions(&self.paths, &self.bundles, &self.verification, &self.ignore)?;
+        let (sources, revisions) = self.read_sources()?;
         let (sources, _) = compose(sources, rt).map_err(|e| anyhow!(e))?;
         let set = PolicySet::compile_with(&sources, &self.load)?;
-        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true) }));
+        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions }));
         Ok(())
+    }
+
+    /// The files, the local bundles and the downloaded bundles, with the bundles' revisions.
+    fn read_sources(&self) -> anyhow::Result<(Sources, Vec<(String, String)>)> {
+        let (mut s, mut revisions) = read_all_with_revisions(&self.paths, &self.bundles, &self.verification, &self.ignore)?;
+        for b in self.remote.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            revisions.push((b.name.clone(), b.manifest.revision.clone()));
+            s.policies.extend(b.sources.policies.iter().cloned());
+            s.data.extend(b.sources.data.iter().cloned());
+            s.versions.extend(b.sources.versions.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        Ok((s, revisions))
+    }
+
+    /// Compiles the policies with `bundle` in place of the previous download of that bundle
+    /// and swaps the result in atomically; on error the previous bundle keeps serving.
+    /// Returns the new revision.
+    pub fn activate_remote(&self, bundle: crate::bundle::Bundle) -> anyhow::Result<String> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let name = bundle.name.clone();
+        let revision = bundle.manifest.revision.clone();
+        let previous = self.remote.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), bundle);
+        let built = (|| {
+            let (sources, revisions) = self.read_sources()?;
+            let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let (sources, _) = compose(sources, &rt).map_err(|e| anyhow!(e))?;
+            Ok::<_, anyhow::Error>((PolicySet::compile_with(&sources, &self.load)?, revisions))
+        })();
+        match built {
+            Ok((set, revisions)) => {
+                *self.bundle_revisions.lock().unwrap_or_else(|p| p.into_inner()) = revisions.clone();
+                self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions }));
+                let remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+                if self.remote_names.iter().all(|n| remote.contains_key(n)) {
+                    self.bundles_ready.store(true, Ordering::Relaxed);
+                }
+                Ok(revision)
+            }
+            Err(e) => {
+                let mut remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+                match previous {
+                    Some(p) => remote.insert(name, p),
+                    None => remote.remove(&name),
+                };
+                Err(e)
+            }
+        }
     }
 
     /// The current generation's policy set.
@@ -514,7 +575,7 @@ impl Authorizer {
     /// The data document: the files' data with the REST API's changes applied.
     pub fn effective_data(&self) -> serde_json::Value {
         let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        read_all_with_revisions(&self.paths, &self.bundles, &self.verification, &self.ignore)
+        self.read_sources()
             .ok()
             .and_then(|(s, _)| compose(s, &rt).ok())
             .map(|(_, d)| d)
@@ -585,6 +646,7 @@ impl Authorizer {
         }
         let compile_ns = if g.first_decision.swap(false, Ordering::Relaxed) { Some(g.set.compile_ns()) } else { None };
         self.logger.log(&Entry {
+            bundles: &g.revisions,
             decision_id: id,
             input,
             result,
@@ -741,6 +803,10 @@ impl AuthzServer {
         if let Some(l) = http_listener {
             tasks.push(tokio::spawn(crate::api::serve(l, authorizer.clone(), rx.clone(), false)));
             tracing::info!(addr = %http_addr.expect("bound"), "HTTP API listening (/health, /metrics, /v1/data, /v1/policies, /v1/query)");
+        }
+        for rb in &config.remote_bundles {
+            tasks.push(tokio::spawn(crate::bundle_service::poll(authorizer.clone(), rb.clone(), rx.clone())));
+            tracing::info!(bundle = %rb.name, url = %rb.url(), "polling bundle");
         }
         let mut diagnostic_addr = None;
         if let Some(d) = config.diagnostic_addr {

@@ -134,7 +134,8 @@ async fn plugin_options() {
     for (bad, key) in [
         ("--set=plugins.envoy_ext_authz_grpc.enable-reflection=true", "plugins.envoy_ext_authz_grpc.enable-reflection"),
         ("--set=plugins.envoy_ext_authz_grpc.proto-descriptor=/x.pb", "plugins.envoy_ext_authz_grpc.proto-descriptor"),
-        ("--set=services.default.url=http://x", "configuration key services"),
+        ("--set=status.console=true", "configuration key status"),
+        ("--set=services.default.url=https://x", "only http:// bundle services"),
         ("--set=plugins.envoy_ext_authz_grpc.bogus=1", "plugins.envoy_ext_authz_grpc.bogus"),
     ] {
         let e = config_from_args(&parse_run(&args(&[bad]))).unwrap_err().to_string();
