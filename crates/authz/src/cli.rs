@@ -83,6 +83,7 @@ pub struct Args {
 }
 
 #[derive(clap::Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Run the policy server (OPA's `opa run --server …` command line).
     #[command(long_about = LONG_ABOUT, after_long_help = AFTER_HELP, after_help = SHORT_AFTER_HELP)]

@@ -96,6 +96,60 @@ pub struct Entry<'a> {
     pub requested_by: Option<String>,
     /// REST API: a request counter.
     pub req_id: Option<u64>,
+    /// The value of `data.system.log.mask` for this event, if the policies define it.
+    pub mask: Option<Json>,
+}
+
+/// Applies a `data.system.log.mask` result to an event: each string is a JSON pointer to
+/// remove (listed in `erased`); each `{"op": "remove"|"upsert", "path", "value"}` removes or
+/// sets (listed in `erased` / `masked`). Only paths under `/input` and `/result` are touched.
+pub fn apply_mask(event: &mut Map<String, Json>, mask: &Json) {
+    let mut ops: Vec<(String, String, Option<Json>)> = Vec::new();
+    for m in mask.as_array().into_iter().flatten() {
+        match m {
+            Json::String(p) => ops.push(("remove".into(), p.clone(), None)),
+            Json::Object(o) => {
+                let op = o.get("op").and_then(Json::as_str).unwrap_or("remove").to_string();
+                if let Some(p) = o.get("path").and_then(Json::as_str) {
+                    ops.push((op, p.to_string(), o.get("value").cloned()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let (mut erased, mut masked) = (Vec::new(), Vec::new());
+    let mut doc = Json::Object(std::mem::take(event));
+    for (op, path, value) in ops {
+        let segs: Vec<&str> = path.split('/').skip(1).collect();
+        if segs.is_empty() || (segs[0] != "input" && segs[0] != "result") {
+            continue;
+        }
+        let (last, parents) = segs.split_last().expect("non-empty");
+        let parent_ptr: String = parents.iter().map(|s| format!("/{s}")).collect();
+        let last = last.replace("~1", "/").replace("~0", "~");
+        let Some(Json::Object(parent)) = doc.pointer_mut(&parent_ptr) else { continue };
+        match (op.as_str(), value) {
+            ("remove", _) => {
+                if parent.remove(&last).is_some() {
+                    erased.push(path);
+                }
+            }
+            ("upsert", Some(v)) => {
+                parent.insert(last, v);
+                masked.push(path);
+            }
+            _ => {}
+        }
+    }
+    if let Json::Object(o) = doc {
+        *event = o;
+    }
+    if !erased.is_empty() {
+        event.insert("erased".into(), erased.into());
+    }
+    if !masked.is_empty() {
+        event.insert("masked".into(), masked.into());
+    }
 }
 
 impl DecisionLogger {
@@ -136,6 +190,7 @@ impl DecisionLogger {
             m.insert("bundles".into(), Json::Object(b));
         }
         m.insert("decision_id".into(), e.decision_id.into());
+        let masking = e.mask.is_some();
         if let Err(msg) = e.result {
             m.insert("error".into(), serde_json::json!({ "message": msg }));
         }
@@ -168,6 +223,15 @@ impl DecisionLogger {
         m.insert("time".into(), format!("{}Z", rfc3339_seconds(now.as_secs() as i64)).into());
         m.insert("timestamp".into(), rfc3339_nano(now.as_secs() as i64, now.subsec_nanos()).into());
         m.insert("type".into(), "openpolicyagent.org/decision_logs".into());
+        if masking {
+            if let Some(mask) = &e.mask {
+                apply_mask(&mut m, mask);
+            }
+            // Keep the keys sorted as OPA's console logger prints them.
+            let mut items: Vec<(String, Json)> = std::mem::take(&mut m).into_iter().collect();
+            items.sort_by(|a, b| a.0.cmp(&b.0));
+            m = items.into_iter().collect();
+        }
         Json::Object(m)
     }
 
@@ -224,6 +288,19 @@ pub fn go_html_escape(s: String) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn masks_remove_and_upsert() {
+        let mut ev: Map<String, Json> = serde_json::from_value(serde_json::json!({
+            "input": {"password": "x", "user": {"token": "t", "name": "n"}}, "result": true, "path": "p"
+        }))
+        .unwrap();
+        apply_mask(&mut ev, &serde_json::json!(["/input/password", {"op": "upsert", "path": "/input/user/token", "value": "**"}, "/path", "/input/missing"]));
+        assert_eq!(ev["input"], serde_json::json!({"user": {"token": "**", "name": "n"}}));
+        assert_eq!(ev["erased"], serde_json::json!(["/input/password"]));
+        assert_eq!(ev["masked"], serde_json::json!(["/input/user/token"]));
+        assert_eq!(ev["path"], "p");
+    }
+
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
     impl Write for Buf {
@@ -244,6 +321,7 @@ mod tests {
         let input = Value::from_json_str(r#"{"b":1,"a":"<&>"}"#).unwrap();
         let result = Value::from(true);
         l.log(&Entry {
+            mask: None,
             bundles: &[],
             decision_id: "d1",
             input: Some(&input),

@@ -312,6 +312,8 @@ pub struct Generation {
     pub set: PolicySet,
     /// `(bundle, revision)` of the bundles it was built from.
     pub revisions: Vec<(String, String)>,
+    /// Whether the policies define `data.system.log.mask` (found on first use).
+    has_mask: std::sync::OnceLock<bool>,
     first_decision: AtomicBool,
 }
 
@@ -378,7 +380,7 @@ impl Authorizer {
         let mut logger = DecisionLogger::new(&config.decision_log, config.log_format, instance_id.clone(), config.label_version.clone())?;
         logger.set_labels(config.labels.clone());
         Ok(Authorizer {
-            policy: ArcSwap::from_pointee(Generation { set, first_decision: AtomicBool::new(true), revisions: revisions.clone() }),
+            policy: ArcSwap::from_pointee(Generation { set, first_decision: AtomicBool::new(true), revisions: revisions.clone(), has_mask: Default::default() }),
             logger,
             decision_path: config.decision_path.trim_matches('/').to_string(),
             dry_run: config.dry_run,
@@ -431,7 +433,7 @@ impl Authorizer {
         let set = PolicySet::compile_with(&sources, &self.load)?;
         *self.bundle_revisions.lock().unwrap_or_else(|p| p.into_inner()) = revisions.clone();
         let generation = set.generation();
-        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions }));
+        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions, has_mask: Default::default() }));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation, "policies reloaded");
         Ok(true)
@@ -444,7 +446,7 @@ impl Authorizer {
         let (sources, revisions) = self.read_sources()?;
         let (sources, _) = compose(sources, rt).map_err(|e| anyhow!(e))?;
         let set = PolicySet::compile_with(&sources, &self.load)?;
-        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions }));
+        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions, has_mask: Default::default() }));
         Ok(())
     }
 
@@ -477,7 +479,7 @@ impl Authorizer {
         match built {
             Ok((set, revisions)) => {
                 *self.bundle_revisions.lock().unwrap_or_else(|p| p.into_inner()) = revisions.clone();
-                self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions }));
+                self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions, has_mask: Default::default() }));
                 let remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
                 if self.remote_names.iter().all(|n| remote.contains_key(n)) {
                     self.bundles_ready.store(true, Ordering::Relaxed);
@@ -645,7 +647,30 @@ impl Authorizer {
             return;
         }
         let compile_ns = if g.first_decision.swap(false, Ordering::Relaxed) { Some(g.set.compile_ns()) } else { None };
+        let has_mask = *g.has_mask.get_or_init(|| g.set.rules_with_prefix("mask").iter().any(|r| r == "data.system.log.mask"));
+        let mask = if has_mask {
+            let mut event = serde_json::Map::new();
+            event.insert("decision_id".into(), id.into());
+            if let Some(i) = input {
+                event.insert("input".into(), crate::decision_log::value_json(i));
+            }
+            event.insert("path".into(), path.into());
+            if let Ok(v) = result {
+                event.insert("result".into(), crate::decision_log::value_json(v));
+            }
+            match g.set.query("data.system.log.mask", Some(Value::from(serde_json::Value::Object(event)))) {
+                Ok(Some(v)) => Some(crate::decision_log::value_json(&v)),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!("data.system.log.mask failed, the decision is not logged: {e}");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         self.logger.log(&Entry {
+            mask,
             bundles: &g.revisions,
             decision_id: id,
             input,

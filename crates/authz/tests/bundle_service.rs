@@ -116,7 +116,7 @@ async fn http_bundle_is_activated_and_swapped_under_load() {
             let t = Instant::now();
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(60) && i < 100_000 {
-                let method = if i % 2 == 0 { "GET" } else { "POST" };
+                let method = if i.is_multiple_of(2) { "GET" } else { "POST" };
                 match check(&mut c, check_request(method, "http", "/", &[])).await {
                     Ok(r) if method == "GET" && r.status.as_ref().unwrap().code != 0 => {
                         failures.fetch_add(1, Ordering::Relaxed);

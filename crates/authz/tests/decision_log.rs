@@ -102,3 +102,30 @@ async fn decision_log_off_writes_nothing() {
     check(&mut c, check_request("GET", "http", "/", &[])).await.unwrap();
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn mask_policy_erases_and_masks_and_labels_are_added() {
+    let dir = TempDir::new("mask");
+    let p = dir.write("policy.rego", "package envoy.authz\n\nimport rego.v1\n\nallow if input.attributes.request.http.method == \"GET\"\n");
+    let m = dir.write(
+        "mask.rego",
+        "package system.log\n\nimport rego.v1\n\nmask contains \"/input/attributes/request/http/headers/authorization\"\n\nmask contains {\"op\": \"upsert\", \"path\": \"/input/parsed_path\", \"value\": [\"***\"]}\n",
+    );
+    let cap = Capture::default();
+    let cfg = Config {
+        decision_log: DecisionLogSink::Writer(Arc::new(Mutex::new(cap.clone()))),
+        labels: vec![("app".into(), "shop".into())],
+        ..Config::loopback(vec![p, m])
+    };
+    let h = AuthzServer::start(cfg).await.unwrap();
+    let mut c = client(h.grpc_addr()).await;
+    check(&mut c, check_request("GET", "http", "/secret/path", &[("authorization", "Bearer xyz")])).await.unwrap();
+    let text = cap.text();
+    assert!(!text.contains("Bearer xyz"), "{text}");
+    let e = &entries(&text)[0];
+    assert_eq!(e["erased"], serde_json::json!(["/input/attributes/request/http/headers/authorization"]));
+    assert_eq!(e["masked"], serde_json::json!(["/input/parsed_path"]));
+    assert_eq!(e["input"]["parsed_path"], serde_json::json!(["***"]));
+    assert_eq!(e["labels"]["app"], "shop");
+    h.shutdown().await;
+}

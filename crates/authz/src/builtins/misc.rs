@@ -336,7 +336,7 @@ fn cidr_merge(a: &[Value]) -> Result<Value> {
     }
     let mut out: Vec<String> = IpNet::aggregate(&nets).into_iter().map(|n| n.to_string()).collect();
     out.extend(plain);
-    out.sort_by(|x, y| sort_key(x).cmp(&sort_key(y)));
+    out.sort_by_key(|x| sort_key(x));
     Ok(Value::from(out.into_iter().map(Value::from).collect::<Vec<_>>()))
 }
 
