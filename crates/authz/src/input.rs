@@ -129,6 +129,11 @@ pub fn build_input(req: &CheckRequest) -> Result<Value, InputError> {
 /// [`build_input`]; with `skip_body_parse` (the plugin's `skip-request-body-parse`) the input has
 /// no `parsed_body` and no `truncated_body`.
 pub fn build_input_with(req: &CheckRequest, skip_body_parse: bool) -> Result<Value, InputError> {
+    build_input_opts(req, skip_body_parse, false)
+}
+
+/// [`build_input_with`]; `v2`: the request came through the ext_authz v2 API.
+pub fn build_input_opts(req: &CheckRequest, skip_body_parse: bool, v2: bool) -> Result<Value, InputError> {
     let mut top = Obj::new();
     let mut path = "";
     let mut headers: Option<&HashMap<String, String>> = None;
@@ -155,7 +160,7 @@ pub fn build_input_with(req: &CheckRequest, skip_body_parse: bool) -> Result<Val
     }
     let mut version = Obj::new();
     version.set("encoding", s("protojson"));
-    version.set("ext_authz", s("v3"));
+    version.set("ext_authz", s(if v2 { "v2" } else { "v3" }));
     top.set("version", version.done());
     Ok(top.done())
 }

@@ -523,8 +523,26 @@ impl Authorizer {
     /// Answers one `Check` as OPA's envoy plugin does. `Err` is the gRPC error (UNKNOWN with
     /// the message, e.g. `undefined decision`).
     pub fn check(&self, req: &CheckRequest) -> Result<CheckResponse, tonic::Status> {
+        self.check_api(req, false)
+    }
+
+    /// Answers a `Check` of the ext_authz v2 API (a v2 request decoded as v3): the input's
+    /// `version.ext_authz` is `v2` and the answer has only the fields v2 has.
+    pub fn check_v2(&self, req: &CheckRequest) -> Result<CheckResponse, tonic::Status> {
+        let mut r = self.check_api(req, true)?;
+        r.dynamic_metadata = None;
+        if let Some(HttpResponse::OkResponse(ok)) = &mut r.http_response {
+            ok.headers_to_remove.clear();
+            ok.response_headers_to_add.clear();
+            ok.query_parameters_to_set.clear();
+            ok.query_parameters_to_remove.clear();
+        }
+        Ok(r)
+    }
+
+    fn check_api(&self, req: &CheckRequest, v2: bool) -> Result<CheckResponse, tonic::Status> {
         let started = Instant::now();
-        let r = self.check_inner(req, started);
+        let r = self.check_inner(req, started, v2);
         if self.metrics.grpc.is_some() {
             let reason = r.as_ref().err().map(|s| format!("{:?}", s.code()).to_lowercase());
             self.metrics.grpc_check(started.elapsed(), reason.as_deref());
@@ -532,10 +550,10 @@ impl Authorizer {
         r
     }
 
-    fn check_inner(&self, req: &CheckRequest, started: Instant) -> Result<CheckResponse, tonic::Status> {
+    fn check_inner(&self, req: &CheckRequest, started: Instant, v2: bool) -> Result<CheckResponse, tonic::Status> {
         let generation = self.policy.load();
         let decision_id = new_decision_id();
-        let input = match crate::input::build_input_with(req, self.skip_body_parse) {
+        let input = match crate::input::build_input_opts(req, self.skip_body_parse, v2) {
             Ok(i) => i,
             Err(e) => {
                 let msg = e.to_string();
@@ -689,15 +707,24 @@ impl Authorizer {
 /// envoy-types generates, except for the codec's buffers: tonic's default allocates 8 KiB per
 /// request and per response, which made glibc consolidate its free lists on every response;
 /// a Check and its answer are usually well under 1 KiB (a larger message grows the buffer).
+/// `V2` serves `envoy.service.auth.v2.Authorization`: v2 messages are a wire-compatible
+/// subset of v3 (same field numbers), so the request is decoded as v3, the input says
+/// `"ext_authz": "v2"`, and the answer keeps only what v2 has (status, OK headers, the denied
+/// status, headers and body), as the plugin converts it.
 #[derive(Clone)]
-struct CheckService(Arc<Authorizer>);
+struct CheckService<const V2: bool>(Arc<Authorizer>);
 
 const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+const CHECK_PATH_V2: &str = "/envoy.service.auth.v2.Authorization/Check";
 const CODEC_BUFFER: usize = 1000;
 
-impl tonic::server::NamedService for CheckService {
+impl tonic::server::NamedService for CheckService<false> {
     const NAME: &'static str = AUTHORIZATION_SERVICE;
+}
+
+impl tonic::server::NamedService for CheckService<true> {
+    const NAME: &'static str = "envoy.service.auth.v2.Authorization";
 }
 
 #[derive(Default)]
@@ -718,18 +745,19 @@ impl tonic::codec::Codec for CheckCodec {
     }
 }
 
-struct CheckMethod(Arc<Authorizer>);
+struct CheckMethod(Arc<Authorizer>, bool);
 
 impl tonic::server::UnaryService<CheckRequest> for CheckMethod {
     type Response = CheckResponse;
     type Future = std::future::Ready<Result<tonic::Response<CheckResponse>, tonic::Status>>;
 
     fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
-        std::future::ready(self.0.check(request.get_ref()).map(tonic::Response::new))
+        let r = if self.1 { self.0.check_v2(request.get_ref()) } else { self.0.check(request.get_ref()) };
+        std::future::ready(r.map(tonic::Response::new))
     }
 }
 
-impl<B> tonic::codegen::Service<http::Request<B>> for CheckService
+impl<B, const V2: bool> tonic::codegen::Service<http::Request<B>> for CheckService<V2>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
@@ -743,8 +771,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() == CHECK_PATH {
-            let method = CheckMethod(self.0.clone());
+        if req.uri().path() == if V2 { CHECK_PATH_V2 } else { CHECK_PATH } {
+            let method = CheckMethod(self.0.clone(), V2);
             let (recv, send) = (self.0.grpc_max_recv, self.0.grpc_max_send);
             Box::pin(async move {
                 let grpc = tonic::server::Grpc::new(CheckCodec).max_decoding_message_size(recv).max_encoding_message_size(send);
@@ -817,8 +845,9 @@ impl AuthzServer {
         let (health, health_svc) = tonic_health::server::health_reporter();
         health.set_service_status(AUTHORIZATION_SERVICE, tonic_health::ServingStatus::Serving).await;
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-        let svc = CheckService(authorizer.clone());
-        let routes = tonic::service::Routes::new(health_svc).add_service(svc).prepare();
+        let svc = CheckService::<false>(authorizer.clone());
+        let svc_v2 = CheckService::<true>(authorizer.clone());
+        let routes = tonic::service::Routes::new(health_svc).add_service(svc).add_service(svc_v2).prepare();
         tasks.push(tokio::spawn({
             let rx = rx.clone();
             async move { crate::grpc_conn::serve(grpc_listener, routes, rx).await.context("gRPC server") }

@@ -180,3 +180,31 @@ fn parse_run(args: &[String]) -> sluice_authz::cli::RunArgs {
     let Top::Run(r) = Cli::try_parse_from(std::iter::once("x".to_string()).chain(args.iter().cloned())).unwrap().cmd;
     r
 }
+
+#[tokio::test]
+async fn ext_authz_v2_api() {
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+    let dir = TempDir::new("v2");
+    let p = dir.write(
+        "policy.rego",
+        "package envoy.authz\n\nimport rego.v1\n\nallow := {\"allowed\": input.version.ext_authz == \"v2\", \"headers\": {\"x-api\": input.version.ext_authz}, \"response_headers_to_add\": {\"x-resp\": \"1\"}}\n",
+    );
+    let h = AuthzServer::start(Config::loopback(vec![p])).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.grpc_addr())).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/envoy.service.auth.v2.Authorization/Check");
+    let codec = tonic_prost::ProstCodec::<CheckRequest, CheckResponse>::default();
+    let r = grpc.unary(tonic::Request::new(check_request("GET", "http", "/", &[])), path, codec).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, 0);
+    assert!(r.dynamic_metadata.is_none());
+    let Some(HttpResponse::OkResponse(ok)) = r.http_response else { panic!("no OK response") };
+    assert_eq!(ok.headers[0].header.as_ref().unwrap().value, "v2");
+    assert!(ok.response_headers_to_add.is_empty(), "v2 has no response_headers_to_add");
+    // The same policy through v3 sees "v3".
+    let mut c = client(h.grpc_addr()).await;
+    let r = check(&mut c, check_request("GET", "http", "/", &[])).await.unwrap();
+    assert_eq!(r.status.unwrap().code, 7);
+    h.shutdown().await;
+}
