@@ -310,7 +310,11 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
     }
 
     if let Some(a) = run.grpc_addr.as_deref().or(get("addr").and_then(Json::as_str)) {
-        cfg.grpc_addr = parse_listen_addr(a)?;
+        match a.trim().strip_prefix("unix://") {
+            Some(path) if !path.is_empty() => cfg.grpc_unix = Some(path.to_string()),
+            Some(_) => return Err(anyhow!("{a}: empty unix socket path")),
+            None => cfg.grpc_addr = parse_listen_addr(a)?,
+        }
     }
     let http = run.http_addr.as_deref().or(run.addr.first().map(String::as_str));
     match http {

@@ -81,6 +81,8 @@ pub struct Config {
     pub remote_bundles: Vec<crate::bundle_service::RemoteBundle>,
     /// Extra decision log labels (`labels` in the configuration).
     pub labels: Vec<(String, String)>,
+    /// gRPC on a Unix domain socket (`unix:///path`, `@name` abstract) instead of `grpc_addr`.
+    pub grpc_unix: Option<String>,
 }
 
 impl Default for Config {
@@ -111,6 +113,7 @@ impl Default for Config {
             ignore: Vec::new(),
             remote_bundles: Vec::new(),
             labels: Vec::new(),
+            grpc_unix: None,
         }
     }
 }
@@ -133,7 +136,7 @@ pub fn parse_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
     let t = s.trim();
     let t = ["grpc://", "tcp://", "http://"].iter().find_map(|p| t.strip_prefix(p)).unwrap_or(t);
     if t.starts_with("unix://") {
-        return Err(anyhow!("{s}: unix domain sockets are not supported"));
+        return Err(anyhow!("{s}: a unix socket address is only supported for the gRPC listener (plugins.envoy_ext_authz_grpc.addr)"));
     }
     if let Some(port) = t.strip_prefix(':') {
         let port: u16 = port.parse().with_context(|| format!("invalid port in address {s:?}"))?;
@@ -832,10 +835,17 @@ impl AuthzServer {
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;
-        let grpc_addr = grpc_listener.local_addr()?;
+        let (grpc_listener, grpc_addr) = match &config.grpc_unix {
+            Some(path) => (
+                crate::grpc_conn::Listener::bind_unix(path).with_context(|| format!("binding gRPC socket unix://{path}"))?,
+                config.grpc_addr,
+            ),
+            None => {
+                let l = TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;
+                let a = l.local_addr()?;
+                (crate::grpc_conn::Listener::Tcp(l), a)
+            }
+        };
         let http_listener = match config.http_addr {
             Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding HTTP address {a}"))?),
             None => None,
@@ -852,7 +862,10 @@ impl AuthzServer {
             let rx = rx.clone();
             async move { crate::grpc_conn::serve(grpc_listener, routes, rx).await.context("gRPC server") }
         }));
-        tracing::info!(addr = %grpc_addr, "gRPC server listening (envoy.service.auth.v3.Authorization, grpc.health.v1.Health)");
+        match &config.grpc_unix {
+            Some(p) => tracing::info!(addr = %format!("unix://{p}"), "gRPC server listening (envoy.service.auth.v3/v2.Authorization, grpc.health.v1.Health)"),
+            None => tracing::info!(addr = %grpc_addr, "gRPC server listening (envoy.service.auth.v3/v2.Authorization, grpc.health.v1.Health)"),
+        }
 
         if let Some(l) = http_listener {
             tasks.push(tokio::spawn(crate::api::serve(l, authorizer.clone(), rx.clone(), false)));
@@ -973,7 +986,7 @@ mod tests {
         assert_eq!(parse_listen_addr(":9002").unwrap(), "0.0.0.0:9002".parse().unwrap());
         assert_eq!(parse_listen_addr("grpc://127.0.0.1:1").unwrap(), "127.0.0.1:1".parse().unwrap());
         assert_eq!(parse_listen_addr("[::1]:5").unwrap(), "[::1]:5".parse().unwrap());
-        assert!(parse_listen_addr("unix:///tmp/x.sock").is_err());
+        assert!(parse_listen_addr("unix:///tmp/x.sock").is_err()); // only the gRPC listener takes unix://
         assert!(parse_listen_addr(":nope").is_err());
     }
 

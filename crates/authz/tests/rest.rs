@@ -208,3 +208,41 @@ async fn ext_authz_v2_api() {
     assert_eq!(r.status.unwrap().code, 7);
     h.shutdown().await;
 }
+
+#[derive(Clone)]
+struct UnixConnector(std::path::PathBuf);
+
+impl tonic::codegen::Service<http::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let p = self.0.clone();
+        Box::pin(async move { Ok(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) })
+    }
+}
+
+#[tokio::test]
+async fn grpc_on_a_unix_socket() {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    let dir = TempDir::new("uds");
+    let sock = dir.0.join("authz.sock");
+    // A stale socket file is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let cfg = sluice_authz::cli::config_from_args(&parse_run(&[
+        "run".into(),
+        format!("--set=plugins.envoy_ext_authz_grpc.addr=unix://{}", sock.display()),
+        "--addr=127.0.0.1:0".into(),
+        fixture("guide_v0.rego").to_string_lossy().into_owned(),
+    ]))
+    .unwrap();
+    let h = AuthzServer::start(cfg).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_static("http://uds").connect_with_connector(UnixConnector(sock.clone())).await.unwrap();
+    let mut c = AuthorizationClient::new(channel);
+    let r = c.check(check_request("GET", "http", "/", &[])).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, 0);
+    h.shutdown().await;
+}
