@@ -268,8 +268,68 @@ fn init_tracing(run: &RunArgs) {
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match run.log_format {
         LogFormat::Text => b.try_init(),
-        LogFormat::Json | LogFormat::JsonPretty => b.json().try_init(),
+        LogFormat::Json => b.event_format(OpaLogLine { pretty: false }).try_init(),
+        LogFormat::JsonPretty => b.event_format(OpaLogLine { pretty: true }).try_init(),
     };
+}
+
+/// OPA's server log line: one JSON object with the event's fields, `level` (lower case),
+/// `msg` and `time` (RFC 3339, seconds, UTC), keys sorted as Go's logrus prints them.
+pub struct OpaLogLine {
+    /// `--log-format=json-pretty`: indented.
+    pub pretty: bool,
+}
+
+struct FieldsToJson(std::collections::BTreeMap<String, Json>);
+
+impl tracing::field::Visit for FieldsToJson {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let name = if field.name() == "message" { "msg" } else { field.name() };
+        self.0.insert(name.to_string(), Json::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        let name = if field.name() == "message" { "msg" } else { field.name() };
+        self.0.insert(name.to_string(), Json::String(value.to_string()));
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+}
+
+impl OpaLogLine {
+    /// The JSON text of one event's fields at `level`, at `now` (seconds since the epoch).
+    pub fn line(&self, level: &tracing::Level, mut fields: std::collections::BTreeMap<String, Json>, now: i64) -> String {
+        fields.insert("level".into(), level.as_str().to_ascii_lowercase().into());
+        fields.insert("time".into(), format!("{}Z", crate::input::rfc3339_seconds(now)).into());
+        fields.entry("msg".into()).or_insert_with(|| "".into());
+        let obj: serde_json::Map<String, Json> = fields.into_iter().collect();
+        let text = if self.pretty { serde_json::to_string_pretty(&obj) } else { serde_json::to_string(&obj) }.unwrap_or_default();
+        crate::decision_log::go_html_escape(text)
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for OpaLogLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut v = FieldsToJson(Default::default());
+        event.record(&mut v);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        writeln!(writer, "{}", self.line(event.metadata().level(), v.0, now))
+    }
 }
 
 /// Builds the server [`Config`] from the command line (OPA flags, `--set`, config file and
@@ -527,6 +587,15 @@ mod tests {
             None => a.run,
             Some(other) => panic!("not a run command: {other:?}"),
         }
+    }
+
+    #[test]
+    fn opa_log_line_shape() {
+        let mut f = std::collections::BTreeMap::new();
+        f.insert("msg".to_string(), Json::from("Initializing server."));
+        f.insert("addrs".to_string(), serde_json::json!([":8181"]));
+        let line = OpaLogLine { pretty: false }.line(&tracing::Level::INFO, f, 1_711_965_600);
+        assert_eq!(line, r#"{"addrs":[":8181"],"level":"info","msg":"Initializing server.","time":"2024-04-01T10:00:00Z"}"#);
     }
 
     #[test]

@@ -246,3 +246,34 @@ async fn grpc_on_a_unix_socket() {
     assert_eq!(r.status.unwrap().code, 0);
     h.shutdown().await;
 }
+
+/// The plugin's Kubernetes quick start: a config file, --addr, --diagnostic-addr, --ignore, and
+/// the probes on the diagnostic address (ports 0 on loopback here).
+#[tokio::test]
+async fn kubernetes_quick_start_command_line() {
+    let dir = TempDir::new("quickstart");
+    let policy_dir = dir.0.join("policy");
+    std::fs::create_dir_all(policy_dir.join(".hidden")).unwrap();
+    std::fs::write(policy_dir.join("policy.rego"), "package envoy.authz\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.attributes.request.http.method == \"GET\"\n").unwrap();
+    std::fs::write(policy_dir.join(".hidden").join("broken.rego"), "package nope\nx :=\n").unwrap();
+    let config = dir.write(
+        "config.yaml",
+        "plugins:\n  envoy_ext_authz_grpc:\n    addr: 127.0.0.1:0\n    path: envoy/authz/allow\ndecision_logs:\n  console: true\n",
+    );
+    let cfg = sluice_authz::cli::config_from_args(&parse_run(&[
+        "run".into(),
+        "--server".into(),
+        format!("--config-file={}", config.display()),
+        "--addr=127.0.0.1:0".into(),
+        "--diagnostic-addr=127.0.0.1:0".into(),
+        "--ignore=.*".into(),
+        policy_dir.to_string_lossy().into_owned(),
+    ]))
+    .unwrap();
+    let h = AuthzServer::start(cfg).await.unwrap();
+    let (s, _) = http(h.diagnostic_addr().unwrap(), "GET", "/health?plugins", None).await;
+    assert_eq!(s, 200);
+    let mut c = client(h.grpc_addr()).await;
+    assert_eq!(check(&mut c, check_request("GET", "http", "/", &[])).await.unwrap().status.unwrap().code, 0);
+    h.shutdown().await;
+}
