@@ -78,6 +78,12 @@ fn seconds(v: Option<&Json>, path: &str, default: u64) -> anyhow::Result<Duratio
 /// Parses `services` and `bundles` from an OPA configuration document. Every key sluice does
 /// not implement is an error naming it.
 pub fn from_config(tree: &Json, verification: &Verification) -> anyhow::Result<Vec<RemoteBundle>> {
+    let services = services_from_config(tree)?;
+    bundles_from_config(tree, &services, verification)
+}
+
+/// Parses `services` (an object of named services, or OPA's list form with `name`).
+pub fn services_from_config(tree: &Json) -> anyhow::Result<std::collections::BTreeMap<String, Service>> {
     let mut services = std::collections::BTreeMap::new();
     if let Some(s) = tree.get("services") {
         // OPA accepts a list of services with `name` too.
@@ -118,6 +124,14 @@ pub fn from_config(tree: &Json, verification: &Verification) -> anyhow::Result<V
             services.insert(name, Service { url, headers, bearer });
         }
     }
+    Ok(services)
+}
+
+fn bundles_from_config(
+    tree: &Json,
+    services: &std::collections::BTreeMap<String, Service>,
+    verification: &Verification,
+) -> anyhow::Result<Vec<RemoteBundle>> {
     let mut out = Vec::new();
     if let Some(b) = tree.get("bundles") {
         for (name, v) in obj(b, "bundles")? {
@@ -163,6 +177,50 @@ pub enum Fetched {
 
 /// Largest bundle download.
 pub const MAX_DOWNLOAD: usize = 64 << 20;
+
+/// `(host:port, authority, path)` of an `http://` URL.
+pub(crate) fn split_url(url: &str) -> anyhow::Result<(String, String, String)> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow!("{url}: not an http:// URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let hostport = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+    Ok((hostport, authority.to_string(), path.to_string()))
+}
+
+/// One HTTP/1.1 request on a fresh connection, bounded to 30 s: (status, body).
+pub(crate) async fn request(
+    method: http::Method,
+    url: &str,
+    service: &Service,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> anyhow::Result<(http::StatusCode, Vec<u8>)> {
+    let (hostport, authority, path) = split_url(url)?;
+    let work = async {
+        let stream = tokio::net::TcpStream::connect(&hostport).await.with_context(|| format!("connecting to {hostport}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = http::Request::builder().method(method).uri(path.as_str()).header("host", authority.as_str());
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
+        }
+        if let Some(b) = &service.bearer {
+            req = req.header("authorization", b);
+        }
+        for (k, v) in &service.headers {
+            req = req.header(k, v);
+        }
+        let resp = sender.send_request(req.body(http_body_util::Full::new(Bytes::from(body)))?).await?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_DOWNLOAD).collect().await.map_err(|e| anyhow!("{url}: {e}"))?;
+        Ok((status, body.to_bytes().to_vec()))
+    };
+    tokio::time::timeout(Duration::from_secs(30), work).await.map_err(|_| anyhow!("{url}: no answer within 30 s"))?
+}
 
 /// One `GET` of the bundle, with `If-None-Match` when an ETag is known. Bounded to 30 s.
 pub async fn fetch(rb: &RemoteBundle, etag: Option<&str>) -> anyhow::Result<Fetched> {

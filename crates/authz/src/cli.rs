@@ -57,8 +57,10 @@ Supported --set / --config-file keys:
   services.NAME.{url,headers,credentials.bearer.token}   http:// bundle services
   bundles.NAME.{service,resource,polling.min_delay_seconds,polling.max_delay_seconds,signing.scope}
   labels.KEY                             extra decision log labels
+  decision_logs.{service,resource,reporting.{buffer_size_limit_bytes,upload_size_limit_bytes,
+    max_decisions_per_second,min_delay_seconds,max_delay_seconds}}   gzip uploads to a service
 (the legacy plugin name envoy.ext_authz.grpc works too; any other key is an error at start:
-enable-reflection, proto-descriptor, status, decision_logs.service, … are not supported)
+enable-reflection, proto-descriptor, status, distributed_tracing, … are not supported)
 
 Own flags win over --set, which wins over --config-file.";
 
@@ -456,6 +458,7 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
     }
     cfg.ignore = run.ignore.clone();
     cfg.remote_bundles = crate::bundle_service::from_config(&tree, &cfg.verification)?;
+    cfg.decision_upload = crate::decision_upload::from_config(&tree)?;
     if let Some(l) = tree.get("labels") {
         let o = l.as_object().ok_or_else(|| anyhow!("labels: expected an object"))?;
         for (k, v) in o {
@@ -526,7 +529,8 @@ fn unknown_keys(tree: &Json) -> Vec<String> {
             }
             "decision_logs" => {
                 if let Some(d) = v.as_object() {
-                    out.extend(d.keys().filter(|k| *k != "console").map(|k| format!("decision_logs.{k}")));
+                    let known = ["console", "service", "resource", "reporting"];
+                    out.extend(d.keys().filter(|k| !known.contains(&k.as_str())).map(|k| format!("decision_logs.{k}")));
                 }
             }
             "services" | "bundles" | "labels" => {}

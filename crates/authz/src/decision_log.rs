@@ -72,6 +72,7 @@ pub struct DecisionLogger {
     instance_id: String,
     version: String,
     labels: Vec<(String, String)>,
+    remote: Option<std::sync::Arc<crate::decision_upload::Uploader>>,
 }
 
 /// One decision, as handed to [`DecisionLogger::log`].
@@ -168,7 +169,7 @@ impl DecisionLogger {
             }
             DecisionLogSink::Writer(w) => Some(Out::Writer(w.clone())),
         };
-        Ok(DecisionLogger { out, pretty: format == LogFormat::JsonPretty, instance_id, version, labels: Vec::new() })
+        Ok(DecisionLogger { out, pretty: format == LogFormat::JsonPretty, instance_id, version, labels: Vec::new(), remote: None })
     }
 
     /// Extra labels (OPA's `labels` configuration), next to `id` and `version`.
@@ -176,9 +177,14 @@ impl DecisionLogger {
         self.labels = labels;
     }
 
+    /// Sends every entry to a decision log service too.
+    pub fn set_remote(&mut self, u: std::sync::Arc<crate::decision_upload::Uploader>) {
+        self.remote = Some(u);
+    }
+
     /// Whether entries are written at all (callers skip building them otherwise).
     pub fn enabled(&self) -> bool {
-        self.out.is_some()
+        self.out.is_some() || self.remote.is_some()
     }
 
     /// Builds the JSON object of one entry (exposed for tests).
@@ -237,8 +243,21 @@ impl DecisionLogger {
 
     /// Formats and writes one entry. Write errors are logged, not returned.
     pub fn log(&self, e: &Entry<'_>) {
-        let Some(out) = &self.out else { return };
+        if self.out.is_none() && self.remote.is_none() {
+            return;
+        }
         let j = self.entry_json(e);
+        if let Some(r) = &self.remote {
+            // The service gets OPA's EventV1: without the console logger's own keys.
+            let mut ev = j.clone();
+            if let Some(o) = ev.as_object_mut() {
+                for k in ["level", "msg", "time", "type"] {
+                    o.remove(k);
+                }
+            }
+            r.push(&ev);
+        }
+        let Some(out) = &self.out else { return };
         let mut text = if self.pretty {
             serde_json::to_string_pretty(&j)
         } else {

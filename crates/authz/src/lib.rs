@@ -34,6 +34,7 @@ pub mod bundle;
 pub mod bundle_service;
 pub mod cli;
 pub mod decision_log;
+pub mod decision_upload;
 mod grpc_conn;
 pub mod input;
 pub mod policy;

@@ -83,6 +83,8 @@ pub struct Config {
     pub labels: Vec<(String, String)>,
     /// gRPC on a Unix domain socket (`unix:///path`, `@name` abstract) instead of `grpc_addr`.
     pub grpc_unix: Option<String>,
+    /// Decision logs uploaded to a service (`decision_logs.service`).
+    pub decision_upload: Option<crate::decision_upload::UploadConfig>,
 }
 
 impl Default for Config {
@@ -114,6 +116,7 @@ impl Default for Config {
             remote_bundles: Vec::new(),
             labels: Vec::new(),
             grpc_unix: None,
+            decision_upload: None,
         }
     }
 }
@@ -350,6 +353,8 @@ pub struct Authorizer {
     ignore: Vec<String>,
     /// Bundles downloaded from bundle services, by name (the last good one of each).
     remote: Mutex<std::collections::BTreeMap<String, crate::bundle::Bundle>>,
+    /// The decision log uploader, when a service is configured.
+    pub uploader: Option<Arc<crate::decision_upload::Uploader>>,
     remote_names: Vec<String>,
     /// Decisions that failed by kind, over all generations: panics, bounds, other errors.
     failed: [AtomicU64; 3],
@@ -382,6 +387,10 @@ impl Authorizer {
         let instance_id = uuid::Uuid::new_v4().to_string();
         let mut logger = DecisionLogger::new(&config.decision_log, config.log_format, instance_id.clone(), config.label_version.clone())?;
         logger.set_labels(config.labels.clone());
+        let uploader = config.decision_upload.clone().map(|c| Arc::new(crate::decision_upload::Uploader::new(c)));
+        if let Some(u) = &uploader {
+            logger.set_remote(u.clone());
+        }
         Ok(Authorizer {
             policy: ArcSwap::from_pointee(Generation { set, first_decision: AtomicBool::new(true), revisions: revisions.clone(), has_mask: Default::default() }),
             logger,
@@ -402,6 +411,7 @@ impl Authorizer {
             instance_id,
             ignore: config.ignore.clone(),
             remote: Mutex::default(),
+            uploader,
             remote_names: config.remote_bundles.iter().map(|b| b.name.clone()).collect(),
             failed: Default::default(),
             reload_lock: Mutex::new(sources.fingerprint()),
@@ -870,6 +880,9 @@ impl AuthzServer {
         if let Some(l) = http_listener {
             tasks.push(tokio::spawn(crate::api::serve(l, authorizer.clone(), rx.clone(), false)));
             tracing::info!(addr = %http_addr.expect("bound"), "HTTP API listening (/health, /metrics, /v1/data, /v1/policies, /v1/query)");
+        }
+        if let Some(u) = &authorizer.uploader {
+            tasks.push(tokio::spawn(u.clone().run(rx.clone())));
         }
         for rb in &config.remote_bundles {
             tasks.push(tokio::spawn(crate::bundle_service::poll(authorizer.clone(), rb.clone(), rx.clone())));
