@@ -19,6 +19,7 @@ use regorus::{Engine, Value};
 pub mod crypto;
 pub mod jwt;
 pub mod misc;
+pub mod template;
 
 /// A builtin function: takes the evaluated arguments, returns a value (`Value::Undefined` for
 /// an undefined result) or an error (a builtin error in OPA's sense).
@@ -80,6 +81,7 @@ fn all_defs() -> Vec<Def> {
     misc::defs(&mut v);
     crypto::defs(&mut v);
     jwt::defs(&mut v);
+    template::defs(&mut v);
     v
 }
 
@@ -162,7 +164,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("regex.globs_match", "glob intersection is not implemented"),
     ("crypto.x509.", "X.509 parsing builtins are not implemented"),
     ("crypto.parse_private_keys", "private key parsing is not implemented"),
-    ("strings.render_template", "Go text/template rendering is not implemented"),
 ];
 
 /// Checks every function call in the loaded policies: refused OPA builtins and unknown
