@@ -446,8 +446,16 @@ impl PolicySet {
         let decision_path = opts.decision_path.as_str();
         let mut engine = new_engine(opts)?;
         let mut packages = Vec::new();
+        let mut withs: Vec<builtins::WithBuiltin> = Vec::new();
         for (path, text) in &sources.policies {
             crate::bounds::check(text, opts.bounds).map_err(|e| anyhow!("{}:{e}", path.display()))?;
+            let (rewritten, found) = builtins::rewrite_with_builtins(text);
+            let text = &rewritten;
+            for w in found {
+                if !withs.contains(&w) {
+                    withs.push(w);
+                }
+            }
             let v1 = match sources.versions.get(path).copied().unwrap_or(opts.version) {
                 RegoVersion::V1 => true,
                 RegoVersion::V0 => false,
@@ -458,6 +466,27 @@ impl PolicySet {
                 .add_policy(path.display().to_string(), text.clone())
                 .map_err(|e| anyhow!("{}", tidy(&e, path)))?;
             packages.push(pkg);
+        }
+        if !withs.is_empty() {
+            // Wrappers for `with f as <builtin>`: one function per builtin, with the arity of
+            // the calls of the function it replaces.
+            let mut module = format!("package {}\n\n", builtins::WITH_PACKAGE);
+            let mut done = Vec::new();
+            for w in &withs {
+                if done.contains(&w.wrapper) {
+                    continue;
+                }
+                let arity = sources
+                    .policies
+                    .iter()
+                    .find_map(|(_, t)| builtins::call_arity(t, &w.target))
+                    .ok_or_else(|| anyhow!("`with {} as {}`: {} is never called, so the replacement's arity is unknown", w.target, w.builtin, w.target))?;
+                let params: Vec<String> = (0..arity).map(|i| format!("__a{i}")).collect();
+                module.push_str(&format!("{}({}) := {}({})\n", w.wrapper, params.join(", "), w.builtin, params.join(", ")));
+                done.push(w.wrapper.clone());
+            }
+            engine.set_rego_v0(false);
+            engine.add_policy("<sluice: with wrappers>".into(), module).map_err(|e| anyhow!("{e:#}"))?;
         }
         builtins::check_calls(&engine, &opts.custom_builtins)?;
         for (path, prefix, text) in &sources.data {

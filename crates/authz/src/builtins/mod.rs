@@ -284,6 +284,153 @@ fn collect(
     }
 }
 
+/// Names of every builtin (regorus' and sluice's).
+pub fn is_builtin(name: &str) -> bool {
+    REGORUS_BUILTINS.contains(&name) || names().contains(name)
+}
+
+/// A `with T as B` in a module where `B` names a builtin: regorus only accepts a value or a
+/// user function there, so sluice rewrites `B` to a generated wrapper function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithBuiltin {
+    /// The generated function's name in package `__sluice_with`.
+    pub wrapper: String,
+    /// The builtin called by the wrapper.
+    pub builtin: String,
+    /// The function being replaced (its calls give the wrapper's arity).
+    pub target: String,
+}
+
+/// Package of the wrappers generated for [`rewrite_with_builtins`].
+pub const WITH_PACKAGE: &str = "__sluice_with";
+
+/// Rewrites `with T as B` (B a builtin, T not `input`/`data`) to `with T as
+/// data.__sluice_with.<B mangled>` outside strings and comments; the replacement keeps the line
+/// count (only that line's columns shift).
+pub fn rewrite_with_builtins(src: &str) -> (String, Vec<WithBuiltin>) {
+    let b = src.as_bytes();
+    let mut words: Vec<(usize, usize)> = Vec::new(); // byte ranges of dotted words
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'#' {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
+                if b[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c == b'`' {
+            i += 1;
+            while i < b.len() && b[i] != b'`' {
+                i += 1;
+            }
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            let st = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+                i += 1;
+            }
+            words.push((st, i));
+        } else {
+            i += 1;
+        }
+    }
+    let text = |r: &(usize, usize)| &src[r.0..r.1];
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let mut found = Vec::new();
+    for w in words.windows(4) {
+        if text(&w[0]) != "with" || text(&w[2]) != "as" {
+            continue;
+        }
+        let (target, value) = (text(&w[1]), text(&w[3]));
+        if target == "input" || target.starts_with("input.") || target == "data" || target.starts_with("data.") {
+            continue;
+        }
+        // A call (`as f(x)`) or a reference into the value (`as x[0]`) is not a bare name.
+        if matches!(b.get(w[3].1), Some(b'(') | Some(b'[')) || !is_builtin(value) {
+            continue;
+        }
+        let wrapper = format!("b_{}", value.replace('.', "_"));
+        edits.push((w[3].0, w[3].1, format!("data.{WITH_PACKAGE}.{wrapper}")));
+        let wb = WithBuiltin { wrapper, builtin: value.to_string(), target: target.to_string() };
+        if !found.contains(&wb) {
+            found.push(wb);
+        }
+    }
+    let mut out = src.to_string();
+    for (st, en, rep) in edits.into_iter().rev() {
+        out.replace_range(st..en, &rep);
+    }
+    (out, found)
+}
+
+/// The number of arguments at the first call of `name(` in `src` (outside strings/comments
+/// is not checked: a best effort for the wrapper's arity).
+pub fn call_arity(src: &str, name: &str) -> Option<usize> {
+    let pat = format!("{name}(");
+    let mut from = 0;
+    while let Some(i) = src[from..].find(&pat) {
+        let at = from + i;
+        from = at + pat.len();
+        let before = src[..at].chars().last();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.') {
+            continue;
+        }
+        let (mut depth, mut args, mut any) = (0i32, 1usize, false);
+        let mut in_str = false;
+        for c in src[from..].chars() {
+            if in_str {
+                if c == '"' {
+                    in_str = false;
+                }
+                continue;
+            }
+            match c {
+                '"' => {
+                    in_str = true;
+                    any = true;
+                }
+                '(' | '[' | '{' => {
+                    depth += 1;
+                    any = true;
+                }
+                ')' if depth == 0 => return Some(if any { args } else { 0 }),
+                ')' | ']' | '}' => depth -= 1,
+                ',' if depth == 0 => args += 1,
+                c if !c.is_whitespace() => any = true,
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod with_tests {
+    use super::*;
+
+    #[test]
+    fn with_builtin_rewrites() {
+        let src = "p if { x := upper(\"a\") with upper as lower; y := f(1, [2, 3]) with f as count }\n# with upper as lower\nq := 1 with input as lower\n";
+        let (out, found) = rewrite_with_builtins(src);
+        assert!(out.contains("with upper as data.__sluice_with.b_lower;"), "{out}");
+        assert!(out.contains("with f as data.__sluice_with.b_count }"), "{out}");
+        assert!(out.contains("# with upper as lower"), "comments untouched: {out}");
+        assert!(out.contains("with input as lower"), "input targets untouched: {out}");
+        assert_eq!(found.len(), 2);
+        assert_eq!(call_arity(src, "upper"), Some(1));
+        assert_eq!(call_arity(src, "f"), Some(2));
+        assert_eq!(call_arity("g()", "g"), Some(0));
+    }
+}
+
 /// Argument helpers shared by the families.
 pub(crate) mod args {
     use anyhow::{bail, Result};
