@@ -284,6 +284,8 @@ pub struct PolicySet {
     rule: String,
     mode: Mode,
     files: Vec<PathBuf>,
+    /// The policy texts (arity of functions replaced by `with` in ad-hoc queries).
+    texts: Vec<String>,
     packages: Vec<String>,
     compile_ns: u64,
     /// The decision rule compiled to regorus bytecode (RVM), when the bytecode compiler accepts
@@ -556,6 +558,7 @@ impl PolicySet {
             rule,
             mode,
             files: sources.policies.iter().map(|p| p.0.clone()).collect(),
+            texts: sources.policies.iter().map(|p| p.1.clone()).collect(),
             packages,
             compile_ns: started.elapsed().as_nanos() as u64,
             rvm,
@@ -643,8 +646,7 @@ impl PolicySet {
     /// Evaluates an arbitrary query (OPA's `/v1/query`, `eval`, the conformance suite): one
     /// JSON object of variable bindings per result (an empty list: undefined).
     pub fn query_bindings(&self, query: &str, input: Option<Value>, strict: bool) -> Result<Vec<serde_json::Value>, EvalError> {
-        self.isolated(strict, |w| {
-            let e = &mut w.engine;
+        fn run(e: &mut Engine, query: &str, input: Option<Value>) -> Result<Vec<serde_json::Value>, EvalError> {
             e.set_input(input.unwrap_or(Value::Undefined));
             let r = e.eval_query(query.to_string(), false).map_err(|err| eval_error(&err))?;
             Ok(r.result
@@ -654,7 +656,37 @@ impl PolicySet {
                     _ => serde_json::Value::Object(Default::default()),
                 })
                 .collect())
-        })
+        }
+        if let Some((mut e, q)) = self.with_builtin_engine(query, strict)? {
+            let _mode = builtins::StrictMode::enter(strict);
+            return catch_unwind(AssertUnwindSafe(|| run(&mut e, &q, input))).unwrap_or_else(|p| Err(EvalError::Panic(panic_message(&p))));
+        }
+        self.isolated(strict, |w| run(&mut w.engine, query, input))
+    }
+
+    /// For an ad-hoc query with `with f as <builtin>`: an engine with the wrapper functions
+    /// added and the rewritten query (`None` when the query has no such `with`).
+    fn with_builtin_engine(&self, query: &str, strict: bool) -> Result<Option<(Engine, String)>, EvalError> {
+        let (rewritten, found) = builtins::rewrite_with_builtins(query);
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let mut module = format!("package {}\n\n", builtins::WITH_PACKAGE);
+        for w in &found {
+            let arity = builtins::call_arity(query, &w.target)
+                .or_else(|| self.texts.iter().find_map(|t| builtins::call_arity(t, &w.target)))
+                .ok_or_else(|| EvalError::Eval(format!("`with {} as {}`: {} is never called", w.target, w.builtin, w.target)))?;
+            let params: Vec<String> = (0..arity).map(|i| format!("__a{i}")).collect();
+            module.push_str(&format!("{}_q({}) := {}({})\n", w.wrapper, params.join(", "), w.builtin, params.join(", ")));
+        }
+        let rewritten = found.iter().fold(rewritten, |q, w| {
+            q.replace(&format!("data.{}.{} ", builtins::WITH_PACKAGE, w.wrapper), &format!("data.{}.{}_q ", builtins::WITH_PACKAGE, w.wrapper))
+                .replace(&format!("data.{}.{}", builtins::WITH_PACKAGE, w.wrapper), &format!("data.{}.{}_q", builtins::WITH_PACKAGE, w.wrapper))
+        });
+        let mut e = self.pristine(strict).clone();
+        e.set_rego_v0(false);
+        e.add_policy("<sluice: query with wrappers>".into(), module).map_err(|err| EvalError::Eval(first_line(&format!("{err:#}")).to_string()))?;
+        Ok(Some((e, rewritten)))
     }
 
     /// Evaluates a query and returns OPA's result set as JSON (`{"result": [{"expressions":

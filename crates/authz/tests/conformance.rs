@@ -165,6 +165,7 @@ fn conformance_with_opa() {
     }
     assert!(unexpected.is_empty(), "{} cases differ from OPA and are not listed:\n{}", unexpected.len(), unexpected.join("\n"));
     assert!(stale.is_empty(), "listed as differences but now identical to OPA (remove them): {stale:?}");
+    assert!(identical * 100 >= cases.len() * 98, "fewer than 98 % of the cases are identical to OPA");
 
     // The stored answers are OPA's: re-ask the real engine when it is available.
     let jobs: Vec<common::opa::Job> = cases
