@@ -26,11 +26,13 @@ pub struct Bounds {
     pub max_bytes: usize,
     /// Deepest bracket nesting.
     pub max_nesting: usize,
+    /// Longest chain of rules referring to each other.
+    pub max_rule_chain: usize,
 }
 
 impl Default for Bounds {
     fn default() -> Self {
-        Bounds { max_bytes: 1 << 20, max_nesting: 12 }
+        Bounds { max_bytes: 1 << 20, max_nesting: 12, max_rule_chain: 200 }
     }
 }
 
@@ -179,7 +181,7 @@ mod tests {
 
     #[test]
     fn size_limit() {
-        let e = check(&"#".repeat(100), Bounds { max_bytes: 10, max_nesting: 5 }).unwrap_err();
+        let e = check(&"#".repeat(100), Bounds { max_bytes: 10, max_nesting: 5, max_rule_chain: 200 }).unwrap_err();
         assert_eq!(e.to_string(), "policy is 100 bytes, larger than the limit of 10 bytes");
     }
 }

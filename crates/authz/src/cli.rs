@@ -223,7 +223,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     init_tracing(&run);
     let config = config_from_args(&run)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Evaluation recurses per rule reference; bounds at load keep it shallow, and a larger
+    // stack than tokio's 2 MiB leaves headroom (reserved address space, committed on use).
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(16 << 20).build()?;
     rt.block_on(async move {
         let mut handle = AuthzServer::start(config).await?;
         let stopped = tokio::select! {

@@ -491,6 +491,13 @@ impl PolicySet {
             engine.add_policy("<sluice: with wrappers>".into(), module).map_err(|e| anyhow!("{e:#}"))?;
         }
         builtins::check_calls(&engine, &opts.custom_builtins)?;
+        let (chain, start) = builtins::rule_chain_depth(&engine, opts.bounds.max_rule_chain + 1);
+        if chain > opts.bounds.max_rule_chain {
+            return Err(anyhow!(
+                "rule {start} starts a chain of more than {} rules that refer to each other, sluice's bound (each link is a level of recursion during evaluation)",
+                opts.bounds.max_rule_chain
+            ));
+        }
         for (path, prefix, text) in &sources.data {
             let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
             let mut v = if is_json {

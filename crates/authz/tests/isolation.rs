@@ -147,6 +147,44 @@ fn literals_nested_twenty_deep_are_refused_quickly() {
 }
 
 #[test]
+fn long_rule_chains_are_refused_at_load() {
+    // A thousand rules each referring to the next overflowed a 2 MiB stack during evaluation
+    // (aborting the process); such a policy is refused before it is evaluated.
+    let chain = |n: usize| {
+        let mut text = String::from("package p\n\nimport rego.v1\n\n");
+        for i in 0..n {
+            text.push_str(&format!("a{i} := a{} + 1\n", i + 1));
+        }
+        text.push_str(&format!("a{n} := 0\n"));
+        text
+    };
+    let e = PolicySet::compile(&sources(&chain(1000)), RegoVersion::V1, "p/a0").unwrap_err().to_string();
+    assert!(e.contains("chain of more than 200 rules"), "{e}");
+    // A chain within the bound evaluates on a 2 MiB thread.
+    let text = chain(150);
+    let h = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || PolicySet::compile(&sources(&text), RegoVersion::V1, "p/a0").unwrap().eval(Value::new_object()))
+        .unwrap();
+    assert_eq!(h.join().unwrap().unwrap(), Value::from(150u64));
+}
+
+#[test]
+fn long_operator_chains_load_up_to_a_bound() {
+    let sum = |n: usize| format!("package p\n\nimport rego.v1\n\nx := {}\n", vec!["1"; n].join(" +\n\t"));
+    // 100 terms: fine, and evaluated on a 2 MiB stack.
+    let text = sum(100);
+    let h = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || PolicySet::compile(&sources(&text), RegoVersion::V1, "p/x").unwrap().eval(Value::new_object()))
+        .unwrap();
+    assert_eq!(h.join().unwrap().unwrap(), Value::from(100u64));
+    // 2000 terms: refused with the reason, not a crash.
+    let e = PolicySet::compile(&sources(&sum(2000)), RegoVersion::V1, "p/x").unwrap_err().to_string();
+    assert!(e.contains("nested too deeply"), "{e}");
+}
+
+#[test]
 fn time_budget_stops_a_runaway_evaluation() {
     let text = "package p\nimport rego.v1\nx := count([1 | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000); i != j])\n";
     let opts = LoadOptions { eval_timeout: Some(Duration::from_millis(200)), ..LoadOptions::new(RegoVersion::V1, "p/y") };

@@ -166,10 +166,46 @@ const REFUSED: &[(&str, &str)] = &[
     ("crypto.parse_private_keys", "private key parsing is not implemented"),
 ];
 
+/// Deepest syntax tree accepted (JSON nesting of regorus' AST): evaluation and analysis
+/// recurse along it.
+pub const MAX_AST_DEPTH: usize = 400;
+
+/// The loaded modules' syntax trees as JSON, after checking their depth without recursion.
+pub fn ast_json(engine: &Engine) -> anyhow::Result<serde_json::Value> {
+    let text = engine.get_ast_as_json()?;
+    let (mut depth, mut deepest, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for c in text.bytes() {
+        if in_str {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_AST_DEPTH {
+        bail!("an expression is nested too deeply: its syntax tree is {deepest} levels deep, more than sluice's bound of {MAX_AST_DEPTH} (split long operator chains or deep nesting into rules)");
+    }
+    let mut de = serde_json::Deserializer::from_str(&text);
+    de.disable_recursion_limit();
+    Ok(serde::Deserialize::deserialize(&mut de)?)
+}
+
 /// Checks every function call in the loaded policies: refused OPA builtins and unknown
 /// functions are load errors naming `file:line:col`, as OPA's compiler reports them.
 pub fn check_calls(engine: &Engine, custom: &[CustomBuiltin]) -> anyhow::Result<()> {
-    let ast: serde_json::Value = serde_json::from_str(&engine.get_ast_as_json()?)?;
+    let ast = ast_json(engine)?;
     let ours = names();
     let Some(modules) = ast.as_array() else { bail!("unexpected syntax tree") };
     // Names of every rule and function defined anywhere (their last path segment).
@@ -200,8 +236,7 @@ pub fn check_calls(engine: &Engine, custom: &[CustomBuiltin]) -> anyhow::Result<
 
 /// References of every rule whose name starts with `prefix` (duplicates removed, file order).
 pub fn rules_with_prefix(engine: &Engine, prefix: &str) -> Vec<String> {
-    let Ok(text) = engine.get_ast_as_json() else { return vec![] };
-    let Ok(ast) = serde_json::from_str::<serde_json::Value>(&text) else { return vec![] };
+    let Ok(ast) = ast_json(engine) else { return vec![] };
     let mut out = Vec::new();
     for m in ast.as_array().into_iter().flatten() {
         let src = m["source"]["contents"].as_str().unwrap_or("");
@@ -230,6 +265,96 @@ pub fn rules_with_prefix(engine: &Engine, prefix: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Longest chain of rules that refer to each other (`a := b`, `b := c`, …), by name, and the
+/// rule it starts at. Evaluation recurses once per link, so a bound on this keeps evaluation
+/// within the thread's stack (a chain of a thousand rules overflowed a 2 MiB stack).
+/// Depths are counted up to `cap` (anything longer reports `cap`), which also bounds this
+/// function's own recursion.
+pub fn rule_chain_depth(engine: &Engine, cap: usize) -> (usize, String) {
+    let Ok(ast) = ast_json(engine) else { return (0, String::new()) };
+    let mut edges: std::collections::BTreeMap<String, BTreeSet<String>> = std::collections::BTreeMap::new();
+    for m in ast.as_array().into_iter().flatten() {
+        let src = m["source"]["contents"].as_str().unwrap_or("");
+        for r in m["ast"]["rules"].as_array().into_iter().flatten() {
+            let mut heads = BTreeSet::new();
+            let mut calls = Vec::new();
+            collect(r, src, "", &mut heads, &mut calls);
+            let mut refs = BTreeSet::new();
+            names_in(r, src, &mut refs);
+            for h in heads {
+                let e = edges.entry(h.clone()).or_default();
+                e.extend(refs.iter().filter(|n| **n != h).cloned());
+            }
+        }
+    }
+    let mut memo: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    let names: Vec<String> = edges.keys().cloned().collect();
+    let mut best = (0, String::new());
+    for n in names {
+        let d = depth_of(&n, &edges, &mut memo, &mut BTreeSet::new(), cap);
+        if d > best.0 {
+            best = (d, n);
+        }
+    }
+    best
+}
+
+fn depth_of(
+    n: &str,
+    edges: &std::collections::BTreeMap<String, BTreeSet<String>>,
+    memo: &mut std::collections::BTreeMap<String, usize>,
+    path: &mut BTreeSet<String>,
+    cap: usize,
+) -> usize {
+    if let Some(d) = memo.get(n) {
+        return *d;
+    }
+    if path.len() >= cap {
+        return cap;
+    }
+    if !path.insert(n.to_string()) {
+        return 0; // a cycle: regorus reports recursion itself
+    }
+    let mut d = 1;
+    if let Some(next) = edges.get(n) {
+        for m in next {
+            if edges.contains_key(m) {
+                d = d.max((1 + depth_of(m, edges, memo, path, cap)).min(cap));
+            }
+        }
+    }
+    path.remove(n);
+    memo.insert(n.to_string(), d);
+    d
+}
+
+/// Variable names and `.field` names referenced in a syntax tree.
+fn names_in(v: &serde_json::Value, text: &str, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            if let Some(var) = o.get("Var") {
+                if let Some(t) = span_text(&var["span"], text) {
+                    out.insert(t.to_string());
+                }
+            }
+            if let Some(f) = o.get("RefDot").and_then(|r| r.get("field")).and_then(|f| f.get(0)) {
+                if let Some(t) = span_text(f, text) {
+                    out.insert(t.to_string());
+                }
+            }
+            for x in o.values() {
+                names_in(x, text, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for x in a {
+                names_in(x, text, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn span_text<'a>(span: &serde_json::Value, text: &'a str) -> Option<&'a str> {
