@@ -130,11 +130,7 @@ pub fn apply_mask(event: &mut Map<String, Json>, mask: &Json) {
         let last = last.replace("~1", "/").replace("~0", "~");
         let Some(Json::Object(parent)) = doc.pointer_mut(&parent_ptr) else { continue };
         match (op.as_str(), value) {
-            ("remove", _) => {
-                if parent.remove(&last).is_some() {
-                    erased.push(path);
-                }
-            }
+            ("remove", _) if parent.remove(&last).is_some() => erased.push(path),
             ("upsert", Some(v)) => {
                 parent.insert(last, v);
                 masked.push(path);

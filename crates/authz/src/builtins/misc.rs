@@ -25,6 +25,69 @@ pub(crate) fn defs(v: &mut Vec<Def>) {
     v.push(Def { name: "upper", arity: 1, f: upper });
     v.push(Def { name: "lower", arity: 1, f: lower });
     v.push(Def { name: "trace", arity: 1, f: trace });
+    // Deprecated builtins that OPA still provides (v0 policies use them).
+    v.push(Def { name: "re_match", arity: 2, f: re_match });
+    v.push(Def { name: "net.cidr_overlap", arity: 2, f: cidr_overlap });
+    v.push(Def { name: "set_diff", arity: 2, f: set_diff });
+    v.push(Def { name: "any", arity: 1, f: |a| any_all(a, true) });
+    v.push(Def { name: "all", arity: 1, f: |a| any_all(a, false) });
+    v.push(Def { name: "cast_array", arity: 1, f: cast_array });
+    v.push(Def { name: "cast_set", arity: 1, f: cast_set });
+    v.push(Def { name: "cast_string", arity: 1, f: |a| cast_same(a, "string", |v| matches!(v, Value::String(_))) });
+    v.push(Def { name: "cast_boolean", arity: 1, f: |a| cast_same(a, "boolean", |v| matches!(v, Value::Bool(_))) });
+    v.push(Def { name: "cast_null", arity: 1, f: |a| cast_same(a, "null", |v| matches!(v, Value::Null)) });
+    v.push(Def { name: "cast_object", arity: 1, f: |a| cast_same(a, "object", |v| matches!(v, Value::Object(_))) });
+}
+
+fn re_match(a: &[Value]) -> Result<Value> {
+    let pattern = string(a, 0, "re_match")?;
+    let value = string(a, 1, "re_match")?;
+    let re = regex::Regex::new(pattern).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Value::Bool(re.is_match(value)))
+}
+
+fn cidr_overlap(a: &[Value]) -> Result<Value> {
+    let net = parse_cidr(string(a, 0, "net.cidr_overlap")?)?;
+    let x = string(a, 1, "net.cidr_overlap")?;
+    let Some(other) = parse_cidr_or_ip(x) else { bail!("invalid CIDR address: {x}") };
+    Ok(Value::Bool(net.contains(&other.network()) && net.contains(&other.broadcast())))
+}
+
+fn set_diff(a: &[Value]) -> Result<Value> {
+    match (&a[0], &a[1]) {
+        (Value::Set(x), Value::Set(y)) => Ok(Value::from(x.iter().filter(|v| !y.contains(*v)).cloned().collect::<std::collections::BTreeSet<_>>())),
+        (x, y) => bail!("operands must be sets, got {} and {}", type_name(x), type_name(y)),
+    }
+}
+
+fn any_all(a: &[Value], any: bool) -> Result<Value> {
+    let items = collection(a, 0)?;
+    let t = Value::Bool(true);
+    Ok(Value::Bool(if any { items.contains(&t) } else { items.iter().all(|x| *x == t) }))
+}
+
+fn cast_array(a: &[Value]) -> Result<Value> {
+    match &a[0] {
+        Value::Array(_) => Ok(a[0].clone()),
+        Value::Set(s) => Ok(Value::from(s.iter().cloned().collect::<Vec<_>>())),
+        v => bail!("operand 1 must be one of {{array, set}} but got {}", type_name(v)),
+    }
+}
+
+fn cast_set(a: &[Value]) -> Result<Value> {
+    match &a[0] {
+        Value::Set(_) => Ok(a[0].clone()),
+        Value::Array(x) => Ok(Value::from(x.iter().cloned().collect::<std::collections::BTreeSet<_>>())),
+        v => bail!("operand 1 must be one of {{array, set}} but got {}", type_name(v)),
+    }
+}
+
+fn cast_same(a: &[Value], want: &str, ok: fn(&Value) -> bool) -> Result<Value> {
+    if ok(&a[0]) {
+        Ok(a[0].clone())
+    } else {
+        bail!("operand 1 must be {want} but got {}", type_name(&a[0]))
+    }
 }
 
 /// `regex.template_match(template, value, start, end)`: the template's literal parts must
@@ -355,6 +418,18 @@ mod tests {
 
     fn s(x: &str) -> Value {
         Value::from(x)
+    }
+
+    #[test]
+    fn deprecated_builtins() {
+        assert_eq!(re_match(&[s("^a+$"), s("aaa")]).unwrap(), Value::Bool(true));
+        assert_eq!(cidr_overlap(&[s("10.0.0.0/8"), s("10.1.2.3")]).unwrap(), Value::Bool(true));
+        let set = |v: Vec<u64>| Value::from(v.into_iter().map(Value::from).collect::<std::collections::BTreeSet<_>>());
+        assert_eq!(set_diff(&[set(vec![1, 2, 3]), set(vec![2])]).unwrap(), set(vec![1, 3]));
+        assert_eq!(any_all(&[Value::from(vec![Value::Bool(false), Value::Bool(true)])], true).unwrap(), Value::Bool(true));
+        assert_eq!(any_all(&[Value::from(vec![Value::Bool(false), Value::Bool(true)])], false).unwrap(), Value::Bool(false));
+        assert!(cast_array(&[s("x")]).is_err());
+        assert_eq!(cast_array(&[set(vec![2, 1])]).unwrap(), Value::from(vec![Value::from(1u64), Value::from(2u64)]));
     }
 
     #[test]
