@@ -55,7 +55,7 @@ fn cidr_overlap(a: &[Value]) -> Result<Value> {
 
 fn set_diff(a: &[Value]) -> Result<Value> {
     match (&a[0], &a[1]) {
-        (Value::Set(x), Value::Set(y)) => Ok(Value::from(x.iter().filter(|v| !y.contains(*v)).cloned().collect::<std::collections::BTreeSet<_>>())),
+        (Value::Set(x), Value::Set(y)) => Ok(Value::from(x.iter().filter(|v| !y.contains(v)).cloned().collect::<std::collections::BTreeSet<_>>())),
         (x, y) => bail!("operands must be sets, got {} and {}", type_name(x), type_name(y)),
     }
 }
