@@ -35,7 +35,8 @@ const AFTER_HELP: &str = "\
 Rego version (without --v0/--v1), decided per .rego file:
   1. a file that imports future.keywords.* is Rego v0;
   2. a file with `import rego.v1` is Rego v1;
-  3. a file that uses the keyword `if` or `contains` (outside comments and strings) is Rego v1;
+  3. a file that uses the keyword `if` or `contains` (outside comments and strings; the v0
+     builtin call `contains(…)` does not count) is Rego v1;
   4. anything else is Rego v0 (OPA 0.x's default; the guide's policy.rego).
 
 Every policy is compiled and test-evaluated at start; an error names file:line and the
@@ -48,8 +49,18 @@ Supported --set / --config-file keys:
   plugins.envoy_ext_authz_grpc.path      decision path (default envoy/authz/allow)
   plugins.envoy_ext_authz_grpc.query     `data.a.b` queries only (converted to a path)
   plugins.envoy_ext_authz_grpc.dry-run   evaluate and log, but always answer OK
+  plugins.envoy_ext_authz_grpc.skip-request-body-parse   no parsed_body/truncated_body in input
+  plugins.envoy_ext_authz_grpc.enable-performance-metrics
+                                         grpc_request_duration_seconds and error_counter
+  plugins.envoy_ext_authz_grpc.grpc-max-recv-msg-size / grpc-max-send-msg-size   bytes
   decision_logs.console                  true: decision logs on standard output
-(the legacy plugin name envoy.ext_authz.grpc works too; other keys are ignored with a warning)
+  services.NAME.{url,headers,credentials.bearer.token}   http:// bundle services
+  bundles.NAME.{service,resource,polling.min_delay_seconds,polling.max_delay_seconds,signing.scope}
+  labels.KEY                             extra decision log labels
+  decision_logs.{service,resource,reporting.{buffer_size_limit_bytes,upload_size_limit_bytes,
+    max_decisions_per_second,min_delay_seconds,max_delay_seconds}}   gzip uploads to a service
+(the legacy plugin name envoy.ext_authz.grpc works too; any other key is an error at start:
+enable-reflection, proto-descriptor, status, distributed_tracing, … are not supported)
 
 Own flags win over --set, which wins over --config-file.";
 
@@ -74,10 +85,21 @@ pub struct Args {
 }
 
 #[derive(clap::Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Run the policy server (OPA's `opa run --server …` command line).
     #[command(long_about = LONG_ABOUT, after_long_help = AFTER_HELP, after_help = SHORT_AFTER_HELP)]
     Run(RunArgs),
+    /// Evaluate a query (OPA's `opa eval`).
+    Eval(crate::tools::EvalArgs),
+    /// Run the policies' `test_` rules (OPA's `opa test`); exit 2 when a test fails.
+    Test(crate::tools::TestArgs),
+    /// Parse and compile policies, print the first error (OPA's `opa check`).
+    Check(crate::tools::CheckArgs),
+    /// Refused: regorus cannot print OPA's canonical Rego layout.
+    Fmt(crate::tools::FmtArgs),
+    /// Print the version.
+    Version,
 }
 
 /// The options of `sluice authz [run]`.
@@ -147,20 +169,63 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_watch: bool,
 
-    /// Bundle directories (loaded like directory PATHs).
-    #[arg(short = 'b', long, value_name = "DIR")]
+    /// Bundle directory or .tar.gz (repeatable): `.manifest` (revision, roots, rego_version)
+    /// and `.signatures.json` are honoured.
+    #[arg(short = 'b', long, value_name = "PATH")]
     pub bundle: Vec<PathBuf>,
+
+    /// Key that bundle signatures must verify with: a PEM public key or certificate file, a
+    /// JWK file, or for HS256/384/512 the shared secret itself.
+    #[arg(long, value_name = "KEY|FILE")]
+    pub verification_key: Option<String>,
+
+    /// Algorithm of bundle signatures (default RS256).
+    #[arg(long, value_name = "ALG")]
+    pub signing_alg: Option<String>,
+
+    /// Required `scope` of bundle signatures.
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: Option<String>,
+
+    /// Load signed bundles without verifying their signatures.
+    #[arg(long)]
+    pub skip_verify: bool,
+
+    /// Builtin errors end the evaluation with an error (OPA's --strict-builtin-errors).
+    #[arg(long)]
+    pub strict_builtin_errors: bool,
+
+    /// Time budget of one decision, e.g. 500ms, 2s; `0` for none. Default 1s.
+    #[arg(long, value_name = "DURATION")]
+    pub eval_timeout: Option<String>,
+
+    /// Second HTTP address serving only /health and /metrics (Kubernetes probes).
+    #[arg(long, value_name = "ADDR")]
+    pub diagnostic_addr: Option<String>,
+
+    /// Skip files and directories whose name matches this pattern (`*` and `?` wildcards)
+    /// when loading directories, e.g. `.*` (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub ignore: Vec<String>,
 }
 
 /// Runs `sluice authz`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout();
     let run = match args.command {
         Some(Command::Run(r)) => r,
+        Some(Command::Eval(e)) => return crate::tools::eval(&e, &mut stdout),
+        Some(Command::Test(t)) => return crate::tools::test(&t, &mut stdout),
+        Some(Command::Check(c)) => return crate::tools::check(&c, &mut stdout),
+        Some(Command::Fmt(f)) => return crate::tools::fmt(&f),
+        Some(Command::Version) => return crate::tools::version(&mut stdout),
         None => args.run,
     };
     init_tracing(&run);
     let config = config_from_args(&run)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Evaluation recurses per rule reference; bounds at load keep it shallow, and a larger
+    // stack than tokio's 2 MiB leaves headroom (reserved address space, committed on use).
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(16 << 20).build()?;
     rt.block_on(async move {
         let mut handle = AuthzServer::start(config).await?;
         let stopped = tokio::select! {
@@ -207,8 +272,68 @@ fn init_tracing(run: &RunArgs) {
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match run.log_format {
         LogFormat::Text => b.try_init(),
-        LogFormat::Json | LogFormat::JsonPretty => b.json().try_init(),
+        LogFormat::Json => b.event_format(OpaLogLine { pretty: false }).try_init(),
+        LogFormat::JsonPretty => b.event_format(OpaLogLine { pretty: true }).try_init(),
     };
+}
+
+/// OPA's server log line: one JSON object with the event's fields, `level` (lower case),
+/// `msg` and `time` (RFC 3339, seconds, UTC), keys sorted as Go's logrus prints them.
+pub struct OpaLogLine {
+    /// `--log-format=json-pretty`: indented.
+    pub pretty: bool,
+}
+
+struct FieldsToJson(std::collections::BTreeMap<String, Json>);
+
+impl tracing::field::Visit for FieldsToJson {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let name = if field.name() == "message" { "msg" } else { field.name() };
+        self.0.insert(name.to_string(), Json::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        let name = if field.name() == "message" { "msg" } else { field.name() };
+        self.0.insert(name.to_string(), Json::String(value.to_string()));
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+}
+
+impl OpaLogLine {
+    /// The JSON text of one event's fields at `level`, at `now` (seconds since the epoch).
+    pub fn line(&self, level: &tracing::Level, mut fields: std::collections::BTreeMap<String, Json>, now: i64) -> String {
+        fields.insert("level".into(), level.as_str().to_ascii_lowercase().into());
+        fields.insert("time".into(), format!("{}Z", crate::input::rfc3339_seconds(now)).into());
+        fields.entry("msg".into()).or_insert_with(|| "".into());
+        let obj: serde_json::Map<String, Json> = fields.into_iter().collect();
+        let text = if self.pretty { serde_json::to_string_pretty(&obj) } else { serde_json::to_string(&obj) }.unwrap_or_default();
+        crate::decision_log::go_html_escape(text)
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for OpaLogLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut v = FieldsToJson(Default::default());
+        event.record(&mut v);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        writeln!(writer, "{}", self.line(event.metadata().level(), v.0, now))
+    }
 }
 
 /// Builds the server [`Config`] from the command line (OPA flags, `--set`, config file and
@@ -230,10 +355,30 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
     let get = |k: &str| plugin.and_then(|p| p.get(k));
 
     let mut cfg = Config { paths: run.paths.clone(), ..Config::default() };
-    cfg.paths.extend(run.bundle.iter().cloned());
+    cfg.bundles = run.bundle.clone();
+    let key = match &run.verification_key {
+        Some(k) if std::path::Path::new(k).is_file() => {
+            Some(std::fs::read_to_string(k).with_context(|| format!("--verification-key {k}"))?)
+        }
+        other => other.clone(),
+    };
+    cfg.verification = crate::bundle::Verification {
+        key,
+        alg: run.signing_alg.clone(),
+        scope: run.scope.clone(),
+        skip: run.skip_verify,
+    };
+    cfg.strict_builtin_errors = run.strict_builtin_errors;
+    if let Some(t) = &run.eval_timeout {
+        cfg.eval_timeout = parse_duration(t)?;
+    }
 
     if let Some(a) = run.grpc_addr.as_deref().or(get("addr").and_then(Json::as_str)) {
-        cfg.grpc_addr = parse_listen_addr(a)?;
+        match a.trim().strip_prefix("unix://") {
+            Some(path) if !path.is_empty() => cfg.grpc_unix = Some(path.to_string()),
+            Some(_) => return Err(anyhow!("{a}: empty unix socket path")),
+            None => cfg.grpc_addr = parse_listen_addr(a)?,
+        }
     }
     let http = run.http_addr.as_deref().or(run.addr.first().map(String::as_str));
     match http {
@@ -274,10 +419,80 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
         RegoVersion::Auto
     };
     cfg.watch_interval = if run.no_watch { None } else { Some(Duration::from_secs(1)) };
-    for key in unknown_keys(&tree) {
-        tracing::warn!("configuration key {key} is not supported and is ignored");
+    let flag = |k: &str| -> anyhow::Result<bool> {
+        match get(k) {
+            None => Ok(false),
+            Some(Json::Bool(b)) => Ok(*b),
+            Some(Json::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+            Some(other) => Err(anyhow!("plugins.envoy_ext_authz_grpc.{k}: expected true or false, got {other}")),
+        }
+    };
+    let size = |k: &str| -> anyhow::Result<Option<usize>> {
+        match get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .filter(|n| *n > 0)
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| anyhow!("plugins.envoy_ext_authz_grpc.{k}: expected a positive number of bytes, got {v}")),
+        }
+    };
+    cfg.skip_body_parse = flag("skip-request-body-parse")?;
+    cfg.performance_metrics = flag("enable-performance-metrics")?;
+    if let Some(n) = size("grpc-max-recv-msg-size")? {
+        cfg.grpc_max_recv = n;
+    }
+    if let Some(n) = size("grpc-max-send-msg-size")? {
+        cfg.grpc_max_send = n;
+    }
+    if flag("enable-reflection")? {
+        return Err(anyhow!("plugins.envoy_ext_authz_grpc.enable-reflection: gRPC server reflection is not supported by sluice"));
+    }
+    if get("proto-descriptor").is_some() {
+        return Err(anyhow!("plugins.envoy_ext_authz_grpc.proto-descriptor: decoding gRPC request bodies is not supported by sluice"));
+    }
+    if get("path").is_some() && get("query").is_some() {
+        return Err(anyhow!("plugins.envoy_ext_authz_grpc: set either path or query, not both"));
+    }
+    if let Some(d) = &run.diagnostic_addr {
+        cfg.diagnostic_addr = Some(parse_listen_addr(d)?);
+    }
+    cfg.ignore = run.ignore.clone();
+    cfg.remote_bundles = crate::bundle_service::from_config(&tree, &cfg.verification)?;
+    cfg.decision_upload = crate::decision_upload::from_config(&tree)?;
+    if let Some(l) = tree.get("labels") {
+        let o = l.as_object().ok_or_else(|| anyhow!("labels: expected an object"))?;
+        for (k, v) in o {
+            let v = match v {
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            cfg.labels.push((k.clone(), v));
+        }
+    }
+    cfg.config_doc = tree.clone();
+    if let Some(keys) = unknown_keys(&tree).first() {
+        return Err(anyhow!("configuration key {keys} is not supported by sluice (supported keys: sluice authz run --help)"));
     }
     Ok(cfg)
+}
+
+/// `500ms`, `2s`, `1m`, or `0` (no budget).
+fn parse_duration(s: &str) -> anyhow::Result<Option<Duration>> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(None);
+    }
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len()));
+    let n: f64 = num.parse().map_err(|_| anyhow!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(anyhow!("invalid duration {s:?} (use ms, s or m)")),
+    };
+    Ok(Some(Duration::from_secs_f64(secs)))
 }
 
 fn plugin_config(tree: &Json) -> Option<&serde_json::Map<String, Json>> {
@@ -304,7 +519,11 @@ fn unknown_keys(tree: &Json) -> Vec<String> {
                 }
                 if let Some(pc) = plugin_config(tree) {
                     for key in pc.keys() {
-                        if !["addr", "path", "query", "dry-run"].contains(&key.as_str()) {
+                        let known = [
+                            "addr", "path", "query", "dry-run", "skip-request-body-parse", "enable-performance-metrics",
+                            "grpc-max-recv-msg-size", "grpc-max-send-msg-size", "enable-reflection", "proto-descriptor",
+                        ];
+                        if !known.contains(&key.as_str()) {
                             out.push(format!("plugins.envoy_ext_authz_grpc.{key}"));
                         }
                     }
@@ -312,9 +531,11 @@ fn unknown_keys(tree: &Json) -> Vec<String> {
             }
             "decision_logs" => {
                 if let Some(d) = v.as_object() {
-                    out.extend(d.keys().filter(|k| *k != "console").map(|k| format!("decision_logs.{k}")));
+                    let known = ["console", "service", "resource", "reporting"];
+                    out.extend(d.keys().filter(|k| !known.contains(&k.as_str())).map(|k| format!("decision_logs.{k}")));
                 }
             }
+            "services" | "bundles" | "labels" => {}
             other => out.push(other.to_string()),
         }
     }
@@ -370,7 +591,17 @@ mod tests {
         match a.command {
             Some(Command::Run(r)) => r,
             None => a.run,
+            Some(other) => panic!("not a run command: {other:?}"),
         }
+    }
+
+    #[test]
+    fn opa_log_line_shape() {
+        let mut f = std::collections::BTreeMap::new();
+        f.insert("msg".to_string(), Json::from("Initializing server."));
+        f.insert("addrs".to_string(), serde_json::json!([":8181"]));
+        let line = OpaLogLine { pretty: false }.line(&tracing::Level::INFO, f, 1_711_965_600);
+        assert_eq!(line, r#"{"addrs":[":8181"],"level":"info","msg":"Initializing server.","time":"2024-04-01T10:00:00Z"}"#);
     }
 
     #[test]

@@ -71,10 +71,14 @@ pub struct DecisionLogger {
     pretty: bool,
     instance_id: String,
     version: String,
+    labels: Vec<(String, String)>,
+    remote: Option<std::sync::Arc<crate::decision_upload::Uploader>>,
 }
 
 /// One decision, as handed to [`DecisionLogger::log`].
 pub struct Entry<'a> {
+    /// `(bundle, revision)` of the active bundles.
+    pub bundles: &'a [(String, String)],
     /// The decision id (also in the response's dynamic metadata).
     pub decision_id: &'a str,
     /// The input document.
@@ -93,6 +97,56 @@ pub struct Entry<'a> {
     pub requested_by: Option<String>,
     /// REST API: a request counter.
     pub req_id: Option<u64>,
+    /// The value of `data.system.log.mask` for this event, if the policies define it.
+    pub mask: Option<Json>,
+}
+
+/// Applies a `data.system.log.mask` result to an event: each string is a JSON pointer to
+/// remove (listed in `erased`); each `{"op": "remove"|"upsert", "path", "value"}` removes or
+/// sets (listed in `erased` / `masked`). Only paths under `/input` and `/result` are touched.
+pub fn apply_mask(event: &mut Map<String, Json>, mask: &Json) {
+    let mut ops: Vec<(String, String, Option<Json>)> = Vec::new();
+    for m in mask.as_array().into_iter().flatten() {
+        match m {
+            Json::String(p) => ops.push(("remove".into(), p.clone(), None)),
+            Json::Object(o) => {
+                let op = o.get("op").and_then(Json::as_str).unwrap_or("remove").to_string();
+                if let Some(p) = o.get("path").and_then(Json::as_str) {
+                    ops.push((op, p.to_string(), o.get("value").cloned()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let (mut erased, mut masked) = (Vec::new(), Vec::new());
+    let mut doc = Json::Object(std::mem::take(event));
+    for (op, path, value) in ops {
+        let segs: Vec<&str> = path.split('/').skip(1).collect();
+        if segs.is_empty() || (segs[0] != "input" && segs[0] != "result") {
+            continue;
+        }
+        let (last, parents) = segs.split_last().expect("non-empty");
+        let parent_ptr: String = parents.iter().map(|s| format!("/{s}")).collect();
+        let last = last.replace("~1", "/").replace("~0", "~");
+        let Some(Json::Object(parent)) = doc.pointer_mut(&parent_ptr) else { continue };
+        match (op.as_str(), value) {
+            ("remove", _) if parent.remove(&last).is_some() => erased.push(path),
+            ("upsert", Some(v)) => {
+                parent.insert(last, v);
+                masked.push(path);
+            }
+            _ => {}
+        }
+    }
+    if let Json::Object(o) = doc {
+        *event = o;
+    }
+    if !erased.is_empty() {
+        event.insert("erased".into(), erased.into());
+    }
+    if !masked.is_empty() {
+        event.insert("masked".into(), masked.into());
+    }
 }
 
 impl DecisionLogger {
@@ -111,29 +165,44 @@ impl DecisionLogger {
             }
             DecisionLogSink::Writer(w) => Some(Out::Writer(w.clone())),
         };
-        Ok(DecisionLogger { out, pretty: format == LogFormat::JsonPretty, instance_id, version })
+        Ok(DecisionLogger { out, pretty: format == LogFormat::JsonPretty, instance_id, version, labels: Vec::new(), remote: None })
+    }
+
+    /// Extra labels (OPA's `labels` configuration), next to `id` and `version`.
+    pub fn set_labels(&mut self, labels: Vec<(String, String)>) {
+        self.labels = labels;
+    }
+
+    /// Sends every entry to a decision log service too.
+    pub fn set_remote(&mut self, u: std::sync::Arc<crate::decision_upload::Uploader>) {
+        self.remote = Some(u);
     }
 
     /// Whether entries are written at all (callers skip building them otherwise).
     pub fn enabled(&self) -> bool {
-        self.out.is_some()
+        self.out.is_some() || self.remote.is_some()
     }
 
     /// Builds the JSON object of one entry (exposed for tests).
     pub fn entry_json(&self, e: &Entry<'_>) -> Json {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let mut m = Map::new();
+        if !e.bundles.is_empty() {
+            let b: Map<String, Json> = e.bundles.iter().map(|(n, r)| (n.clone(), serde_json::json!({ "revision": r }))).collect();
+            m.insert("bundles".into(), Json::Object(b));
+        }
         m.insert("decision_id".into(), e.decision_id.into());
+        let masking = e.mask.is_some();
         if let Err(msg) = e.result {
             m.insert("error".into(), serde_json::json!({ "message": msg }));
         }
         if let Some(input) = e.input {
             m.insert("input".into(), value_json(input));
         }
-        m.insert(
-            "labels".into(),
-            serde_json::json!({"id": self.instance_id, "version": self.version}),
-        );
+        let mut labels: std::collections::BTreeMap<String, Json> = self.labels.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect();
+        labels.insert("id".into(), self.instance_id.as_str().into());
+        labels.insert("version".into(), self.version.as_str().into());
+        m.insert("labels".into(), Json::Object(labels.into_iter().collect()));
         m.insert("level".into(), "info".into());
         let mut metrics = Map::new();
         if let Some(c) = e.compile_ns {
@@ -156,13 +225,35 @@ impl DecisionLogger {
         m.insert("time".into(), format!("{}Z", rfc3339_seconds(now.as_secs() as i64)).into());
         m.insert("timestamp".into(), rfc3339_nano(now.as_secs() as i64, now.subsec_nanos()).into());
         m.insert("type".into(), "openpolicyagent.org/decision_logs".into());
+        if masking {
+            if let Some(mask) = &e.mask {
+                apply_mask(&mut m, mask);
+            }
+            // Keep the keys sorted as OPA's console logger prints them.
+            let mut items: Vec<(String, Json)> = std::mem::take(&mut m).into_iter().collect();
+            items.sort_by(|a, b| a.0.cmp(&b.0));
+            m = items.into_iter().collect();
+        }
         Json::Object(m)
     }
 
     /// Formats and writes one entry. Write errors are logged, not returned.
     pub fn log(&self, e: &Entry<'_>) {
-        let Some(out) = &self.out else { return };
+        if self.out.is_none() && self.remote.is_none() {
+            return;
+        }
         let j = self.entry_json(e);
+        if let Some(r) = &self.remote {
+            // The service gets OPA's EventV1: without the console logger's own keys.
+            let mut ev = j.clone();
+            if let Some(o) = ev.as_object_mut() {
+                for k in ["level", "msg", "time", "type"] {
+                    o.remove(k);
+                }
+            }
+            r.push(&ev);
+        }
+        let Some(out) = &self.out else { return };
         let mut text = if self.pretty {
             serde_json::to_string_pretty(&j)
         } else {
@@ -212,6 +303,19 @@ pub fn go_html_escape(s: String) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn masks_remove_and_upsert() {
+        let mut ev: Map<String, Json> = serde_json::from_value(serde_json::json!({
+            "input": {"password": "x", "user": {"token": "t", "name": "n"}}, "result": true, "path": "p"
+        }))
+        .unwrap();
+        apply_mask(&mut ev, &serde_json::json!(["/input/password", {"op": "upsert", "path": "/input/user/token", "value": "**"}, "/path", "/input/missing"]));
+        assert_eq!(ev["input"], serde_json::json!({"user": {"token": "**", "name": "n"}}));
+        assert_eq!(ev["erased"], serde_json::json!(["/input/password"]));
+        assert_eq!(ev["masked"], serde_json::json!(["/input/user/token"]));
+        assert_eq!(ev["path"], "p");
+    }
+
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
     impl Write for Buf {
@@ -232,6 +336,8 @@ mod tests {
         let input = Value::from_json_str(r#"{"b":1,"a":"<&>"}"#).unwrap();
         let result = Value::from(true);
         l.log(&Entry {
+            mask: None,
+            bundles: &[],
             decision_id: "d1",
             input: Some(&input),
             result: Ok(&result),

@@ -53,7 +53,99 @@ impl hyper::service::Service<http::Request<Incoming>> for HyperRoutes {
     }
 }
 
-type Conn = hyper::server::conn::http2::Connection<TokioIo<tokio::net::TcpStream>, HyperRoutes, InlineExec>;
+/// Where the gRPC server listens: TCP, or a Unix domain socket (`unix:///path`, `unix://@name`
+/// for an abstract socket), as the plugin's `addr` allows.
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok(Stream::Tcp(s))
+            }
+            Listener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+        }
+    }
+
+    /// Binds a Unix socket: an existing socket file is removed first; `@name` is an abstract
+    /// socket (Linux).
+    pub(crate) fn bind_unix(path: &str) -> std::io::Result<Listener> {
+        if let Some(name) = path.strip_prefix('@') {
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+                let l = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+                l.set_nonblocking(true)?;
+                return Ok(Listener::Unix(tokio::net::UnixListener::from_std(l)?));
+            }
+            #[cfg(not(target_os = "linux"))]
+            return Err(std::io::Error::other(format!("abstract socket {name}: only on Linux")));
+        }
+        if let Ok(md) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if md.file_type().is_socket() {
+                std::fs::remove_file(path)?;
+            }
+        }
+        Ok(Listener::Unix(tokio::net::UnixListener::bind(path)?))
+    }
+}
+
+/// A TCP or Unix connection.
+pub(crate) enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+type Conn = hyper::server::conn::http2::Connection<TokioIo<Stream>, HyperRoutes, InlineExec>;
 
 /// Drives one HTTP/2 connection and the request streams it started.
 struct Driver {
@@ -107,13 +199,13 @@ fn http2_builder(exec: InlineExec) -> hyper::server::conn::http2::Builder<Inline
 
 /// Serves `routes` on `listener` until `shutdown` turns true, then closes connections
 /// gracefully (at most 5 s).
-pub(crate) async fn serve(listener: TcpListener, routes: Routes, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub(crate) async fn serve(listener: Listener, routes: Routes, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let svc = HyperRoutes(routes);
     let mut conns = JoinSet::new();
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("gRPC accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -123,7 +215,6 @@ pub(crate) async fn serve(listener: TcpListener, routes: Routes, mut shutdown: w
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
-        let _ = stream.set_nodelay(true);
         let svc = svc.clone();
         let mut rx = shutdown.clone();
         conns.spawn(async move {

@@ -123,6 +123,17 @@ fn string_map(m: &HashMap<String, String>) -> Value {
 
 /// Builds the full OPA input document for a v3 `CheckRequest`.
 pub fn build_input(req: &CheckRequest) -> Result<Value, InputError> {
+    build_input_with(req, false)
+}
+
+/// [`build_input`]; with `skip_body_parse` (the plugin's `skip-request-body-parse`) the input has
+/// no `parsed_body` and no `truncated_body`.
+pub fn build_input_with(req: &CheckRequest, skip_body_parse: bool) -> Result<Value, InputError> {
+    build_input_opts(req, skip_body_parse, false)
+}
+
+/// [`build_input_with`]; `v2`: the request came through the ext_authz v2 API.
+pub fn build_input_opts(req: &CheckRequest, skip_body_parse: bool, v2: bool) -> Result<Value, InputError> {
     let mut top = Obj::new();
     let mut path = "";
     let mut headers: Option<&HashMap<String, String>> = None;
@@ -141,13 +152,15 @@ pub fn build_input(req: &CheckRequest) -> Result<Value, InputError> {
     let (parsed_path, parsed_query) = parse_path_and_query(path)?;
     top.set("parsed_path", parsed_path);
     top.set("parsed_query", parsed_query);
-    let empty = HashMap::new();
-    let (parsed_body, truncated) = parse_body(headers.unwrap_or(&empty), body, raw_body)?;
-    top.set("parsed_body", parsed_body);
-    top.set("truncated_body", Value::from(truncated));
+    if !skip_body_parse {
+        let empty = HashMap::new();
+        let (parsed_body, truncated) = parse_body(headers.unwrap_or(&empty), body, raw_body)?;
+        top.set("parsed_body", parsed_body);
+        top.set("truncated_body", Value::from(truncated));
+    }
     let mut version = Obj::new();
     version.set("encoding", s("protojson"));
-    version.set("ext_authz", s("v3"));
+    version.set("ext_authz", s(if v2 { "v2" } else { "v3" }));
     top.set("version", version.done());
     Ok(top.done())
 }
@@ -416,7 +429,8 @@ pub fn parse_body(
     };
     let is_json = ct.contains("application/json");
     let is_form = ct.contains("application/x-www-form-urlencoded");
-    if !is_json && !is_form {
+    let is_multipart = ct.contains("multipart/form-data");
+    if !is_json && !is_form && !is_multipart {
         return Ok((Value::Null, false));
     }
     let text: std::borrow::Cow<'_, str> = if body.is_empty() {
@@ -440,9 +454,71 @@ pub fn parse_body(
         let v = Value::from_json_str(&text)
             .map_err(|e| InputError(format!("body is not valid JSON: {e}")))?;
         Ok((v, false))
-    } else {
+    } else if is_form {
         Ok((form_values(&text, true)?, false))
+    } else {
+        Ok((multipart_values(ct, &text)?, false))
     }
+}
+
+/// A `multipart/form-data` body as the plugin reads it: each named part's content under its
+/// name (an array, parts of the same name in order); a part whose content type is JSON is
+/// decoded, others are strings; parts without a name are skipped.
+pub fn multipart_values(content_type: &str, body: &str) -> Result<Value, InputError> {
+    let boundary = content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| InputError("mime: no boundary in multipart/form-data content type".into()))?;
+    let delim = format!("--{boundary}");
+    let mut out: std::collections::BTreeMap<String, Vec<Value>> = std::collections::BTreeMap::new();
+    let Some(start) = body.find(&delim) else {
+        return Err(InputError("multipart: NextPart: EOF".into()));
+    };
+    let mut rest = &body[start + delim.len()..];
+    loop {
+        if rest.starts_with("--") {
+            break;
+        }
+        let rest_part = rest.strip_prefix("\r\n").or_else(|| rest.strip_prefix('\n')).ok_or_else(|| InputError("multipart: malformed part".into()))?;
+        let next = rest_part.find(&format!("\r\n{delim}")).map(|i| (i, 2)).or_else(|| rest_part.find(&format!("\n{delim}")).map(|i| (i, 1)));
+        let Some((end, nl)) = next else {
+            return Err(InputError("multipart: NextPart: EOF".into()));
+        };
+        let part = &rest_part[..end];
+        rest = &rest_part[end + nl + delim.len()..];
+        let (head, content) = part.split_once("\r\n\r\n").or_else(|| part.split_once("\n\n")).unwrap_or((part, ""));
+        let mut name = None;
+        let mut json = false;
+        for line in head.lines() {
+            let Some((k, v)) = line.split_once(':') else { continue };
+            if k.trim().eq_ignore_ascii_case("content-disposition") {
+                name = v
+                    .split(';')
+                    .skip(1)
+                    .filter_map(|p| p.trim().split_once('='))
+                    .find(|(k, _)| k.trim() == "name")
+                    .map(|(_, v)| v.trim().trim_matches('"').to_string());
+            } else if k.trim().eq_ignore_ascii_case("content-type") {
+                json = v.contains("application/json");
+            }
+        }
+        let Some(name) = name.filter(|n| !n.is_empty()) else { continue };
+        let value = if json {
+            Value::from_json_str(content).map_err(|e| InputError(format!("multipart part {name:?} is not valid JSON: {e}")))?
+        } else {
+            Value::from(content)
+        };
+        out.entry(name).or_default().push(value);
+    }
+    let mut o = regorus::value::Object::new();
+    for (k, v) in out {
+        o.insert(Value::from(k), Value::from(v));
+    }
+    Ok(o.into_value())
 }
 
 /// RFC 3339 in UTC the way protojson prints a `Timestamp`: 0, 3, 6 or 9 fractional digits.
@@ -511,6 +587,21 @@ pub fn base64_std(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multipart_bodies() {
+        let ct = "multipart/form-data; boundary=XyZ";
+        let body = "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\none\r\n--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\ntwo\r\n--XyZ\r\nContent-Disposition: form-data; name=\"j\"\r\nContent-Type: application/json\r\n\r\n{\"k\": [1]}\r\n--XyZ\r\nContent-Disposition: form-data\r\n\r\nno name\r\n--XyZ--\r\n";
+        let v = multipart_values(ct, body).unwrap();
+        assert_eq!(crate::decision_log::value_json(&v), serde_json::json!({"a": ["one", "two"], "j": [{"k": [1]}]}));
+        assert!(multipart_values("multipart/form-data", body).is_err());
+        let bad = "--XyZ\r\nContent-Disposition: form-data; name=\"j\"\r\nContent-Type: application/json\r\n\r\n{nope\r\n--XyZ--";
+        assert!(multipart_values(ct, bad).is_err());
+        let mut h = HashMap::new();
+        h.insert("content-type".to_string(), ct.to_string());
+        let (v, truncated) = parse_body(&h, body, &[]).unwrap();
+        assert!(!truncated && v != Value::Null);
+    }
     use envoy_types::pb::envoy::config::core::v3::SocketAddress;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context;
 

@@ -26,15 +26,35 @@
 //! Evaluation is lock-free: each thread keeps a clone of the prepared regorus engine of the
 //! current policy generation; a reload compiles a new generation and swaps it in atomically
 //! ([`arc_swap`]), so checks in flight finish on the old one.
+//!
+//! One request cannot affect another: every evaluation runs under `catch_unwind`, and after a
+//! panic or an error the thread's engine is discarded and rebuilt from the generation's
+//! pristine copy ([`policy`]); each decision has a time budget; policies are bounded at load
+//! (size, bracket nesting — regorus' parser is exponential in it —, rule chains, syntax-tree
+//! depth: [`bounds`]). Builtins regorus lacks or gets wrong are added through its extension
+//! mechanism ([`builtins`]: `io.jwt.*`, `crypto.*` hashes and HMACs, `net.cidr_*`,
+//! `strings.render_template`, …); OPA builtins sluice does not provide are refused at load.
+//!
+//! Also here: bundles ([`bundle`], [`bundle_service`]), OPA's tools (`eval`, `test`, `check`,
+//! `version`: [`tools`]), the REST and management API ([`api`]), and decision logs on the
+//! console or uploaded to a service ([`decision_log`], [`decision_upload`]).
 
+pub mod api;
+pub mod bounds;
+pub mod builtins;
+pub mod bundle;
+pub mod bundle_service;
 pub mod cli;
 pub mod decision_log;
+pub mod decision_upload;
 mod grpc_conn;
 pub mod input;
 pub mod policy;
 pub mod response;
 pub mod server;
+pub mod tools;
 
 pub use decision_log::{DecisionLogSink, LogFormat, SharedWriter};
-pub use policy::{EvalError, PolicySet, RegoVersion};
+pub use builtins::CustomBuiltin;
+pub use policy::{EvalError, EvalStats, LoadOptions, PolicySet, RegoVersion};
 pub use server::{Authorizer, AuthzServer, Config, Handle, DEFAULT_LABEL_VERSION};

@@ -8,14 +8,21 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::num::NonZeroU32;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
 use regorus::rvm::program::Program;
 use regorus::rvm::vm::RegoVM;
-use regorus::{Engine, Value};
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{Engine, LimitError, Value};
+
+use crate::bounds::Bounds;
+use crate::builtins::{self, CustomBuiltin};
 
 /// How `.rego` files are parsed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,15 +46,16 @@ pub fn detect_v1(src: &str) -> bool {
     let toks = tokens(src);
     let mut has_kw = false;
     for w in toks.windows(3) {
-        if w[0] == "import" && w[1].starts_with("future.keywords") {
+        if w[0].0 == "import" && w[1].0.starts_with("future.keywords") {
             return false;
         }
-        if w[0] == "import" && w[1] == "rego.v1" {
+        if w[0].0 == "import" && w[1].0 == "rego.v1" {
             return true;
         }
     }
-    for t in &toks {
-        if t == "if" || t == "contains" {
+    for (t, call) in &toks {
+        // `contains(…)` is the v0 builtin; the keyword is never followed by `(`.
+        if t == "if" || (t == "contains" && !call) {
             has_kw = true;
         }
         if t.starts_with("future.keywords") {
@@ -57,8 +65,9 @@ pub fn detect_v1(src: &str) -> bool {
     has_kw
 }
 
-/// Identifier-ish tokens (dotted names kept together), comments and strings skipped.
-fn tokens(src: &str) -> Vec<String> {
+/// Identifier-ish tokens (dotted names kept together), comments and strings skipped, each with
+/// whether a `(` follows it (a call).
+fn tokens(src: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     let b = src.as_bytes();
     let mut i = 0;
@@ -88,13 +97,17 @@ fn tokens(src: &str) -> Vec<String> {
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
                 i += 1;
             }
-            out.push(src[st..i].to_string());
+            let mut j = i;
+            while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
+                j += 1;
+            }
+            out.push((src[st..i].to_string(), j < b.len() && b[j] == b'('));
         } else {
             i += 1;
         }
     }
-    out.push(String::new());
-    out.push(String::new());
+    out.push((String::new(), false));
+    out.push((String::new(), false));
     out
 }
 
@@ -124,6 +137,9 @@ pub struct Sources {
     /// `(file, prefix, text)` for each data file (`.json`, `.yaml`, `.yml`); `prefix` is the
     /// directory path below the root it was found in (OPA namespaces directory data that way).
     pub data: Vec<(PathBuf, Vec<String>, String)>,
+    /// Rego versions fixed per policy file (a bundle manifest's `rego_version`), overriding the
+    /// load option.
+    pub versions: std::collections::BTreeMap<PathBuf, RegoVersion>,
 }
 
 impl Sources {
@@ -142,12 +158,27 @@ impl Sources {
         Ok(s)
     }
 
+    /// Drops the files whose name matches one of the `--ignore` patterns (`*` and `?`
+    /// wildcards). Hidden directories are never walked.
+    pub fn drop_ignored(&mut self, patterns: &[String]) {
+        if patterns.is_empty() {
+            return;
+        }
+        let ignored = |p: &Path| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            patterns.iter().any(|pat| wildcard(pat, &name))
+        };
+        self.policies.retain(|(p, _)| !ignored(p));
+        self.data.retain(|(p, _, _)| !ignored(p));
+    }
+
     /// A cheap fingerprint of the contents, used by the reload watcher.
     pub fn fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.policies.hash(&mut h);
         self.data.hash(&mut h);
+        format!("{:?}", self.versions).hash(&mut h);
         h.finish()
     }
 }
@@ -203,6 +234,33 @@ fn add_file(p: &Path, prefix: Vec<String>, s: &mut Sources, explicit: bool) -> a
     Ok(())
 }
 
+/// `*` (any run) and `?` (one character) matching of a whole name.
+pub fn wildcard(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,9 +275,17 @@ enum Mode {
 pub struct PolicySet {
     generation: u64,
     engine: Engine,
+    /// Whether `engine` raises builtin errors.
+    strict: bool,
+    /// `engine` with the other builtin error mode, built on first use (REST
+    /// `?strict-builtin-errors`).
+    strict_twin: std::sync::OnceLock<Engine>,
+    stats: Arc<EvalStats>,
     rule: String,
     mode: Mode,
     files: Vec<PathBuf>,
+    /// The policy texts (arity of functions replaced by `with` in ad-hoc queries).
+    texts: Vec<String>,
     packages: Vec<String>,
     compile_ns: u64,
     /// The decision rule compiled to regorus bytecode (RVM), when the bytecode compiler accepts
@@ -257,6 +323,7 @@ fn rvm_enabled() -> bool {
 /// Per-thread evaluation state for one policy generation.
 struct Worker {
     generation: u64,
+    strict: bool,
     engine: Engine,
     vm: Option<RegoVM>,
 }
@@ -281,6 +348,11 @@ pub enum EvalError {
     Multiple,
     /// regorus reported an error while evaluating.
     Eval(String),
+    /// The evaluation exceeded a bound (time budget, regex size); the message says which.
+    Limit(String),
+    /// The evaluation panicked (a bug in the engine or a builtin); the engine state of this
+    /// thread was discarded, so the next evaluation starts clean.
+    Panic(String),
 }
 
 impl fmt::Display for EvalError {
@@ -289,6 +361,8 @@ impl fmt::Display for EvalError {
             EvalError::Undefined => f.write_str("undefined decision"),
             EvalError::Multiple => f.write_str("multiple evaluation results"),
             EvalError::Eval(e) => f.write_str(e),
+            EvalError::Limit(e) => write!(f, "evaluation stopped: {e}"),
+            EvalError::Panic(e) => write!(f, "internal error: evaluation failed unexpectedly ({e})"),
         }
     }
 }
@@ -304,6 +378,56 @@ fn is_not_a_rule(e: &anyhow::Error) -> bool {
     t.contains("not a valid rule path") || t.contains("not a valid rule")
 }
 
+/// How policies are loaded and evaluated (everything but the sources).
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// How `.rego` files are parsed.
+    pub version: RegoVersion,
+    /// Decision path, slash-separated (`envoy/authz/allow`).
+    pub decision_path: String,
+    /// Size and nesting bounds checked before parsing.
+    pub bounds: Bounds,
+    /// Time budget of one evaluation (`None`: unbounded, for the command-line tools).
+    pub eval_timeout: Option<Duration>,
+    /// OPA's `--strict-builtin-errors`: a builtin error is an evaluation error instead of an
+    /// undefined expression.
+    pub strict_builtin_errors: bool,
+    /// Extra builtins (OPA's custom builtins), checked before the standard ones.
+    pub custom_builtins: Vec<CustomBuiltin>,
+}
+
+/// The default per-decision time budget of the server.
+pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl LoadOptions {
+    /// Defaults for `decision_path`: auto-detected Rego version, default bounds, the default
+    /// time budget, OPA's lenient builtin errors.
+    pub fn new(version: RegoVersion, decision_path: &str) -> Self {
+        LoadOptions {
+            version,
+            decision_path: decision_path.to_string(),
+            bounds: Bounds::default(),
+            eval_timeout: Some(DEFAULT_EVAL_TIMEOUT),
+            strict_builtin_errors: false,
+            custom_builtins: Vec::new(),
+        }
+    }
+}
+
+/// A regorus engine with sluice's builtins, bounds and error mode.
+pub(crate) fn new_engine(opts: &LoadOptions) -> anyhow::Result<Engine> {
+    let mut engine = Engine::new();
+    engine.set_strict_builtin_errors(opts.strict_builtin_errors);
+    if let Some(limit) = opts.eval_timeout {
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit,
+            check_interval: NonZeroU32::new(64).expect("non-zero"),
+        });
+    }
+    builtins::register(&mut engine, &opts.custom_builtins)?;
+    Ok(engine)
+}
+
 impl PolicySet {
     /// Reads, compiles and test-evaluates the policies and data named by `paths`.
     ///
@@ -313,14 +437,28 @@ impl PolicySet {
         Self::compile(&sources, version, decision_path)
     }
 
-    /// Compiles already-read sources (see [`Sources::read`]).
+    /// Compiles already-read sources (see [`Sources::read`]) with default [`LoadOptions`].
     pub fn compile(sources: &Sources, version: RegoVersion, decision_path: &str) -> anyhow::Result<Self> {
+        Self::compile_with(sources, &LoadOptions::new(version, decision_path))
+    }
+
+    /// Compiles already-read sources with explicit options.
+    pub fn compile_with(sources: &Sources, opts: &LoadOptions) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let mut engine = Engine::new();
-        engine.set_strict_builtin_errors(false);
+        let decision_path = opts.decision_path.as_str();
+        let mut engine = new_engine(opts)?;
         let mut packages = Vec::new();
+        let mut withs: Vec<builtins::WithBuiltin> = Vec::new();
         for (path, text) in &sources.policies {
-            let v1 = match version {
+            crate::bounds::check(text, opts.bounds).map_err(|e| anyhow!("{}:{e}", path.display()))?;
+            let (rewritten, found) = builtins::rewrite_with_builtins(text);
+            let text = &rewritten;
+            for w in found {
+                if !withs.contains(&w) {
+                    withs.push(w);
+                }
+            }
+            let v1 = match sources.versions.get(path).copied().unwrap_or(opts.version) {
                 RegoVersion::V1 => true,
                 RegoVersion::V0 => false,
                 RegoVersion::Auto => detect_v1(text),
@@ -330,6 +468,35 @@ impl PolicySet {
                 .add_policy(path.display().to_string(), text.clone())
                 .map_err(|e| anyhow!("{}", tidy(&e, path)))?;
             packages.push(pkg);
+        }
+        if !withs.is_empty() {
+            // Wrappers for `with f as <builtin>`: one function per builtin, with the arity of
+            // the calls of the function it replaces.
+            let mut module = format!("package {}\n\n", builtins::WITH_PACKAGE);
+            let mut done = Vec::new();
+            for w in &withs {
+                if done.contains(&w.wrapper) {
+                    continue;
+                }
+                let arity = sources
+                    .policies
+                    .iter()
+                    .find_map(|(_, t)| builtins::call_arity(t, &w.target))
+                    .ok_or_else(|| anyhow!("`with {} as {}`: {} is never called, so the replacement's arity is unknown", w.target, w.builtin, w.target))?;
+                let params: Vec<String> = (0..arity).map(|i| format!("__a{i}")).collect();
+                module.push_str(&format!("{}({}) := {}({})\n", w.wrapper, params.join(", "), w.builtin, params.join(", ")));
+                done.push(w.wrapper.clone());
+            }
+            engine.set_rego_v0(false);
+            engine.add_policy("<sluice: with wrappers>".into(), module).map_err(|e| anyhow!("{e:#}"))?;
+        }
+        builtins::check_calls(&engine, &opts.custom_builtins)?;
+        let (chain, start) = builtins::rule_chain_depth(&engine, opts.bounds.max_rule_chain + 1);
+        if chain > opts.bounds.max_rule_chain {
+            return Err(anyhow!(
+                "rule {start} starts a chain of more than {} rules that refer to each other, sluice's bound (each link is a level of recursion during evaluation)",
+                opts.bounds.max_rule_chain
+            ));
         }
         for (path, prefix, text) in &sources.data {
             let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
@@ -353,8 +520,15 @@ impl PolicySet {
         // Test evaluation: prepares the engine (analysis, scheduling, rule gathering) and
         // surfaces errors that regorus only finds at evaluation, e.g. unsafe variables.
         engine.set_input(Value::new_object());
-        let mode = match engine.eval_rule(rule.clone()) {
+        let probe = if decision_path.is_empty() {
+            // No decision (the policy tools): nothing to probe; queries are evaluated as given.
+            Err(anyhow!("not a valid rule path"))
+        } else {
+            engine.eval_rule(rule.clone())
+        };
+        let mode = match probe {
             Ok(_) => Mode::Rule,
+            Err(_) if decision_path.is_empty() => Mode::Query,
             Err(e) if is_not_a_rule(&e) => {
                 engine
                     .eval_query(rule.clone(), false)
@@ -376,7 +550,7 @@ impl PolicySet {
                 }
             }
         }
-        if mode == Mode::Query {
+        if mode == Mode::Query && !decision_path.is_empty() {
             tracing::warn!(
                 path = decision_path,
                 "decision path {rule} is not a rule in the loaded policies; it is evaluated as a query"
@@ -385,9 +559,13 @@ impl PolicySet {
         Ok(PolicySet {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             engine,
+            strict: opts.strict_builtin_errors,
+            strict_twin: std::sync::OnceLock::new(),
+            stats: Arc::new(EvalStats::default()),
             rule,
             mode,
             files: sources.policies.iter().map(|p| p.0.clone()).collect(),
+            texts: sources.policies.iter().map(|p| p.1.clone()).collect(),
             packages,
             compile_ns: started.elapsed().as_nanos() as u64,
             rvm,
@@ -420,11 +598,13 @@ impl PolicySet {
     }
 
     /// Evaluates the decision path against `input`. Lock-free: uses this thread's clone of the
-    /// engine for this generation.
+    /// engine for this generation. Isolated: a panic inside the engine becomes
+    /// [`EvalError::Panic`] and the thread's engine is rebuilt from the pristine copy; any other
+    /// error also discards the thread's engine state.
     pub fn eval(&self, input: Value) -> Result<Value, EvalError> {
         let mode = self.mode;
         let rule = &self.rule;
-        self.with_worker(|w| {
+        self.isolated(self.strict, |w| {
             if let Some(vm) = w.vm.as_mut() {
                 vm.set_input(input.clone());
                 let r = vm.execute();
@@ -442,7 +622,9 @@ impl PolicySet {
     /// Evaluates the decision with the regorus interpreter only (never the bytecode VM).
     /// [`PolicySet::eval`] must always agree with it; tests compare the two.
     pub fn eval_interpreted(&self, input: Value) -> Result<Value, EvalError> {
-        interpret(&mut self.engine.clone(), self.mode, &self.rule, input)
+        let mode = self.mode;
+        let rule = &self.rule;
+        self.isolated(self.strict, |w| interpret(&mut w.engine, mode, rule, input))
     }
 
     /// Whether decisions are evaluated by the bytecode VM (with the interpreter as fallback).
@@ -452,7 +634,12 @@ impl PolicySet {
 
     /// Evaluates any `data` reference (REST API): `Ok(None)` when undefined.
     pub fn query(&self, reference: &str, input: Option<Value>) -> Result<Option<Value>, EvalError> {
-        self.with_worker(|w| {
+        self.query_with(reference, input, self.strict)
+    }
+
+    /// [`PolicySet::query`] with an explicit builtin error mode (REST `?strict-builtin-errors`).
+    pub fn query_with(&self, reference: &str, input: Option<Value>, strict: bool) -> Result<Option<Value>, EvalError> {
+        self.isolated(strict, |w| {
             let e = &mut w.engine;
             e.set_input(input.unwrap_or(Value::Undefined));
             match query_value(e, reference) {
@@ -463,26 +650,195 @@ impl PolicySet {
         })
     }
 
-    fn new_worker(&self) -> Worker {
+    /// Evaluates an arbitrary query (OPA's `/v1/query`, `eval`, the conformance suite): one
+    /// JSON object of variable bindings per result (an empty list: undefined).
+    pub fn query_bindings(&self, query: &str, input: Option<Value>, strict: bool) -> Result<Vec<serde_json::Value>, EvalError> {
+        fn run(e: &mut Engine, query: &str, input: Option<Value>) -> Result<Vec<serde_json::Value>, EvalError> {
+            e.set_input(input.unwrap_or(Value::Undefined));
+            let r = e.eval_query(query.to_string(), false).map_err(|err| eval_error(&err))?;
+            Ok(r.result
+                .iter()
+                .map(|res| match &res.bindings {
+                    Value::Object(_) => crate::decision_log::value_json(&res.bindings),
+                    _ => serde_json::Value::Object(Default::default()),
+                })
+                .collect())
+        }
+        if let Some((mut e, q)) = self.with_builtin_engine(query, strict)? {
+            let _mode = builtins::StrictMode::enter(strict);
+            return catch_unwind(AssertUnwindSafe(|| run(&mut e, &q, input))).unwrap_or_else(|p| Err(EvalError::Panic(panic_message(&p))));
+        }
+        self.isolated(strict, |w| run(&mut w.engine, query, input))
+    }
+
+    /// For an ad-hoc query with `with f as <builtin>`: an engine with the wrapper functions
+    /// added and the rewritten query (`None` when the query has no such `with`).
+    fn with_builtin_engine(&self, query: &str, strict: bool) -> Result<Option<(Engine, String)>, EvalError> {
+        let (rewritten, found) = builtins::rewrite_with_builtins(query);
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let mut module = format!("package {}\n\n", builtins::WITH_PACKAGE);
+        for w in &found {
+            let arity = builtins::call_arity(query, &w.target)
+                .or_else(|| self.texts.iter().find_map(|t| builtins::call_arity(t, &w.target)))
+                .ok_or_else(|| EvalError::Eval(format!("`with {} as {}`: {} is never called", w.target, w.builtin, w.target)))?;
+            let params: Vec<String> = (0..arity).map(|i| format!("__a{i}")).collect();
+            module.push_str(&format!("{}_q({}) := {}({})\n", w.wrapper, params.join(", "), w.builtin, params.join(", ")));
+        }
+        let rewritten = found.iter().fold(rewritten, |q, w| {
+            q.replace(&format!("data.{}.{} ", builtins::WITH_PACKAGE, w.wrapper), &format!("data.{}.{}_q ", builtins::WITH_PACKAGE, w.wrapper))
+                .replace(&format!("data.{}.{}", builtins::WITH_PACKAGE, w.wrapper), &format!("data.{}.{}_q", builtins::WITH_PACKAGE, w.wrapper))
+        });
+        let mut e = self.pristine(strict).clone();
+        e.set_rego_v0(false);
+        e.add_policy("<sluice: query with wrappers>".into(), module).map_err(|err| EvalError::Eval(first_line(&format!("{err:#}")).to_string()))?;
+        Ok(Some((e, rewritten)))
+    }
+
+    /// Evaluates a query and returns OPA's result set as JSON (`{"result": [{"expressions":
+    /// [{"value", "text", "location"}], "bindings"}]}`, `{}` when undefined), for `eval`.
+    pub fn query_results(&self, query: &str, input: Option<Value>, strict: bool) -> Result<serde_json::Value, EvalError> {
+        self.isolated(strict, |w| {
+            let e = &mut w.engine;
+            e.set_input(input.unwrap_or(Value::Undefined));
+            let r = e.eval_query(query.to_string(), false).map_err(|err| eval_error(&err))?;
+            serde_json::to_value(&r).map_err(|err| EvalError::Eval(err.to_string()))
+        })
+    }
+
+    /// References (`data.pkg.rule`) of every rule whose name starts with `prefix`, in file
+    /// order (`test_` for `sluice authz test`).
+    pub fn rules_with_prefix(&self, prefix: &str) -> Vec<String> {
+        builtins::rules_with_prefix(&self.engine, prefix)
+    }
+
+    /// Evaluates each rule of `refs` with line coverage recorded: the values (or errors) and
+    /// the report of every policy file.
+    pub fn eval_with_coverage(&self, refs: &[String]) -> (Vec<Result<Value, EvalError>>, Option<regorus::coverage::Report>) {
+        let mut e = self.engine.clone();
+        e.set_enable_coverage(true);
+        let mut out = Vec::new();
+        for r in refs {
+            e.set_input(Value::Undefined);
+            let v = catch_unwind(AssertUnwindSafe(|| match e.eval_rule(r.clone()) {
+                Ok(Value::Undefined) => Err(EvalError::Undefined),
+                Ok(v) => Ok(v),
+                Err(err) => Err(eval_error(&err)),
+            }))
+            .unwrap_or_else(|p| Err(EvalError::Panic(panic_message(&p))));
+            out.push(v);
+        }
+        (out, e.get_coverage_report().ok())
+    }
+
+    /// Counters of failed evaluations of this generation.
+    pub fn stats(&self) -> &EvalStats {
+        &self.stats
+    }
+
+    fn pristine(&self, strict: bool) -> &Engine {
+        if strict == self.strict {
+            return &self.engine;
+        }
+        self.strict_twin.get_or_init(|| {
+            let mut e = self.engine.clone();
+            e.set_strict_builtin_errors(strict);
+            e
+        })
+    }
+
+    fn new_worker(&self, strict: bool) -> Worker {
         Worker {
             generation: self.generation,
-            engine: self.engine.clone(),
-            vm: self.rvm.as_ref().and_then(Rvm::vm),
+            strict,
+            engine: self.pristine(strict).clone(),
+            vm: if strict == self.strict { self.rvm.as_ref().and_then(Rvm::vm) } else { None },
         }
     }
 
-    fn with_worker<R>(&self, f: impl FnOnce(&mut Worker) -> R) -> R {
+    /// Runs `f` on this thread's worker for this generation and error mode, with panics caught
+    /// and the worker discarded after any error, so that no evaluation can leave state behind
+    /// for the next one.
+    fn isolated<R>(&self, strict: bool, f: impl FnOnce(&mut Worker) -> Result<R, EvalError>) -> Result<R, EvalError> {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let _mode = builtins::StrictMode::enter(strict);
+            self.with_worker(strict, f)
+        }));
+        let r = match r {
+            Ok(r) => r,
+            Err(payload) => {
+                let msg = panic_message(&payload);
+                self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(generation = self.generation, "evaluation panicked; the engine of this thread is rebuilt: {msg}");
+                Err(EvalError::Panic(msg))
+            }
+        };
+        match &r {
+            Ok(_) | Err(EvalError::Undefined) | Err(EvalError::Multiple) => {}
+            Err(e) => {
+                WORKER.with(|cell| {
+                    if let Ok(mut slot) = cell.try_borrow_mut() {
+                        *slot = None;
+                    }
+                });
+                match e {
+                    EvalError::Limit(_) => self.stats.limits.fetch_add(1, Ordering::Relaxed),
+                    _ => self.stats.errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }
+        r
+    }
+
+    fn with_worker<R>(&self, strict: bool, f: impl FnOnce(&mut Worker) -> R) -> R {
         WORKER.with(|cell| match cell.try_borrow_mut() {
             Ok(mut slot) => {
-                if slot.as_ref().map(|w| w.generation) != Some(self.generation) {
-                    *slot = Some(self.new_worker());
+                if slot.as_ref().map(|w| (w.generation, w.strict)) != Some((self.generation, strict)) {
+                    *slot = Some(self.new_worker(strict));
                 }
                 f(slot.as_mut().expect("just set"))
             }
-            // Re-entrant use on this thread (not expected): use a throw-away worker.
-            Err(_) => f(&mut self.new_worker()),
+            // Re-entrant use on this thread (a custom builtin evaluating): a throw-away worker.
+            Err(_) => f(&mut self.new_worker(strict)),
         })
     }
+}
+
+/// Failed evaluations of one policy generation, by kind.
+#[derive(Debug, Default)]
+pub struct EvalStats {
+    /// Evaluations that panicked (engine rebuilt).
+    pub panics: AtomicU64,
+    /// Evaluations stopped by a bound (time budget, regex size).
+    pub limits: AtomicU64,
+    /// Other evaluation errors (conflicts, builtin errors in strict mode, type errors).
+    pub errors: AtomicU64,
+}
+
+fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+/// Maps a regorus error to an [`EvalError`]: bounds become [`EvalError::Limit`].
+fn eval_error(err: &anyhow::Error) -> EvalError {
+    if let Some(l) = err.chain().find_map(|c| c.downcast_ref::<LimitError>()) {
+        return EvalError::Limit(l.to_string());
+    }
+    let text = tidy(err, Path::new(""));
+    if let Some(i) = text.find(builtins::LIMIT_MARK) {
+        return EvalError::Limit(first_line(&text[i + builtins::LIMIT_MARK.len()..]).to_string());
+    }
+    if text.contains("execution exceeded") || text.contains("time limit") {
+        return EvalError::Limit(first_line(&text).to_string());
+    }
+    EvalError::Eval(first_line(&text).to_string())
 }
 
 /// The decision by the regorus interpreter: the rule's value (undefined when the rule does not
@@ -494,7 +850,7 @@ fn interpret(e: &mut Engine, mode: Mode, rule: &str, input: Value) -> Result<Val
             Ok(Value::Undefined) => Err(EvalError::Undefined),
             Ok(v) => Ok(v),
             Err(err) if is_not_a_rule(&err) => Err(EvalError::Undefined),
-            Err(err) => Err(EvalError::Eval(first_line(&tidy(&err, Path::new(""))).to_string())),
+            Err(err) => Err(eval_error(&err)),
         },
         Mode::Query => query_value(e, rule),
     }
@@ -503,7 +859,7 @@ fn interpret(e: &mut Engine, mode: Mode, rule: &str, input: Value) -> Result<Val
 fn query_value(e: &mut Engine, reference: &str) -> Result<Value, EvalError> {
     let r = e
         .eval_query(reference.to_string(), false)
-        .map_err(|err| EvalError::Eval(first_line(&tidy(&err, Path::new(""))).to_string()))?;
+        .map_err(|err| eval_error(&err))?;
     match r.result.len() {
         0 => Err(EvalError::Undefined),
         1 => match r.result[0].expressions.first().map(|x| &x.value) {
@@ -531,7 +887,9 @@ fn check_statically(engine: &mut Engine, rule: &str) -> anyhow::Result<Option<st
         Err(e) => {
             let text = e.to_string();
             let lower = text.to_ascii_lowercase();
-            if lower.contains("unknown function") || lower.contains("undefined variable") || lower.contains("unsafe") {
+            // Unknown functions are found by `builtins::check_calls` (the bytecode compiler does
+            // not know sluice's builtins).
+            if lower.contains("undefined variable") || lower.contains("unsafe") {
                 return Err(anyhow!("{}", tidy(&anyhow!(text), Path::new(""))));
             }
             tracing::debug!("bytecode check skipped, the interpreter evaluates every decision: {text}");
@@ -687,6 +1045,17 @@ mod tests {
         assert!(!detect_v1("package a\nimport future.keywords.if\nallow if { input.x }\n"));
         assert!(!detect_v1("package a\n# if you like\nallow { input.x == \"if\" }\n"));
         assert!(detect_v1("package a\ndeny contains msg if { msg := \"x\" }\n"));
+        // The v0 builtin contains() is not the v1 keyword.
+        assert!(!detect_v1("package a\nallow { contains(input.path, \"/admin\") }\n"));
+        assert!(!detect_v1("package a\nallow { contains (input.path, \"/admin\") }\n"));
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard(".*", ".git"));
+        assert!(!wildcard(".*", "policy.rego"));
+        assert!(wildcard("*_test.rego", "a_test.rego"));
+        assert!(wildcard("a?c", "abc") && !wildcard("a?c", "abbc"));
     }
 
     #[test]
@@ -697,7 +1066,7 @@ mod tests {
     }
 
     fn sources(name: &str, text: &str) -> Sources {
-        Sources { policies: vec![(PathBuf::from(name), text.to_string())], data: vec![] }
+        Sources { policies: vec![(PathBuf::from(name), text.to_string())], ..Sources::default() }
     }
 
     #[test]

@@ -13,20 +13,21 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use http_body_util::{BodyExt, Full};
 use regorus::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::decision_log::{value_json, DecisionLogSink, DecisionLogger, Entry, LogFormat};
-use crate::input::build_input;
-use crate::policy::{rule_ref, EvalError, PolicySet, RegoVersion, Sources};
+use crate::decision_log::{DecisionLogSink, DecisionLogger, Entry, LogFormat};
+use crate::policy::{rule_ref, EvalError, LoadOptions, PolicySet, RegoVersion, Sources};
 use crate::response::{check_response, CODE_OK};
 
 /// The `labels.version` written in decision logs by default: the OPA envoy plugin build the
 /// guide runs, so log consumers written for it keep working.
 pub const DEFAULT_LABEL_VERSION: &str = "0.63.0-envoy";
+
+/// The OPA release whose behaviour sluice follows (builtins, REST API, tools).
+pub const OPA_VERSION: &str = "1.20.0";
 
 /// Everything [`AuthzServer::start`] needs.
 #[derive(Clone, Debug)]
@@ -51,6 +52,39 @@ pub struct Config {
     pub dry_run: bool,
     /// `labels.version` in decision logs (default [`DEFAULT_LABEL_VERSION`]).
     pub label_version: String,
+    /// Time budget of one decision (`None`: unbounded). Default 1 s.
+    pub eval_timeout: Option<Duration>,
+    /// OPA's `--strict-builtin-errors`.
+    pub strict_builtin_errors: bool,
+    /// Size and nesting bounds of policy files.
+    pub bounds: crate::bounds::Bounds,
+    /// Extra builtins (OPA's custom builtins) for library users.
+    pub custom_builtins: Vec<crate::builtins::CustomBuiltin>,
+    /// Bundles (directories or `.tar.gz` files), loaded with the paths.
+    pub bundles: Vec<PathBuf>,
+    /// How bundle signatures are verified.
+    pub verification: crate::bundle::Verification,
+    /// `--diagnostic-addr`: a second HTTP listener serving only `/health` and `/metrics`.
+    pub diagnostic_addr: Option<SocketAddr>,
+    /// `plugins.envoy_ext_authz_grpc.skip-request-body-parse`.
+    pub skip_body_parse: bool,
+    /// `plugins.envoy_ext_authz_grpc.enable-performance-metrics`.
+    pub performance_metrics: bool,
+    /// `grpc-max-recv-msg-size` (default 4 MiB) and `grpc-max-send-msg-size` (default unlimited).
+    pub grpc_max_recv: usize,
+    pub grpc_max_send: usize,
+    /// The configuration document (`/v1/config`).
+    pub config_doc: serde_json::Value,
+    /// `--ignore` patterns for directory loading.
+    pub ignore: Vec<String>,
+    /// Bundles downloaded from bundle services (`services` + `bundles`).
+    pub remote_bundles: Vec<crate::bundle_service::RemoteBundle>,
+    /// Extra decision log labels (`labels` in the configuration).
+    pub labels: Vec<(String, String)>,
+    /// gRPC on a Unix domain socket (`unix:///path`, `@name` abstract) instead of `grpc_addr`.
+    pub grpc_unix: Option<String>,
+    /// Decision logs uploaded to a service (`decision_logs.service`).
+    pub decision_upload: Option<crate::decision_upload::UploadConfig>,
 }
 
 impl Default for Config {
@@ -66,6 +100,23 @@ impl Default for Config {
             watch_interval: Some(Duration::from_secs(1)),
             dry_run: false,
             label_version: DEFAULT_LABEL_VERSION.into(),
+            eval_timeout: Some(crate::policy::DEFAULT_EVAL_TIMEOUT),
+            strict_builtin_errors: false,
+            bounds: crate::bounds::Bounds::default(),
+            custom_builtins: Vec::new(),
+            bundles: Vec::new(),
+            verification: crate::bundle::Verification::default(),
+            diagnostic_addr: None,
+            skip_body_parse: false,
+            performance_metrics: false,
+            grpc_max_recv: 4 << 20,
+            grpc_max_send: usize::MAX,
+            config_doc: serde_json::json!({}),
+            ignore: Vec::new(),
+            remote_bundles: Vec::new(),
+            labels: Vec::new(),
+            grpc_unix: None,
+            decision_upload: None,
         }
     }
 }
@@ -88,7 +139,7 @@ pub fn parse_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
     let t = s.trim();
     let t = ["grpc://", "tcp://", "http://"].iter().find_map(|p| t.strip_prefix(p)).unwrap_or(t);
     if t.starts_with("unix://") {
-        return Err(anyhow!("{s}: unix domain sockets are not supported"));
+        return Err(anyhow!("{s}: a unix socket address is only supported for the gRPC listener (plugins.envoy_ext_authz_grpc.addr)"));
     }
     if let Some(port) = t.strip_prefix(':') {
         let port: u16 = port.parse().with_context(|| format!("invalid port in address {s:?}"))?;
@@ -103,6 +154,146 @@ pub fn parse_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("invalid listen address {s:?}"))
 }
 
+/// Reads the policy and data paths and the bundles into one set of sources, with the bundles'
+/// `(name, revision)`.
+fn read_all_with_revisions(
+    paths: &[PathBuf],
+    bundles: &[PathBuf],
+    v: &crate::bundle::Verification,
+    ignore: &[String],
+) -> anyhow::Result<(Sources, Vec<(String, String)>)> {
+    let mut s = Sources::read(paths)?;
+    s.drop_ignored(ignore);
+    let mut revisions = Vec::new();
+    for b in bundles {
+        let bundle = crate::bundle::Bundle::read(b, v)?;
+        tracing::debug!(bundle = %bundle.name, revision = %bundle.manifest.revision, "bundle read");
+        revisions.push((bundle.name.clone(), bundle.manifest.revision.clone()));
+        s.policies.extend(bundle.sources.policies);
+        s.data.extend(bundle.sources.data);
+        s.versions.extend(bundle.sources.versions);
+    }
+    Ok((s, revisions))
+}
+
+/// A change to the data document made through the REST API, replayed over the file data on
+/// every recompile (so that a reload of the files keeps it).
+#[derive(Clone, Debug)]
+pub(crate) enum DataOp {
+    /// Set the document at the path (creating parents).
+    Put(Vec<String>, serde_json::Value),
+    /// JSON patch `add`: like `Put`, but inserts into an array at an index (`-`: at the end).
+    Add(Vec<String>, serde_json::Value),
+    Delete(Vec<String>),
+}
+
+/// Policies and data changed at run time.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Runtime {
+    pub policies: std::collections::BTreeMap<String, String>,
+    pub ops: Vec<DataOp>,
+}
+
+fn merge_json(into: &mut serde_json::Value, from: serde_json::Value) {
+    match (into, from) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(x) => merge_json(x, v),
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Applies `op` to `doc`; `Err` when a deleted path does not exist.
+pub(crate) fn apply_op(doc: &mut serde_json::Value, op: &DataOp) -> Result<(), String> {
+    let (path, value, insert) = match op {
+        DataOp::Put(p, v) => (p, Some(v.clone()), false),
+        DataOp::Add(p, v) => (p, Some(v.clone()), true),
+        DataOp::Delete(p) => (p, None, false),
+    };
+    let missing = || format!("storage_not_found_error: /{}: document missing", path.join("/"));
+    if path.is_empty() {
+        *doc = value.unwrap_or_else(|| serde_json::json!({}));
+        return Ok(());
+    }
+    let mut cur = doc;
+    for seg in &path[..path.len() - 1] {
+        if let serde_json::Value::Array(a) = cur {
+            let i: usize = seg.parse().map_err(|_| missing())?;
+            cur = a.get_mut(i).ok_or_else(missing)?;
+            continue;
+        }
+        if !cur.is_object() {
+            if value.is_none() {
+                return Err(missing());
+            }
+            *cur = serde_json::json!({});
+        }
+        let o = cur.as_object_mut().expect("object");
+        if value.is_none() && !o.contains_key(seg) {
+            return Err(missing());
+        }
+        cur = o.entry(seg.clone()).or_insert_with(|| serde_json::json!({}));
+    }
+    let last = &path[path.len() - 1];
+    if let serde_json::Value::Array(a) = cur {
+        let i = if last == "-" { a.len() } else { last.parse::<usize>().map_err(|_| missing())? };
+        match value {
+            Some(v) if insert && i <= a.len() => a.insert(i, v),
+            Some(v) if i < a.len() => a[i] = v,
+            None if i < a.len() => {
+                a.remove(i);
+            }
+            _ => return Err(missing()),
+        }
+        return Ok(());
+    }
+    match value {
+        Some(v) => {
+            if !cur.is_object() {
+                *cur = serde_json::json!({});
+            }
+            cur.as_object_mut().expect("object").insert(last.clone(), v);
+        }
+        None => {
+            if cur.as_object_mut().and_then(|o| o.remove(last)).is_none() {
+                return Err(missing());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The file sources with the runtime policies and data changes applied.
+pub(crate) fn compose(mut s: Sources, rt: &Runtime) -> Result<(Sources, serde_json::Value), String> {
+    for (id, text) in &rt.policies {
+        s.policies.push((PathBuf::from(id), text.clone()));
+    }
+    let mut data = serde_json::json!({});
+    for (path, prefix, text) in &s.data {
+        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let mut v: serde_json::Value = if is_json { serde_json::from_str(text) } else { serde_yaml_ng::from_str(text).map_err(|e| serde_json::Error::io(std::io::Error::other(e.to_string()))) }
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for seg in prefix.iter().rev() {
+            v = serde_json::json!({ seg.clone(): v });
+        }
+        merge_json(&mut data, v);
+    }
+    if !rt.ops.is_empty() {
+        for op in &rt.ops {
+            apply_op(&mut data, op)?;
+        }
+        s.data = vec![(PathBuf::from("data.json"), vec![], data.to_string())];
+    }
+    Ok((s, data))
+}
+
 /// A random (v4) UUID, hyphenated and lower-case, as OPA's decision ids; formatted without
 /// going through `fmt`.
 fn new_decision_id() -> String {
@@ -110,8 +301,25 @@ fn new_decision_id() -> String {
     uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf).to_owned()
 }
 
-struct Generation {
-    set: PolicySet,
+/// A REST API decision.
+#[derive(Debug)]
+pub struct Answer {
+    /// The value (`None`: undefined).
+    pub value: Option<Value>,
+    /// The decision id.
+    pub decision_id: String,
+    /// Evaluation time.
+    pub eval_ns: u64,
+}
+
+/// One swapped-in policy generation.
+pub struct Generation {
+    /// The compiled policies and data.
+    pub set: PolicySet,
+    /// `(bundle, revision)` of the bundles it was built from.
+    pub revisions: Vec<(String, String)>,
+    /// Whether the policies define `data.system.log.mask` (found on first use).
+    has_mask: std::sync::OnceLock<bool>,
     first_decision: AtomicBool,
 }
 
@@ -123,8 +331,33 @@ pub struct Authorizer {
     decision_path: String,
     dry_run: bool,
     paths: Vec<PathBuf>,
-    rego_version: RegoVersion,
+    bundles: Vec<PathBuf>,
+    verification: crate::bundle::Verification,
+    load: LoadOptions,
     reload_lock: Mutex<u64>,
+    /// Policies and data changed through the REST API (`/v1/policies`, `/v1/data`).
+    pub(crate) runtime: Mutex<Runtime>,
+    /// Prometheus metrics.
+    pub(crate) metrics: crate::api::Metrics,
+    /// Whether `/health?bundles` is satisfied (every configured bundle activated once).
+    pub(crate) bundles_ready: AtomicBool,
+    /// Revisions of the active bundles, by name (decision logs, `/v1/status`).
+    pub(crate) bundle_revisions: Mutex<Vec<(String, String)>>,
+    /// The effective configuration (`/v1/config`).
+    pub(crate) config_doc: serde_json::Value,
+    /// `plugins.envoy_ext_authz_grpc.skip-request-body-parse`.
+    skip_body_parse: bool,
+    grpc_max_recv: usize,
+    grpc_max_send: usize,
+    instance_id: String,
+    ignore: Vec<String>,
+    /// Bundles downloaded from bundle services, by name (the last good one of each).
+    remote: Mutex<std::collections::BTreeMap<String, crate::bundle::Bundle>>,
+    /// The decision log uploader, when a service is configured.
+    pub uploader: Option<Arc<crate::decision_upload::Uploader>>,
+    remote_names: Vec<String>,
+    /// Decisions that failed by kind, over all generations: panics, bounds, other errors.
+    failed: [AtomicU64; 3],
     reloads: AtomicU64,
     req_ids: AtomicU64,
 }
@@ -138,24 +371,49 @@ impl std::fmt::Debug for Authorizer {
 impl Authorizer {
     /// Loads and compiles the configured policies. The error names file and line.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        if config.paths.is_empty() {
+        if config.paths.is_empty() && config.bundles.is_empty() && config.remote_bundles.is_empty() {
             return Err(anyhow!("no policy files given"));
         }
-        let sources = Sources::read(&config.paths)?;
-        let set = PolicySet::compile(&sources, config.rego_version, &config.decision_path)?;
-        let logger = DecisionLogger::new(
-            &config.decision_log,
-            config.log_format,
-            uuid::Uuid::new_v4().to_string(),
-            config.label_version.clone(),
-        )?;
+        let (sources, revisions) = read_all_with_revisions(&config.paths, &config.bundles, &config.verification, &config.ignore)?;
+        let load = LoadOptions {
+            version: config.rego_version,
+            decision_path: config.decision_path.clone(),
+            bounds: config.bounds,
+            eval_timeout: config.eval_timeout,
+            strict_builtin_errors: config.strict_builtin_errors,
+            custom_builtins: config.custom_builtins.clone(),
+        };
+        let set = PolicySet::compile_with(&sources, &load)?;
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        let mut logger = DecisionLogger::new(&config.decision_log, config.log_format, instance_id.clone(), config.label_version.clone())?;
+        logger.set_labels(config.labels.clone());
+        let uploader = config.decision_upload.clone().map(|c| Arc::new(crate::decision_upload::Uploader::new(c)));
+        if let Some(u) = &uploader {
+            logger.set_remote(u.clone());
+        }
         Ok(Authorizer {
-            policy: ArcSwap::from_pointee(Generation { set, first_decision: AtomicBool::new(true) }),
+            policy: ArcSwap::from_pointee(Generation { set, first_decision: AtomicBool::new(true), revisions: revisions.clone(), has_mask: Default::default() }),
             logger,
             decision_path: config.decision_path.trim_matches('/').to_string(),
             dry_run: config.dry_run,
             paths: config.paths.clone(),
-            rego_version: config.rego_version,
+            bundles: config.bundles.clone(),
+            verification: config.verification.clone(),
+            load,
+            runtime: Mutex::new(Runtime::default()),
+            metrics: crate::api::Metrics::new(config.performance_metrics),
+            bundles_ready: AtomicBool::new(config.remote_bundles.is_empty()),
+            bundle_revisions: Mutex::new(revisions),
+            config_doc: config.config_doc.clone(),
+            skip_body_parse: config.skip_body_parse,
+            grpc_max_recv: config.grpc_max_recv,
+            grpc_max_send: config.grpc_max_send,
+            instance_id,
+            ignore: config.ignore.clone(),
+            remote: Mutex::default(),
+            uploader,
+            remote_names: config.remote_bundles.iter().map(|b| b.name.clone()).collect(),
+            failed: Default::default(),
             reload_lock: Mutex::new(sources.fingerprint()),
             reloads: AtomicU64::new(0),
             req_ids: AtomicU64::new(0),
@@ -177,27 +435,138 @@ impl Authorizer {
     /// error names file and line) and the previous generation keeps serving.
     pub fn reload(&self) -> anyhow::Result<bool> {
         let mut last = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let sources = Sources::read(&self.paths)?;
+        let (sources, revisions) = self.read_sources()?;
         let fp = sources.fingerprint();
         if fp == *last {
             return Ok(false);
         }
         *last = fp;
-        let set = PolicySet::compile(&sources, self.rego_version, &self.decision_path)?;
+        let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (sources, _) = compose(sources, &rt).map_err(|e| anyhow!(e))?;
+        let set = PolicySet::compile_with(&sources, &self.load)?;
+        *self.bundle_revisions.lock().unwrap_or_else(|p| p.into_inner()) = revisions.clone();
         let generation = set.generation();
-        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true) }));
+        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions, has_mask: Default::default() }));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation, "policies reloaded");
         Ok(true)
     }
 
+    /// Recompiles the files with the runtime state `rt` and swaps the result in; on error
+    /// nothing changes (the caller keeps its previous runtime state).
+    pub(crate) fn apply_runtime(&self, rt: &Runtime) -> anyhow::Result<()> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (sources, revisions) = self.read_sources()?;
+        let (sources, _) = compose(sources, rt).map_err(|e| anyhow!(e))?;
+        let set = PolicySet::compile_with(&sources, &self.load)?;
+        self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions, has_mask: Default::default() }));
+        Ok(())
+    }
+
+    /// The files, the local bundles and the downloaded bundles, with the bundles' revisions.
+    fn read_sources(&self) -> anyhow::Result<(Sources, Vec<(String, String)>)> {
+        let (mut s, mut revisions) = read_all_with_revisions(&self.paths, &self.bundles, &self.verification, &self.ignore)?;
+        for b in self.remote.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            revisions.push((b.name.clone(), b.manifest.revision.clone()));
+            s.policies.extend(b.sources.policies.iter().cloned());
+            s.data.extend(b.sources.data.iter().cloned());
+            s.versions.extend(b.sources.versions.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        Ok((s, revisions))
+    }
+
+    /// Compiles the policies with `bundle` in place of the previous download of that bundle
+    /// and swaps the result in atomically; on error the previous bundle keeps serving.
+    /// Returns the new revision.
+    pub fn activate_remote(&self, bundle: crate::bundle::Bundle) -> anyhow::Result<String> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let name = bundle.name.clone();
+        let revision = bundle.manifest.revision.clone();
+        let previous = self.remote.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), bundle);
+        let built = (|| {
+            let (sources, revisions) = self.read_sources()?;
+            let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let (sources, _) = compose(sources, &rt).map_err(|e| anyhow!(e))?;
+            Ok::<_, anyhow::Error>((PolicySet::compile_with(&sources, &self.load)?, revisions))
+        })();
+        match built {
+            Ok((set, revisions)) => {
+                *self.bundle_revisions.lock().unwrap_or_else(|p| p.into_inner()) = revisions.clone();
+                self.policy.store(Arc::new(Generation { set, first_decision: AtomicBool::new(true), revisions, has_mask: Default::default() }));
+                let remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+                if self.remote_names.iter().all(|n| remote.contains_key(n)) {
+                    self.bundles_ready.store(true, Ordering::Relaxed);
+                }
+                Ok(revision)
+            }
+            Err(e) => {
+                let mut remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+                match previous {
+                    Some(p) => remote.insert(name, p),
+                    None => remote.remove(&name),
+                };
+                Err(e)
+            }
+        }
+    }
+
+    /// The current generation's policy set.
+    pub fn policy_set(&self) -> arc_swap::Guard<Arc<Generation>> {
+        self.policy.load()
+    }
+
+    fn count_failure<T>(&self, r: &Result<T, EvalError>) {
+        let i = match r {
+            Err(EvalError::Panic(_)) => 0,
+            Err(EvalError::Limit(_)) => 1,
+            Err(EvalError::Eval(_)) => 2,
+            _ => return,
+        };
+        self.failed[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Decisions (gRPC and REST) that failed since start: `(panicked, stopped by a bound,
+    /// other evaluation errors)`. A panicked evaluation is answered with an error (Envoy
+    /// denies) and leaves no state behind.
+    pub fn failed_decisions(&self) -> (u64, u64, u64) {
+        let g = |i: usize| self.failed[i].load(Ordering::Relaxed);
+        (g(0), g(1), g(2))
+    }
+
     /// Answers one `Check` as OPA's envoy plugin does. `Err` is the gRPC error (UNKNOWN with
     /// the message, e.g. `undefined decision`).
     pub fn check(&self, req: &CheckRequest) -> Result<CheckResponse, tonic::Status> {
+        self.check_api(req, false)
+    }
+
+    /// Answers a `Check` of the ext_authz v2 API (a v2 request decoded as v3): the input's
+    /// `version.ext_authz` is `v2` and the answer has only the fields v2 has.
+    pub fn check_v2(&self, req: &CheckRequest) -> Result<CheckResponse, tonic::Status> {
+        let mut r = self.check_api(req, true)?;
+        r.dynamic_metadata = None;
+        if let Some(HttpResponse::OkResponse(ok)) = &mut r.http_response {
+            ok.headers_to_remove.clear();
+            ok.response_headers_to_add.clear();
+            ok.query_parameters_to_set.clear();
+            ok.query_parameters_to_remove.clear();
+        }
+        Ok(r)
+    }
+
+    fn check_api(&self, req: &CheckRequest, v2: bool) -> Result<CheckResponse, tonic::Status> {
         let started = Instant::now();
+        let r = self.check_inner(req, started, v2);
+        if self.metrics.grpc.is_some() {
+            let reason = r.as_ref().err().map(|s| format!("{:?}", s.code()).to_lowercase());
+            self.metrics.grpc_check(started.elapsed(), reason.as_deref());
+        }
+        r
+    }
+
+    fn check_inner(&self, req: &CheckRequest, started: Instant, v2: bool) -> Result<CheckResponse, tonic::Status> {
         let generation = self.policy.load();
         let decision_id = new_decision_id();
-        let input = match build_input(req) {
+        let input = match crate::input::build_input_opts(req, self.skip_body_parse, v2) {
             Ok(i) => i,
             Err(e) => {
                 let msg = e.to_string();
@@ -208,6 +577,7 @@ impl Authorizer {
         let t = Instant::now();
         let decision = generation.set.eval(input.clone());
         let eval_ns = t.elapsed().as_nanos() as u64;
+        self.count_failure(&decision);
         let outcome = match &decision {
             Ok(v) => check_response(v, &decision_id),
             Err(e) => Err(e.to_string()),
@@ -225,14 +595,41 @@ impl Authorizer {
         Ok(resp)
     }
 
+    /// The instance id (decision log `labels.id`).
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Whether decisions are logged.
+    pub fn decision_logging(&self) -> bool {
+        self.logger.enabled()
+    }
+
+    /// The data document: the files' data with the REST API's changes applied.
+    pub fn effective_data(&self) -> serde_json::Value {
+        let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.read_sources()
+            .ok()
+            .and_then(|(s, _)| compose(s, &rt).ok())
+            .map(|(_, d)| d)
+            .unwrap_or_else(|| serde_json::json!({}))
+    }
+
     /// Evaluates `data.<path>` for the REST API. `Ok(None)`: undefined.
     pub fn query(&self, path: &str, input: Option<Value>, requested_by: Option<String>) -> Result<(Option<Value>, String), String> {
+        self.query_with(path, input, requested_by, false).map(|a| (a.value, a.decision_id))
+    }
+
+    /// [`Authorizer::query`] with the builtin error mode and the evaluation time.
+    pub fn query_with(&self, path: &str, input: Option<Value>, requested_by: Option<String>, strict: bool) -> Result<Answer, String> {
         let started = Instant::now();
         let generation = self.policy.load();
         let decision_id = new_decision_id();
         let t = Instant::now();
-        let r = generation.set.query(&rule_ref(path), input.clone());
+        let strict = strict || self.load.strict_builtin_errors;
+        let r = generation.set.query_with(&rule_ref(path), input.clone(), strict);
         let eval_ns = t.elapsed().as_nanos() as u64;
+        self.count_failure(&r);
         let req_id = Some(self.req_ids.fetch_add(1, Ordering::Relaxed) + 1);
         let path = path.trim_matches('/');
         match &r {
@@ -246,7 +643,7 @@ impl Authorizer {
                 self.log_at(path, &generation, &decision_id, input.as_ref(), Err(&msg), eval_ns, started, requested_by, req_id)
             }
         }
-        r.map(|v| (v, decision_id)).map_err(|e: EvalError| e.to_string())
+        r.map(|value| Answer { value, decision_id, eval_ns }).map_err(|e: EvalError| e.to_string())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -281,7 +678,31 @@ impl Authorizer {
             return;
         }
         let compile_ns = if g.first_decision.swap(false, Ordering::Relaxed) { Some(g.set.compile_ns()) } else { None };
+        let has_mask = *g.has_mask.get_or_init(|| g.set.rules_with_prefix("mask").iter().any(|r| r == "data.system.log.mask"));
+        let mask = if has_mask {
+            let mut event = serde_json::Map::new();
+            event.insert("decision_id".into(), id.into());
+            if let Some(i) = input {
+                event.insert("input".into(), crate::decision_log::value_json(i));
+            }
+            event.insert("path".into(), path.into());
+            if let Ok(v) = result {
+                event.insert("result".into(), crate::decision_log::value_json(v));
+            }
+            match g.set.query("data.system.log.mask", Some(Value::from(serde_json::Value::Object(event)))) {
+                Ok(Some(v)) => Some(crate::decision_log::value_json(&v)),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!("data.system.log.mask failed, the decision is not logged: {e}");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         self.logger.log(&Entry {
+            mask,
+            bundles: &g.revisions,
             decision_id: id,
             input,
             result,
@@ -299,15 +720,24 @@ impl Authorizer {
 /// envoy-types generates, except for the codec's buffers: tonic's default allocates 8 KiB per
 /// request and per response, which made glibc consolidate its free lists on every response;
 /// a Check and its answer are usually well under 1 KiB (a larger message grows the buffer).
+/// `V2` serves `envoy.service.auth.v2.Authorization`: v2 messages are a wire-compatible
+/// subset of v3 (same field numbers), so the request is decoded as v3, the input says
+/// `"ext_authz": "v2"`, and the answer keeps only what v2 has (status, OK headers, the denied
+/// status, headers and body), as the plugin converts it.
 #[derive(Clone)]
-struct CheckService(Arc<Authorizer>);
+struct CheckService<const V2: bool>(Arc<Authorizer>);
 
 const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+const CHECK_PATH_V2: &str = "/envoy.service.auth.v2.Authorization/Check";
 const CODEC_BUFFER: usize = 1000;
 
-impl tonic::server::NamedService for CheckService {
+impl tonic::server::NamedService for CheckService<false> {
     const NAME: &'static str = AUTHORIZATION_SERVICE;
+}
+
+impl tonic::server::NamedService for CheckService<true> {
+    const NAME: &'static str = "envoy.service.auth.v2.Authorization";
 }
 
 #[derive(Default)]
@@ -328,18 +758,19 @@ impl tonic::codec::Codec for CheckCodec {
     }
 }
 
-struct CheckMethod(Arc<Authorizer>);
+struct CheckMethod(Arc<Authorizer>, bool);
 
 impl tonic::server::UnaryService<CheckRequest> for CheckMethod {
     type Response = CheckResponse;
     type Future = std::future::Ready<Result<tonic::Response<CheckResponse>, tonic::Status>>;
 
     fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
-        std::future::ready(self.0.check(request.get_ref()).map(tonic::Response::new))
+        let r = if self.1 { self.0.check_v2(request.get_ref()) } else { self.0.check(request.get_ref()) };
+        std::future::ready(r.map(tonic::Response::new))
     }
 }
 
-impl<B> tonic::codegen::Service<http::Request<B>> for CheckService
+impl<B, const V2: bool> tonic::codegen::Service<http::Request<B>> for CheckService<V2>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
@@ -353,9 +784,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() == CHECK_PATH {
-            let method = CheckMethod(self.0.clone());
-            Box::pin(async move { Ok(tonic::server::Grpc::new(CheckCodec).unary(method, req).await) })
+        if req.uri().path() == if V2 { CHECK_PATH_V2 } else { CHECK_PATH } {
+            let method = CheckMethod(self.0.clone(), V2);
+            let (recv, send) = (self.0.grpc_max_recv, self.0.grpc_max_send);
+            Box::pin(async move {
+                let grpc = tonic::server::Grpc::new(CheckCodec).max_decoding_message_size(recv).max_encoding_message_size(send);
+                let mut grpc = grpc;
+                Ok(grpc.unary(method, req).await)
+            })
         } else {
             Box::pin(async move {
                 let mut response = http::Response::new(tonic::body::Body::default());
@@ -377,6 +813,7 @@ pub struct AuthzServer;
 pub struct Handle {
     grpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
+    diagnostic_addr: Option<SocketAddr>,
     authorizer: Arc<Authorizer>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -408,10 +845,17 @@ impl AuthzServer {
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;
-        let grpc_addr = grpc_listener.local_addr()?;
+        let (grpc_listener, grpc_addr) = match &config.grpc_unix {
+            Some(path) => (
+                crate::grpc_conn::Listener::bind_unix(path).with_context(|| format!("binding gRPC socket unix://{path}"))?,
+                config.grpc_addr,
+            ),
+            None => {
+                let l = TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;
+                let a = l.local_addr()?;
+                (crate::grpc_conn::Listener::Tcp(l), a)
+            }
+        };
         let http_listener = match config.http_addr {
             Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding HTTP address {a}"))?),
             None => None,
@@ -421,17 +865,35 @@ impl AuthzServer {
         let (health, health_svc) = tonic_health::server::health_reporter();
         health.set_service_status(AUTHORIZATION_SERVICE, tonic_health::ServingStatus::Serving).await;
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-        let svc = CheckService(authorizer.clone());
-        let routes = tonic::service::Routes::new(health_svc).add_service(svc).prepare();
+        let svc = CheckService::<false>(authorizer.clone());
+        let svc_v2 = CheckService::<true>(authorizer.clone());
+        let routes = tonic::service::Routes::new(health_svc).add_service(svc).add_service(svc_v2).prepare();
         tasks.push(tokio::spawn({
             let rx = rx.clone();
             async move { crate::grpc_conn::serve(grpc_listener, routes, rx).await.context("gRPC server") }
         }));
-        tracing::info!(addr = %grpc_addr, "gRPC server listening (envoy.service.auth.v3.Authorization, grpc.health.v1.Health)");
+        match &config.grpc_unix {
+            Some(p) => tracing::info!(addr = %format!("unix://{p}"), "gRPC server listening (envoy.service.auth.v3/v2.Authorization, grpc.health.v1.Health)"),
+            None => tracing::info!(addr = %grpc_addr, "gRPC server listening (envoy.service.auth.v3/v2.Authorization, grpc.health.v1.Health)"),
+        }
 
         if let Some(l) = http_listener {
-            tasks.push(tokio::spawn(serve_http(l, authorizer.clone(), rx.clone())));
-            tracing::info!(addr = %http_addr.expect("bound"), "HTTP API listening (/health, /v1/data)");
+            tasks.push(tokio::spawn(crate::api::serve(l, authorizer.clone(), rx.clone(), false)));
+            tracing::info!(addr = %http_addr.expect("bound"), "HTTP API listening (/health, /metrics, /v1/data, /v1/policies, /v1/query)");
+        }
+        if let Some(u) = &authorizer.uploader {
+            tasks.push(tokio::spawn(u.clone().run(rx.clone())));
+        }
+        for rb in &config.remote_bundles {
+            tasks.push(tokio::spawn(crate::bundle_service::poll(authorizer.clone(), rb.clone(), rx.clone())));
+            tracing::info!(bundle = %rb.name, url = %rb.url(), "polling bundle");
+        }
+        let mut diagnostic_addr = None;
+        if let Some(d) = config.diagnostic_addr {
+            let l = TcpListener::bind(d).await.with_context(|| format!("binding diagnostic address {d}"))?;
+            diagnostic_addr = Some(l.local_addr()?);
+            tasks.push(tokio::spawn(crate::api::serve(l, authorizer.clone(), rx.clone(), true)));
+            tracing::info!(addr = %diagnostic_addr.expect("bound"), "diagnostic HTTP listening (/health, /metrics)");
         }
 
         if let Some(every) = config.watch_interval {
@@ -460,7 +922,7 @@ impl AuthzServer {
             }));
         }
 
-        Ok(Handle { grpc_addr, http_addr, authorizer, shutdown, tasks })
+        Ok(Handle { grpc_addr, http_addr, diagnostic_addr, authorizer, shutdown, tasks })
     }
 }
 
@@ -473,6 +935,11 @@ impl Handle {
     /// The bound HTTP API address, if enabled.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The bound diagnostic address (`--diagnostic-addr`), if any.
+    pub fn diagnostic_addr(&self) -> Option<SocketAddr> {
+        self.diagnostic_addr
     }
 
     /// The in-process decision engine behind the sockets.
@@ -523,140 +990,6 @@ async fn futures_select_all(
     }
 }
 
-type HttpBody = Full<Bytes>;
-
-async fn serve_http(listener: TcpListener, a: Arc<Authorizer>, mut rx: watch::Receiver<bool>) -> anyhow::Result<()> {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("HTTP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = async { let _ = rx.wait_for(|s| *s).await; } => return Ok(()),
-        };
-        let _ = stream.set_nodelay(true);
-        let a = a.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let a = a.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle_http(req, &a, peer).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(io, svc)
-                .await;
-        });
-    }
-}
-
-fn json_response(status: u16, body: &serde_json::Value, pretty: bool) -> http::Response<HttpBody> {
-    let text = if pretty { serde_json::to_string_pretty(body) } else { serde_json::to_string(body) }.unwrap_or_default();
-    http::Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(text + "\n")))
-        .expect("valid response")
-}
-
-fn api_error(status: u16, code: &str, message: &str) -> http::Response<HttpBody> {
-    json_response(status, &serde_json::json!({"code": code, "message": message}), false)
-}
-
-fn query_param(q: Option<&str>, name: &str) -> Option<String> {
-    q?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| urldecode(v))
-    })
-}
-
-fn urldecode(s: &str) -> String {
-    let b = s.as_bytes();
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-async fn handle_http(req: http::Request<hyper::body::Incoming>, a: &Authorizer, peer: SocketAddr) -> http::Response<HttpBody> {
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_string);
-    let pretty = query_param(query.as_deref(), "pretty").is_some_and(|v| v.is_empty() || v == "true");
-    let method = req.method().clone();
-    if path == "/health" || path.starts_with("/health/") {
-        return if method == http::Method::GET {
-            json_response(200, &serde_json::json!({}), false)
-        } else {
-            api_error(405, "method_not_allowed", "method not allowed")
-        };
-    }
-    let data_path = if path == "/v1/data" { Some("") } else { path.strip_prefix("/v1/data/") };
-    let Some(data_path) = data_path else {
-        return api_error(404, "resource_not_found", &format!("{path} not found"));
-    };
-    let data_path = urldecode(data_path);
-    let input: Option<Value> = match method {
-        http::Method::GET => match query_param(query.as_deref(), "input") {
-            None => None,
-            Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(j) => Some(Value::from(j)),
-                Err(e) => return api_error(400, "invalid_parameter", &format!("input: {e}")),
-            },
-        },
-        http::Method::POST => {
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return api_error(400, "invalid_parameter", &format!("reading body: {e}")),
-            };
-            if body.iter().all(|c| c.is_ascii_whitespace()) {
-                None
-            } else {
-                match serde_json::from_slice::<serde_json::Value>(&body) {
-                    Ok(serde_json::Value::Object(mut m)) => m.remove("input").map(Value::from),
-                    Ok(_) => return api_error(400, "invalid_parameter", "body must be a JSON object"),
-                    Err(e) => return api_error(400, "invalid_parameter", &format!("body: {e}")),
-                }
-            }
-        }
-        _ => return api_error(405, "method_not_allowed", "method not allowed"),
-    };
-    match a.query(&data_path, input, Some(peer.to_string())) {
-        Ok((Some(v), id)) => {
-            let mut m = serde_json::Map::new();
-            if a.logger.enabled() {
-                m.insert("decision_id".into(), id.into());
-            }
-            m.insert("result".into(), value_json(&v));
-            json_response(200, &serde_json::Value::Object(m), pretty)
-        }
-        Ok((None, id)) => {
-            let mut m = serde_json::Map::new();
-            if a.logger.enabled() {
-                m.insert("decision_id".into(), id.into());
-            }
-            json_response(200, &serde_json::Value::Object(m), pretty)
-        }
-        Err(e) => api_error(500, "internal_error", &e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,7 +999,7 @@ mod tests {
         assert_eq!(parse_listen_addr(":9002").unwrap(), "0.0.0.0:9002".parse().unwrap());
         assert_eq!(parse_listen_addr("grpc://127.0.0.1:1").unwrap(), "127.0.0.1:1".parse().unwrap());
         assert_eq!(parse_listen_addr("[::1]:5").unwrap(), "[::1]:5".parse().unwrap());
-        assert!(parse_listen_addr("unix:///tmp/x.sock").is_err());
+        assert!(parse_listen_addr("unix:///tmp/x.sock").is_err()); // only the gRPC listener takes unix://
         assert!(parse_listen_addr(":nope").is_err());
     }
 
@@ -680,9 +1013,4 @@ mod tests {
         assert_eq!(u.hyphenated().to_string(), a);
     }
 
-    #[test]
-    fn url_decoding() {
-        assert_eq!(urldecode("a%20b+c%zz%4"), "a b c%zz%4");
-        assert_eq!(query_param(Some("pretty=true&input=%7B%7D"), "input").as_deref(), Some("{}"));
-    }
 }

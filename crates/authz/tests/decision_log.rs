@@ -102,3 +102,101 @@ async fn decision_log_off_writes_nothing() {
     check(&mut c, check_request("GET", "http", "/", &[])).await.unwrap();
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn mask_policy_erases_and_masks_and_labels_are_added() {
+    let dir = TempDir::new("mask");
+    let p = dir.write("policy.rego", "package envoy.authz\n\nimport rego.v1\n\nallow if input.attributes.request.http.method == \"GET\"\n");
+    let m = dir.write(
+        "mask.rego",
+        "package system.log\n\nimport rego.v1\n\nmask contains \"/input/attributes/request/http/headers/authorization\"\n\nmask contains {\"op\": \"upsert\", \"path\": \"/input/parsed_path\", \"value\": [\"***\"]}\n",
+    );
+    let cap = Capture::default();
+    let cfg = Config {
+        decision_log: DecisionLogSink::Writer(Arc::new(Mutex::new(cap.clone()))),
+        labels: vec![("app".into(), "shop".into())],
+        ..Config::loopback(vec![p, m])
+    };
+    let h = AuthzServer::start(cfg).await.unwrap();
+    let mut c = client(h.grpc_addr()).await;
+    check(&mut c, check_request("GET", "http", "/secret/path", &[("authorization", "Bearer xyz")])).await.unwrap();
+    let text = cap.text();
+    assert!(!text.contains("Bearer xyz"), "{text}");
+    let e = &entries(&text)[0];
+    assert_eq!(e["erased"], serde_json::json!(["/input/attributes/request/http/headers/authorization"]));
+    assert_eq!(e["masked"], serde_json::json!(["/input/parsed_path"]));
+    assert_eq!(e["input"]["parsed_path"], serde_json::json!(["***"]));
+    assert_eq!(e["labels"]["app"], "shop");
+    h.shutdown().await;
+}
+
+/// A decision log service inside the test: the first upload fails (500), later ones are
+/// stored; each body must be a gzip-compressed JSON array of events.
+#[tokio::test]
+async fn decisions_are_uploaded_to_a_service() {
+    use std::io::Read as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use http_body_util::BodyExt;
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let calls = Arc::new(AtomicU64::new(0));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    {
+        let (received, calls) = (received.clone(), calls.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else { return };
+                let (received, calls) = (received.clone(), calls.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (received, calls) = (received.clone(), calls.clone());
+                        async move {
+                            let n = calls.fetch_add(1, Ordering::Relaxed);
+                            let gz = req.headers().get("content-encoding").is_some_and(|v| v == "gzip");
+                            let path_ok = req.uri().path() == "/logs";
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let status = if n == 0 || !gz || !path_ok {
+                                500
+                            } else {
+                                let mut text = String::new();
+                                flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut text).unwrap();
+                                let v: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+                                received.lock().unwrap().extend(v);
+                                200
+                            };
+                            Ok::<_, std::convert::Infallible>(http::Response::builder().status(status).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap())
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(s), svc).await;
+                });
+            }
+        });
+    }
+    let tree = serde_json::json!({
+        "services": {"logs": {"url": format!("http://{addr}")}},
+        "decision_logs": {"service": "logs", "reporting": {"min_delay_seconds": 0.05, "max_delay_seconds": 0.1}}
+    });
+    let cfg = Config {
+        decision_upload: sluice_authz::decision_upload::from_config(&tree).unwrap(),
+        ..Config::loopback(vec![fixture("guide_v0.rego")])
+    };
+    let h = AuthzServer::start(cfg).await.unwrap();
+    let mut c = client(h.grpc_addr()).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let r = check(&mut c, check_request("GET", "http", "/", &[])).await.unwrap();
+        ids.push(decision_id(&r));
+    }
+    let started = std::time::Instant::now();
+    while received.lock().unwrap().len() < 5 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "uploads never arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    let got_ids: Vec<&str> = got.iter().map(|e| e["decision_id"].as_str().unwrap()).collect();
+    assert_eq!(got_ids, ids.iter().map(String::as_str).collect::<Vec<_>>(), "every decision once, in order (the failed upload was retried)");
+    assert!(got[0].get("msg").is_none() && got[0].get("level").is_none(), "{}", got[0]);
+    assert_eq!(got[0]["path"], "envoy/authz/allow");
+    assert!(calls.load(Ordering::Relaxed) >= 2);
+    h.shutdown().await;
+}

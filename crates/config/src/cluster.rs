@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::bootstrap::DnsResolverConfig;
 use crate::core::{
     Address, CommonHttpProtocolOptions, Duration, Http1ProtocolOptions, Http2ProtocolOptions,
-    Locality, Metadata, TypedExtensionConfig,
+    Locality, Metadata, Percent, TypedExtensionConfig,
 };
 use crate::de::{typed_enum, NotSupported};
+use crate::health_check::HealthCheck;
 use crate::listener::TransportSocket;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -33,8 +34,8 @@ pub struct Cluster {
     pub lb_policy: LbPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_assignment: Option<ClusterLoadAssignment>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_checks: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,7 +71,7 @@ pub struct Cluster {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport_socket_matches: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<NotSupported>,
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_hash_lb_config: Option<RingHashLbConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,7 +81,7 @@ pub struct Cluster {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round_robin_lb_config: Option<RoundRobinLbConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub common_lb_config: Option<NotSupported>,
+    pub common_lb_config: Option<CommonLbConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancing_policy: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,6 +133,91 @@ impl Cluster {
         self.upstream_http_options()
             .is_some_and(|o| o.use_downstream_protocol_config.is_some())
     }
+}
+
+/// `envoy.config.cluster.v3.OutlierDetection`. Unset numbers take Envoy's defaults (see
+/// `sluice_proxy::upstream::outlier`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_5xx: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_success_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_minimum_hosts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_request_volume: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_stdev_factor: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_failure: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_gateway_failure: Option<u32>,
+    #[serde(default)]
+    pub split_external_local_origin_errors: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failure: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_local_origin_failure: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_local_origin_success_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_failure_percentage: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_failure_percentage_local_origin: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_minimum_hosts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_request_volume: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time_jitter: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successful_active_health_check_uneject_host: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitors: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub always_eject_one_host: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect_degraded_hosts: Option<NotSupported>,
+}
+
+/// `envoy.config.cluster.v3.Cluster.CommonLbConfig`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonLbConfig {
+    /// Default 50 %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_panic_threshold: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_aware_lb_config: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_weighted_lb_config: Option<NotSupported>,
+    /// Health-only host updates within this window reach the load balancer together at its end
+    /// (default 1 s; 0 disables merging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_merge_window: Option<Duration>,
+    /// New hosts stay out of the load balancer (`/pending_active_hc`) until their first check.
+    #[serde(default)]
+    pub ignore_new_hosts_until_first_hc: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_connections_on_host_set_change: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hashing_lb_config: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_host_status: Option<NotSupported>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -233,6 +319,7 @@ pub struct RingHashLbConfig {
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RingHashFunction {
     XxHash,
+    #[serde(rename = "MURMUR_HASH_2")]
     MurmurHash2,
 }
 

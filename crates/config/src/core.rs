@@ -21,56 +21,99 @@ impl Duration {
     }
 }
 
-/// Parse `"1.5s"`, `"0.250s"`, `"5s"` (proto3 JSON) into a duration.
+/// protobuf's range of a `google.protobuf.Duration`: ±10,000 years of seconds.
+pub const MAX_PROTO_DURATION_SECONDS: i64 = 315_576_000_000;
+/// Envoy's own bound on every duration of a config: its nanoseconds fit an int64, less a second.
+pub const MAX_ENVOY_DURATION_SECONDS: i64 = 9_223_372_035;
+
+/// Parse `"1.5s"`, `"0.250s"`, `"5s"` (proto3 JSON) into a duration, with Envoy's checks: the
+/// grammar of protobuf's JSON parser (an integer part is required, at most 9 fractional digits),
+/// then [`check_duration`].
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (seconds, nanos) = parse_proto_duration(s)?;
+    check_duration(seconds, nanos)
+}
+
+/// The string form of a protobuf `Duration` as protobuf's JSON parser reads it: signed seconds
+/// and nanoseconds (the sign applies to both).
+fn parse_proto_duration(s: &str) -> Result<(i64, i64), String> {
     let bad = || {
         format!("invalid duration \"{s}\": expected seconds with an \"s\" suffix, e.g. \"0.250s\"")
     };
     let num = s.strip_suffix('s').ok_or_else(bad)?;
-    if num.is_empty() || num.starts_with('-') || num.starts_with('+') {
-        return Err(bad());
-    }
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    if (int.is_empty() && frac.is_empty())
-        || !int.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-        || frac.len() > 9
-    {
-        return Err(bad());
-    }
-    let secs: u64 = if int.is_empty() {
-        0
-    } else {
-        int.parse().map_err(|_| bad())?
+    let (negative, num) = match num.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, num),
     };
-    let nanos: u32 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<9}").parse().map_err(|_| bad())?
+    let (int, frac) = match num.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (num, None),
     };
-    if secs > 315_576_000_000 {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || frac.is_some_and(|f| !digits(f) || f.len() > 9) {
         return Err(bad());
     }
-    Ok(std::time::Duration::new(secs, nanos))
+    let out_of_range = || format!("invalid duration \"{s}\": duration out of range");
+    let seconds: i64 = int.parse().map_err(|_| out_of_range())?;
+    if seconds > MAX_PROTO_DURATION_SECONDS {
+        return Err(out_of_range());
+    }
+    let nanos: i64 = match frac {
+        Some(f) => format!("{f:0<9}").parse().map_err(|_| bad())?,
+        None => 0,
+    };
+    Ok(if negative {
+        (-seconds, -nanos)
+    } else {
+        (seconds, nanos)
+    })
+}
+
+/// Envoy's checks of every `Duration` in a config (after protobuf's parse), in Envoy's order and
+/// words: non-negative, within protobuf's range, within Envoy's bound.
+pub fn check_duration(seconds: i64, nanos: i64) -> Result<std::time::Duration, String> {
+    if seconds < 0 || nanos < 0 {
+        return Err("Invalid duration: Expected positive duration".into());
+    }
+    if seconds > MAX_PROTO_DURATION_SECONDS || nanos > 999_999_999 {
+        return Err("Invalid duration: Duration out-of-range according to Protobuf".into());
+    }
+    if seconds > MAX_ENVOY_DURATION_SECONDS {
+        return Err("Invalid duration: Duration out-of-range".into());
+    }
+    // Both are in range now: no overflow is possible.
+    Ok(std::time::Duration::new(seconds as u64, nanos as u32))
 }
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Parts {
-            #[serde(default)]
-            seconds: u64,
-            #[serde(default)]
-            nanos: u32,
-        }
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::String(s) => {
                 parse_duration(&s).map(Duration).map_err(D::Error::custom)
             }
-            v @ serde_json::Value::Object(_) => {
-                let p: Parts = serde_json::from_value(v).map_err(D::Error::custom)?;
-                Ok(Duration(std::time::Duration::new(p.seconds, p.nanos)))
+            serde_json::Value::Object(map) => {
+                // The message form `{seconds, nanos}` (int64 seconds, int32 nanos).
+                let mut seconds: i64 = 0;
+                let mut nanos: i64 = 0;
+                for (k, v) in &map {
+                    match k.as_str() {
+                        "seconds" => {
+                            seconds = crate::de::integer_in_range::<i64>(v, "int64")
+                                .map_err(|e| crate::de::nested_error("seconds", e))?
+                        }
+                        "nanos" => {
+                            nanos = crate::de::integer_in_range::<i32>(v, "int32")
+                                .map_err(|e| crate::de::nested_error("nanos", e))?
+                                .into()
+                        }
+                        other => {
+                            return Err(D::Error::custom(format!("unknown field \"{other}\"")))
+                        }
+                    }
+                }
+                check_duration(seconds, nanos)
+                    .map(Duration)
+                    .map_err(D::Error::custom)
             }
             other => Err(D::Error::custom(format!(
                 "invalid duration {other}: expected a string with an \"s\" suffix, e.g. \"0.250s\""
@@ -491,14 +534,30 @@ mod tests {
             parse_duration("5s").unwrap(),
             std::time::Duration::from_secs(5)
         );
-        assert_eq!(
-            parse_duration(".5s").unwrap(),
-            std::time::Duration::from_millis(500)
-        );
         assert_eq!(parse_duration("0s").unwrap(), std::time::Duration::ZERO);
-        for bad in ["5", "s", "-1s", "1.2.3s", "abc", "1ms", "1.0000000001s"] {
+        for bad in [
+            "5",
+            "s",
+            "-1s",
+            "1.2.3s",
+            "abc",
+            "1ms",
+            "1.0000000001s",
+            ".5s",
+            "1.s",
+            "+1s",
+            "1e1s",
+            "1 s",
+            "-0.5s",
+            "315576000001s",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
         }
+        assert_eq!(
+            parse_duration("01.50s").unwrap(),
+            std::time::Duration::from_millis(1500)
+        );
     }
 
     #[test]

@@ -2,11 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::access_log::AccessLog;
 use crate::core::{
     CommonHttpProtocolOptions, Duration, Http1ProtocolOptions, Http2ProtocolOptions,
 };
 use crate::de::{typed_enum, NotSupported};
 use crate::ext_authz::ExtAuthz;
+use crate::format::LocalReplyConfig;
 use crate::route::RouteConfiguration;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -74,14 +76,14 @@ pub struct HttpConnectionManager {
     pub add_user_agent: Option<bool>,
     #[serde(default)]
     pub proxy_100_continue: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_log: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<AccessLog>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_address_config: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub local_reply_config: Option<NotSupported>,
+    pub local_reply_config: Option<LocalReplyConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_client_cert_details: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +187,7 @@ typed_enum! {
     pub enum HttpFilterConfig {
         Router(Router) = "envoy.extensions.filters.http.router.v3.Router",
         ExtAuthz(Box<ExtAuthz>) = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        HealthCheck(Box<crate::health_check::HealthCheckFilter>) = "envoy.extensions.filters.http.health_check.v3.HealthCheck",
     }
 }
 

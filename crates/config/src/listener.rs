@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::access_log::AccessLog;
 use crate::core::{Address, Duration};
 use crate::de::{typed_enum, NotSupported};
 use crate::hcm::HttpConnectionManager;
@@ -33,8 +34,8 @@ pub struct Listener {
     pub listener_filters_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_options: Option<NotSupported>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_log: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<AccessLog>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp_listener_config: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

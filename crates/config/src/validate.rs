@@ -19,8 +19,10 @@
 //!   codec; `max_request_headers_kb` in (0, 8192]; a non-empty `http_filters` list whose last (and
 //!   only last) filter is the router; a filter without `typed_config` must have a well-known name.
 //! * **ext_authz**: exactly one of `grpc_service` / `http_service`; gRPC via `envoy_grpc` to a
-//!   cluster of `static_resources` with `transport_api_version: V3` (Envoy rejects AUTO/V2);
-//!   `status_on_error` a status in 100..=599; `max_request_bytes` > 0; valid string matchers.
+//!   cluster of `static_resources` (`transport_api_version` may be absent, AUTO, V2 or V3:
+//!   Envoy 1.40 accepts each and speaks V3);
+//!   `status_on_error` one of `envoy.type.v3.StatusCode`'s values; `max_request_bytes` > 0; valid string
+//!   matchers; the HTTP service's `timeout` below 2^32 s.
 //! * **Route tables**: domains unique across the table (case-insensitive), one `*`, wildcards only
 //!   as the first or last character; one path specifier per match, `path_separated_prefix` shape,
 //!   regexes compile (regex crate ≈ RE2), header/query/string matchers have one pattern; one action
@@ -38,6 +40,14 @@
 //!   keyed by the type's name with exactly one protocol selection; one circuit-breaker threshold
 //!   per priority; upstream transport socket is an `UpstreamTlsContext` (or raw buffer).
 //! * **Admin** and **DNS resolvers** (bootstrap and cluster): IP socket addresses.
+//! * **PGV ranges and shapes** Envoy checks at load: `stats_flush_interval` in [1ms, 300s);
+//!   HTTP/2 `max_concurrent_streams` and window sizes, keepalive `interval`/`timeout` (≥ 1ms,
+//!   timeout required); `max_headers_count` ≥ 1; `destination_port` in [1, 65535]; locality
+//!   `priority` ≤ 128; DNS failure refresh intervals > 1ms; socket `address` and regexes non-empty;
+//!   upstream `sni` ≤ 255 bytes; `session_timeout` < 2^32 s; header names and values (mutations,
+//!   removals, matchers, domains, rewrites, redirects, `server_name`, `via`) without NUL, CR or LF
+//!   and at most 16 KiB, at most 1000 headers to add per list; router `strict_check_headers` from
+//!   Envoy's list. Every `Duration` is range-checked while deserializing (see `core.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -49,8 +59,8 @@ use crate::cluster::{
     Cluster, DiscoveryType, LbPolicy, ProtocolOptions, UpstreamHttpProtocolOptions,
 };
 use crate::core::{
-    Address, DataSource, HeaderValueOption, ListStringMatcher, RegexMatcher, SocketProtocol,
-    StringMatcher, TypedExtensionConfig,
+    Address, CommonHttpProtocolOptions, DataSource, HeaderValueOption, Http2ProtocolOptions,
+    ListStringMatcher, RegexMatcher, SocketProtocol, StringMatcher, TypedExtensionConfig,
 };
 use crate::error::{join_path, ConfigError, PathError};
 use crate::ext_authz::{ExtAuthz, ExtAuthzPerRoute};
@@ -73,6 +83,25 @@ pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
 pub const DEFAULT_MAX_DIRECT_RESPONSE_BODY_BYTES: u32 = 4096;
 
 const NOT_SUPPORTED: &str = "recognised but not supported by sluice";
+const MS: std::time::Duration = std::time::Duration::from_millis(1);
+const H2_WINDOW: &str = "value must be inside range [65535, 2147483647]";
+/// PGV's `HTTP_HEADER_NAME` / `HTTP_HEADER_VALUE` rules (non-strict): no NUL, CR or LF.
+const HEADER_TEXT: &str = "value does not match regex pattern \"^[^\\x00\\n\\r]*$\"";
+const MAX_HEADER_BYTES: usize = 16384;
+/// The values of `envoy.type.v3.StatusCode` (HttpStatus.code is `defined_only`, not 0).
+const STATUS_CODES: &[u32] = &[
+    100, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308,
+    400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421,
+    422, 423, 424, 426, 428, 429, 431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
+];
+/// The headers the router's `strict_check_headers` may name.
+const STRICT_CHECK_HEADERS: &[&str] = &[
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-max-retries",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+];
 const MIN_LEN_1: &str = "value length must be at least 1 characters";
 const MIN_ITEMS_1: &str = "value must contain at least 1 item(s)";
 const ONLY_HCM: &str =
@@ -151,6 +180,15 @@ pub fn check(bootstrap: &Bootstrap) -> Vec<PathError> {
     }
     if let Some(dns) = &bootstrap.typed_dns_resolver_config {
         ctx.dns_resolver(&root.f("typed_dns_resolver_config"), dns);
+    }
+    if let Some(d) = bootstrap.stats_flush_interval {
+        let d = d.as_std();
+        if d < MS || d >= std::time::Duration::from_secs(300) {
+            ctx.err(
+                &root.f("stats_flush_interval"),
+                "value must be inside range [1ms, 5m0s)",
+            );
+        }
     }
     ctx.errors
 }
@@ -297,6 +335,13 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A header name or value (PGV `HTTP_HEADER_NAME`/`HTTP_HEADER_VALUE`, non-strict).
+    fn header_text(&mut self, p: &P, s: &str) {
+        if s.contains(['\0', '\n', '\r']) {
+            self.err(p, HEADER_TEXT);
+        }
+    }
+
     fn regex(&mut self, p: &P, pattern: &str) {
         if let Err(e) = regex::Regex::new(pattern) {
             self.err(
@@ -307,11 +352,67 @@ impl<'a> Ctx<'a> {
     }
 
     fn regex_matcher(&mut self, p: &P, m: &RegexMatcher) {
+        if m.regex.is_empty() {
+            self.err(&p.f("regex"), MIN_LEN_1);
+            return;
+        }
         self.regex(&p.f("regex"), &m.regex);
+    }
+
+    /// PGV rules of `Http2ProtocolOptions` (stream limits, windows, keepalive).
+    fn http2_options(&mut self, p: &P, h: &Http2ProtocolOptions) {
+        const MAX: u32 = 2_147_483_647;
+        if h.max_concurrent_streams
+            .is_some_and(|n| !(1..=MAX).contains(&n))
+        {
+            self.err(
+                &p.f("max_concurrent_streams"),
+                "value must be inside range [1, 2147483647]",
+            );
+        }
+        for (field, v) in [
+            ("initial_stream_window_size", h.initial_stream_window_size),
+            (
+                "initial_connection_window_size",
+                h.initial_connection_window_size,
+            ),
+        ] {
+            if v.is_some_and(|n| !(65_535..=MAX).contains(&n)) {
+                self.err(&p.f(field), H2_WINDOW);
+            }
+        }
+        if let Some(k) = &h.connection_keepalive {
+            let kp = p.f("connection_keepalive");
+            if k.interval.is_some_and(|d| d.as_std() < MS) {
+                self.err(
+                    &kp.f("interval"),
+                    "value must be greater than or equal to 1ms",
+                );
+            }
+            match k.timeout {
+                None => self.err(&kp.f("timeout"), "value is required"),
+                Some(d) if d.as_std() < MS => self.err(
+                    &kp.f("timeout"),
+                    "value must be greater than or equal to 1ms",
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// PGV rules of the common `HttpProtocolOptions`.
+    fn common_http_options(&mut self, p: &P, c: &CommonHttpProtocolOptions) {
+        if c.max_headers_count == Some(0) {
+            self.err(
+                &p.f("max_headers_count"),
+                "value must be greater than or equal to 1",
+            );
+        }
     }
 
     fn regex_rewrite(&mut self, p: &P, r: &RegexMatchAndSubstitute) {
         self.regex_matcher(&p.f("pattern"), &r.pattern);
+        self.header_text(&p.f("substitution"), &r.substitution);
     }
 
     fn data_source(&mut self, p: &P, ds: &DataSource) {
@@ -338,6 +439,10 @@ impl<'a> Ctx<'a> {
             return;
         };
         let sp = p.f("socket_address");
+        if sa.address.is_empty() {
+            self.err(&sp.f("address"), MIN_LEN_1);
+            return;
+        }
         if sa.port_value > 65535 {
             self.err(
                 &sp.f("port_value"),
@@ -423,8 +528,26 @@ impl<'a> Ctx<'a> {
             ("request_headers_to_add", m.request_headers_to_add),
             ("response_headers_to_add", m.response_headers_to_add),
         ] {
+            if list.len() > 1000 {
+                self.err(&p.f(field), "value must contain no more than 1000 item(s)");
+            }
             for (i, h) in list.iter().enumerate() {
                 let hp = p.f(field).i(i);
+                let (key, value) = (&h.header.key, &h.header.value);
+                if key.len() > MAX_HEADER_BYTES {
+                    self.err(
+                        &hp.f("header").f("key"),
+                        "value length must be at most 16384 bytes",
+                    );
+                }
+                if value.len() > MAX_HEADER_BYTES {
+                    self.err(
+                        &hp.f("header").f("value"),
+                        "value length must be at most 16384 bytes",
+                    );
+                }
+                self.header_text(&hp.f("header").f("key"), key);
+                self.header_text(&hp.f("header").f("value"), value);
                 if h.header.key.is_empty() {
                     self.err(&hp.f("header").f("key"), MIN_LEN_1);
                 } else if !modifiable_header(&h.header.key) {
@@ -446,6 +569,7 @@ impl<'a> Ctx<'a> {
             ("response_headers_to_remove", m.response_headers_to_remove),
         ] {
             for (i, h) in list.iter().enumerate() {
+                self.header_text(&p.f(field).i(i), h);
                 if h.is_empty() {
                     self.err(&p.f(field).i(i), MIN_LEN_1);
                 } else if !modifiable_header(h) {
@@ -461,13 +585,25 @@ impl<'a> Ctx<'a> {
     // ---- TLS and transport sockets ----
 
     fn transport_socket(&mut self, p: &P, ts: &TransportSocket, on_listener: bool) {
+        self.non_empty(&p.f("name"), &ts.name);
         let tp = p.f("typed_config");
         match &ts.typed_config {
             TransportSocketConfig::DownstreamTls(d) if on_listener => {
                 self.common_tls(&tp.f("common_tls_context"), &d.common_tls_context, true);
+                if d.session_timeout
+                    .is_some_and(|t| t.as_std() >= std::time::Duration::from_secs(1 << 32))
+                {
+                    self.err(
+                        &tp.f("session_timeout"),
+                        "value must be less than 4294967296s",
+                    );
+                }
             }
             TransportSocketConfig::UpstreamTls(u) if !on_listener => {
                 self.common_tls(&tp.f("common_tls_context"), &u.common_tls_context, false);
+                if u.sni.as_ref().is_some_and(|s| s.len() > 255) {
+                    self.err(&tp.f("sni"), "value length must be at most 255 bytes");
+                }
             }
             TransportSocketConfig::RawBuffer(_) => {}
             TransportSocketConfig::DownstreamTls(_) => self.err(
@@ -597,6 +733,14 @@ impl<'a> Ctx<'a> {
             let default = Default::default();
             let m = c.filter_chain_match.as_ref().unwrap_or(&default);
             let mp = cp.f("filter_chain_match");
+            if m.destination_port
+                .is_some_and(|port| !(1..=65535).contains(&port))
+            {
+                self.err(
+                    &mp.f("destination_port"),
+                    "value must be inside range [1, 65535]",
+                );
+            }
             for (k, name) in m.server_names.iter().enumerate() {
                 if name.contains('*') && !(name.starts_with("*.") && name.matches('*').count() == 1)
                 {
@@ -670,6 +814,17 @@ impl<'a> Ctx<'a> {
                 );
             }
         }
+        if let Some(o) = &h.http2_protocol_options {
+            self.http2_options(&p.f("http2_protocol_options"), o);
+        }
+        if let Some(o) = &h.common_http_protocol_options {
+            self.common_http_options(&p.f("common_http_protocol_options"), o);
+        }
+        for (field, v) in [("server_name", &h.server_name), ("via", &h.via)] {
+            if let Some(v) = v {
+                self.header_text(&p.f(field), v);
+            }
+        }
         let fp = p.f("http_filters");
         if h.http_filters.is_empty() {
             self.err(
@@ -701,6 +856,7 @@ impl<'a> Ctx<'a> {
             let (kind, terminal) = match &config {
                 HttpFilterConfig::Router(_) => (ROUTER_FILTER, true),
                 HttpFilterConfig::ExtAuthz(_) => (EXT_AUTHZ_FILTER, false),
+                HttpFilterConfig::HealthCheck(_) => ("envoy.filters.http.health_check", false),
             };
             if terminal && i != last {
                 self.err(
@@ -718,6 +874,21 @@ impl<'a> Ctx<'a> {
                         f.name
                     ),
                 );
+            }
+            if let Some(HttpFilterConfig::HealthCheck(hc)) = &f.typed_config {
+                for (field, message) in crate::health_check::check_filter(hc) {
+                    self.err(&p.f("typed_config").f(&field), message);
+                }
+            }
+            if let Some(HttpFilterConfig::Router(r)) = &f.typed_config {
+                for (k, name) in r.strict_check_headers.iter().enumerate() {
+                    if !STRICT_CHECK_HEADERS.contains(&name.as_str()) {
+                        self.err(
+                            &p.f("typed_config").f("strict_check_headers").i(k),
+                            format!("value must be in list [{}]", STRICT_CHECK_HEADERS.join(" ")),
+                        );
+                    }
+                }
             }
             if let Some(HttpFilterConfig::ExtAuthz(a)) = &f.typed_config {
                 authz_filters.insert(f.name.as_str());
@@ -750,6 +921,15 @@ impl<'a> Ctx<'a> {
                     "missing field \"envoy_grpc\" (google_grpc is not supported by sluice)",
                 ),
                 Some(e) => {
+                    if let Some(a) = &e.authority {
+                        self.header_text(&gp.f("envoy_grpc").f("authority"), a);
+                        if a.len() > MAX_HEADER_BYTES {
+                            self.err(
+                                &gp.f("envoy_grpc").f("authority"),
+                                "value length must be at most 16384 bytes",
+                            );
+                        }
+                    }
                     if !self.clusters.contains(e.cluster_name.as_str()) {
                         self.err(
                             &gp.f("envoy_grpc").f("cluster_name"),
@@ -758,15 +938,15 @@ impl<'a> Ctx<'a> {
                     }
                 }
             }
-            if a.transport_api_version != Some(crate::ext_authz::ApiVersion::V3) {
-                self.err(
-                    &p.f("transport_api_version"),
-                    "V2 (and AUTO) xDS transport protocol versions are deprecated: set transport_api_version: V3",
-                );
-            }
         }
         if let Some(h) = &a.http_service {
             let up = p.f("http_service").f("server_uri");
+            if h.server_uri.timeout.as_std() >= std::time::Duration::from_secs(1 << 32) {
+                self.err(
+                    &up.f("timeout"),
+                    "value must be inside range [0s, 1193046h28m16s)",
+                );
+            }
             self.non_empty(&up.f("uri"), &h.server_uri.uri);
             self.non_empty(&up.f("cluster"), &h.server_uri.cluster);
             let hp = p.f("http_service");
@@ -799,10 +979,10 @@ impl<'a> Ctx<'a> {
             }
         }
         if let Some(s) = &a.status_on_error {
-            if !(100..=599).contains(&s.code) {
+            if !STATUS_CODES.contains(&s.code) {
                 self.err(
                     &p.f("status_on_error").f("code"),
-                    "value must be an HTTP status code in 100..=599",
+                    "value must be one of the defined enum values",
                 );
             }
         }
@@ -845,6 +1025,7 @@ impl<'a> Ctx<'a> {
                 self.err(&dp, MIN_ITEMS_1);
             }
             for (k, d) in vh.domains.iter().enumerate() {
+                self.header_text(&dp.i(k), d);
                 let lower = d.to_ascii_lowercase();
                 if lower == "*" {
                     if wildcard {
@@ -932,6 +1113,15 @@ impl<'a> Ctx<'a> {
                 ],
                 false,
             );
+            for (field, v) in [
+                ("host_redirect", &rd.host_redirect),
+                ("path_redirect", &rd.path_redirect),
+                ("prefix_rewrite", &rd.prefix_rewrite),
+            ] {
+                if let Some(v) = v {
+                    self.header_text(&rp.f(field), v);
+                }
+            }
             if rd.port_redirect.is_some_and(|port| port > 65535) {
                 self.err(
                     &rp.f("port_redirect"),
@@ -993,6 +1183,7 @@ impl<'a> Ctx<'a> {
         for (i, h) in m.headers.iter().enumerate() {
             let p = hp.i(i);
             self.non_empty(&p.f("name"), &h.name);
+            self.header_text(&p.f("name"), &h.name);
             self.one_of(
                 &p,
                 &[
@@ -1018,6 +1209,9 @@ impl<'a> Ctx<'a> {
         for (i, q) in m.query_parameters.iter().enumerate() {
             let p = qp.i(i);
             self.non_empty(&p.f("name"), &q.name);
+            if q.name.len() > 1024 {
+                self.err(&p.f("name"), "value length must be at most 1024 bytes");
+            }
             self.one_of(
                 &p,
                 &[
@@ -1052,6 +1246,16 @@ impl<'a> Ctx<'a> {
         if let Some(h) = &a.cluster_header {
             self.non_empty(&p.f("cluster_header"), h);
         }
+        for (field, v) in [
+            ("cluster_header", &a.cluster_header),
+            ("prefix_rewrite", &a.prefix_rewrite),
+            ("host_rewrite_literal", &a.host_rewrite_literal),
+            ("host_rewrite_header", &a.host_rewrite_header),
+        ] {
+            if let Some(v) = v {
+                self.header_text(&p.f(field), v);
+            }
+        }
         if let Some(w) = &a.weighted_clusters {
             let wp = p.f("weighted_clusters");
             let cp = wp.f("clusters");
@@ -1070,12 +1274,18 @@ impl<'a> Ctx<'a> {
                         format!("route: unknown weighted cluster '{}'", c.name),
                     );
                 }
+                if let Some(h) = &c.host_rewrite_literal {
+                    self.header_text(&p.f("host_rewrite_literal"), h);
+                }
                 self.header_mutations(&p, mutations!(c));
                 self.per_filter_config(
                     &p.f("typed_per_filter_config"),
                     &c.typed_per_filter_config,
                     scope,
                 );
+            }
+            if let Some(h) = &w.header_name {
+                self.header_text(&wp.f("header_name"), h);
             }
             match w.total_weight {
                 Some(t) if u64::from(t) != sum => self.err(
@@ -1119,6 +1329,7 @@ impl<'a> Ctx<'a> {
             );
             if let Some(hh) = &h.header {
                 self.non_empty(&p.f("header").f("header_name"), &hh.header_name);
+                self.header_text(&p.f("header").f("header_name"), &hh.header_name);
                 if let Some(r) = &hh.regex_rewrite {
                     self.regex_rewrite(&p.f("header").f("regex_rewrite"), r);
                 }
@@ -1194,7 +1405,25 @@ impl<'a> Ctx<'a> {
         {
             self.err(&p.f("dns_refresh_rate"), "value must be greater than 1ms");
         }
+        if let Some(r) = &c.dns_failure_refresh_rate {
+            let rp = p.f("dns_failure_refresh_rate");
+            if r.base_interval.as_std() <= MS {
+                self.err(&rp.f("base_interval"), "value must be greater than 1ms");
+            }
+            if r.max_interval.is_some_and(|d| d.as_std() <= MS) {
+                self.err(&rp.f("max_interval"), "value must be greater than 1ms");
+            }
+        }
+        if let Some(o) = &c.http2_protocol_options {
+            self.http2_options(&p.f("http2_protocol_options"), o);
+        }
+        if let Some(o) = &c.common_http_protocol_options {
+            self.common_http_options(&p.f("common_http_protocol_options"), o);
+        }
         self.endpoints(p, c);
+        for (field, message) in crate::health_check::check_cluster(c) {
+            self.err(&p.f(&field), message);
+        }
         self.lb_config(p, c);
         self.protocol_options(p, c);
         if let Some(cb) = &c.circuit_breakers {
@@ -1236,7 +1465,9 @@ impl<'a> Ctx<'a> {
         let ep = lp.f("endpoints");
         for (i, group) in la.endpoints.iter().enumerate() {
             let gp = ep.i(i);
-            if group.priority != 0 {
+            if group.priority > 128 {
+                self.err(&gp.f("priority"), "value must be less than or equal to 128");
+            } else if group.priority != 0 {
                 self.err(
                     &gp.f("priority"),
                     "priorities other than 0 are not supported yet",
@@ -1357,6 +1588,17 @@ impl<'a> Ctx<'a> {
     }
 
     fn upstream_http_options(&mut self, p: &P, h: &UpstreamHttpProtocolOptions) {
+        if let Some(sni) = h
+            .upstream_http_protocol_options
+            .as_ref()
+            .and_then(|u| u.override_auto_sni_header.as_ref())
+        {
+            self.header_text(
+                &p.f("upstream_http_protocol_options")
+                    .f("override_auto_sni_header"),
+                sni,
+            );
+        }
         self.one_of(
             p,
             &[
@@ -1368,6 +1610,27 @@ impl<'a> Ctx<'a> {
             ],
             true,
         );
+        if let Some(o) = &h.common_http_protocol_options {
+            self.common_http_options(&p.f("common_http_protocol_options"), o);
+        }
+        for (field, o) in [
+            (
+                "explicit_http_config",
+                h.explicit_http_config
+                    .as_ref()
+                    .and_then(|e| e.http2_protocol_options.as_ref()),
+            ),
+            (
+                "use_downstream_protocol_config",
+                h.use_downstream_protocol_config
+                    .as_ref()
+                    .and_then(|e| e.http2_protocol_options.as_ref()),
+            ),
+        ] {
+            if let Some(o) = o {
+                self.http2_options(&p.f(field).f("http2_protocol_options"), o);
+            }
+        }
         if let Some(e) = &h.explicit_http_config {
             self.one_of(
                 &p.f("explicit_http_config"),

@@ -55,6 +55,17 @@ impl Body {
     }
 }
 
+impl Body {
+    /// The bytes of an in-memory body (`None` for streaming bodies).
+    pub fn full_bytes(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Empty => None,
+            Kind::Full(b) => b.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 impl Default for Body {
     fn default() -> Self {
         Self::empty()

@@ -49,18 +49,46 @@ pub struct Args {
     /// Accepted for Envoy compatibility (node.id).
     #[arg(long = "service-node", hide = true)]
     pub service_node: Option<String>,
+    /// How often buffered access-log lines are written to their files (Envoy's default 10 s).
+    #[arg(long = "file-flush-interval-msec", value_name = "MS", default_value_t = 10_000)]
+    pub file_flush_interval_msec: u64,
+    /// Buffered access-log bytes that trigger a write before the interval (KiB, Envoy's default 64).
+    #[arg(long = "file-flush-min-size-kb", value_name = "KIB", default_value_t = 64)]
+    pub file_flush_min_size_kb: usize,
 }
 
 fn init_logging(level: &str) {
-    let level = match level {
-        "warning" | "warn" => "warn",
-        "critical" => "error",
-        "trace" | "debug" | "info" | "error" | "off" => level,
-        _ => "info",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // SLUICE_LOG (an EnvFilter directive) wins over -l and over run-time changes.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init();
+        return;
+    }
+    let control = crate::admin::logging::control();
+    let level = crate::admin::logging::envoy_level(level).unwrap_or("info");
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(
+        level.replace("warning", "warn").replace("critical", "error"),
+    ));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+        .try_init()
+        .is_ok();
+    if installed {
+        // `/logging` changes levels at run time through this handle.
+        control.install(
+            level,
+            Box::new(move |directives| {
+                let filter = tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            }),
+        );
+    }
 }
 
 fn load(args: &Args) -> Result<(String, sluice_config::Snapshot), String> {
@@ -86,6 +114,10 @@ fn load(args: &Args) -> Result<(String, sluice_config::Snapshot), String> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     init_logging(&args.log_level);
+    crate::access_log::set_flush_options(
+        std::time::Duration::from_millis(args.file_flush_interval_msec),
+        args.file_flush_min_size_kb.saturating_mul(1024),
+    );
     let shown = args.config_path.clone().unwrap_or_else(|| "<config-yaml>".into());
     let (path, snapshot) = match load(&args) {
         Ok(x) => x,
@@ -121,6 +153,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         tracing::info!("shutting down server instance");
         server.shutdown();
+        // Access-log lines still buffered go out before the process ends.
+        crate::access_log::flush_now();
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -6,10 +6,12 @@
 //! ext_authz), `upstream` (cluster manager, discovery, load balancers, connection pools),
 //! `admin` and `stats`.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod filters;
+pub mod formatter;
 pub mod http;
 pub mod listener;
 pub mod router;

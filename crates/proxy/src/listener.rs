@@ -14,9 +14,12 @@ use sluice_config::listener::{FilterChain, Listener as ListenerConfig, NetworkFi
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::access_log::connection::{ConnectionLog, Counted};
+use crate::access_log::AccessLogs;
 use crate::filters::{ConnectionInfo, TlsInfo};
 use crate::body::Body;
 use crate::http::codec::{self, CodecStats, ParseConfig, Underscores};
+use crate::stream_info::ResponseFlags;
 use crate::http::conn_manager::{HttpConnectionManager, ListenerHttpStats, ConnContext};
 use crate::stats::{Counter, Gauge, Store};
 use crate::tls::{self, DownstreamTls};
@@ -43,6 +46,7 @@ pub struct Listener {
     pub address: SocketAddr,
     chains: Vec<Chain>,
     stats: ListenerStats,
+    access_logs: Option<Arc<AccessLogs>>,
 }
 
 struct ListenerStats {
@@ -80,10 +84,12 @@ impl Listener {
         if chains.is_empty() {
             return Err(("filter_chains".to_string(), "at least one filter chain is required".to_string()));
         }
+        let access_logs = AccessLogs::build(&cfg.access_log, store).map_err(|(p, e)| (format!("access_log{p}"), e))?;
         Ok(Listener {
             name: cfg.name.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             address,
             chains,
+            access_logs,
             stats: ListenerStats {
                 downstream_cx_total: store.counter(format!("{lprefix}downstream_cx_total")),
                 downstream_cx_active: store.gauge(format!("{lprefix}downstream_cx_active")),
@@ -119,6 +125,13 @@ impl Listener {
 
     async fn handle(&self, stream: TcpStream, peer: SocketAddr) {
         let local = stream.local_addr().unwrap_or(self.address);
+        // Listener access logs: one line when the connection ends (NR when no chain matched).
+        let log = ConnectionLog::start(self.access_logs.as_ref());
+        let refused = |log: Option<ConnectionLog>, tls: Option<TlsInfo>| {
+            if let Some(l) = log {
+                l.finish(Arc::new(ConnectionInfo::new(peer, local, tls.map(Arc::new))), None, ResponseFlags::NO_ROUTE_FOUND);
+            }
+        };
         let has_tls = self.chains.iter().any(|c| c.tls.is_some());
         let has_plain = self.chains.iter().any(|c| c.tls.is_none());
         let is_tls = if has_tls && has_plain {
@@ -132,6 +145,7 @@ impl Listener {
         };
         if !is_tls {
             let Some(chain) = self.chains.iter().find(|c| c.tls.is_none() && c.transport_protocol.as_deref() != Some("tls")) else {
+                refused(log, None);
                 return;
             };
             let conn = Arc::new(ConnectionInfo::new(peer, local, None));
@@ -143,16 +157,26 @@ impl Listener {
                 CodecType::Auto => match sniff_h2_preface(&stream).await {
                     Some(true) => CodecType::Http2,
                     Some(false) => CodecType::Http1,
-                    None => return,
+                    // Undecided (silent or gone): the HTTP/1 codec waits out its idle timeout.
+                    None => CodecType::Auto,
                 },
                 CodecType::Http2 => match sniff_h2_preface(&stream).await {
                     Some(true) => CodecType::Http2,
-                    Some(false) => return close_unanswered(stream).await,
-                    None => return,
+                    _ => {
+                        close_unanswered(stream).await;
+                        if let Some(l) = log {
+                            l.finish(conn, None, ResponseFlags::empty());
+                        }
+                        return;
+                    }
                 },
                 c => c,
             };
-            serve_http(stream, chain, conn, codec).await;
+            let stream = Counted::new(stream, log.as_ref().map(ConnectionLog::counts));
+            serve_http(stream, chain, conn.clone(), codec).await;
+            if let Some(l) = log {
+                l.finish(conn, codec_protocol(codec), ResponseFlags::empty());
+            }
             return;
         }
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
@@ -162,6 +186,7 @@ impl Listener {
         };
         let sni = start.client_hello().server_name().map(str::to_string);
         let Some(chain) = self.select_tls_chain(sni.as_deref()) else {
+            refused(log, Some(TlsInfo { sni, ..Default::default() }));
             return;
         };
         let Some(tls) = &chain.tls else { return };
@@ -169,6 +194,9 @@ impl Listener {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%peer, "TLS handshake failed: {e}");
+                if let Some(l) = log {
+                    l.finish(Arc::new(ConnectionInfo::new(peer, local, None)), None, ResponseFlags::empty());
+                }
                 return;
             }
         };
@@ -181,12 +209,19 @@ impl Listener {
             peer_principal: peer_cert.as_ref().and_then(tls::principal),
             peer_certificate: peer_cert.map(|c| c.as_ref().to_vec()),
             alpn_h2,
+            version: session.protocol_version().and_then(crate::formatter::tls_version_name),
+            cipher: session.negotiated_cipher_suite().and_then(|c| crate::formatter::cipher_name(c.suite())),
+            local_certificate: None,
         };
         chain.hcm.stats.downstream_cx_ssl_total.inc();
         let conn = Arc::new(ConnectionInfo::new(peer, local, Some(Arc::new(info))));
         // ALPN decides: h2 if agreed, otherwise HTTP/1.1 only (Envoy without alpn_protocols).
         let codec = if alpn_h2 { CodecType::Http2 } else { CodecType::Http1 };
-        serve_http(stream, chain, conn, codec).await;
+        let stream = Counted::new(stream, log.as_ref().map(ConnectionLog::counts));
+        serve_http(stream, chain, conn.clone(), codec).await;
+        if let Some(l) = log {
+            l.finish(conn, codec_protocol(codec), ResponseFlags::empty());
+        }
     }
 
     fn select_tls_chain(&self, sni: Option<&str>) -> Option<&Chain> {
@@ -209,6 +244,15 @@ impl Listener {
             }
         }
         tls_chains().find(|c| c.server_names.is_empty())
+    }
+}
+
+/// The protocol a connection spoke, for its listener access log.
+fn codec_protocol(codec: CodecType) -> Option<http::Version> {
+    match codec {
+        CodecType::Http1 => Some(http::Version::HTTP_11),
+        CodecType::Http2 => Some(http::Version::HTTP_2),
+        _ => None,
     }
 }
 

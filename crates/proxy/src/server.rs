@@ -72,6 +72,8 @@ pub fn build_listeners(snapshot: &Snapshot, clusters: &Arc<ClusterManager>, stat
 /// Start the proxy inside the current tokio runtime.
 pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<RunningServer> {
     let started = Instant::now();
+    // Access-log filters read runtime keys from the static layers.
+    crate::access_log::runtime::set_from_bootstrap(&snapshot.bootstrap);
     let stats = Store::new();
     let state = ServerState::new();
     admin::register_server_stats(&stats, options.concurrency);

@@ -89,6 +89,8 @@ response_flags! {
     DROP_OVERLOAD = 27, "DO", "DropOverload";
     /// `DR`: downstream remote reset.
     DOWNSTREAM_REMOTE_RESET = 28, "DR", "DownstreamRemoteReset";
+    /// `UDO`: unconditional drop overload.
+    UNCONDITIONAL_DROP_OVERLOAD = 29, "UDO", "UnconditionalDropOverload";
 }
 
 impl ResponseFlags {
@@ -144,6 +146,8 @@ pub struct UpstreamInfo {
     pub local_address: Option<SocketAddr>,
     /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
     pub transport_failure_reason: Option<String>,
+    /// The protocol of the upstream response (`%UPSTREAM_PROTOCOL%`).
+    pub protocol: Option<Version>,
 }
 
 /// The record of one request.
@@ -188,14 +192,30 @@ pub struct StreamInfo {
     pub attempt_count: u32,
     /// The request was answered by the health-check filter.
     pub health_check: bool,
+    /// The client address the connection manager trusts when it is not the peer (from
+    /// `x-forwarded-for`): `%DOWNSTREAM_REMOTE_ADDRESS%`.
+    pub downstream_remote: Option<SocketAddr>,
+    /// A connection-level record from before any protocol was chosen (a listener access log of
+    /// a refused connection): `%PROTOCOL%` is `-`.
+    pub protocol_unset: bool,
 }
+
+/// The upstream host that served a response, as a response extension set by the upstream
+/// layer (`%UPSTREAM_HOST%`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamHost(pub SocketAddr);
 
 impl StreamInfo {
     pub fn new(stream_id: u64, protocol: Version, conn: Arc<ConnectionInfo>) -> StreamInfo {
+        Self::starting(stream_id, protocol, conn, Instant::now())
+    }
+
+    /// A record for a request that started at `start` (now, on the wall clock).
+    pub fn starting(stream_id: u64, protocol: Version, conn: Arc<ConnectionInfo>, start: Instant) -> StreamInfo {
         StreamInfo {
             stream_id,
             start_time: SystemTime::now(),
-            start: Instant::now(),
+            start,
             protocol,
             conn,
             last_downstream_rx: None,
@@ -213,6 +233,8 @@ impl StreamInfo {
             dynamic_metadata: None,
             attempt_count: 0,
             health_check: false,
+            protocol_unset: false,
+            downstream_remote: None,
         }
     }
 

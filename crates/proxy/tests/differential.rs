@@ -1013,6 +1013,12 @@ fn cases() -> Vec<Case> {
         h2("h2/503-connection-termination", "GET", "/echo/close", &[], b""),
         h2("h2/504-upstream-timeout", "GET", "/timeout/slow", &[], b""),
         h2("h2/upstream-chunked-response", "GET", "/echo/chunked", &[], b""),
+        // --- gRPC requests get gRPC local replies (trailers-only, grpc-status from the HTTP status)
+        h2("grpc/404-unimplemented", "POST", "/nothing", &[("content-type", "application/grpc")], b""),
+        h2("grpc/503-unavailable", "POST", "/empty", &[("content-type", "application/grpc"), ("te", "trailers")], b""),
+        h2("grpc/504-timeout", "POST", "/timeout/slow", &[("content-type", "application/grpc")], b""),
+        h2("grpc/direct-200-unknown", "POST", "/direct", &[("content-type", "application/grpc+proto")], b""),
+        case("grpc/http1-404", req("POST", "/nothing", &["Content-Type: application/grpc", "Content-Length: 0"])),
         // --- admin (last: the stats counters reflect all the requests above)
         admin("admin/ready", "/ready"),
         admin("admin/listeners", "/listeners"),
@@ -1034,6 +1040,11 @@ fn cases() -> Vec<Case> {
             ),
         ),
         admin("admin/get-on-post-endpoint-405", "/healthcheck/fail"),
+        admin("admin/config-dump-resource-masked", "/config_dump?resource=static_clusters&mask=cluster.name,cluster.type"),
+        admin("admin/config-dump-name-regex", "/config_dump?resource=static_clusters&name_regex=%5Ee&mask=cluster.name"),
+        admin("admin/config-dump-unknown-resource-404", "/config_dump?resource=nonsense"),
+        admin("admin/config-dump-empty-resource", "/config_dump?resource=dynamic_active_clusters"),
+        admin("admin/config-dump-mask-only", "/config_dump?mask=static_route_configs.route_config.name"),
     ];
     // Known differences run last, after the admin cases, so the stats comparisons above count
     // only requests both proxies handle the same way.
@@ -1050,6 +1061,8 @@ fn cases() -> Vec<Case> {
 /// that starts to match fails the test, so the list stays true.
 const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
     ("headers/three-levels", "a header appended to an existing name is written next to its first value (hyper's HeaderMap groups values by name); Envoy writes it at the end"),
+    ("admin/config-dump-unknown-resource-404", "Envoy sends x-content-type-options twice, before content-type and after cache-control; an http::HeaderMap keeps one line per name in the place of its first line"),
+    ("admin/config-dump-mask-only", "Envoy sends x-content-type-options twice, before content-type and after cache-control; an http::HeaderMap keeps one line per name in the place of its first line"),
 ];
 
 fn known_difference(name: &str) -> Option<&'static str> {

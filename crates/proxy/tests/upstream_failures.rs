@@ -56,16 +56,22 @@ async fn refused_and_no_healthy_upstream() {
     assert_eq!(e.reset_reason(), "");
     assert_eq!(store.counter("cluster.empty.upstream_cx_none_healthy").value(), 1);
 
-    // Unroutable health statuses are excluded from load balancing.
+    // Unroutable health statuses are excluded from load balancing; with every host unhealthy
+    // the cluster is below the panic threshold (Envoy's default 50 %) and routes to all hosts
+    // anyway, as Envoy 1.40 does, unless the threshold is 0.
     let up = EchoUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let y = format!(
-        "  - name: hs\n    load_assignment:\n      cluster_name: hs\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n          health_status: UNHEALTHY\n",
-        up.port()
-    );
+    let y = |name: &str, extra: &str| {
+        format!(
+            "  - name: {name}\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n          health_status: UNHEALTHY\n",
+            up.port()
+        )
+    };
     let store = Store::new();
-    let cm = manager(&y, &store);
+    let cm = manager(&(y("hs", "") + &y("nopanic", "    common_lb_config: {healthy_panic_threshold: {value: 0}}\n")), &store);
     assert_eq!(cm.get("hs").unwrap().hosts().hosts.len(), 1);
-    assert_eq!(cm.get("hs").unwrap().send(req("/"), &LbContext::default()).await.unwrap_err(), UpstreamFailure::NoHealthyUpstream);
+    assert_eq!(cm.get("hs").unwrap().send(req("/"), &LbContext::default()).await.unwrap().status(), 200);
+    assert_eq!(store.counter("cluster.hs.lb_healthy_panic").value(), 1);
+    assert_eq!(cm.get("nopanic").unwrap().send(req("/"), &LbContext::default()).await.unwrap_err(), UpstreamFailure::NoHealthyUpstream);
     assert_eq!(store.gauge("cluster.hs.membership_total").value(), 1);
     assert_eq!(store.gauge("cluster.hs.membership_healthy").value(), 0);
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: fixtures, temporary directories, requests, clients.
 #![allow(dead_code)]
 
+pub mod opa;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;

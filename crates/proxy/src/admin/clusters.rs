@@ -50,9 +50,12 @@ pub struct HostView {
     pub priority: u32,
     /// The EDS/config health status.
     pub health: HealthStatus,
-    pub failed_active_hc: bool,
-    pub failed_outlier_check: bool,
-    pub pending_dynamic_removal: bool,
+    /// Envoy's health flags ([`crate::upstream::health_flag`] bits; the EDS ones are derived
+    /// from `health`).
+    pub flags: u32,
+    /// Outlier detection's last success rates (external, local origin); -1 when unknown.
+    pub success_rate: f64,
+    pub local_origin_success_rate: f64,
     pub stats: HostStatsView,
 }
 
@@ -74,6 +77,9 @@ pub trait ClusterSource: Send + Sync {
     fn is_initialized(&self) -> bool {
         true
     }
+    /// `/healthcheck/fail` (true) and `/healthcheck/ok` (false): what the health-check HTTP
+    /// filter answers.
+    fn set_healthcheck_failed(&self, _failed: bool) {}
 }
 
 /// Circuit-breaker limits from a cluster's config (Envoy's defaults where unset).
@@ -120,9 +126,9 @@ impl StaticClusters {
                             locality: lle.locality.clone().unwrap_or_default(),
                             priority: lle.priority,
                             health: ep.health_status,
-                            failed_active_hc: false,
-                            failed_outlier_check: false,
-                            pending_dynamic_removal: false,
+                            flags: 0,
+                            success_rate: -1.0,
+                            local_origin_success_rate: -1.0,
                             stats: HostStatsView::default(),
                         });
                     }
@@ -164,6 +170,8 @@ impl ClusterSource for crate::upstream::ClusterManager {
                     .iter()
                     .map(|h| {
                         let s = &h.stats;
+                        let [success_rate, local_origin_success_rate] = h.outlier.state().success_rate;
+                        let eds = crate::upstream::health_flag::FAILED_EDS_HEALTH | crate::upstream::health_flag::DEGRADED_EDS_HEALTH;
                         HostView {
                             address: h.address,
                             hostname: h.hostname.clone(),
@@ -171,9 +179,9 @@ impl ClusterSource for crate::upstream::ClusterManager {
                             locality: h.locality.clone(),
                             priority: 0,
                             health: h.health,
-                            failed_active_hc: false,
-                            failed_outlier_check: false,
-                            pending_dynamic_removal: h.is_draining(),
+                            flags: h.health_flags_bits() & !eds,
+                            success_rate,
+                            local_origin_success_rate,
                             stats: HostStatsView {
                                 cx_active: s.cx_active.load(Relaxed),
                                 cx_connect_fail: s.cx_connect_fail.load(Relaxed),
@@ -202,31 +210,34 @@ impl ClusterSource for crate::upstream::ClusterManager {
     fn is_initialized(&self) -> bool {
         crate::upstream::ClusterManager::is_initialized(self)
     }
+
+    fn set_healthcheck_failed(&self, failed: bool) {
+        crate::upstream::ClusterManager::set_healthcheck_failed(self, failed)
+    }
 }
 
-/// `healthy`, or the `/`-prefixed failure flags Envoy prints.
-pub fn health_flags(h: &HostView) -> String {
-    let mut flags = String::new();
-    if h.failed_active_hc {
-        flags.push_str("/failed_active_hc");
-    }
-    if h.failed_outlier_check {
-        flags.push_str("/failed_outlier_check");
-    }
-    match h.health {
-        HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout => {
-            flags.push_str("/failed_eds_health")
+/// The host's flags with the EDS ones derived from its configured `health_status`.
+fn all_flags(h: &HostView) -> u32 {
+    use crate::upstream::health_flag::*;
+    h.flags
+        | match h.health {
+            HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout => FAILED_EDS_HEALTH,
+            HealthStatus::Degraded => DEGRADED_EDS_HEALTH,
+            HealthStatus::Unknown | HealthStatus::Healthy => 0,
         }
-        HealthStatus::Degraded => flags.push_str("/degraded_eds_health"),
-        _ => {}
-    }
-    if h.pending_dynamic_removal {
-        flags.push_str("/pending_dynamic_removal");
-    }
-    if flags.is_empty() {
-        "healthy".to_string()
+}
+
+/// `healthy`, or the `/`-prefixed flags Envoy prints, in Envoy's order.
+pub fn health_flags(h: &HostView) -> String {
+    crate::upstream::health_flag::to_string(all_flags(h))
+}
+
+/// Envoy prints a double with the shortest representation (`-1`, `50`, `93.75`).
+fn rate(v: f64) -> String {
+    if v < 0.0 {
+        "-1".to_string()
     } else {
-        flags
+        format!("{v}")
     }
 }
 
@@ -271,8 +282,8 @@ pub fn text(views: &[ClusterView], filter: Option<&Regex>) -> String {
             out.push_str(&format!("{n}::{a}::sub_zone::{}\n", h.locality.sub_zone));
             out.push_str(&format!("{n}::{a}::canary::false\n"));
             out.push_str(&format!("{n}::{a}::priority::{}\n", h.priority));
-            out.push_str(&format!("{n}::{a}::success_rate::-1\n"));
-            out.push_str(&format!("{n}::{a}::local_origin_success_rate::-1\n"));
+            out.push_str(&format!("{n}::{a}::success_rate::{}\n", rate(h.success_rate)));
+            out.push_str(&format!("{n}::{a}::local_origin_success_rate::{}\n", rate(h.local_origin_success_rate)));
         }
     }
     out
@@ -336,13 +347,10 @@ pub fn json(views: &[ClusterView], filter: Option<&Regex>) -> Value {
                             stat("rq_pending_active", s.rq_pending_active, true),
                         ]),
                     );
+                    // Envoy prints HostHealthStatus fields in field-number order, the EDS status
+                    // third.
                     let mut hs = Map::new();
-                    if h.failed_active_hc {
-                        hs.insert("failed_active_health_check".into(), json!(true));
-                    }
-                    if h.failed_outlier_check {
-                        hs.insert("failed_outlier_check".into(), json!(true));
-                    }
+                    let f = h.flags;
                     let eds = match h.health {
                         HealthStatus::Unknown | HealthStatus::Healthy => "HEALTHY",
                         HealthStatus::Unhealthy => "UNHEALTHY",
@@ -350,17 +358,38 @@ pub fn json(views: &[ClusterView], filter: Option<&Regex>) -> Value {
                         HealthStatus::Timeout => "TIMEOUT",
                         HealthStatus::Degraded => "DEGRADED",
                     };
-                    hs.insert("eds_health_status".into(), json!(eds));
-                    if h.pending_dynamic_removal {
-                        hs.insert("pending_dynamic_removal".into(), json!(true));
+                    {
+                        use crate::upstream::health_flag::*;
+                        for (bit, name) in [
+                            (FAILED_ACTIVE_HC, "failed_active_health_check"),
+                            (FAILED_OUTLIER_CHECK, "failed_outlier_check"),
+                            (0, "eds_health_status"),
+                            (DEGRADED_ACTIVE_HC, "failed_active_degraded_check"),
+                            (PENDING_DYNAMIC_REMOVAL, "pending_dynamic_removal"),
+                            (PENDING_ACTIVE_HC, "pending_active_hc"),
+                            (EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "excluded_via_immediate_hc_fail"),
+                            (ACTIVE_HC_TIMEOUT, "active_hc_timeout"),
+                        ] {
+                            if bit == 0 {
+                                hs.insert(name.into(), json!(eds));
+                            } else if f & bit != 0 {
+                                hs.insert(name.into(), json!(true));
+                            }
+                        }
                     }
                     hm.insert("health_status".into(), Value::Object(hs));
+                    if h.success_rate >= 0.0 {
+                        hm.insert("success_rate".into(), json!({"value": h.success_rate}));
+                    }
                     hm.insert("weight".into(), json!(h.weight));
                     if !h.hostname.is_empty() {
                         hm.insert("hostname".into(), json!(h.hostname));
                     }
                     if h.priority != 0 {
                         hm.insert("priority".into(), json!(h.priority));
+                    }
+                    if h.local_origin_success_rate >= 0.0 {
+                        hm.insert("local_origin_success_rate".into(), json!({"value": h.local_origin_success_rate}));
                     }
                     let mut loc = Map::new();
                     for (k, v) in
@@ -403,9 +432,9 @@ mod tests {
                 locality: Locality::default(),
                 priority: 0,
                 health: HealthStatus::Unknown,
-                failed_active_hc: false,
-                failed_outlier_check: false,
-                pending_dynamic_removal: false,
+                flags: 0,
+                success_rate: -1.0,
+                local_origin_success_rate: -1.0,
                 stats: HostStatsView {
                     cx_active: 1,
                     cx_total: 4,
@@ -581,8 +610,14 @@ echo::127.0.0.1:19902::local_origin_success_rate::-1
     fn health_flags_and_thresholds_from_config() {
         let mut h = echo().hosts.remove(0);
         assert_eq!(health_flags(&h), "healthy");
-        h.failed_active_hc = true;
+        h.flags = crate::upstream::health_flag::FAILED_ACTIVE_HC;
         assert_eq!(health_flags(&h), "/failed_active_hc");
+        h.flags |= crate::upstream::health_flag::FAILED_OUTLIER_CHECK | crate::upstream::health_flag::PENDING_DYNAMIC_REMOVAL;
+        h.health = HealthStatus::Degraded;
+        assert_eq!(health_flags(&h), "/failed_active_hc/failed_outlier_check/degraded_eds_health/pending_dynamic_removal");
+        assert_eq!(rate(-1.0), "-1");
+        assert_eq!(rate(50.0), "50");
+        assert_eq!(rate(93.75), "93.75");
         let c: sluice_config::cluster::Cluster = serde_json::from_value(serde_json::json!({
             "name": "c",
             "circuit_breakers": {"thresholds": [{"priority": "HIGH", "max_requests": 7}, {"max_retries": 9}]}

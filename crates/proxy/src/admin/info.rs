@@ -254,6 +254,112 @@ pub fn config_dump(b: &Bootstrap, redacted: &Value, loaded_at: SystemTime) -> Va
     json!({ "configs": configs })
 }
 
+/// The message type of each repeated field of the config dumps (`?resource=`).
+const RESOURCE_TYPES: &[(&str, &str)] = &[
+    ("static_clusters", "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.StaticCluster"),
+    ("dynamic_active_clusters", "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.DynamicCluster"),
+    ("dynamic_warming_clusters", "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.DynamicCluster"),
+    ("static_listeners", "type.googleapis.com/envoy.admin.v3.ListenersConfigDump.StaticListener"),
+    ("dynamic_listeners", "type.googleapis.com/envoy.admin.v3.ListenersConfigDump.DynamicListener"),
+    ("static_route_configs", "type.googleapis.com/envoy.admin.v3.RoutesConfigDump.StaticRouteConfig"),
+    ("dynamic_route_configs", "type.googleapis.com/envoy.admin.v3.RoutesConfigDump.DynamicRouteConfig"),
+    ("static_secrets", "type.googleapis.com/envoy.admin.v3.SecretsConfigDump.StaticSecret"),
+    ("dynamic_active_secrets", "type.googleapis.com/envoy.admin.v3.SecretsConfigDump.DynamicSecret"),
+    ("dynamic_warming_secrets", "type.googleapis.com/envoy.admin.v3.SecretsConfigDump.DynamicSecret"),
+];
+
+/// The name a `?name_regex=` filter looks at in one resource of a dump.
+fn resource_name(resource: &Value) -> Option<&str> {
+    for key in ["cluster", "listener", "active_state", "route_config", "secret"] {
+        if let Some(inner) = resource.get(key) {
+            let inner = inner.get("listener").unwrap_or(inner);
+            return inner.get("name").and_then(Value::as_str);
+        }
+    }
+    resource.get("name").and_then(Value::as_str)
+}
+
+/// Keep only the fields named by a protobuf `FieldMask` (`a.b,c`); `@type` always stays. As in
+/// protobuf, a path cannot go through a repeated field: `None` when a path tries to.
+fn apply_mask(value: &Value, paths: &[Vec<&str>]) -> Option<Value> {
+    let Value::Object(map) = value else { return Some(value.clone()) };
+    let mut out = Map::new();
+    for (k, v) in map {
+        if k == "@type" {
+            out.insert(k.clone(), v.clone());
+            continue;
+        }
+        let sub: Vec<Vec<&str>> =
+            paths.iter().filter(|p| p.first() == Some(&k.as_str())).map(|p| p[1..].to_vec()).collect();
+        if sub.is_empty() {
+            continue;
+        }
+        if sub.iter().any(|p| p.is_empty()) {
+            out.insert(k.clone(), v.clone());
+        } else if v.is_array() {
+            return None;
+        } else {
+            out.insert(k.clone(), apply_mask(v, &sub)?);
+        }
+    }
+    Some(Value::Object(out))
+}
+
+/// `/config_dump` with Envoy's query parameters: `resource` (one repeated field of the dumps,
+/// each entry typed), `mask` (a field mask applied to each dump, or to each resource), and
+/// `name_regex` (resources whose name matches). `Err` is a 404/400 message.
+pub fn config_dump_query(
+    dump: Value,
+    resource: Option<&str>,
+    mask: Option<&str>,
+    name_regex: Option<&regex::Regex>,
+) -> Result<Value, (u16, String)> {
+    let paths: Option<Vec<Vec<&str>>> =
+        mask.filter(|m| !m.is_empty()).map(|m| m.split(',').map(|p| p.trim().split('.').collect()).collect());
+    let configs = dump.get("configs").and_then(Value::as_array).cloned().unwrap_or_default();
+    // Envoy prints a dump without entries as `{}`.
+    let wrap = |configs: Vec<Value>| if configs.is_empty() { json!({}) } else { json!({ "configs": configs }) };
+    let Some(resource) = resource.filter(|r| !r.is_empty()) else {
+        let Some(paths) = paths else { return Ok(wrap(configs)) };
+        // Each dump keeps what the mask names; a dump the mask does not apply to is left out.
+        let masked: Vec<Value> = configs
+            .iter()
+            .filter_map(|c| apply_mask(c, &paths))
+            .filter(|c| c.as_object().is_some_and(|o| o.keys().any(|k| k != "@type")))
+            .collect();
+        if masked.is_empty() {
+            let mask = mask.unwrap_or_default();
+            return Err((400, format!("FieldMask {mask} could not be successfully applied to any configs.")));
+        }
+        return Ok(wrap(masked));
+    };
+    let Some((_, type_url)) = RESOURCE_TYPES.iter().find(|(f, _)| *f == resource) else {
+        return Err((404, format!("{resource} not found in config dump")));
+    };
+    let Some(items) = configs.iter().find_map(|c| c.get(resource)).and_then(Value::as_array) else {
+        // The field exists in Envoy's dump messages but is empty here.
+        return Ok(json!({}));
+    };
+    let mut out = Vec::new();
+    for item in items {
+        // RE2 full match, as Envoy applies `name_regex`.
+        if let Some(re) = name_regex {
+            if !resource_name(item).is_some_and(|n| re.find(n).is_some_and(|m| m.start() == 0 && m.end() == n.len())) {
+                continue;
+            }
+        }
+        let item = match &paths {
+            Some(p) => match apply_mask(item, p) {
+                Some(v) => v,
+                None => continue,
+            },
+            None => item.clone(),
+        };
+        out.push(with_type(type_url, &item));
+    }
+    Ok(wrap(out))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Certificates
 

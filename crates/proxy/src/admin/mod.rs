@@ -13,6 +13,7 @@ pub mod clusters;
 pub mod help;
 pub mod info;
 pub mod json;
+pub mod logging;
 pub mod stats;
 
 use std::convert::Infallible;
@@ -462,6 +463,21 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
     r
 }
 
+/// An error some handlers (`/config_dump`) answer in Envoy's other layout: `text/plain`
+/// without a charset, with `x-content-type-options` first (and again after `cache-control`).
+fn plain_error(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
+    let mut r = reply(status, "text/plain", body);
+    let old = std::mem::take(r.headers_mut());
+    let h = r.headers_mut();
+    h.append("x-content-type-options", http::HeaderValue::from_static("nosniff"));
+    for (name, value) in old {
+        if let Some(name) = name {
+            h.append(name, value);
+        }
+    }
+    r
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
     reply(status, TEXT, body)
 }
@@ -471,21 +487,7 @@ fn json_reply(v: &serde_json::Value) -> Response<AdminBody> {
 }
 
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// Query parameters, percent-decoded (the last value of a repeated name wins).
@@ -574,11 +576,21 @@ pub fn handle(ctx: &AdminContext, method: &Method, path: &str, query: Option<&st
             ctx.server.uptime().as_secs(),
             &ctx.options,
         )),
-        "/config_dump" => json_reply(&info::config_dump(
-            &ctx.snapshot.bootstrap,
-            &ctx.snapshot.redacted_source(),
-            ctx.server.started_at(),
-        )),
+        "/config_dump" => {
+            let name_regex = match param(&q, "name_regex") {
+                Some(r) if !r.is_empty() => match Regex::new(r) {
+                    Ok(re) => Some(re),
+                    Err(_) => return text(StatusCode::BAD_REQUEST, "Invalid regex"),
+                },
+                _ => None,
+            };
+            let dump = info::config_dump(&ctx.snapshot.bootstrap, &ctx.snapshot.redacted_source(), ctx.server.started_at());
+            match info::config_dump_query(dump, param(&q, "resource"), param(&q, "mask"), name_regex.as_ref()) {
+                Ok(v) => json_reply(&v),
+                Err((404, m)) => plain_error(StatusCode::NOT_FOUND, m),
+                Err((_, m)) => plain_error(StatusCode::BAD_REQUEST, m),
+            }
+        }
         "/listeners" => {
             if param(&q, "format") == Some("json") {
                 json_reply(&info::listeners_json(&ctx.listeners))
@@ -592,12 +604,25 @@ pub fn handle(ctx: &AdminContext, method: &Method, path: &str, query: Option<&st
         "/hot_restart_version" => text(StatusCode::OK, info::HOT_RESTART_VERSION),
         "/healthcheck/fail" => {
             ctx.server.set_healthcheck_failed(true);
+            ctx.clusters.set_healthcheck_failed(true);
             ctx.stats.gauge("server.live").set(0);
             text(StatusCode::OK, "OK\n")
         }
         "/healthcheck/ok" => {
             ctx.server.set_healthcheck_failed(false);
+            ctx.clusters.set_healthcheck_failed(false);
             ctx.stats.gauge("server.live").set(i64::from(ctx.server.state() == State::Live));
+            text(StatusCode::OK, "OK\n")
+        }
+        "/logging" => {
+            let control = logging::control();
+            match control.apply(&q) {
+                Ok(()) => text(StatusCode::OK, control.listing()),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("error: {e}\n\n{}{}", logging::USAGE, control.listing())),
+            }
+        }
+        "/reopen_logs" => {
+            crate::access_log::reopen();
             text(StatusCode::OK, "OK\n")
         }
         "/reset_counters" => {
@@ -780,5 +805,24 @@ mod tests {
         assert_eq!(param(&q, "usedonly"), Some(""));
         assert_eq!(param(&q, "type"), Some("Gauges"));
         assert_eq!(percent_decode("a%2"), "a%2");
+        // A '%' before a multi-byte character used to slice inside it and panic.
+        assert_eq!(param(&parse_query(Some("filter=%aé")), "filter"), Some("%aé"));
+        assert_eq!(percent_decode("%e9%"), "\u{fffd}%");
+    }
+
+    #[test]
+    fn any_query_decodes_without_panicking() {
+        // A bounded sweep of generated queries mixing escapes, separators and multi-byte text.
+        let pieces = ["%", "%a", "%zz", "%41", "%e9", "é", "字", "=", "&", "a", "", "+", "%%", "%f0%9f"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            let mut q = String::new();
+            for _ in 0..(seed % 8) {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                q.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
+            }
+            let parsed = parse_query(Some(&q));
+            assert!(parsed.len() <= q.len() + 1);
+        }
     }
 }

@@ -27,7 +27,8 @@ use sluice_config::ext_authz::{BufferSettings, ExtAuthz};
 
 use super::{BoxFuture, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
 use crate::body::{Body, BoxError};
-use crate::http::local_reply::LocalReply;
+use crate::http::local_reply::{LocalReply, LocalReplyInfo};
+use crate::stream_info::ResponseFlags;
 use crate::stats::{Counter, Store};
 use crate::upstream::{ClusterManager, LbContext};
 
@@ -401,7 +402,9 @@ impl ExtAuthzFilter {
                         cluster.stats().charge_response(status, None);
                     }
                 }
-                FilterOutcome::Respond(d.into_response(status, &self.server_name))
+                let mut resp = d.into_response(status, &self.server_name);
+                LocalReplyInfo::mark(&mut resp, "ext_authz_denied", ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE);
+                FilterOutcome::Respond(resp)
             }
             Decision::Error(custom) => {
                 self.stats.error.inc();
@@ -424,9 +427,15 @@ impl ExtAuthzFilter {
                 match custom {
                     Some(d) => {
                         let status = d.status.unwrap_or(self.status_on_error);
-                        FilterOutcome::Respond(d.into_response(status, &self.server_name))
+                        let mut resp = d.into_response(status, &self.server_name);
+                        LocalReplyInfo::mark(&mut resp, "ext_authz_error", ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE);
+                        FilterOutcome::Respond(resp)
                     }
-                    None => self.local(LocalReply::new(self.status_on_error)),
+                    None => self.local(
+                        LocalReply::new(self.status_on_error)
+                            .details("ext_authz_error")
+                            .flag(ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE),
+                    ),
                 }
             }
         }

@@ -16,6 +16,7 @@ use crate::router::config::{PerFilterConfigs, RouteTable, Selected};
 use crate::upstream::{Cluster, ClusterManager};
 
 pub mod ext_authz;
+pub mod health_check;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -56,6 +57,12 @@ pub struct TlsInfo {
     pub peer_certificate: Option<Vec<u8>>,
     /// "HTTP/2" when ALPN chose h2.
     pub alpn_h2: bool,
+    /// The negotiated version in OpenSSL's spelling (`TLSv1.3`), `%DOWNSTREAM_TLS_VERSION%`.
+    pub version: Option<&'static str>,
+    /// The negotiated cipher suite, OpenSSL's name (`%DOWNSTREAM_TLS_CIPHER%`).
+    pub cipher: Option<&'static str>,
+    /// The listener's certificate (DER) presented on this connection (`%DOWNSTREAM_LOCAL_*%`).
+    pub local_certificate: Option<Arc<[u8]>>,
 }
 
 /// Per-request state shared between the connection manager, the filters and the router.
@@ -116,6 +123,7 @@ pub fn build(
     match filter.config() {
         Some(HttpFilterConfig::Router(_)) => Ok(None),
         Some(HttpFilterConfig::ExtAuthz(cfg)) => Ok(Some(Arc::new(ext_authz::ExtAuthzFilter::build(&cfg, ctx)?))),
+        Some(HttpFilterConfig::HealthCheck(cfg)) => Ok(Some(Arc::new(health_check::HealthCheckFilter::build(&cfg, ctx)?))),
         None => anyhow::bail!("unknown HTTP filter \"{}\" without typed_config", filter.name),
     }
 }

@@ -8,20 +8,26 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use sluice_config::hcm::{HttpConnectionManager as HcmConfig, ServerHeaderTransformation};
 
+use crate::access_log::{AccessLogs, StreamRecord};
 use crate::body::Body;
 use crate::filters::{self, ConnectionInfo, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
 use crate::http::codec::tunnel::{BoxIo, TunnelFuture};
 use crate::http::codec::{self, ContinueSent, UpstreamTunnel};
+use crate::formatter::{Context, Format, RequestView, ResponseView};
 use crate::http::headers;
-use crate::http::local_reply::{http_date, reset_body, IsLocalReply, LocalReply, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT, UPSTREAM_TIMEOUT};
+use crate::http::local_reply::{
+    http_date, reset_body, IsLocalReply, LocalReply, LocalReplyConfig, LocalReplyInfo, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT,
+    UPSTREAM_TIMEOUT,
+};
 use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteRequest, RouteTable, Selected};
+use crate::stream_info::{ResponseFlags, StreamInfo, UpstreamHost};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::upstream::{Cluster, ClusterManager, LbContext, UpstreamFailure};
 
@@ -35,6 +41,8 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-en
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// Process-wide stream ids (Envoy's `http.id` in ext_authz is a stream id, not x-request-id).
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
@@ -124,6 +132,11 @@ pub struct HttpConnectionManager {
     filters: Vec<Arc<dyn HttpFilter>>,
     clusters: Arc<ClusterManager>,
     pub stats: HcmStats,
+    access_logs: Option<Arc<AccessLogs>>,
+    local_reply: Option<LocalReplyConfig>,
+    /// Something formats after the request went upstream (access logs, `local_reply_config`,
+    /// formatted response headers): keep the request head and the route and cluster names.
+    record_full: bool,
 }
 
 /// Everything a request needs to know about the connection it arrived on.
@@ -164,7 +177,16 @@ impl HttpConnectionManager {
                 Err(e) => return Err((format!("http_filters[{i}]"), format!("{e:#}"))),
             }
         }
+        let access_logs = AccessLogs::build(&cfg.access_log, store).map_err(|(p, e)| (format!("access_log{p}"), e))?;
+        let local_reply = match &cfg.local_reply_config {
+            Some(c) => Some(LocalReplyConfig::build(c).map_err(|(p, e)| (format!("local_reply_config.{p}"), e))?),
+            None => None,
+        };
+        let record_full = access_logs.is_some() || local_reply.is_some() || routes.formatted_headers;
         Ok(HttpConnectionManager {
+            access_logs,
+            local_reply,
+            record_full,
             server_name,
             server_transformation: cfg.server_header_transformation,
             use_remote_address: cfg.use_remote_address(),
@@ -220,13 +242,39 @@ impl HttpConnectionManager {
             stats.downstream_rq_xx[0].inc();
             info.listener_stats.downstream_rq_xx[0].inc();
         }
+        let grpc = is_grpc(req.headers());
         let mut request_id = None;
-        let mut resp = self.process(req, info, &mut request_id).await;
-        if resp.extensions().get::<IsLocalReply>().is_some() && self.server_transformation == ServerHeaderTransformation::PassThrough {
-            resp.headers_mut().remove(http::header::SERVER);
+        let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+        let si = StreamInfo::starting(stream_id, req.version(), info.conn.clone(), start);
+        let mut rec = StreamRecord::new(si, self.access_logs.as_ref(), self.record_full, req.method() == http::Method::HEAD);
+        let unread_body = !http_body::Body::is_end_stream(req.body());
+        let req = if unread_body {
+            req.map(|b| rec.count_request_body(b))
+        } else {
+            rec.info.last_downstream_rx = Some(start.elapsed());
+            req
+        };
+        let mut resp = self.process(req, info, &mut rec, &mut request_id).await;
+        if let Some(local) = resp.extensions().get::<LocalReplyInfo>() {
+            if local.details.is_some() {
+                rec.info.response_code_details = local.details.clone();
+            }
+            rec.info.set_flag(local.flags);
+            if let Some(lr) = &self.local_reply {
+                let request = rec.request.as_ref().map(|r| r.view());
+                resp = lr.rewrite(resp, &mut rec.info, request, &self.server_name);
+            }
+        }
+        let local = resp.extensions().get::<IsLocalReply>().is_some();
+        if local {
+            if grpc {
+                resp = grpc_local_reply(resp, h2);
+            }
+            if self.server_transformation == ServerHeaderTransformation::PassThrough {
+                resp.headers_mut().remove(http::header::SERVER);
+            }
         }
         if h2 {
-            let local = resp.extensions().get::<IsLocalReply>().is_some();
             let h = resp.headers_mut();
             h.remove(http::header::CONNECTION);
             if local && h.get(http::header::CONTENT_LENGTH).is_some_and(|v| v == "0") {
@@ -248,7 +296,8 @@ impl HttpConnectionManager {
         stats.downstream_rq_completed.inc();
         stats.downstream_rq_active.dec();
         stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
-        resp
+        rec.info.response_code = Some(resp.status().as_u16());
+        rec.finish(resp)
     }
 
     /// Count a reply the HTTP/1 codec made before any request reached [`Self::handle`].
@@ -265,25 +314,35 @@ impl HttpConnectionManager {
         r.build(&self.server_name)
     }
 
-    async fn process(&self, mut req: Request<Body>, info: &ConnContext, request_id: &mut Option<HeaderValue>) -> Response<Body> {
+    async fn process(
+        &self,
+        mut req: Request<Body>,
+        info: &ConnContext,
+        rec: &mut StreamRecord<'_>,
+        request_id: &mut Option<HeaderValue>,
+    ) -> Response<Body> {
         let version = req.version();
         let h2 = version == Version::HTTP_2;
         // Codec-level checks.
         if version == Version::HTTP_10 && !self.accept_http_10 {
-            return self.reply(LocalReply::new(426).body("Upgrade Required").close());
+            return self.reply(LocalReply::new(426).body("Upgrade Required").close().details("low_version").flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR));
         }
         if version == Version::HTTP_09 || version == Version::HTTP_3 {
-            return self.reply(LocalReply::new(400).body("Bad Request").close());
+            return self.reply(LocalReply::new(400).body("Bad Request").close().details("http1.codec_error").flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR));
         }
         let path_and_query = match req.uri().path_and_query() {
             Some(pq) if pq.as_str().starts_with('/') => pq.as_str().to_string(),
             _ if req.method() == http::Method::OPTIONS && req.uri() == "*" => "*".to_string(),
             _ if req.method() == http::Method::CONNECT => String::new(),
-            _ => return self.reply(LocalReply::new(400).body("Bad Request").close()),
+            _ => {
+                let r = LocalReply::new(400).body("Bad Request").close();
+                return self.reply(r.details("http1.codec_error").flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR));
+            }
         };
         // HTTP/1 heads were measured by the codec (raw bytes, as Envoy counts them).
         if h2 && headers::header_bytes(req.headers(), req.method().as_str(), &path_and_query) > self.max_request_headers_bytes {
-            return self.reply(LocalReply::new(431).body("Request Header Fields Too Large").close());
+            let r = LocalReply::new(431).body("Request Header Fields Too Large").close();
+            return self.reply(r.details("http1.headers_too_large").flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR));
         }
         // The authority: absolute-form URI (HTTP/1) or :authority (HTTP/2) wins over Host.
         let host: String = match req.uri().authority() {
@@ -295,9 +354,15 @@ impl HttpConnectionManager {
                 }
                 None if version == Version::HTTP_10 => match &self.default_host_for_http_10 {
                     Some(h) => h.clone(),
-                    None => return self.reply(LocalReply::new(400).close()),
+                    None => {
+                        rec.keep_request(&req);
+                        return self.reply(LocalReply::new(400).close().details("missing_host_header"));
+                    }
                 },
-                None => return self.reply(LocalReply::new(400).close()),
+                None => {
+                    rec.keep_request(&req);
+                    return self.reply(LocalReply::new(400).close().details("missing_host_header"));
+                }
             },
         };
         // `strip_any_host_port` / `strip_matching_host_port` rewrite the authority itself before
@@ -321,6 +386,9 @@ impl HttpConnectionManager {
         headers::strip_envoy_control(headers_mut);
 
         let scheme = if info.conn.tls.is_some() { "https" } else { "http" };
+        if rec.full {
+            rec.info.downstream_remote = trusted_client(headers_mut, self.use_remote_address, self.xff_num_trusted_hops);
+        }
         if self.use_remote_address {
             // Envoy's order: x-forwarded-for, then x-forwarded-proto, then the external address.
             let peer = info.conn.peer.ip();
@@ -386,7 +454,8 @@ impl HttpConnectionManager {
         let route_host = self.route_host(&host, info.conn.local);
         // `OPTIONS *` asks about the server, not a resource: it never reaches the router.
         if route_path == "*" {
-            return self.reply(LocalReply::new(404));
+            rec.keep_request(&req);
+            return self.reply(LocalReply::new(404).details("absolute_path_rejected"));
         }
         let route_req = RouteRequest {
             host: &route_host,
@@ -400,7 +469,8 @@ impl HttpConnectionManager {
             // Envoy's router filter makes this reply: it counts in `rq_total` too.
             self.stats.rq_total.inc();
             self.stats.no_route.inc();
-            let reply = LocalReply::new(404);
+            rec.keep_request(&req);
+            let reply = LocalReply::new(404).details("route_not_found").flag(ResponseFlags::NO_ROUTE_FOUND);
             return self.reply(if upgrade.is_some() { reply.close() } else { reply });
         };
 
@@ -420,22 +490,28 @@ impl HttpConnectionManager {
                 self.stats.downstream_rq_http1_upgrade_rejected.inc();
                 // Envoy decorates this reply with the response headers of a forwarding route
                 // (route, virtual host, table), and with none on a direct-response route.
-                let reply = LocalReply::new(403).close();
+                let reply = LocalReply::new(403).close().details("upgrade_failed");
+                rec.keep_request(&req);
                 return match selected.route.action {
-                    Action::Forward(_) => self.local_with_route(reply, &selected),
+                    Action::Forward(_) => self.local_with_route(reply, &selected, rec),
                     _ => self.reply(reply),
                 };
             }
         }
 
-        let cluster = selected.route.forward().and_then(|f| self.resolve_cluster(f, req.headers()));
+        let cluster = selected.route.forward().and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
+        if rec.full {
+            rec.info.route_name = selected.route.name.as_deref().map(Arc::from);
+            rec.info.virtual_host_name = Some(Arc::from(self.routes.virtual_hosts[selected.vhost].name.as_str()));
+            rec.info.upstream.cluster = cluster.as_ref().map(|c| Arc::from(c.name()));
+        }
         let mut ctx = FilterContext {
             conn: info.conn.clone(),
             routes: self.routes.clone(),
             selected,
             cluster,
-            stream_id: NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed),
-            start_time: SystemTime::now(),
+            stream_id: rec.info.stream_id,
+            start_time: rec.info.start_time,
             stat_prefix: self.stats.prefix.clone(),
             response_headers_to_add: Vec::new(),
             clear_route_cache: false,
@@ -444,6 +520,7 @@ impl HttpConnectionManager {
             match filter.on_request(&mut req, &mut ctx).await {
                 FilterOutcome::Continue => {}
                 FilterOutcome::Respond(mut resp) => {
+                    rec.keep_request(&req);
                     let h = resp.headers_mut();
                     for (k, v) in ctx.response_headers_to_add.drain(..) {
                         h.append(k, v);
@@ -464,35 +541,38 @@ impl HttpConnectionManager {
                 };
                 match self.routes.route_request(&route_req) {
                     Some(sel) => {
-                        ctx.cluster = sel.route.forward().and_then(|f| self.resolve_cluster(f, req.headers()));
+                        ctx.cluster = sel.route.forward().and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
                         ctx.selected = sel;
                     }
                     None => {
                         self.stats.no_route.inc();
-                        return self.reply(LocalReply::new(404));
+                        rec.keep_request(&req);
+                        return self.reply(LocalReply::new(404).details("route_not_found").flag(ResponseFlags::NO_ROUTE_FOUND));
                     }
                 }
             }
         }
 
-        let mut resp = match self.route_request(req, &ctx, scheme, &host, info) {
+        let mut resp = match self.route_request(req, &ctx, scheme, &host, info, rec) {
             Routed::Reply(resp) => resp,
             // Upgrades and CONNECT: a rare path, boxed out of every request's state.
             Routed::Upstream(call) if tunnel.is_some() => {
                 let t = tunnel.unwrap_or_default();
-                Box::pin(self.tunnel(call, t, &ctx.selected)).await
+                Box::pin(self.tunnel(call, t, &ctx.selected, rec)).await
             }
             Routed::Upstream(call) => {
                 let UpstreamCall { mut req, cluster, lb, deadline, set_cookie } = call;
                 headers::frame_request_body(&mut req);
                 let sel = &ctx.selected;
                 let sent = Instant::now();
+                rec.info.attempt_count = 1;
+                rec.info.first_upstream_tx = Some(rec.info.elapsed());
                 let send = cluster.send(req, &lb);
                 let result = match deadline {
                     Some((d, idle)) => tokio::time::timeout(d, send).await.map_err(|_| idle),
                     None => Ok(send.await),
                 };
-                let mut resp = self.upstream_response(result, sent, &cluster, sel);
+                let mut resp = self.upstream_response(result, sent, &cluster, sel, rec);
                 if let Some(c) = set_cookie {
                     resp.headers_mut().append(http::header::SET_COOKIE, c);
                 }
@@ -525,7 +605,10 @@ impl HttpConnectionManager {
         self.strip_host_port(host.to_ascii_lowercase(), local)
     }
 
-    fn resolve_cluster(&self, f: &Forward, headers: &http::HeaderMap) -> Option<Arc<Cluster>> {
+    /// The cluster of a forwarding route; `weighted` gets the index of the weighted cluster
+    /// picked (for its header mutations).
+    fn resolve_cluster(&self, f: &Forward, headers: &http::HeaderMap, weighted: &mut Option<usize>) -> Option<Arc<Cluster>> {
+        *weighted = None;
         let name: &str = match &f.cluster {
             ClusterSpecifier::Name(n) => n,
             ClusterSpecifier::Header(h) => headers.get(h)?.to_str().ok()?,
@@ -534,26 +617,40 @@ impl HttpConnectionManager {
                     return None;
                 }
                 let pick = rand::random::<u64>() % total;
-                &list.iter().find(|(_, upper)| pick < *upper)?.0
+                let i = list.iter().position(|(_, upper)| pick < *upper)?;
+                *weighted = Some(i);
+                &list[i].0
             }
         };
         self.clusters.get(name).cloned()
     }
 
     /// Local reply for a request that selected a route: the route's response headers go first.
-    fn local_with_route(&self, mut r: LocalReply, sel: &Selected) -> Response<Body> {
+    fn local_with_route(&self, mut r: LocalReply, sel: &Selected, rec: &StreamRecord<'_>) -> Response<Body> {
         let mut h = http::HeaderMap::new();
-        self.apply_response_mutations(&mut h, sel);
+        self.apply_response_mutations(&mut h, sel, rec, r.status.as_u16());
         for (k, v) in h.iter() {
             r.leading.push((k.clone(), v.clone()));
         }
         self.reply(r)
     }
 
-    fn apply_response_mutations(&self, h: &mut http::HeaderMap, sel: &Selected) {
-        sel.route.response_headers.apply(h);
-        self.routes.virtual_hosts[sel.vhost].response_headers.apply(h);
-        self.routes.response_headers.apply(h);
+    /// The response headers of the route, its virtual host and the table; formatted values see
+    /// the request as it went upstream and the response being changed.
+    fn apply_response_mutations(&self, h: &mut http::HeaderMap, sel: &Selected, rec: &StreamRecord<'_>, status: u16) {
+        let request = rec.request.as_ref().map(|r| r.view());
+        let fmt = |f: &Format, h: &http::HeaderMap| {
+            let mut ctx = Context::new(&rec.info).with_response(ResponseView { status, headers: h });
+            ctx.request = request;
+            f.to_bytes(&ctx)
+        };
+        let weighted = sel.route.forward().zip(rec.weighted_cluster).and_then(|(f, i)| f.weighted_headers.get(i));
+        if let Some(w) = weighted {
+            w.response.apply(h, &fmt);
+        }
+        sel.route.response_headers.apply(h, &fmt);
+        self.routes.virtual_hosts[sel.vhost].response_headers.apply(h, &fmt);
+        self.routes.response_headers.apply(h, &fmt);
     }
 
     /// The router's decisions, all synchronous: a local reply, or the request prepared for its
@@ -567,6 +664,7 @@ impl HttpConnectionManager {
         scheme: &str,
         host: &str,
         info: &ConnContext,
+        rec: &mut StreamRecord<'_>,
     ) -> Routed {
         let sel = &ctx.selected;
         self.stats.rq_total.inc();
@@ -585,7 +683,8 @@ impl HttpConnectionManager {
                         r = r.header(http::header::LOCATION, v);
                     }
                 }
-                Routed::Reply(self.local_with_route(r, sel))
+                rec.keep_request(&req);
+                Routed::Reply(self.local_with_route(r.details("direct_response"), sel, rec))
             }
             Action::Redirect(redirect) => {
                 // Envoy 1.40 counts redirects as direct responses (`rq_redirect` stays 0).
@@ -596,13 +695,21 @@ impl HttpConnectionManager {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     r = r.header(http::header::LOCATION, v);
                 }
-                Routed::Reply(self.local_with_route(r, sel))
+                rec.keep_request(&req);
+                Routed::Reply(self.local_with_route(r.details("direct_response"), sel, rec))
             }
             Action::Forward(fwd) => {
                 let Some(cluster) = ctx.cluster.clone() else {
                     self.stats.no_cluster.inc();
-                    return Routed::Reply(self.local_with_route(LocalReply::new(fwd.cluster_not_found_status), sel));
+                    rec.keep_request(&req);
+                    let r = LocalReply::new(fwd.cluster_not_found_status).details("cluster_not_found").flag(ResponseFlags::NO_CLUSTER_FOUND);
+                    return Routed::Reply(self.local_with_route(r, sel, rec));
                 };
+                let formatted = rec.weighted_cluster.and_then(|i| fwd.weighted_headers.get(i)).is_some_and(|w| w.request.is_formatted())
+                    || sel.route.request_headers.is_formatted()
+                    || self.routes.virtual_hosts[sel.vhost].request_headers.is_formatted()
+                    || self.routes.request_headers.is_formatted();
+                let (method, uri) = if formatted { (req.method().clone(), req.uri().clone()) } else { (http::Method::GET, Uri::default()) };
                 // Path and host rewrites.
                 let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
                 let mut original_path = None;
@@ -632,13 +739,27 @@ impl HttpConnectionManager {
                     req.headers_mut().insert(HOST, new_host);
                     original_host = old;
                 }
-                let headers = req.headers_mut();
                 if let Some(t) = &fwd.timeout_header {
-                    headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), t.clone());
+                    req.headers_mut().insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), t.clone());
                 }
-                sel.route.request_headers.apply(headers);
-                self.routes.virtual_hosts[sel.vhost].request_headers.apply(headers);
-                self.routes.request_headers.apply(headers);
+                // Formatted values see the request before its rewrites (Envoy counts the attempt
+                // first).
+                rec.info.attempt_count = 1;
+                let vhost = &self.routes.virtual_hosts[sel.vhost];
+                {
+                    let si = &rec.info;
+                    let fmt = |f: &Format, h: &http::HeaderMap| {
+                        f.to_bytes(&Context::new(si).with_request(RequestView { method: &method, uri: &uri, headers: h }))
+                    };
+                    let headers = req.headers_mut();
+                    if let Some(w) = rec.weighted_cluster.and_then(|i| fwd.weighted_headers.get(i)) {
+                        w.request.apply(headers, &fmt);
+                    }
+                    sel.route.request_headers.apply(headers, &fmt);
+                    vhost.request_headers.apply(headers, &fmt);
+                    self.routes.request_headers.apply(headers, &fmt);
+                }
+                let headers = req.headers_mut();
                 // Set after the mutations: a client's copy is overwritten in place, else appended.
                 if let Some(p) = original_path {
                     headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), p);
@@ -646,8 +767,9 @@ impl HttpConnectionManager {
                 if let Some(h) = original_host {
                     headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), h);
                 }
+                rec.keep_request(&req);
                 let (hash, set_cookie) = compute_hash(&fwd.hash_policies, &req, info.conn.peer);
-                let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2 };
+                let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2, report_host: rec.full };
                 *req.version_mut() = Version::HTTP_11;
                 let for_1xx = cluster.clone();
                 hyper::ext::on_informational(&mut req, move |res| {
@@ -673,6 +795,7 @@ impl HttpConnectionManager {
         sent: Instant,
         cluster: &Cluster,
         sel: &Selected,
+        rec: &mut StreamRecord<'_>,
     ) -> Response<Body> {
         let result = match result {
             Ok(r) => r,
@@ -680,13 +803,24 @@ impl HttpConnectionManager {
                 cluster.stats().upstream_rq_timeout().inc();
                 let (status, body) = if idle { (504, STREAM_TIMEOUT) } else { (504, UPSTREAM_TIMEOUT) };
                 cluster.stats().charge_response(status, None);
-                return self.local_with_route(LocalReply::new(status).body(body), sel);
+                let r = if idle {
+                    LocalReply::new(status).body(body).details("stream_idle_timeout").flag(ResponseFlags::STREAM_IDLE_TIMEOUT)
+                } else {
+                    LocalReply::new(status).body(body).details("response_timeout").flag(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT)
+                };
+                return self.local_with_route(r, sel, rec);
             }
         };
         match result {
             Ok(mut resp) => {
                 let elapsed_ms = sent.elapsed().as_secs_f64() * 1000.0;
                 cluster.stats().charge_response(resp.status().as_u16(), Some(elapsed_ms));
+                rec.info.first_upstream_rx = Some(rec.info.elapsed());
+                rec.info.upstream.protocol = Some(resp.version());
+                rec.info.upstream.host = resp.extensions().get::<UpstreamHost>().map(|h| h.0);
+                rec.info.response_code = Some(resp.status().as_u16());
+                rec.info.response_code_details = Some("via_upstream".into());
+                let status = resp.status().as_u16();
                 *resp.version_mut() = Version::HTTP_11;
                 let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let h = resp.headers_mut();
@@ -697,7 +831,7 @@ impl HttpConnectionManager {
                     h.insert(http::header::SERVER, self.server_name.clone());
                 }
                 h.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(elapsed_ms as u64));
-                self.apply_response_mutations(h, sel);
+                self.apply_response_mutations(h, sel, rec, status);
                 if !h.contains_key(http::header::DATE) {
                     h.insert(http::header::DATE, http_date());
                 }
@@ -707,6 +841,28 @@ impl HttpConnectionManager {
                 resp
             }
             Err(failure) => {
+                let (flag, reason) = match &failure {
+                    UpstreamFailure::NoHealthyUpstream => (ResponseFlags::NO_HEALTHY_UPSTREAM, None),
+                    UpstreamFailure::ProtocolError => (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, Some("protocol_error")),
+                    UpstreamFailure::Overflow => (ResponseFlags::UPSTREAM_OVERFLOW, Some("overflow")),
+                    UpstreamFailure::ConnectionFailure { .. } => {
+                        (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, Some("remote_connection_failure"))
+                    }
+                    UpstreamFailure::ConnectTimeout => (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, Some("connection_timeout")),
+                    UpstreamFailure::ConnectionTermination => {
+                        (ResponseFlags::UPSTREAM_CONNECTION_TERMINATION, Some("connection_termination"))
+                    }
+                };
+                let transport = match &failure {
+                    UpstreamFailure::ConnectionFailure { transport_reason: Some(r) } => Some(r.clone()),
+                    _ => None,
+                };
+                let details = match (reason, &transport) {
+                    (None, _) => std::borrow::Cow::Borrowed("no_healthy_upstream"),
+                    (Some(r), None) => format!("upstream_reset_before_response_started{{{r}}}").into(),
+                    (Some(r), Some(t)) => format!("upstream_reset_before_response_started{{{r}|{}}}", t.replace(' ', "_")).into(),
+                };
+                rec.info.upstream.transport_failure_reason = transport;
                 let reply = match &failure {
                     UpstreamFailure::NoHealthyUpstream => LocalReply::new(503).body(NO_HEALTHY_UPSTREAM),
                     // An upstream that answers something that is not HTTP: 502, as Envoy.
@@ -721,7 +877,7 @@ impl HttpConnectionManager {
                     _ => LocalReply::new(503).body(reset_body(failure.reset_reason())),
                 };
                 cluster.stats().charge_response(reply.status.as_u16(), None);
-                self.local_with_route(reply, sel)
+                self.local_with_route(reply.details(details).flag(flag), sel, rec)
             }
         }
     }
@@ -746,7 +902,7 @@ impl HttpConnectionManager {
     /// extension the codec splices after writing the head; for an HTTP/2 client (extended
     /// CONNECT) answered `200` and spliced in a task. No `x-envoy-upstream-service-time` on
     /// these responses (Envoy adds none).
-    async fn tunnel(&self, call: UpstreamCall, t: Tunnel, sel: &Selected) -> Response<Body> {
+    async fn tunnel(&self, call: UpstreamCall, t: Tunnel, sel: &Selected, rec: &mut StreamRecord<'_>) -> Response<Body> {
         let UpstreamCall { mut req, cluster, lb, deadline, set_cookie: _ } = call;
         let downstream = t.h2.then(|| hyper::upgrade::on(&mut req));
         let mut resp = if t.terminate_connect {
@@ -754,7 +910,7 @@ impl HttpConnectionManager {
                 Ok(io) => {
                     let mut r = Response::new(Body::empty());
                     let h = r.headers_mut();
-                    self.apply_response_mutations(h, sel);
+                    self.apply_response_mutations(h, sel, rec, 200);
                     h.insert(http::header::DATE, http_date());
                     if self.server_transformation != ServerHeaderTransformation::PassThrough {
                         h.insert(http::header::SERVER, self.server_name.clone());
@@ -762,7 +918,7 @@ impl HttpConnectionManager {
                     r.extensions_mut().insert(UpstreamTunnel::ready(io));
                     return self.finish_tunnel(r, downstream);
                 }
-                Err(reply) => return self.local_with_route(reply, sel),
+                Err(reply) => return self.local_with_route(reply, sel, rec),
             }
         } else {
             if t.extended {
@@ -782,7 +938,7 @@ impl HttpConnectionManager {
                 Some((d, idle)) => tokio::time::timeout(d, send).await.map_err(|_| idle),
                 None => Ok(send.await),
             };
-            self.upstream_response(result, sent, &cluster, sel)
+            self.upstream_response(result, sent, &cluster, sel, rec)
         };
         headers::remove_ordered(resp.headers_mut(), |n| *n == X_ENVOY_UPSTREAM_SERVICE_TIME);
         let switched = if t.connect { resp.status().is_success() } else { resp.status() == StatusCode::SWITCHING_PROTOCOLS };
@@ -910,6 +1066,95 @@ fn h2_to_h1_headers(headers: &mut http::HeaderMap, host: HeaderValue) {
     if let Some(j) = joined {
         headers.insert(http::header::COOKIE, j);
     }
+}
+
+/// The client address Envoy trusts (`%DOWNSTREAM_REMOTE_ADDRESS%`), from the request as it
+/// arrived: without `use_remote_address` the last `x-forwarded-for` address, with it the one
+/// `xff_num_trusted_hops` from the right; `None` (the peer) when there is none or it is not an
+/// IP address.
+fn trusted_client(headers: &http::HeaderMap, use_remote_address: bool, trusted_hops: usize) -> Option<SocketAddr> {
+    if use_remote_address && trusted_hops == 0 {
+        return None;
+    }
+    let values: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+    if values.is_empty() {
+        return None;
+    }
+    let joined = values.join(",");
+    let hops: Vec<&str> = joined.split(',').map(str::trim).collect();
+    let skip = if use_remote_address { trusted_hops - 1 } else { 0 };
+    let entry = hops.len().checked_sub(1 + skip).map(|i| hops[i])?;
+    entry.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0))
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc…`), as Envoy decides it.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status Envoy gives a local reply's HTTP status.
+fn http_to_grpc_status(status: u16) -> u16 {
+    match status {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// A local reply to a gRPC request, as Envoy sends it: trailers-only, `:status 200`,
+/// `content-type: application/grpc`, `grpc-status` mapped from the HTTP status and the body as
+/// `grpc-message`, after the reply's own headers (route headers, …) and before `date`/`server`.
+fn grpc_local_reply(resp: Response<Body>, h2: bool) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let message = body.full_bytes().map(|b| grpc_message(b)).unwrap_or_default();
+    let old = std::mem::take(&mut parts.headers);
+    let h = &mut parts.headers;
+    let mut tail = Vec::new();
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in old {
+        if let Some(n) = name {
+            current = Some(n);
+        }
+        let Some(n) = &current else { continue };
+        match *n {
+            http::header::CONTENT_LENGTH | http::header::CONTENT_TYPE => {}
+            http::header::DATE | http::header::SERVER => tail.push((n.clone(), value)),
+            _ => {
+                h.append(n.clone(), value);
+            }
+        }
+    }
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(GRPC_STATUS.clone(), HeaderValue::from(http_to_grpc_status(parts.status.as_u16())));
+    if !message.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            h.insert(GRPC_MESSAGE.clone(), v);
+        }
+    }
+    for (n, v) in tail {
+        h.append(n, v);
+    }
+    if !h2 {
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    parts.status = http::StatusCode::OK;
+    Response::from_parts(parts, Body::empty())
+}
+
+/// `grpc-message` encoding: bytes outside printable ASCII and `%` are percent-encoded.
+fn grpc_message(body: &[u8]) -> String {
+    let mut out = String::with_capacity(body.len());
+    for &b in body {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Add `value` to a header as Envoy's `appendCopy` does: existing values (several lines joined

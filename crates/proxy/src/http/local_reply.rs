@@ -2,15 +2,26 @@
 //! `content-length, content-type, date, server` when there is a body, `date, server` when there
 //! is none (the HTTP/1 codec then adds `content-length: 0` last); `connection: close` for
 //! codec-level errors.
+//!
+//! Every local reply carries a [`LocalReplyInfo`] (its response code details, the response flags
+//! it sets, its body) so that the connection manager, the one place every local reply passes,
+//! records them and applies `local_reply_config` ([`LocalReplyConfig::rewrite`]).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, SERVER};
 use http::{Response, StatusCode};
+use sluice_config::format::{LocalReplyConfig as LocalReplyConfigCfg, ResponseMapper};
 
+use crate::access_log::Filter;
 use crate::body::Body;
+use crate::formatter::substitution::FormatString;
+use crate::formatter::{Context, ResponseView};
+use crate::router::config::HeaderMutations;
+use crate::stream_info::{ResponseFlags, StreamInfo};
 
 /// The IMF-fixdate of now, cached per second and per thread.
 pub fn http_date() -> HeaderValue {
@@ -33,6 +44,33 @@ pub fn http_date() -> HeaderValue {
 #[derive(Clone, Copy, Debug)]
 pub struct IsLocalReply;
 
+/// What a local reply records about itself (a response extension of every local reply).
+#[derive(Clone, Debug, Default)]
+pub struct LocalReplyInfo {
+    /// `%RESPONSE_CODE_DETAILS%`, e.g. `route_not_found`.
+    pub details: Option<Cow<'static, str>>,
+    /// `%RESPONSE_FLAGS%` the reply sets, e.g. `NR`.
+    pub flags: ResponseFlags,
+    /// The body (`%LOCAL_REPLY_BODY%`).
+    pub body: Option<Bytes>,
+}
+
+impl LocalReplyInfo {
+    /// Record details and a flag on a local reply built elsewhere (a filter's reply).
+    pub fn mark(resp: &mut Response<Body>, details: &'static str, flag: ResponseFlags) {
+        let ext = resp.extensions_mut();
+        match ext.get_mut::<LocalReplyInfo>() {
+            Some(info) => {
+                info.details = Some(Cow::Borrowed(details));
+                info.flags.insert(flag);
+            }
+            None => {
+                ext.insert(LocalReplyInfo { details: Some(Cow::Borrowed(details)), flags: flag, body: None });
+            }
+        }
+    }
+}
+
 /// A local reply under construction.
 pub struct LocalReply {
     pub status: StatusCode,
@@ -40,6 +78,10 @@ pub struct LocalReply {
     pub close: bool,
     /// Headers that go first (e.g. `location`), then the route's response headers.
     pub leading: Vec<(HeaderName, HeaderValue)>,
+    /// `content-type` of the body (default `text/plain`).
+    pub content_type: Option<HeaderValue>,
+    pub details: Option<Cow<'static, str>>,
+    pub flags: ResponseFlags,
 }
 
 impl LocalReply {
@@ -49,7 +91,20 @@ impl LocalReply {
             body: None,
             close: false,
             leading: Vec::new(),
+            content_type: None,
+            details: None,
+            flags: ResponseFlags::empty(),
         }
+    }
+    /// `%RESPONSE_CODE_DETAILS%` of this reply.
+    pub fn details(mut self, details: impl Into<Cow<'static, str>>) -> Self {
+        self.details = Some(details.into());
+        self
+    }
+    /// A response flag this reply sets (`NR`, `UH`, `UAEX` …).
+    pub fn flag(mut self, flag: ResponseFlags) -> Self {
+        self.flags.insert(flag);
+        self
     }
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
         let b: Bytes = body.into();
@@ -70,6 +125,7 @@ impl LocalReply {
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = self.status;
         resp.extensions_mut().insert(IsLocalReply);
+        resp.extensions_mut().insert(LocalReplyInfo { details: self.details, flags: self.flags, body: self.body.clone() });
         let h = resp.headers_mut();
         for (k, v) in self.leading {
             h.append(k, v);
@@ -79,7 +135,7 @@ impl LocalReply {
                 h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
                 // A configured content type (route `response_headers_to_add`) is kept.
                 if !h.contains_key(CONTENT_TYPE) {
-                    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    h.insert(CONTENT_TYPE, self.content_type.unwrap_or(HeaderValue::from_static("text/plain")));
                 }
                 h.insert(DATE, http_date());
                 h.insert(SERVER, server.clone());
@@ -102,6 +158,160 @@ impl LocalReply {
     }
 }
 
+/// `local_reply_config`, compiled: mappers (first match wins) and the body format.
+pub struct LocalReplyConfig {
+    mappers: Box<[Mapper]>,
+    body_format: Option<FormatString>,
+}
+
+struct Mapper {
+    filter: Filter,
+    status: Option<StatusCode>,
+    body: Option<Bytes>,
+    body_format: Option<FormatString>,
+    headers: HeaderMutations,
+}
+
+impl LocalReplyConfig {
+    /// Compile; errors are (path relative to `local_reply_config`, message).
+    pub fn build(cfg: &LocalReplyConfigCfg) -> Result<LocalReplyConfig, (String, String)> {
+        let LocalReplyConfigCfg { mappers, body_format } = cfg;
+        let mut built = Vec::with_capacity(mappers.len());
+        for (i, m) in mappers.iter().enumerate() {
+            let p = format!("mappers[{i}]");
+            let ResponseMapper { filter, status_code, body, body_format_override, headers_to_add } = m;
+            let filter = filter.as_ref().ok_or_else(|| (format!("{p}.filter"), "value is required".to_string()))?;
+            let filter = Filter::build(filter).map_err(|(q, e)| (join(&format!("{p}.filter"), &q), e))?;
+            let status = match status_code {
+                Some(c) if (200..600).contains(c) => Some(StatusCode::from_u16(*c as u16).map_err(|e| (format!("{p}.status_code"), e.to_string()))?),
+                Some(_) => return Err((format!("{p}.status_code"), "value must be inside range [200, 600)".into())),
+                None => None,
+            };
+            let body = match body {
+                Some(ds) => Some(Bytes::from(ds.load().map_err(|e| (format!("{p}.body"), e))?)),
+                None => None,
+            };
+            let body_format = match body_format_override {
+                Some(f) => Some(FormatString::build(f).map_err(|(q, e)| (join(&format!("{p}.body_format_override"), &q), e))?),
+                None => None,
+            };
+            if headers_to_add.len() > 1000 {
+                return Err((format!("{p}.headers_to_add"), "value must contain at most 1000 item(s)".into()));
+            }
+            let headers = HeaderMutations::build(headers_to_add, &[]).map_err(|(q, e)| (format!("{p}.headers_to_add{q}"), e))?;
+            built.push(Mapper { filter, status, body, body_format, headers });
+        }
+        let body_format = match body_format {
+            Some(f) => Some(FormatString::build(f).map_err(|(q, e)| (join("body_format", &q), e))?),
+            None => None,
+        };
+        Ok(LocalReplyConfig { mappers: built.into_boxed_slice(), body_format })
+    }
+
+    /// Apply to a local reply as Envoy does: the first mapper whose filter matches may replace
+    /// the body, add headers (formatted with the original code) and change the status; then the
+    /// body format of that mapper, or of the config, formats the body (`%LOCAL_REPLY_BODY%` is
+    /// the body so far). `info.response_code` follows the status.
+    pub fn rewrite(
+        &self,
+        resp: Response<Body>,
+        info: &mut StreamInfo,
+        request: Option<crate::formatter::RequestView<'_>>,
+        server: &HeaderValue,
+    ) -> Response<Body> {
+        let (mut parts, _) = resp.into_parts();
+        let original = parts.extensions.get::<LocalReplyInfo>().and_then(|i| i.body.clone());
+        let mut status = parts.status;
+        info.response_code = Some(status.as_u16());
+        let mut body = original.clone();
+        let mut formatter = self.body_format.as_ref();
+        for m in self.mappers.iter() {
+            let matched = {
+                let mut ctx = Context::new(info).with_response(ResponseView { status: status.as_u16(), headers: &parts.headers });
+                ctx.request = request;
+                m.filter.evaluate(&ctx)
+            };
+            if !matched {
+                continue;
+            }
+            if let Some(b) = &m.body {
+                body = Some(b.clone());
+            }
+            if !m.headers.is_empty() {
+                let info_ref: &StreamInfo = info;
+                let code = status.as_u16();
+                m.headers.apply(&mut parts.headers, &|f, h| {
+                    let mut ctx = Context::new(info_ref).with_response(ResponseView { status: code, headers: h });
+                    ctx.request = request;
+                    f.to_bytes(&ctx)
+                });
+            }
+            if let Some(s) = m.status {
+                status = s;
+                info.response_code = Some(s.as_u16());
+            }
+            if let Some(f) = &m.body_format {
+                formatter = Some(f);
+            }
+            break;
+        }
+        let (body, content_type) = match formatter {
+            Some(f) => {
+                let text = body.as_deref().unwrap_or_default();
+                let mut ctx = Context::new(info).with_response(ResponseView { status: status.as_u16(), headers: &parts.headers });
+                ctx.request = request;
+                ctx.local_reply_body = text;
+                let out = f.format(&ctx);
+                (Bytes::from(out), HeaderValue::from_str(f.content_type()).unwrap_or(HeaderValue::from_static("text/plain")))
+            }
+            None => (body.unwrap_or_default(), HeaderValue::from_static("text/plain")),
+        };
+        // Rebuild in Envoy's layout: the headers the reply had (route, mapper), then the
+        // standard ones.
+        let close = parts.headers.get(CONNECTION).is_some_and(|v| v == "close");
+        let mut leading = Vec::with_capacity(parts.headers.len());
+        let mut current: Option<HeaderName> = None;
+        for (name, value) in std::mem::take(&mut parts.headers) {
+            if let Some(n) = name {
+                current = Some(n);
+            }
+            match &current {
+                Some(n) if ![CONTENT_LENGTH, CONTENT_TYPE, DATE, SERVER, CONNECTION].contains(n) => leading.push((n.clone(), value)),
+                _ => {}
+            }
+        }
+        let mut reply = LocalReply::new(status.as_u16()).body(body);
+        reply.status = status;
+        reply.leading = leading;
+        reply.close = close;
+        reply.content_type = Some(content_type);
+        let rebuilt = reply.build(server);
+        let (new_parts, body) = rebuilt.into_parts();
+        parts.status = new_parts.status;
+        parts.headers = new_parts.headers;
+        if let Some(i) = parts.extensions.get_mut::<LocalReplyInfo>() {
+            i.body = original;
+        }
+        Response::from_parts(parts, body)
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    if b.is_empty() {
+        a.to_string()
+    } else if b.starts_with('[') {
+        format!("{a}{b}")
+    } else {
+        format!("{a}.{b}")
+    }
+}
+
+/// The header names of a map (for tests).
+#[cfg(test)]
+fn names(h: &http::HeaderMap) -> Vec<String> {
+    h.keys().map(|k| k.as_str().to_string()).collect()
+}
+
 /// Bodies of Envoy's upstream-failure replies.
 pub const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
 pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
@@ -116,7 +326,7 @@ mod tests {
     use super::*;
 
     fn names(r: &Response<Body>) -> Vec<String> {
-        r.headers().keys().map(|k| k.as_str().to_string()).collect()
+        super::names(r.headers())
     }
 
     #[test]
@@ -134,5 +344,57 @@ mod tests {
             .build(&server);
         assert_eq!(names(&r), ["location", "date", "server"]);
         assert_eq!(reset_body("connection timeout").len(), 91);
+    }
+
+    fn body_of(r: Response<Body>) -> String {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let bytes = rt.block_on(r.into_body().collect()).unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn local_reply_config_maps_and_formats() {
+        let cfg: LocalReplyConfigCfg = serde_yaml_ng::from_str(
+            r#"
+mappers:
+- filter: {status_code_filter: {comparison: {op: EQ, value: {default_value: 404}}}}
+  status_code: 410
+  body: {inline_string: "gone"}
+  headers_to_add: [{header: {key: x-mapped, value: "%RESPONSE_CODE%"}}]
+- filter: {response_flag_filter: {flags: [UH]}}
+  body_format_override: {json_format: {code: "%RESPONSE_CODE%", body: "%LOCAL_REPLY_BODY%"}}
+body_format:
+  text_format: "[%LOCAL_REPLY_BODY%] %RESPONSE_CODE%"
+"#,
+        )
+        .unwrap();
+        let lr = LocalReplyConfig::build(&cfg).unwrap();
+        let server = HeaderValue::from_static("envoy");
+        let conn = std::sync::Arc::new(crate::filters::ConnectionInfo::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            None,
+        ));
+        // 404 → 410, the mapper's body, its header (formatted with the original code) first.
+        let mut info = StreamInfo::new(1, http::Version::HTTP_11, conn.clone());
+        let reply = LocalReply::new(404).header(HeaderName::from_static("x-route"), HeaderValue::from_static("r")).build(&server);
+        let r = lr.rewrite(reply, &mut info, None, &server);
+        assert_eq!(r.status(), 410);
+        assert_eq!(info.response_code, Some(410));
+        assert_eq!(names(&r), ["x-route", "x-mapped", "content-length", "content-type", "date", "server"]);
+        assert_eq!(r.headers()["x-mapped"], "404");
+        assert_eq!(body_of(r), "[gone] 410");
+        // UH: the JSON override of the second mapper.
+        let mut info = StreamInfo::new(2, http::Version::HTTP_11, conn.clone());
+        info.set_flag(ResponseFlags::NO_HEALTHY_UPSTREAM);
+        let r = lr.rewrite(LocalReply::new(503).body(NO_HEALTHY_UPSTREAM).build(&server), &mut info, None, &server);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(body_of(r), "{\"body\":\"no healthy upstream\",\"code\":503}\n");
+        // No mapper: the body format alone, even for an empty body.
+        let mut info = StreamInfo::new(3, http::Version::HTTP_11, conn);
+        let r = lr.rewrite(LocalReply::new(403).close().build(&server), &mut info, None, &server);
+        assert_eq!(names(&r), ["content-length", "content-type", "date", "server", "connection"]);
+        assert_eq!(body_of(r), "[] 403");
     }
 }

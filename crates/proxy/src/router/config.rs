@@ -12,6 +12,8 @@ use sluice_config::core::{HeaderAppendAction, HeaderValueOption, StringMatcher, 
 use sluice_config::ext_authz::ExtAuthzPerRoute;
 use sluice_config::route as cfg;
 
+use crate::formatter::Format;
+
 /// A route table (`route_config`).
 #[derive(Debug)]
 pub struct RouteTable {
@@ -26,6 +28,8 @@ pub struct RouteTable {
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
     pub per_filter: PerFilterConfigs,
+    /// Some `*_headers_to_add` value of the table (any level) is formatted per request.
+    pub formatted_headers: bool,
 }
 
 #[derive(Debug)]
@@ -95,8 +99,18 @@ pub struct Forward {
     pub timeout_header: Option<HeaderValue>,
     pub idle_timeout: Option<Duration>,
     pub hash_policies: Vec<HashPolicy>,
+    /// The header mutations of each weighted cluster (same order as the weighted list); they
+    /// apply before the route's.
+    pub weighted_headers: Vec<WeightedHeaders>,
     /// Route `upgrade_configs`, over the connection manager's.
     pub upgrades: Vec<RouteUpgrade>,
+}
+
+/// `request_headers_to_add` … of one weighted cluster.
+#[derive(Debug, Default)]
+pub struct WeightedHeaders {
+    pub request: HeaderMutations,
+    pub response: HeaderMutations,
 }
 
 /// One route `upgrade_configs` entry.
@@ -224,7 +238,7 @@ pub struct RouteRequest<'a> {
 }
 
 #[derive(Debug)]
-struct HeaderMatcher {
+pub struct HeaderMatcher {
     name: HeaderKey,
     matcher: StrMatch,
     invert: bool,
@@ -242,29 +256,71 @@ pub fn full_regex(pattern: &str) -> Result<Regex, String> {
     Regex::new(&format!("^(?:{pattern})$")).map_err(|e| e.to_string())
 }
 
+/// A `*_headers_to_add` value: a literal, or a format evaluated per request (a value with an
+/// operator: `%DOWNSTREAM_REMOTE_ADDRESS%`, `%REQ(x)%` …). A formatted value that comes out
+/// empty leaves the header out, unless `keep_empty_value`.
+#[derive(Debug, Clone)]
+pub enum AddedValue {
+    Literal(HeaderValue),
+    Formatted { format: Arc<Format>, keep_empty: bool },
+}
+
 /// Compiled `*_headers_to_add` / `*_headers_to_remove`.
 #[derive(Debug, Default, Clone)]
 pub struct HeaderMutations {
-    pub add: Vec<(HeaderName, HeaderValue, HeaderAppendAction)>,
+    pub add: Vec<(HeaderName, AddedValue, HeaderAppendAction)>,
     pub remove: Vec<HeaderName>,
+    /// Some value is formatted per request.
+    formatted: bool,
 }
 
+/// Evaluates a formatted value against the headers being changed.
+pub type FormatValue<'a> = &'a dyn Fn(&Format, &HeaderMap) -> Vec<u8>;
+
 impl HeaderMutations {
-    fn build(add: &[HeaderValueOption], remove: &[String]) -> Result<Self, String> {
+    /// Compile; values with `%` operators are parsed as formats. Errors are (path below the
+    /// `*_headers_to_add` field, message).
+    pub fn build(add: &[HeaderValueOption], remove: &[String]) -> Result<Self, (String, String)> {
         let mut out = HeaderMutations::default();
-        for opt in add {
+        for (i, opt) in add.iter().enumerate() {
             let name = HeaderName::from_bytes(opt.header.key.to_ascii_lowercase().as_bytes())
-                .map_err(|_| format!("invalid header name \"{}\"", opt.header.key))?;
-            let raw = opt.header.raw_value.as_deref().unwrap_or(&opt.header.value);
-            let value = HeaderValue::from_str(raw).map_err(|_| format!("invalid header value \"{raw}\""))?;
-            if value.is_empty() && !opt.keep_empty_value {
-                continue;
-            }
+                .map_err(|_| (format!("[{i}].header.key"), format!("invalid header name \"{}\"", opt.header.key)))?;
+            // Envoy 1.40 adds `value` only: a `raw_value` alone is an empty value (left out unless
+            // `keep_empty_value`), as observed.
+            let raw = opt.header.value.as_str();
+            let format = if raw.contains('%') {
+                Some(Format::parse(raw).map_err(|e| (format!("[{i}].header.value"), e))?)
+            } else {
+                None
+            };
+            let value = match format {
+                Some(f) if f.literal().is_none() => {
+                    out.formatted = true;
+                    AddedValue::Formatted { format: Arc::new(f), keep_empty: opt.keep_empty_value }
+                }
+                Some(f) => {
+                    let lit = f.literal().unwrap_or_default();
+                    let value = HeaderValue::from_bytes(lit)
+                        .map_err(|_| (format!("[{i}].header.value"), format!("invalid header value \"{raw}\"")))?;
+                    if value.is_empty() && !opt.keep_empty_value {
+                        continue;
+                    }
+                    AddedValue::Literal(value)
+                }
+                None => {
+                    let value = HeaderValue::from_str(raw)
+                        .map_err(|_| (format!("[{i}].header.value"), format!("invalid header value \"{raw}\"")))?;
+                    if value.is_empty() && !opt.keep_empty_value {
+                        continue;
+                    }
+                    AddedValue::Literal(value)
+                }
+            };
             out.add.push((name, value, opt.action()));
         }
         for r in remove {
             let name = HeaderName::from_bytes(r.to_ascii_lowercase().as_bytes())
-                .map_err(|_| format!("invalid header name \"{r}\""))?;
+                .map_err(|_| (String::new(), format!("invalid header name \"{r}\"")))?;
             out.remove.push(name);
         }
         Ok(out)
@@ -274,41 +330,60 @@ impl HeaderMutations {
         self.add.is_empty() && self.remove.is_empty()
     }
 
+    /// Whether some value needs the request's context to be formatted.
+    pub fn is_formatted(&self) -> bool {
+        self.formatted
+    }
+
     /// Apply to a header map as Envoy's header parser does: removals first; then every value is
-    /// decided against the headers as they are; then overwrites are applied (old copies removed,
-    /// the new value appended at the end), then appends, each group in config order. Removals
-    /// keep the order of the remaining headers.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// decided (and formatted, by `fmt`) against the headers as they are; then overwrites are
+    /// applied (old copies removed, the new value appended at the end), then appends, each group
+    /// in config order. Removals keep the order of the remaining headers. `fmt` is only called
+    /// for formatted values.
+    pub fn apply(&self, headers: &mut HeaderMap, fmt: FormatValue<'_>) {
         if !self.remove.is_empty() {
             crate::http::headers::remove_ordered(headers, |n| self.remove.contains(n));
         }
         if self.add.is_empty() {
             return;
         }
-        let mut overwrite: Vec<&(HeaderName, HeaderValue, HeaderAppendAction)> = Vec::new();
-        let mut append: Vec<&(HeaderName, HeaderValue, HeaderAppendAction)> = Vec::new();
-        for entry in &self.add {
-            match entry.2 {
-                HeaderAppendAction::AppendIfExistsOrAdd => append.push(entry),
+        let mut overwrite: Vec<(&HeaderName, HeaderValue)> = Vec::new();
+        let mut append: Vec<(&HeaderName, HeaderValue)> = Vec::new();
+        for (name, value, action) in &self.add {
+            let value = match value {
+                AddedValue::Literal(v) => v.clone(),
+                AddedValue::Formatted { format, keep_empty } => {
+                    let bytes = fmt(format, headers);
+                    if bytes.is_empty() && !keep_empty {
+                        continue;
+                    }
+                    match HeaderValue::from_bytes(&bytes) {
+                        Ok(v) => v,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            match action {
+                HeaderAppendAction::AppendIfExistsOrAdd => append.push((name, value)),
                 HeaderAppendAction::AddIfAbsent => {
-                    if !headers.contains_key(&entry.0) {
-                        append.push(entry);
+                    if !headers.contains_key(name) {
+                        append.push((name, value));
                     }
                 }
                 HeaderAppendAction::OverwriteIfExists => {
-                    if headers.contains_key(&entry.0) {
-                        overwrite.push(entry);
+                    if headers.contains_key(name) {
+                        overwrite.push((name, value));
                     }
                 }
-                HeaderAppendAction::OverwriteIfExistsOrAdd => overwrite.push(entry),
+                HeaderAppendAction::OverwriteIfExistsOrAdd => overwrite.push((name, value)),
             }
         }
-        for (name, value, _) in overwrite {
+        for (name, value) in overwrite {
             crate::http::headers::remove_ordered(headers, |n| n == name);
-            headers.append(name.clone(), value.clone());
+            headers.append(name.clone(), value);
         }
-        for (name, value, _) in append {
-            headers.append(name.clone(), value.clone());
+        for (name, value) in append {
+            headers.append(name.clone(), value);
         }
     }
 }
@@ -331,10 +406,11 @@ impl RouteTable {
             wildcard: None,
             virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
             request_headers: HeaderMutations::build(&rc.request_headers_to_add, &rc.request_headers_to_remove)
-                .map_err(|e| ("request_headers_to_add".to_string(), e))?,
+                .map_err(|(p, e)| (format!("request_headers_to_add{p}"), e))?,
             response_headers: HeaderMutations::build(&rc.response_headers_to_add, &rc.response_headers_to_remove)
-                .map_err(|e| ("response_headers_to_add".to_string(), e))?,
+                .map_err(|(p, e)| (format!("response_headers_to_add{p}"), e))?,
             per_filter: PerFilterConfigs::build(&rc.typed_per_filter_config),
+            formatted_headers: false,
         };
         for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
             let vpath = format!("virtual_hosts[{vi}]");
@@ -359,13 +435,26 @@ impl RouteTable {
                 name: vh.name.clone(),
                 routes,
                 request_headers: HeaderMutations::build(&vh.request_headers_to_add, &vh.request_headers_to_remove)
-                    .map_err(|e| (format!("{vpath}.request_headers_to_add"), e))?,
+                    .map_err(|(p, e)| (format!("{vpath}.request_headers_to_add{p}"), e))?,
                 response_headers: HeaderMutations::build(&vh.response_headers_to_add, &vh.response_headers_to_remove)
-                    .map_err(|e| (format!("{vpath}.response_headers_to_add"), e))?,
+                    .map_err(|(p, e)| (format!("{vpath}.response_headers_to_add{p}"), e))?,
                 per_filter: PerFilterConfigs::build(&vh.typed_per_filter_config),
                 require_tls: vh.require_tls,
             });
         }
+        table.formatted_headers = table.request_headers.is_formatted()
+            || table.response_headers.is_formatted()
+            || table.virtual_hosts.iter().any(|vh| {
+                vh.request_headers.is_formatted()
+                    || vh.response_headers.is_formatted()
+                    || vh.routes.iter().any(|r| {
+                        r.request_headers.is_formatted()
+                            || r.response_headers.is_formatted()
+                            || r.forward().is_some_and(|f| {
+                                f.weighted_headers.iter().any(|w| w.request.is_formatted() || w.response.is_formatted())
+                            })
+                    })
+            });
         // Longest wildcard wins; ties keep config order (stable sort).
         table.suffixes.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         table.prefixes.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
@@ -456,9 +545,9 @@ impl Route {
             matcher,
             action,
             request_headers: HeaderMutations::build(&r.request_headers_to_add, &r.request_headers_to_remove)
-                .map_err(|e| ("request_headers_to_add".to_string(), e))?,
+                .map_err(|(p, e)| (format!("request_headers_to_add{p}"), e))?,
             response_headers: HeaderMutations::build(&r.response_headers_to_add, &r.response_headers_to_remove)
-                .map_err(|e| ("response_headers_to_add".to_string(), e))?,
+                .map_err(|(p, e)| (format!("response_headers_to_add{p}"), e))?,
             per_filter: PerFilterConfigs::build(&r.typed_per_filter_config),
         })
     }
@@ -481,7 +570,7 @@ impl Route {
     }
 }
 
-fn header_matcher(h: &cfg::HeaderMatcher) -> Result<HeaderMatcher, String> {
+pub fn header_matcher(h: &cfg::HeaderMatcher) -> Result<HeaderMatcher, String> {
     let name = match h.name.to_ascii_lowercase().as_str() {
         ":method" => HeaderKey::Method,
         ":authority" | "host" => HeaderKey::Authority,
@@ -558,7 +647,7 @@ fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
 }
 
 impl HeaderMatcher {
-    fn matches(&self, req: &RouteRequest<'_>) -> bool {
+    pub fn matches(&self, req: &RouteRequest<'_>) -> bool {
         let pseudo = match &self.name {
             HeaderKey::Header(name) => return self.matches_values(req.headers.get_all(name).iter().peekable()),
             HeaderKey::Method => req.method,
@@ -614,6 +703,7 @@ impl QueryMatcher {
 
 impl Forward {
     fn build(a: &cfg::RouteAction) -> Result<Forward, (String, String)> {
+        let mut weighted_headers = Vec::new();
         let cluster = if let Some(c) = &a.cluster {
             ClusterSpecifier::Name(Arc::from(c.as_str()))
         } else if let Some(h) = &a.cluster_header {
@@ -624,9 +714,16 @@ impl Forward {
         } else if let Some(w) = &a.weighted_clusters {
             let mut acc = 0u64;
             let mut list = Vec::new();
-            for c in &w.clusters {
+            for (i, c) in w.clusters.iter().enumerate() {
                 acc += c.weight.unwrap_or(0) as u64;
                 list.push((Arc::from(c.name.as_str()), acc));
+                let p = format!("weighted_clusters.clusters[{i}]");
+                weighted_headers.push(WeightedHeaders {
+                    request: HeaderMutations::build(&c.request_headers_to_add, &c.request_headers_to_remove)
+                        .map_err(|(q, e)| (format!("{p}.request_headers_to_add{q}"), e))?,
+                    response: HeaderMutations::build(&c.response_headers_to_add, &c.response_headers_to_remove)
+                        .map_err(|(q, e)| (format!("{p}.response_headers_to_add{q}"), e))?,
+                });
             }
             ClusterSpecifier::Weighted(list, acc)
         } else {
@@ -706,6 +803,7 @@ impl Forward {
             timeout_header: timeout.map(|t| HeaderValue::from(t.as_millis() as u64)),
             idle_timeout: a.idle_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
             hash_policies,
+            weighted_headers,
             upgrades,
         })
     }
@@ -978,7 +1076,7 @@ virtual_hosts:
         h.insert("x-app", HeaderValue::from_static("one"));
         h.insert("x-absent", HeaderValue::from_static("kept"));
         h.insert("x-gone", HeaderValue::from_static("1"));
-        muts.apply(&mut h);
+        muts.apply(&mut h, &|_, _| unreachable!("no formatted value"));
         assert_eq!(h.get_all("x-over").iter().collect::<Vec<_>>(), vec!["new"]);
         assert_eq!(h.get_all("x-app").iter().collect::<Vec<_>>(), vec!["one", "two"]);
         assert_eq!(h.get_all("x-absent").iter().collect::<Vec<_>>(), vec!["kept"]);

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -12,12 +12,14 @@ use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sluice_config::cluster::{Cluster as ClusterConfig, HealthStatus, RoutingPriority};
+use sluice_config::cluster::{Cluster as ClusterConfig, RoutingPriority};
 use sluice_config::listener::TransportSocketConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::host::{Host, HostSet};
+use super::health_check::{HealthCheckConfig, HealthChecker};
+use super::host::{health_flag, CoarseHealth, Host, HostLink, HostSet, Outcome};
 use super::load_balancer::{self, LbFactory, LoadBalancer};
+use super::outlier::{Detector, OutlierConfig};
 use super::tls::UpstreamTls;
 use super::{LbContext, UpstreamFailure};
 use crate::body::{BoxError, Body};
@@ -75,6 +77,8 @@ pub struct ClusterStats {
     pub update_failure: Counter,
     pub update_empty: Counter,
     pub update_no_rebuild: Counter,
+    /// Counted on every pick made while the cluster is in panic mode.
+    pub lb_healthy_panic: Counter,
     pub membership_total: Gauge,
     pub membership_healthy: Gauge,
     pub membership_degraded: Gauge,
@@ -98,7 +102,6 @@ const ZERO_COUNTERS: &[&str] = &[
     "assignment_timeout_received",
     "assignment_use_cached",
     "bind_errors",
-    "lb_healthy_panic",
     "lb_local_cluster_not_ok",
     "lb_recalculate_zone_structures",
     "lb_subsets_created",
@@ -209,6 +212,7 @@ impl ClusterStats {
             update_failure: c("update_failure"),
             update_empty: c("update_empty"),
             update_no_rebuild: c("update_no_rebuild"),
+            lb_healthy_panic: c("lb_healthy_panic"),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
             membership_degraded: g("membership_degraded"),
@@ -284,11 +288,91 @@ enum Protocol {
     Downstream,
 }
 
-/// The current host snapshot and the load balancer built for it.
+/// The current host snapshot and the load balancers built for it: Envoy's single-priority
+/// load distribution between healthy and degraded hosts, and panic mode.
 struct LbState {
     all: Arc<HostSet>,
-    routable: HostSet,
-    lb: Box<dyn LoadBalancer>,
+    healthy: HostSet,
+    healthy_lb: Box<dyn LoadBalancer>,
+    /// Degraded hosts and their balancer (only when there are some).
+    degraded: Option<(HostSet, Box<dyn LoadBalancer>)>,
+    /// Percent of picks that go to healthy hosts (the rest to degraded ones).
+    healthy_load: u32,
+    /// Panic mode: every host that is not excluded, whatever its health.
+    panic: Option<(HostSet, Box<dyn LoadBalancer>)>,
+}
+
+impl LbState {
+    /// `[healthy, degraded, excluded]` (what the `membership_*` gauges show).
+    fn counts(all: &HostSet) -> [usize; 3] {
+        let mut c = [0; 3];
+        for h in &all.hosts {
+            if h.excluded() {
+                c[2] += 1;
+                continue;
+            }
+            match h.coarse_health() {
+                CoarseHealth::Healthy => c[0] += 1,
+                CoarseHealth::Degraded => c[1] += 1,
+                CoarseHealth::Unhealthy => {}
+            }
+        }
+        c
+    }
+
+    fn build(all: Arc<HostSet>, factory: &dyn LbFactory, panic_threshold: f64) -> (LbState, [usize; 3]) {
+        let mut healthy = Vec::new();
+        let mut degraded = Vec::new();
+        let mut available = Vec::new();
+        for h in &all.hosts {
+            if h.excluded() {
+                continue;
+            }
+            available.push(h.clone());
+            match h.coarse_health() {
+                CoarseHealth::Healthy => healthy.push(h.clone()),
+                CoarseHealth::Degraded => degraded.push(h.clone()),
+                CoarseHealth::Unhealthy => {}
+            }
+        }
+        let excluded = all.len() - available.len();
+        let counts = [healthy.len(), degraded.len(), excluded];
+        let n = available.len();
+        // Envoy: availability = min(100, 140 × hosts / host_count) for healthy and degraded;
+        // panic when (healthy + degraded) % < the threshold, unless availability reaches 100.
+        let availability = |count: usize| (140 * count).checked_div(n).map_or(0, |a| a.min(100) as u32);
+        let (health, degraded_avail) = (availability(healthy.len()), availability(degraded.len()));
+        let total = (health + degraded_avail).min(100);
+        let percent = if n == 0 { 0.0 } else { 100.0 * (healthy.len() + degraded.len()) as f64 / n as f64 };
+        let in_panic = total != 100 && percent < panic_threshold;
+        let healthy_load = (health * 100).checked_div(total).map_or(100, |l| l.min(100));
+        let healthy = HostSet::new(healthy);
+        let healthy_lb = factory.build(&healthy);
+        let degraded = (!degraded.is_empty() && healthy_load < 100).then(|| {
+            let set = HostSet::new(degraded);
+            let lb = factory.build(&set);
+            (set, lb)
+        });
+        let panic = in_panic.then(|| {
+            let set = HostSet::new(available);
+            let lb = factory.build(&set);
+            (set, lb)
+        });
+        (LbState { all, healthy, healthy_lb, degraded, healthy_load, panic }, counts)
+    }
+
+    fn choose(&self, ctx: &LbContext, panic_counter: &Counter) -> Option<Arc<Host>> {
+        if let Some((set, lb)) = &self.panic {
+            panic_counter.inc();
+            return lb.choose(set, ctx);
+        }
+        if let Some((set, lb)) = &self.degraded {
+            if self.healthy_load == 0 || load_balancer::random_below(100) as u32 >= self.healthy_load {
+                return lb.choose(set, ctx);
+            }
+        }
+        self.healthy_lb.choose(&self.healthy, ctx)
+    }
 }
 
 /// An upstream cluster.
@@ -301,7 +385,49 @@ pub struct Cluster {
     tls: Option<UpstreamTls>,
     protocol: Protocol,
     connect_timeout: Duration,
+    health: ClusterHealth,
 }
+
+/// What health checking, outlier detection and the panic threshold need in a cluster.
+struct ClusterHealth {
+    checker: Option<Arc<HealthChecker>>,
+    detector: Option<Arc<Detector>>,
+    /// `common_lb_config.healthy_panic_threshold` in percent (default 50).
+    panic_threshold: f64,
+    /// `common_lb_config.ignore_new_hosts_until_first_hc`.
+    ignore_new_hosts_until_first_hc: bool,
+    /// `ignore_health_on_host_removal`.
+    ignore_health_on_host_removal: bool,
+    /// `close_connections_on_host_health_failure`.
+    close_on_failure: bool,
+    /// Serialises host-set changes and rebuilds (control runtime only).
+    update: Mutex<()>,
+    /// Woken when membership changes (the health checker follows it).
+    members: tokio::sync::Notify,
+    /// `common_lb_config.update_merge_window` (default 1 s).
+    merge_window: Duration,
+    merge: Mutex<MergeState>,
+    /// The cluster finished warming: from then on updates go through the merge window and are
+    /// counted in `cluster_manager.*`, as Envoy's cluster manager sees them.
+    live: std::sync::atomic::AtomicBool,
+    cm_stats: [Counter; 4],
+}
+
+/// Envoy's pending merged update of one cluster.
+#[derive(Default)]
+struct MergeState {
+    /// When the load balancer last got an update.
+    last_updated: Option<tokio::time::Instant>,
+    /// The generation of the scheduled delivery, if one is pending.
+    pending: Option<u64>,
+    generation: u64,
+}
+
+/// Indexes of `ClusterHealth::cm_stats`.
+const CLUSTER_UPDATED: usize = 0;
+const UPDATED_VIA_MERGE: usize = 1;
+const MERGE_CANCELLED: usize = 2;
+const OUT_OF_MERGE_WINDOW: usize = 3;
 
 /// What connection tasks and response bodies need after `send` returned.
 struct Shared {
@@ -380,13 +506,34 @@ impl Cluster {
         } else {
             Protocol::Http1
         };
-        let stats = ClusterStats::new(stats, config.stat_name());
-        let hs = HostSet::new(Vec::new());
-        let state = ArcSwap::from_pointee(LbState {
-            all: Arc::new(hs.clone()),
-            routable: hs.clone(),
-            lb: lb_factory.build(&hs),
-        });
+        let store = stats;
+        let stats = ClusterStats::new(store, config.stat_name());
+        let checker = match config.health_checks.first() {
+            Some(hc) => Some(Arc::new(HealthChecker::new(HealthCheckConfig::build(hc)?, store, stats.prefix()))),
+            None => None,
+        };
+        let detector = match &config.outlier_detection {
+            Some(od) => Some(Arc::new(Detector::new(OutlierConfig::build(od)?, store, stats.prefix()))),
+            None => None,
+        };
+        let lb_cfg = config.common_lb_config.as_ref();
+        let health = ClusterHealth {
+            checker,
+            detector,
+            panic_threshold: lb_cfg.and_then(|c| c.healthy_panic_threshold).map_or(50.0, |p| p.value.clamp(0.0, 100.0)),
+            ignore_new_hosts_until_first_hc: lb_cfg.is_some_and(|c| c.ignore_new_hosts_until_first_hc),
+            ignore_health_on_host_removal: config.ignore_health_on_host_removal,
+            close_on_failure: config.close_connections_on_host_health_failure,
+            update: Mutex::new(()),
+            members: tokio::sync::Notify::new(),
+            merge_window: lb_cfg.and_then(|c| c.update_merge_window).map_or(Duration::from_secs(1), |d| d.as_std()),
+            merge: Mutex::new(MergeState::default()),
+            live: std::sync::atomic::AtomicBool::new(false),
+            cm_stats: ["cluster_updated", "cluster_updated_via_merge", "update_merge_cancelled", "update_out_of_merge_window"]
+                .map(|n| store.counter(format!("cluster_manager.{n}"))),
+        };
+        let (lb_state, _) = LbState::build(Arc::new(HostSet::default()), lb_factory.as_ref(), health.panic_threshold);
+        let state = ArcSwap::from_pointee(lb_state);
         let c = Cluster {
             name: config.name.clone(),
             config: config.clone(),
@@ -403,6 +550,7 @@ impl Cluster {
             tls,
             protocol,
             connect_timeout: config.connect_timeout(),
+            health,
         };
         c.set_hosts(hosts);
         Ok(c)
@@ -426,46 +574,247 @@ impl Cluster {
         self.shared.thresholds
     }
 
-    /// Replace the host set (discovery). Hosts no longer present start draining. Returns whether
-    /// membership changed.
+    /// Replace the host set (discovery). Hosts joining for the first time are linked to the
+    /// cluster's health checker and detector (with health checks they start
+    /// `/failed_active_hc`); hosts no longer present leave and start draining, except that with
+    /// active health checking a host still passing its checks stays as
+    /// `/pending_dynamic_removal` until it fails one (unless `ignore_health_on_host_removal`).
+    /// Returns whether membership changed.
     pub(crate) fn set_hosts(&self, hosts: Vec<Arc<Host>>) -> bool {
+        let _g = self.health.update.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.state.load_full();
+        let mut hosts = hosts;
+        for h in &hosts {
+            self.link_host(h);
+            h.set_health_flag(health_flag::PENDING_DYNAMIC_REMOVAL, false);
+        }
+        let keep_healthy = self.health.checker.is_some() && !self.health.ignore_health_on_host_removal;
+        for h in &old.all.hosts {
+            if keep_healthy
+                && !hosts.iter().any(|n| Arc::ptr_eq(n, h))
+                && !h.health_flag(health_flag::FAILED_ACTIVE_HC | health_flag::FAILED_EDS_HEALTH)
+            {
+                h.set_health_flag(health_flag::PENDING_DYNAMIC_REMOVAL, true);
+                hosts.push(h.clone());
+            }
+        }
+        self.replace_hosts(&old, hosts)
+    }
+
+    /// Store a new host list (under the update lock).
+    fn replace_hosts(&self, old: &LbState, hosts: Vec<Arc<Host>>) -> bool {
         let changed = old.all.hosts.len() != hosts.len()
             || old.all.hosts.iter().zip(&hosts).any(|(a, b)| !Arc::ptr_eq(a, b));
         if !changed {
             return false;
         }
-        let all = HostSet::new(hosts);
-        let routable = all.routable();
-        let lb = self.lb_factory.build(&routable);
-        let s = &self.shared.stats;
-        let degraded = routable.hosts.iter().filter(|h| h.health == HealthStatus::Degraded).count();
-        s.membership_total.set(all.len() as i64);
-        s.membership_healthy.set((routable.len() - degraded) as i64);
-        s.membership_degraded.set(degraded as i64);
-        s.membership_excluded.set(0);
-        s.membership_change.inc();
+        let all = Arc::new(HostSet::new(hosts));
         for h in &old.all.hosts {
             if !all.hosts.iter().any(|n| Arc::ptr_eq(n, h)) {
+                if let Some(d) = &self.health.detector {
+                    d.on_host_removed(h);
+                }
                 h.start_draining();
             }
         }
-        self.state.store(Arc::new(LbState { all: Arc::new(all), routable, lb }));
+        self.shared.stats.membership_change.inc();
+        if self.health.live.load(Ordering::Acquire) {
+            // Not mergeable: delivered now, cancelling a pending merged update.
+            let mut m = self.health.merge.lock().unwrap_or_else(|e| e.into_inner());
+            if !self.health.merge_window.is_zero() {
+                if m.pending.take().is_some() {
+                    self.health.cm_stats[MERGE_CANCELLED].inc();
+                }
+                m.last_updated = Some(tokio::time::Instant::now());
+            }
+            self.health.cm_stats[CLUSTER_UPDATED].inc();
+        }
+        self.store_state(all);
+        self.health.members.notify_one();
         true
+    }
+
+    /// Warming finished (first discovery answer and first health checks): later updates are
+    /// merged and counted as Envoy's cluster manager does.
+    pub(crate) fn mark_live(&self) {
+        self.health.live.store(true, Ordering::Release);
+    }
+
+    /// First time in this cluster: connect the host to the health checker and detector.
+    fn link_host(&self, h: &Arc<Host>) {
+        if h.link.get().is_some() {
+            return;
+        }
+        if self.health.checker.is_some() {
+            let mut f = health_flag::FAILED_ACTIVE_HC;
+            if self.health.ignore_new_hosts_until_first_hc {
+                f |= health_flag::PENDING_ACTIVE_HC;
+            }
+            h.set_health_flag(f, true);
+        }
+        let _ = h.link.set(HostLink {
+            outlier: self.health.detector.as_ref().map(|d| d.sink.clone()),
+            health_checker: self.health.checker.as_ref().map(|c| c.tx.clone()),
+            close_on_failure: self.health.close_on_failure,
+        });
+    }
+
+    /// Build and swap in the load balancers for `all` with the hosts' current health.
+    fn store_state(&self, all: Arc<HostSet>) {
+        self.set_membership_gauges(&all);
+        let (st, _) = LbState::build(all, self.lb_factory.as_ref(), self.health.panic_threshold);
+        self.state.store(Arc::new(st));
+    }
+
+    /// Health flags of `hosts` changed (active health checking, outlier detection): close their
+    /// connections when they became unhealthy and `close_connections_on_host_health_failure` is
+    /// set, and rebuild the load balancers. Control runtime only.
+    ///
+    /// The `membership_*` gauges change at once; the load balancers follow Envoy's
+    /// `update_merge_window`: an update more than a window after the previous one is delivered
+    /// at once, others are merged and delivered together a window after the first of them.
+    pub(crate) fn on_health_changed(self: &Arc<Self>, hosts: &[Arc<Host>]) {
+        if self.health.close_on_failure {
+            for h in hosts {
+                if h.coarse_health() == CoarseHealth::Unhealthy {
+                    h.pool.close_idle();
+                }
+            }
+        }
+        let h = &self.health;
+        let _g = h.update.lock().unwrap_or_else(|e| e.into_inner());
+        let all = self.state.load().all.clone();
+        if !h.live.load(Ordering::Acquire) || h.merge_window.is_zero() {
+            if h.live.load(Ordering::Acquire) {
+                h.cm_stats[CLUSTER_UPDATED].inc();
+            }
+            self.store_state(all);
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let mut m = h.merge.lock().unwrap_or_else(|e| e.into_inner());
+        let out_of_window = m.last_updated.is_none_or(|t| now.saturating_duration_since(t) > h.merge_window);
+        if out_of_window {
+            h.cm_stats[OUT_OF_MERGE_WINDOW].inc();
+            if m.pending.take().is_some() {
+                h.cm_stats[MERGE_CANCELLED].inc();
+            }
+            m.last_updated = Some(now);
+            drop(m);
+            h.cm_stats[CLUSTER_UPDATED].inc();
+            self.store_state(all);
+            return;
+        }
+        self.set_membership_gauges(&all);
+        if m.pending.is_none() {
+            m.generation += 1;
+            let generation = m.generation;
+            m.pending = Some(generation);
+            let c = self.clone();
+            let window = h.merge_window;
+            tokio::spawn(async move {
+                tokio::time::sleep(window).await;
+                c.deliver_merged(generation);
+            });
+        }
+    }
+
+    /// The merge window of a pending update ended: deliver it (unless it was cancelled).
+    fn deliver_merged(&self, generation: u64) {
+        let h = &self.health;
+        let _g = h.update.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = h.merge.lock().unwrap_or_else(|e| e.into_inner());
+        if m.pending != Some(generation) {
+            return;
+        }
+        m.pending = None;
+        m.last_updated = Some(tokio::time::Instant::now());
+        drop(m);
+        h.cm_stats[UPDATED_VIA_MERGE].inc();
+        self.store_state(self.state.load().all.clone());
+    }
+
+    fn set_membership_gauges(&self, all: &HostSet) {
+        let [healthy, degraded, excluded] = LbState::counts(all);
+        let s = &self.shared.stats;
+        s.membership_total.set(all.len() as i64);
+        s.membership_healthy.set(healthy as i64);
+        s.membership_degraded.set(degraded as i64);
+        s.membership_excluded.set(excluded as i64);
+    }
+
+    /// A host kept as `/pending_dynamic_removal` failed its health check: it leaves now.
+    pub(crate) fn remove_host(&self, host: &Arc<Host>) {
+        let _g = self.health.update.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.state.load_full();
+        let hosts = old.all.hosts.iter().filter(|h| !Arc::ptr_eq(h, host)).cloned().collect();
+        if !self.replace_hosts(&old, hosts) {
+            self.store_state(old.all.clone());
+        }
+    }
+
+    /// Resolves when membership changed since the last call.
+    pub(crate) async fn members_changed(&self) {
+        self.health.members.notified().await
+    }
+
+    pub(crate) fn health_checker(&self) -> Option<&Arc<HealthChecker>> {
+        self.health.checker.as_ref()
+    }
+
+    /// The outlier detector (`outlier_detection`), if configured.
+    pub fn detector(&self) -> Option<&Arc<Detector>> {
+        self.health.detector.as_ref()
+    }
+
+    pub(crate) fn tls(&self) -> Option<&UpstreamTls> {
+        self.tls.as_ref()
+    }
+
+    /// Whether the cluster ever opened a connection for traffic (Envoy's rule for
+    /// `no_traffic_interval`; health-check connections do not count).
+    pub(crate) fn traffic_seen(&self) -> bool {
+        self.shared.stats.upstream_cx_total.used()
+    }
+
+    /// Choose a host as [`Self::send`] does (panic mode and degraded hosts included); `None`
+    /// when no host is routable. For callers that pick the host themselves (retries with
+    /// `previous_hosts`): pick, check, and pass it to [`Self::send_to`].
+    pub fn choose_host(&self, ctx: &LbContext) -> Option<Arc<Host>> {
+        self.state.load().choose(ctx, &self.shared.stats.lb_healthy_panic)
+    }
+
+    /// Envoy's host selection with a retry host predicate: pick up to `1 + extra_attempts`
+    /// times (`host_selection_retry_max_attempts`) until `reject` accepts a host (e.g.
+    /// `previous_hosts`); the last pick when every one was rejected.
+    pub fn choose_host_with(&self, ctx: &LbContext, extra_attempts: u32, reject: impl Fn(&Host) -> bool) -> Option<Arc<Host>> {
+        let st = self.state.load();
+        let mut host = st.choose(ctx, &self.shared.stats.lb_healthy_panic)?;
+        for _ in 0..extra_attempts {
+            if !reject(&host) {
+                break;
+            }
+            host = st.choose(ctx, &self.shared.stats.lb_healthy_panic)?;
+        }
+        Some(host)
     }
 
     /// Choose a host with the LB, take a pooled connection or connect (bounded by
     /// `connect_timeout`), apply circuit breakers, send. The response body streams; the
     /// connection returns to the pool when the body ends.
     pub async fn send(&self, req: Request<Body>, ctx: &LbContext) -> Result<Response<Body>, UpstreamFailure> {
-        let host = {
-            let st = self.state.load();
-            st.lb.choose(&st.routable, ctx)
-        };
-        let Some(host) = host else {
+        let Some(host) = self.choose_host(ctx) else {
             self.shared.stats.upstream_cx_none_healthy.inc();
             return Err(UpstreamFailure::NoHealthyUpstream);
         };
+        self.send_to(host, req, ctx).await
+    }
+
+    /// [`Self::send`] to a host the caller chose ([`Self::choose_host`],
+    /// [`Self::choose_host_with`]). The attempt's result is reported to outlier detection
+    /// (connect success/failure, reset, response status); a timeout the caller applies around
+    /// this future is the caller's to report ([`Host::report`] with [`Outcome::Timeout`]).
+    pub async fn send_to(&self, host: Arc<Host>, req: Request<Body>, ctx: &LbContext) -> Result<Response<Body>, UpstreamFailure> {
         let h2 = match self.protocol {
             Protocol::Http1 => false,
             Protocol::Http2 => true,
@@ -476,9 +825,13 @@ impl Cluster {
             Ok(c) => c,
             Err(e) => {
                 host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
+                if e != UpstreamFailure::Overflow {
+                    host.report(Outcome::ConnectFailed);
+                }
                 return Err(e);
             }
         };
+        host.report(Outcome::ConnectSuccess);
         self.shared.stats.upstream_rq_total.inc();
         host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         let req = self.prepare(req, h2);
@@ -498,6 +851,8 @@ impl Cluster {
                 Err(UpstreamFailure::ProtocolError)
             }
             Ok((resp, sender)) => {
+                host.report(Outcome::HttpStatus(resp.status().as_u16()));
+                host.check_immediate_health_check_fail(resp.headers());
                 // A switched connection belongs to its tunnel, never to the pool.
                 let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
                     || (resp.status().is_success() && resp.extensions().get::<hyper::upgrade::OnUpgrade>().is_some());
@@ -507,13 +862,17 @@ impl Cluster {
                 } else {
                     host.stats.rq_success.fetch_add(1, Ordering::Relaxed);
                 }
-                let (parts, body) = resp.into_parts();
+                let (mut parts, body) = resp.into_parts();
+                if ctx.report_host {
+                    parts.extensions.insert(crate::stream_info::UpstreamHost(host.address));
+                }
                 let done = Done { _rq: rq, sender, host: host.clone(), shared: self.shared.clone() };
                 let body = UpstreamBody::new(body, done);
                 Ok(Response::from_parts(parts, Body::boxed(body)))
             }
             Err(e) => {
                 host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
+                host.report(Outcome::ConnectFailed);
                 Err(e)
             }
         }
@@ -727,13 +1086,6 @@ impl Cluster {
         }
     }
 
-    /// The host the load balancer picks for `ctx` (a terminated CONNECT opens its own TCP
-    /// connection to it).
-    pub fn choose_host(&self, ctx: &LbContext) -> Option<Arc<Host>> {
-        let st = self.state.load();
-        st.lb.choose(&st.routable, ctx)
-    }
-
     /// Connections currently open (all hosts).
     pub fn active_connections(&self) -> u64 {
         self.shared.cx_count.load(Ordering::Relaxed)
@@ -861,7 +1213,7 @@ impl Done {
     /// `clean`: the body was read to its end, so the HTTP/1.1 connection can be reused.
     fn finish(self, clean: bool) {
         if let (true, Some(s)) = (clean, self.sender) {
-            if !self.host.is_draining() {
+            if self.host.pools_connections() {
                 self.host.pool.put_h1(s);
                 self.shared.cx_freed.notify_waiters();
             }
@@ -926,5 +1278,91 @@ impl http_body::Body for UpstreamBody {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         self.finish(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::load_balancer::RoundRobinFactory;
+
+    fn hosts(n: usize) -> Vec<Arc<Host>> {
+        (0..n).map(|i| Arc::new(Host::simple(format!("127.0.0.{}:80", i + 1).parse().unwrap()))).collect()
+    }
+
+    fn picks(st: &LbState, n: usize, counter: &Counter) -> std::collections::HashMap<std::net::SocketAddr, usize> {
+        let mut m = std::collections::HashMap::new();
+        for _ in 0..n {
+            *m.entry(st.choose(&LbContext::default(), counter).unwrap().address).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn unhealthy_hosts_leave_until_the_panic_threshold() {
+        let hs = hosts(4);
+        let counter = Counter::default();
+        let f = RoundRobinFactory::default();
+        // One of four failed (75 % ≥ 50 %): the three others share the load.
+        hs[0].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0);
+        assert_eq!(counts, [3, 0, 0]);
+        let m = picks(&st, 300, &counter);
+        assert!(!m.contains_key(&hs[0].address));
+        assert_eq!(m.len(), 3);
+        assert_eq!(counter.value(), 0);
+        // Three of four failed (25 % < 50 %): panic, every host, each pick counted.
+        hs[1].set_health_flag(health_flag::FAILED_OUTLIER_CHECK, true);
+        hs[2].set_health_flag(health_flag::FAILED_EDS_HEALTH, true);
+        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0);
+        assert_eq!(counts, [1, 0, 0]);
+        assert_eq!(picks(&st, 400, &counter).len(), 4);
+        assert_eq!(counter.value(), 400);
+        // A threshold of 0 never panics: only the healthy host.
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 0.0);
+        assert_eq!(picks(&st, 10, &counter).len(), 1);
+        // 2 of 4 healthy = 50 %: not below the threshold, no panic.
+        hs[2].set_health_flag(health_flag::FAILED_EDS_HEALTH, false);
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0);
+        assert!(st.panic.is_none());
+        // All hosts failed, threshold 0: nothing to pick.
+        for h in &hs {
+            h.set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        }
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 0.0);
+        assert!(st.choose(&LbContext::default(), &counter).is_none());
+    }
+
+    #[tokio::test]
+    async fn choose_host_with_skips_rejected_hosts() {
+        let hs = hosts(3);
+        let c = Cluster::new(&ClusterConfig { name: "c".into(), ..Default::default() }, &crate::stats::Store::new(), hs.clone()).unwrap();
+        for _ in 0..30 {
+            let h = c.choose_host_with(&LbContext::default(), 3, |h| h.address == hs[0].address).unwrap();
+            assert_ne!(h.address, hs[0].address);
+        }
+        // Every host rejected: the last pick.
+        assert!(c.choose_host_with(&LbContext::default(), 2, |_| true).is_some());
+    }
+
+    #[test]
+    fn degraded_hosts_take_what_healthy_ones_cannot_and_excluded_ones_nothing() {
+        let hs = hosts(3);
+        let f = RoundRobinFactory::default();
+        let counter = Counter::default();
+        // Two healthy, one degraded: 140 × 2/3 = 93 % to healthy hosts, 7 % to the degraded one.
+        hs[2].set_health_flag(health_flag::DEGRADED_ACTIVE_HC, true);
+        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0);
+        assert_eq!((counts, st.healthy_load), ([2, 1, 0], 93));
+        let m = picks(&st, 10_000, &counter);
+        let d = m.get(&hs[2].address).copied().unwrap_or(0);
+        assert!((400..1000).contains(&d), "degraded host got {d}");
+        // Excluded hosts count nowhere, not even in panic.
+        hs[0].set_health_flag(health_flag::FAILED_ACTIVE_HC | health_flag::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, true);
+        hs[1].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 100.0);
+        assert_eq!(counts, [0, 1, 1]);
+        let m = picks(&st, 100, &counter);
+        assert!(!m.contains_key(&hs[0].address));
     }
 }

@@ -2,14 +2,14 @@
 //! tracks warming (every cluster's first discovery answer or failure).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use sluice_config::cluster::DiscoveryType;
 
 use super::cluster::Cluster;
-use super::discovery;
+use super::{discovery, health_check, outlier};
 use crate::stats::Store;
 
 pub struct ClusterManager {
@@ -18,6 +18,10 @@ pub struct ClusterManager {
     warming: Arc<Warming>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// `node.cluster` (Envoy's local service cluster name).
+    local_cluster_name: String,
+    /// `/healthcheck/fail` is in effect (what the health-check HTTP filter answers).
+    healthcheck_failed: AtomicBool,
 }
 
 struct Warming {
@@ -83,22 +87,65 @@ impl ClusterManager {
             added.inc();
         }
         active.set(clusters.len() as i64);
-        let warming = Arc::new(Warming { remaining: AtomicUsize::new(dns.len()), notify: tokio::sync::Notify::new() });
+        // Warming: every DNS cluster's first answer, then (Envoy's rule) the first check of each
+        // host of every cluster with active health checking.
+        let checked: Vec<&Arc<Cluster>> = clusters.iter().filter(|c| c.health_checker().is_some()).collect();
+        let warming =
+            Arc::new(Warming { remaining: AtomicUsize::new(dns.len() + checked.len()), notify: tokio::sync::Notify::new() });
         warming_gauge.set(dns.len() as i64);
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
-        for (cluster, resolver) in dns {
-            let w = warming.clone();
-            let g = warming_gauge.clone();
-            let done: Box<dyn FnOnce() + Send> = Box::new(move || {
-                g.dec();
+        let step = |w: &Arc<Warming>| {
+            let w = w.clone();
+            move || {
                 if w.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     w.notify.notify_waiters();
                 }
+            }
+        };
+        let mut discovered = HashMap::new();
+        for c in clusters.iter().filter(|c| c.config().type_ == DiscoveryType::Static && c.health_checker().is_none()) {
+            c.mark_live();
+        }
+        for (cluster, resolver) in dns {
+            let g = warming_gauge.clone();
+            let warmed = step(&warming);
+            let (tx, rx_discovered) = tokio::sync::oneshot::channel::<()>();
+            discovered.insert(Arc::as_ptr(&cluster), rx_discovered);
+            let c = (cluster.health_checker().is_none()).then(|| cluster.clone());
+            let done: Box<dyn FnOnce() + Send> = Box::new(move || {
+                g.dec();
+                let _ = tx.send(());
+                if let Some(c) = c {
+                    c.mark_live();
+                }
+                warmed();
             });
             tasks.push(tokio::spawn(discovery::dns_loop(cluster, resolver, Some(done), rx.clone())));
         }
-        Ok(Arc::new(ClusterManager { clusters, index, warming, shutdown, tasks: Mutex::new(tasks) }))
+        for c in checked {
+            let step = step(&warming);
+            let live = c.clone();
+            let warmed: Box<dyn FnOnce() + Send> = Box::new(move || {
+                live.mark_live();
+                step();
+            });
+            let first = discovered.remove(&Arc::as_ptr(c));
+            tasks.push(tokio::spawn(health_check::run(c.clone(), first, Some(warmed), rx.clone())));
+        }
+        for c in clusters.iter().filter(|c| c.detector().is_some()) {
+            tasks.push(tokio::spawn(outlier::run(c.clone(), rx.clone())));
+        }
+        let local_cluster_name = bootstrap.node.as_ref().map(|n| n.cluster.clone()).unwrap_or_default();
+        Ok(Arc::new(ClusterManager {
+            clusters,
+            index,
+            warming,
+            shutdown,
+            tasks: Mutex::new(tasks),
+            local_cluster_name,
+            healthcheck_failed: AtomicBool::new(false),
+        }))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {
@@ -125,7 +172,22 @@ impl ClusterManager {
         self.warming.remaining.load(Ordering::Acquire) == 0
     }
 
-    /// Stop the discovery tasks.
+    /// `node.cluster`: what the health-check filter puts in `x-envoy-upstream-healthchecked-cluster`.
+    pub fn local_cluster_name(&self) -> &str {
+        &self.local_cluster_name
+    }
+
+    /// Whether `/healthcheck/fail` is in effect.
+    pub fn healthcheck_failed(&self) -> bool {
+        self.healthcheck_failed.load(Ordering::Acquire)
+    }
+
+    /// `/healthcheck/fail` (true) and `/healthcheck/ok` (false).
+    pub fn set_healthcheck_failed(&self, failed: bool) {
+        self.healthcheck_failed.store(failed, Ordering::Release);
+    }
+
+    /// Stop the discovery, health-checking and outlier-detection tasks.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {

@@ -7,18 +7,27 @@
 //! takes a pooled connection of that host (a short per-host mutex) or connects, and sends. The
 //! response body is wrapped so that the connection returns to the pool when the body ends.
 //! Discovery runs in one background task per DNS cluster and never blocks requests.
+//!
+//! Health: active health checking ([`health_check`]) and outlier detection ([`outlier`]) run on
+//! the control runtime and change hosts' health flags ([`host::health_flag`]); the cluster then
+//! swaps in load balancers built over its healthy and degraded hosts (Envoy's panic threshold
+//! and `update_merge_window` included). The request path reports each attempt's result per host
+//! with [`Host::report`] (atomics). Retries pick hosts with [`Cluster::choose_host_with`] and send
+//! with [`Cluster::send_to`].
 
 pub mod cluster;
 pub mod cluster_manager;
 mod discovery;
+pub mod health_check;
 pub mod host;
 pub mod load_balancer;
+pub mod outlier;
 mod pool;
 mod tls;
 
 pub use cluster::{CircuitBreakerThresholds, Cluster, ClusterStats};
 pub use cluster_manager::ClusterManager;
-pub use host::{Host, HostSet, HostStats};
+pub use host::{health_flag, Host, HostSet, HostStats, Outcome};
 pub use pool::bind_worker_thread;
 
 /// What the router knows that load balancing needs.
@@ -28,6 +37,9 @@ pub struct LbContext {
     pub hash: Option<u64>,
     /// The downstream request is HTTP/2 (for `use_downstream_protocol_config`).
     pub downstream_http2: bool,
+    /// Put the chosen host in the response's extensions ([`crate::stream_info::UpstreamHost`],
+    /// for `%UPSTREAM_HOST%`); off unless something formats it.
+    pub report_host: bool,
 }
 
 /// Why a request could not get a response from the cluster.
