@@ -308,7 +308,11 @@ impl http_body::Body for LoggedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(state) = this.state.as_mut() {
                     if let Some(d) = frame.data_ref() {
-                        state.pending.info.bytes_sent += d.len() as u64;
+                        // A HEAD answer (or a 204/304) carries no body on the wire, even when
+                        // the codec drains one: Envoy's %BYTES_SENT% is 0 there.
+                        if !state.no_body {
+                            state.pending.info.bytes_sent += d.len() as u64;
+                        }
                     } else if let Some(t) = frame.trailers_ref() {
                         state.trailers = Some(t.clone());
                     }
