@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail};
 use regorus::{Engine, Value};
 
 pub mod crypto;
+pub mod globs;
 pub mod jwt;
 pub mod misc;
 pub mod template;
@@ -80,6 +81,7 @@ fn all_defs() -> Vec<Def> {
     let mut v = Vec::new();
     misc::defs(&mut v);
     crypto::defs(&mut v);
+    globs::defs(&mut v);
     jwt::defs(&mut v);
     template::defs(&mut v);
     v
@@ -161,7 +163,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("graphql.", "no maintained GraphQL parser is wired into sluice"),
     ("rego.parse_module", "regorus' syntax tree is not OPA's; producing OPA's AST JSON is not implemented"),
     ("rego.metadata.", "METADATA annotations are not read by regorus"),
-    ("regex.globs_match", "glob intersection is not implemented"),
     ("crypto.x509.", "X.509 parsing builtins are not implemented"),
     ("crypto.parse_private_keys", "private key parsing is not implemented"),
 ];
