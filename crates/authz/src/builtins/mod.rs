@@ -17,10 +17,12 @@ use anyhow::{anyhow, bail};
 use regorus::{Engine, Value};
 
 pub mod crypto;
+pub mod der;
 pub mod globs;
 pub mod jwt;
 pub mod misc;
 pub mod template;
+pub mod x509;
 
 /// A builtin function: takes the evaluated arguments, returns a value (`Value::Undefined` for
 /// an undefined result) or an error (a builtin error in OPA's sense).
@@ -84,6 +86,7 @@ fn all_defs() -> Vec<Def> {
     globs::defs(&mut v);
     jwt::defs(&mut v);
     template::defs(&mut v);
+    x509::defs(&mut v);
     v
 }
 
@@ -163,8 +166,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("graphql.", "no maintained GraphQL parser is wired into sluice"),
     ("rego.parse_module", "regorus' syntax tree is not OPA's; producing OPA's AST JSON is not implemented"),
     ("rego.metadata.", "METADATA annotations are not read by regorus"),
-    ("crypto.x509.", "X.509 parsing builtins are not implemented"),
-    ("crypto.parse_private_keys", "private key parsing is not implemented"),
 ];
 
 /// Deepest syntax tree accepted (JSON nesting of regorus' AST): evaluation and analysis
