@@ -2,7 +2,7 @@
 //! generated here with rcgen (P-256 root, Ed25519 and P-384 intermediates, RSA and P-256
 //! leaves with every extension rcgen writes), compared value for value; big integers (RSA
 //! moduli, EC coordinates, serial numbers) are compared exactly as decimal text (both sides
-//! write integers of 19 digits or more as text) and through `sprintf("%d")` and arithmetic
+//! write integers outside 64 bits as text) and through `sprintf("%d")` and arithmetic
 //! in each engine. Without `SLUICE_OPA_PYTHONPATH`
 //! only sluice's side runs (shape assertions below).
 
@@ -160,14 +160,15 @@ fn queries() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// A value as JSON with integers of 19 digits or more as decimal text, as the oracle driver
+/// A value as JSON with integers outside 64 bits as decimal text, as the oracle driver
 /// writes them (regorus keeps them exact but cannot serialise them to JSON).
 fn to_json(v: &regorus::Value) -> Json {
     use regorus::Value as V;
     match v {
         V::Number(n) => {
             let d = n.format_decimal();
-            if d.trim_start_matches('-').len() >= 19 && !d.contains(['.', 'e', 'E']) {
+            let integer = !d.contains(['.', 'e', 'E']);
+            if integer && d.parse::<i64>().is_err() && d.parse::<u64>().is_err() {
                 Json::String(d)
             } else {
                 serde_json::from_str(&d).unwrap()

@@ -20,6 +20,7 @@ pub mod crypto;
 pub mod der;
 pub mod globs;
 pub mod jwt;
+pub mod metadata;
 pub mod misc;
 pub mod template;
 pub mod x509;
@@ -85,6 +86,7 @@ fn all_defs() -> Vec<Def> {
     crypto::defs(&mut v);
     globs::defs(&mut v);
     jwt::defs(&mut v);
+    metadata::defs(&mut v);
     template::defs(&mut v);
     x509::defs(&mut v);
     v
@@ -165,7 +167,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("providers.aws.sign_req", "AWS request signing is not implemented"),
     ("graphql.", "no maintained GraphQL parser is wired into sluice"),
     ("rego.parse_module", "regorus' syntax tree is not OPA's; producing OPA's AST JSON is not implemented"),
-    ("rego.metadata.", "METADATA annotations are not read by regorus"),
 ];
 
 /// Deepest syntax tree accepted (JSON nesting of regorus' AST): evaluation and analysis

@@ -16,10 +16,10 @@ from opa_bindings import OpaEngine, OpaError, OpaUndefinedError
 jobs = json.load(sys.stdin)
 out = []
 def big_as_text(v):
-    # Integers of 19 digits or more become decimal text (serde_json cannot read them).
+    # Integers outside 64 bits become decimal text (serde_json cannot read them).
     if isinstance(v, bool):
         return v
-    if isinstance(v, int) and abs(v) >= 10**18:
+    if isinstance(v, int) and (v >= 2**64 or v < -2**63):
         return str(v)
     if isinstance(v, list):
         return [big_as_text(x) for x in v]
