@@ -59,8 +59,10 @@ Supported --set / --config-file keys:
   labels.KEY                             extra decision log labels
   decision_logs.{service,resource,reporting.{buffer_size_limit_bytes,upload_size_limit_bytes,
     max_decisions_per_second,min_delay_seconds,max_delay_seconds}}   gzip uploads to a service
+  status.{console,service,partition_name}   status reports (GET /v1/status) logged / POSTed to
+                                         <service>/status[/partition] at start and on change
 (the legacy plugin name envoy.ext_authz.grpc works too; any other key is an error at start:
-enable-reflection, proto-descriptor, status, distributed_tracing, … are not supported)
+enable-reflection, proto-descriptor, status.prometheus, distributed_tracing, … are not supported)
 
 Own flags win over --set, which wins over --config-file.";
 
@@ -461,6 +463,7 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
     cfg.ignore = run.ignore.clone();
     cfg.remote_bundles = crate::bundle_service::from_config(&tree, &cfg.verification)?;
     cfg.decision_upload = crate::decision_upload::from_config(&tree)?;
+    cfg.status = crate::status::from_config(&tree)?;
     if let Some(l) = tree.get("labels") {
         let o = l.as_object().ok_or_else(|| anyhow!("labels: expected an object"))?;
         for (k, v) in o {
@@ -535,7 +538,7 @@ fn unknown_keys(tree: &Json) -> Vec<String> {
                     out.extend(d.keys().filter(|k| !known.contains(&k.as_str())).map(|k| format!("decision_logs.{k}")));
                 }
             }
-            "services" | "bundles" | "labels" => {}
+            "services" | "bundles" | "labels" | "status" => {}
             other => out.push(other.to_string()),
         }
     }

@@ -85,6 +85,8 @@ pub struct Config {
     pub grpc_unix: Option<String>,
     /// Decision logs uploaded to a service (`decision_logs.service`).
     pub decision_upload: Option<crate::decision_upload::UploadConfig>,
+    /// The status plugin (`status`): console log and/or uploads.
+    pub status: Option<crate::status::StatusConfig>,
 }
 
 impl Default for Config {
@@ -117,6 +119,7 @@ impl Default for Config {
             labels: Vec::new(),
             grpc_unix: None,
             decision_upload: None,
+            status: None,
         }
     }
 }
@@ -883,6 +886,9 @@ impl AuthzServer {
         }
         if let Some(u) = &authorizer.uploader {
             tasks.push(tokio::spawn(u.clone().run(rx.clone())));
+        }
+        if let Some(s) = &config.status {
+            tasks.push(tokio::spawn(crate::status::run(authorizer.clone(), s.clone(), Duration::from_secs(1), rx.clone())));
         }
         for rb in &config.remote_bundles {
             tasks.push(tokio::spawn(crate::bundle_service::poll(authorizer.clone(), rb.clone(), rx.clone())));
