@@ -53,6 +53,8 @@ Supported --set / --config-file keys:
   plugins.envoy_ext_authz_grpc.enable-performance-metrics
                                          grpc_request_duration_seconds and error_counter
   plugins.envoy_ext_authz_grpc.grpc-max-recv-msg-size / grpc-max-send-msg-size   bytes
+  plugins.envoy_ext_authz_grpc.proto-descriptor   FileDescriptorSet file: gRPC bodies (raw_body,
+                                         Envoy's pack_as_bytes) decoded into parsed_body
   decision_logs.console                  true: decision logs on standard output
   services.NAME.{url,headers,credentials.bearer.token}   http:// bundle services
   bundles.NAME.{service,resource,polling.min_delay_seconds,polling.max_delay_seconds,signing.scope}
@@ -62,7 +64,7 @@ Supported --set / --config-file keys:
   status.{console,service,partition_name}   status reports (GET /v1/status) logged / POSTed to
                                          <service>/status[/partition] at start and on change
 (the legacy plugin name envoy.ext_authz.grpc works too; any other key is an error at start:
-enable-reflection, proto-descriptor, status.prometheus, distributed_tracing, … are not supported)
+enable-reflection, status.prometheus, distributed_tracing, … are not supported)
 
 Own flags win over --set, which wins over --config-file.";
 
@@ -451,8 +453,10 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
     if flag("enable-reflection")? {
         return Err(anyhow!("plugins.envoy_ext_authz_grpc.enable-reflection: gRPC server reflection is not supported by sluice"));
     }
-    if get("proto-descriptor").is_some() {
-        return Err(anyhow!("plugins.envoy_ext_authz_grpc.proto-descriptor: decoding gRPC request bodies is not supported by sluice"));
+    match get("proto-descriptor") {
+        None => {}
+        Some(Json::String(p)) if !p.is_empty() => cfg.proto_descriptor = Some(PathBuf::from(p)),
+        Some(other) => return Err(anyhow!("plugins.envoy_ext_authz_grpc.proto-descriptor: expected a file path, got {other}")),
     }
     if get("path").is_some() && get("query").is_some() {
         return Err(anyhow!("plugins.envoy_ext_authz_grpc: set either path or query, not both"));
