@@ -418,4 +418,28 @@ mod tests {
         let ok = ".*".repeat(500);
         assert!(intersect(&ok, &"a".repeat(500)).unwrap());
     }
+
+    /// Random pattern text (every special character, unbalanced brackets, escapes) is an
+    /// answer or an error, never a panic.
+    #[test]
+    fn random_text_never_panics() {
+        let alphabet = ['a', '.', '*', '+', '[', ']', '-', '\\', 'z', 'é'];
+        let mut seed: u64 = 42;
+        let mut rnd = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut ok, mut err) = (0, 0);
+        for _ in 0..5000 {
+            let mut p = || (0..rnd(8)).map(|_| alphabet[rnd(alphabet.len())]).collect::<String>();
+            let (a, b) = (p(), p());
+            match intersect(&a, &b) {
+                Ok(_) => ok += 1,
+                Err(_) => err += 1,
+            }
+        }
+        assert!(ok > 100 && err > 100, "{ok} answers, {err} errors");
+    }
 }

@@ -1181,7 +1181,13 @@ fn verify_chain(certs: Vec<Cert>, opts: &VerifyOptions) -> Result<Vec<Cert>> {
         let candidates: Vec<usize> = (0..certs.len() - 1).filter(|i| !path.contains(i)).collect();
         for i in candidates {
             let p = &certs[i];
-            if p.raw_subject != certs[cur].raw_issuer || !verify_signature(&certs[cur], p) {
+            if p.raw_subject != certs[cur].raw_issuer {
+                continue;
+            }
+            // Every signature check counts against the bound (certificates sharing a subject
+            // could otherwise make the search exponential).
+            *steps += 1;
+            if *steps > 10_000 || !verify_signature(&certs[cur], p) {
                 continue;
             }
             if !(p.not_before <= now && now <= p.not_after) || !names_allowed(&p.constraints, &certs[path[0]]) {
@@ -1654,5 +1660,55 @@ mod tests {
         assert_eq!(parse_certificates(&[Value::from("")]).unwrap(), Value::from(Vec::<Value>::new()));
         assert!(parse_private_keys(&[Value::from("-----BEGIN RSA PRIVATE KEY-----\nMAA=\n-----END RSA PRIVATE KEY-----\n")]).is_err());
         assert_eq!(parse_private_keys(&[Value::from("")]).unwrap(), Value::Null);
+    }
+
+    /// Mutated certificates, requests and keys (bit flips, truncations, inserted bytes) are
+    /// errors or values, never panics.
+    #[test]
+    fn mutations_never_panic() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(1));
+        let cert = params.self_signed(&key).unwrap();
+        let csr = params.serialize_request(&key).unwrap();
+        let inputs: Vec<Vec<u8>> = vec![cert.der().to_vec(), csr.der().to_vec(), key.serialize_der()];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n.max(1) as u64) as usize
+        };
+        let mut outcomes = (0, 0);
+        for round in 0..3000 {
+            let mut b = inputs[round % inputs.len()].clone();
+            match rnd(3) {
+                0 => {
+                    let i = rnd(b.len());
+                    b[i] ^= 1 << rnd(8);
+                }
+                1 => b.truncate(rnd(b.len())),
+                _ => {
+                    let i = rnd(b.len());
+                    b.insert(i, rnd(256) as u8);
+                }
+            }
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&b);
+            let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+            let results = [
+                parse_certificates(&[Value::from(b64.as_str())]),
+                parse_and_verify(&[Value::from(b64.as_str())]),
+                parse_certificate_request(&[Value::from(b64.as_str())]),
+                parse_private_keys(&[Value::from(pem.as_str())]),
+            ];
+            for r in results {
+                if r.is_ok() {
+                    outcomes.0 += 1;
+                } else {
+                    outcomes.1 += 1;
+                }
+            }
+        }
+        assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
     }
 }
