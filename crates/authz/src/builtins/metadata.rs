@@ -5,7 +5,9 @@
 //! follows it (a package or a rule), and at load replaces every call of the two functions
 //! inside a rule by `json.unmarshal("<the answer>")` — the answer only depends on where the call
 //! is, so it is known at load. The replacement stays on the call's line (positions after it on
-//! that line shift). A call outside any rule (a query) is OPA's error.
+//! that line shift). A call outside any rule (a query) is OPA's error. Rule heads are found as
+//! lines that start at column 0 (as `opa fmt` writes them); a call belongs to the last head
+//! above it.
 //!
 //! Supported annotation fields: `scope` (`rule`, `document`, `package`, `subpackages`),
 //! `title`, `description`, `organizations`, `related_resources`, `authors`, `custom` and
