@@ -26,11 +26,18 @@ struct Pki {
     leaf: String,
     leaf_key: String,
     excluded_leaf: String,
+    ext_leaf: String,
     rsa_leaf: String,
     other_root: String,
     csr: String,
     ed_key: String,
     p384_key: String,
+}
+
+/// One DER element with a short length.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    assert!(content.len() < 128);
+    [&[tag, content.len() as u8][..], content].concat()
 }
 
 fn ia5(s: &str) -> rcgen::string::Ia5String {
@@ -90,6 +97,35 @@ fn pki() -> Pki {
     xp.distinguished_name.push(DnType::CommonName, "x.bad.test");
     let excluded_leaf = xp.signed_by(&KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(), &inter).unwrap();
 
+    // Extensions rcgen does not write itself, DER-encoded here: certificate policies, authority
+    // info access, policy constraints and mappings, inhibit-any-policy, and a critical
+    // extension Go does not handle.
+    let oid = |arcs: &[u8]| tlv(0x06, arcs);
+    let policies = tlv(0x30, &[tlv(0x30, &oid(&[0x2a, 3, 4])), tlv(0x30, &oid(&[0x67, 0x81, 0x0c, 1, 2, 1]))].concat());
+    let aia = tlv(
+        0x30,
+        &[
+            tlv(0x30, &[oid(&[0x2b, 6, 1, 5, 5, 7, 0x30, 1]), tlv(0x86, b"http://ocsp.test")].concat()),
+            tlv(0x30, &[oid(&[0x2b, 6, 1, 5, 5, 7, 0x30, 2]), tlv(0x86, b"http://ca.test/ca.crt")].concat()),
+        ]
+        .concat(),
+    );
+    let mut xp2 = CertificateParams::new(vec!["ext.test".to_string()]).unwrap();
+    xp2.distinguished_name.push(DnType::CommonName, "ext.test");
+    xp2.custom_extensions = vec![
+        rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 32], policies),
+        rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], aia),
+        rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 36], tlv(0x30, &[tlv(0x80, &[0]), tlv(0x81, &[2])].concat())),
+        rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 54], tlv(0x02, &[0])),
+        rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 33], tlv(0x30, &tlv(0x30, &[oid(&[0x2a, 3, 4]), oid(&[0x2a, 3, 5])].concat()))),
+        {
+            let mut e = rcgen::CustomExtension::from_oid_content(&[1, 2, 3, 99], tlv(0x05, &[]));
+            e.set_criticality(true);
+            e
+        },
+    ];
+    let ext_leaf = xp2.self_signed(&KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap()).unwrap();
+
     let mut rsa_p = CertificateParams::new(vec!["rsa.test".to_string()]).unwrap();
     rsa_p.distinguished_name.push(DnType::CommonName, "rsa.test");
     let rsa_key = KeyPair::from_pkcs8_pem_and_sign_algo(RSA_KEY, &rcgen::PKCS_RSA_SHA256).unwrap();
@@ -111,6 +147,7 @@ fn pki() -> Pki {
         leaf: leaf.pem(),
         leaf_key: leaf_key.serialize_pem(),
         excluded_leaf: excluded_leaf.pem(),
+        ext_leaf: ext_leaf.pem(),
         rsa_leaf: rsa_leaf.pem(),
         other_root: other_root.pem(),
         csr,
@@ -126,6 +163,7 @@ fn queries() -> Vec<(&'static str, String)> {
         ("parse_root", m("crypto.x509.parse_certificates(input.root)")),
         ("parse_leaf", m("crypto.x509.parse_certificates(input.leaf)")),
         ("parse_inter", m("crypto.x509.parse_certificates(input.inter)")),
+        ("parse_extensions", m("crypto.x509.parse_certificates(input.ext_leaf)")),
         ("parse_rsa", m("crypto.x509.parse_certificates(input.rsa_leaf)")),
         ("parse_bundle_b64", m("crypto.x509.parse_certificates(base64.encode(concat(\"\", [input.root, input.inter, input.leaf])))")),
         ("parse_big_numbers", "[x | c := crypto.x509.parse_certificates(input.rsa_leaf)[_]; x := sprintf(\"%d %d %d\", [c.SerialNumber, c.PublicKey.N, c.PublicKey.E])]".into()),
@@ -211,7 +249,7 @@ fn diff(at: &str, a: &Json, b: &Json, out: &mut Vec<String>) {
 fn x509_builtins_agree_with_opa() {
     let k = pki();
     let input = json!({
-        "root": k.root, "inter": k.inter, "leaf": k.leaf, "leaf_key": k.leaf_key, "excluded_leaf": k.excluded_leaf, "rsa_leaf": k.rsa_leaf,
+        "root": k.root, "inter": k.inter, "leaf": k.leaf, "leaf_key": k.leaf_key, "excluded_leaf": k.excluded_leaf, "ext_leaf": k.ext_leaf, "rsa_leaf": k.rsa_leaf,
         "other_root": k.other_root, "csr": k.csr, "ed_key": k.ed_key, "p384_key": k.p384_key, "rsa_key": RSA_KEY,
     });
     let qs = queries();
@@ -245,6 +283,11 @@ fn x509_builtins_agree_with_opa() {
     assert!(get("bad_pem_type").get("error").is_some());
     assert_eq!(get("keys_empty")["value"], Json::Null);
     assert_eq!(get("jwk_rsa")["value"]["kty"], "RSA");
+    let ext = &get("parse_extensions")["value"][0];
+    assert_eq!(ext["Policies"], json!(["1.2.3.4", "2.23.140.1.2.1"]), "{ext}");
+    assert_eq!(ext["OCSPServer"], json!(["http://ocsp.test"]));
+    assert_eq!(ext["UnhandledCriticalExtensions"], json!([[1, 2, 3, 99]]));
+    assert_eq!((ext["RequireExplicitPolicyZero"].clone(), ext["InhibitPolicyMapping"].clone()), (json!(true), json!(2)));
 
     let job = common::opa::Job {
         modules: vec![("t.rego".into(), "package t\n".into())],
