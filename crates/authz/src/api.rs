@@ -282,7 +282,7 @@ async fn handle(
         return ("v1/config", json_response(200, &json!({"result": a.config_doc}), pretty));
     }
     if path == "/v1/status" {
-        return ("v1/status", json_response(200, &json!({"result": status(a)}), pretty));
+        return ("v1/status", json_response(200, &json!({"result": status_report(a)}), pretty));
     }
     let data_path = if path == "/v1/data" { Some("") } else { path.strip_prefix("/v1/data/") };
     let Some(data_path) = data_path else {
@@ -297,7 +297,8 @@ async fn handle(
     ("v1/data", r)
 }
 
-fn status(a: &Authorizer) -> Json {
+/// The status report (`GET /v1/status`, the status plugin's uploads and console log).
+pub fn status_report(a: &Authorizer) -> Json {
     let bundles: serde_json::Map<String, Json> = a
         .bundle_revisions
         .lock()

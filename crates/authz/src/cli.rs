@@ -53,14 +53,18 @@ Supported --set / --config-file keys:
   plugins.envoy_ext_authz_grpc.enable-performance-metrics
                                          grpc_request_duration_seconds and error_counter
   plugins.envoy_ext_authz_grpc.grpc-max-recv-msg-size / grpc-max-send-msg-size   bytes
+  plugins.envoy_ext_authz_grpc.proto-descriptor   FileDescriptorSet file: gRPC bodies (raw_body,
+                                         Envoy's pack_as_bytes) decoded into parsed_body
   decision_logs.console                  true: decision logs on standard output
   services.NAME.{url,headers,credentials.bearer.token}   http:// bundle services
   bundles.NAME.{service,resource,polling.min_delay_seconds,polling.max_delay_seconds,signing.scope}
   labels.KEY                             extra decision log labels
   decision_logs.{service,resource,reporting.{buffer_size_limit_bytes,upload_size_limit_bytes,
     max_decisions_per_second,min_delay_seconds,max_delay_seconds}}   gzip uploads to a service
+  status.{console,service,partition_name}   status reports (GET /v1/status) logged / POSTed to
+                                         <service>/status[/partition] at start and on change
 (the legacy plugin name envoy.ext_authz.grpc works too; any other key is an error at start:
-enable-reflection, proto-descriptor, status, distributed_tracing, … are not supported)
+enable-reflection, status.prometheus, distributed_tracing, … are not supported)
 
 Own flags win over --set, which wins over --config-file.";
 
@@ -449,8 +453,10 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
     if flag("enable-reflection")? {
         return Err(anyhow!("plugins.envoy_ext_authz_grpc.enable-reflection: gRPC server reflection is not supported by sluice"));
     }
-    if get("proto-descriptor").is_some() {
-        return Err(anyhow!("plugins.envoy_ext_authz_grpc.proto-descriptor: decoding gRPC request bodies is not supported by sluice"));
+    match get("proto-descriptor") {
+        None => {}
+        Some(Json::String(p)) if !p.is_empty() => cfg.proto_descriptor = Some(PathBuf::from(p)),
+        Some(other) => return Err(anyhow!("plugins.envoy_ext_authz_grpc.proto-descriptor: expected a file path, got {other}")),
     }
     if get("path").is_some() && get("query").is_some() {
         return Err(anyhow!("plugins.envoy_ext_authz_grpc: set either path or query, not both"));
@@ -461,6 +467,7 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
     cfg.ignore = run.ignore.clone();
     cfg.remote_bundles = crate::bundle_service::from_config(&tree, &cfg.verification)?;
     cfg.decision_upload = crate::decision_upload::from_config(&tree)?;
+    cfg.status = crate::status::from_config(&tree)?;
     if let Some(l) = tree.get("labels") {
         let o = l.as_object().ok_or_else(|| anyhow!("labels: expected an object"))?;
         for (k, v) in o {
@@ -535,7 +542,7 @@ fn unknown_keys(tree: &Json) -> Vec<String> {
                     out.extend(d.keys().filter(|k| !known.contains(&k.as_str())).map(|k| format!("decision_logs.{k}")));
                 }
             }
-            "services" | "bundles" | "labels" => {}
+            "services" | "bundles" | "labels" | "status" => {}
             other => out.push(other.to_string()),
         }
     }

@@ -282,7 +282,36 @@ impl DecisionLogger {
 pub fn value_json(v: &Value) -> Json {
     match v {
         Value::Undefined => Json::Null,
-        _ => serde_json::to_value(v).unwrap_or(Json::Null),
+        _ => serde_json::to_value(v).unwrap_or_else(|_| lossless_json(v)),
+    }
+}
+
+/// The JSON of a value holding integers beyond f64's range (RSA moduli from the X.509
+/// builtins, …), which serde_json cannot write without its `arbitrary_precision` feature
+/// (regorus then fails the whole value): such integers become their decimal digits as a
+/// string (OPA prints them as numbers); everything else is as [`value_json`]. (Integers wider
+/// than 64 bits but within f64's range are written by regorus as the nearest double.)
+fn lossless_json(v: &Value) -> Json {
+    match v {
+        Value::Number(n) => {
+            let d = n.format_decimal();
+            serde_json::from_str::<Json>(&d).ok().filter(Json::is_number).unwrap_or(Json::String(d))
+        }
+        Value::Array(a) => Json::Array(a.iter().map(lossless_json).collect()),
+        Value::Set(s) => Json::Array(s.iter().map(lossless_json).collect()),
+        Value::Object(o) => Json::Object(
+            o.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Value::String(s) => s.to_string(),
+                        other => serde_json::to_string(&lossless_json(other)).unwrap_or_default(),
+                    };
+                    (key, lossless_json(v))
+                })
+                .collect(),
+        ),
+        Value::Undefined => Json::Null,
+        other => serde_json::to_value(other).unwrap_or(Json::Null),
     }
 }
 
@@ -302,6 +331,16 @@ pub fn go_html_escape(s: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_integers_are_kept_as_digits() {
+        // Beyond f64's range (an RSA-2048 modulus has 617 digits): serde_json cannot write it.
+        let digits = format!("1{}", "0".repeat(400));
+        let big = Value::from_numeric_string(&digits).unwrap();
+        let v = Value::from(vec![big, Value::from(7i64), Value::from("x")]);
+        assert_eq!(value_json(&v), serde_json::json!([digits, 7, "x"]));
+        assert_eq!(value_json(&Value::from(3.5f64)), serde_json::json!(3.5));
+    }
 
     #[test]
     fn masks_remove_and_upsert() {

@@ -134,6 +134,17 @@ pub fn build_input_with(req: &CheckRequest, skip_body_parse: bool) -> Result<Val
 
 /// [`build_input_with`]; `v2`: the request came through the ext_authz v2 API.
 pub fn build_input_opts(req: &CheckRequest, skip_body_parse: bool, v2: bool) -> Result<Value, InputError> {
+    build_input_full(req, skip_body_parse, v2, None)
+}
+
+/// [`build_input_opts`]; `protos`: the plugin's `proto-descriptor` set, with which gRPC
+/// request bodies (`raw_body`) are decoded into `parsed_body`.
+pub fn build_input_full(
+    req: &CheckRequest,
+    skip_body_parse: bool,
+    v2: bool,
+    protos: Option<&prost_reflect::DescriptorPool>,
+) -> Result<Value, InputError> {
     let mut top = Obj::new();
     let mut path = "";
     let mut headers: Option<&HashMap<String, String>> = None;
@@ -154,7 +165,9 @@ pub fn build_input_opts(req: &CheckRequest, skip_body_parse: bool, v2: bool) -> 
     top.set("parsed_query", parsed_query);
     if !skip_body_parse {
         let empty = HashMap::new();
-        let (parsed_body, truncated) = parse_body(headers.unwrap_or(&empty), body, raw_body)?;
+        let headers = headers.unwrap_or(&empty);
+        let grpc = headers.get("content-type").is_some_and(|ct| !ct.contains("application/json") && ct.contains("application/grpc"));
+        let (parsed_body, truncated) = if grpc { grpc_body(raw_body, path, protos)? } else { parse_body(headers, body, raw_body)? };
         top.set("parsed_body", parsed_body);
         top.set("truncated_body", Value::from(truncated));
     }
@@ -414,6 +427,50 @@ fn percent_decode(x: &str, plus_is_space: bool) -> Option<String> {
         }
     }
     Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Reads a `proto-descriptor` file: a serialized `FileDescriptorSet` (`protoc
+/// --descriptor_set_out --include_imports`).
+pub fn load_descriptors(bytes: &[u8]) -> Result<prost_reflect::DescriptorPool, InputError> {
+    prost_reflect::DescriptorPool::decode(bytes).map_err(|e| InputError(format!("not a valid FileDescriptorSet: {e}")))
+}
+
+/// A gRPC request body as the plugin decodes it with its `proto-descriptor`: the first
+/// length-prefixed message of `raw_body`, decoded as the input type of the method named by
+/// the path (`/package.Service/Method`), in protojson form. No descriptor set, no raw body, a
+/// compressed message, an unknown service or method, or a client-streaming method: no
+/// `parsed_body`. A message longer than the body: truncated.
+pub fn grpc_body(raw_body: &[u8], path: &str, protos: Option<&prost_reflect::DescriptorPool>) -> Result<(Value, bool), InputError> {
+    let Some(pool) = protos else { return Ok((Value::Null, false)) };
+    if raw_body.is_empty() {
+        return Ok((Value::Null, false));
+    }
+    let (parsed_path, _) = parse_path_and_query(path)?;
+    let segs: Vec<String> = match &parsed_path {
+        Value::Array(a) => a.iter().map(|v| v.as_string().map(|s| s.to_string()).unwrap_or_default()).collect(),
+        _ => vec![],
+    };
+    let [service, method] = segs.as_slice() else { return Err(InputError("invalid parsed path".into())) };
+    if raw_body.len() < 5 {
+        return Err(InputError("less than 5 bytes".into()));
+    }
+    if raw_body[0] != 0 {
+        return Ok((Value::Null, false));
+    }
+    let size = u32::from_be_bytes([raw_body[1], raw_body[2], raw_body[3], raw_body[4]]) as usize;
+    if size > raw_body.len() - 5 {
+        return Ok((Value::Null, true));
+    }
+    let Some(svc) = pool.get_service_by_name(service) else { return Ok((Value::Null, false)) };
+    let Some(m) = svc.methods().find(|m| m.name() == method) else { return Ok((Value::Null, false)) };
+    if m.is_client_streaming() {
+        return Ok((Value::Null, false));
+    }
+    let msg = prost_reflect::DynamicMessage::decode(m.input(), &raw_body[5..5 + size])
+        .map_err(|e| InputError(format!("proto: cannot parse gRPC body as {}: {e}", m.input().full_name())))?;
+    let json = serde_json::to_string(&msg).map_err(|e| InputError(format!("protojson: {e}")))?;
+    let v = Value::from_json_str(&json).map_err(|e| InputError(format!("protojson: {e}")))?;
+    Ok((v, false))
 }
 
 /// `parsed_body` and `truncated_body`, following the plugin: only JSON and form bodies are
@@ -705,5 +762,103 @@ mod tests {
                 "version": {"encoding": "protojson", "ext_authz": "v3"}
             })
         );
+    }
+}
+
+#[cfg(test)]
+mod grpc_body_tests {
+    use super::*;
+    use prost::Message;
+    use prost_types::field_descriptor_proto::{Label, Type};
+    use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto, ServiceDescriptorProto};
+
+    fn field(name: &str, number: i32, ty: Type, label: Label) -> FieldDescriptorProto {
+        FieldDescriptorProto { name: Some(name.into()), number: Some(number), r#type: Some(ty as i32), label: Some(label as i32), ..Default::default() }
+    }
+
+    /// `test.v1.Greeter` with `SayHello(HelloRequest)` and a client-streaming `Upload`.
+    fn descriptor_set() -> Vec<u8> {
+        let file = FileDescriptorProto {
+            name: Some("greeter.proto".into()),
+            package: Some("test.v1".into()),
+            syntax: Some("proto3".into()),
+            message_type: vec![DescriptorProto {
+                name: Some("HelloRequest".into()),
+                field: vec![
+                    field("user_name", 1, Type::String, Label::Optional),
+                    field("count", 2, Type::Int64, Label::Optional),
+                    field("tags", 3, Type::String, Label::Repeated),
+                ],
+                ..Default::default()
+            }],
+            service: vec![ServiceDescriptorProto {
+                name: Some("Greeter".into()),
+                method: vec![
+                    MethodDescriptorProto { name: Some("SayHello".into()), input_type: Some(".test.v1.HelloRequest".into()), output_type: Some(".test.v1.HelloRequest".into()), ..Default::default() },
+                    MethodDescriptorProto { name: Some("Upload".into()), input_type: Some(".test.v1.HelloRequest".into()), output_type: Some(".test.v1.HelloRequest".into()), client_streaming: Some(true), ..Default::default() },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        FileDescriptorSet { file: vec![file] }.encode_to_vec()
+    }
+
+    /// A gRPC frame around a HelloRequest.
+    fn frame(pool: &prost_reflect::DescriptorPool) -> Vec<u8> {
+        let desc = pool.get_message_by_name("test.v1.HelloRequest").unwrap();
+        let mut m = prost_reflect::DynamicMessage::new(desc);
+        m.set_field_by_name("user_name", prost_reflect::Value::String("ann".into()));
+        m.set_field_by_name("count", prost_reflect::Value::I64(5));
+        m.set_field_by_name("tags", prost_reflect::Value::List(vec![prost_reflect::Value::String("a".into()), prost_reflect::Value::String("b".into())]));
+        let body = m.encode_to_vec();
+        let mut f = vec![0u8];
+        f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        f.extend_from_slice(&body);
+        f
+    }
+
+    #[test]
+    fn decodes_like_the_plugin() {
+        let pool = load_descriptors(&descriptor_set()).unwrap();
+        let f = frame(&pool);
+        let (v, t) = grpc_body(&f, "/test.v1.Greeter/SayHello", Some(&pool)).unwrap();
+        assert!(!t);
+        assert_eq!(v, Value::from_json_str(r#"{"userName": "ann", "count": "5", "tags": ["a", "b"]}"#).unwrap(), "protojson names and int64 strings");
+        // Truncated, compressed, unknown method, client streaming, no descriptors.
+        assert_eq!(grpc_body(&f[..f.len() - 1], "/test.v1.Greeter/SayHello", Some(&pool)).unwrap(), (Value::Null, true));
+        let mut c = f.clone();
+        c[0] = 1;
+        assert_eq!(grpc_body(&c, "/test.v1.Greeter/SayHello", Some(&pool)).unwrap(), (Value::Null, false));
+        assert_eq!(grpc_body(&f, "/test.v1.Greeter/Nope", Some(&pool)).unwrap(), (Value::Null, false));
+        assert_eq!(grpc_body(&f, "/test.v1.Other/SayHello", Some(&pool)).unwrap(), (Value::Null, false));
+        assert_eq!(grpc_body(&f, "/test.v1.Greeter/Upload", Some(&pool)).unwrap(), (Value::Null, false));
+        assert_eq!(grpc_body(&f, "/test.v1.Greeter/SayHello", None).unwrap(), (Value::Null, false));
+        // Errors: a path that is not /Service/Method, a short frame, bytes that are not the message.
+        assert!(grpc_body(&f, "/a/b/c", Some(&pool)).is_err());
+        assert!(grpc_body(&[0, 0], "/test.v1.Greeter/SayHello", Some(&pool)).is_err());
+        assert!(grpc_body(&[0, 0, 0, 0, 2, 0xff, 0xff], "/test.v1.Greeter/SayHello", Some(&pool)).is_err());
+        assert!(load_descriptors(b"\xff\xff").is_err());
+    }
+
+    #[test]
+    fn input_has_the_decoded_body() {
+        let pool = load_descriptors(&descriptor_set()).unwrap();
+        let mut headers = HashMap::new();
+        headers.insert("content-type".to_string(), "application/grpc".to_string());
+        let req = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest { path: "/test.v1.Greeter/SayHello".into(), headers, raw_body: frame(&pool), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let v = build_input_full(&req, false, false, Some(&pool)).unwrap();
+        assert_eq!(v["parsed_body"]["userName"], Value::from("ann"));
+        assert_eq!(v["truncated_body"], Value::from(false));
+        let v = build_input_full(&req, false, false, None).unwrap();
+        assert_eq!(v["parsed_body"], Value::Null, "without proto-descriptor the body is not parsed");
     }
 }

@@ -52,6 +52,7 @@ pub mod input;
 pub mod policy;
 pub mod response;
 pub mod server;
+pub mod status;
 pub mod tools;
 
 pub use decision_log::{DecisionLogSink, LogFormat, SharedWriter};

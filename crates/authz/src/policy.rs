@@ -449,9 +449,13 @@ impl PolicySet {
         let mut engine = new_engine(opts)?;
         let mut packages = Vec::new();
         let mut withs: Vec<builtins::WithBuiltin> = Vec::new();
+        // METADATA annotations of every file (package annotations apply across files).
+        let named: Vec<(String, &str)> = sources.policies.iter().map(|(p, t)| (p.display().to_string(), t.as_str())).collect();
+        let meta = builtins::metadata::index(&named)?;
         for (path, text) in &sources.policies {
             crate::bounds::check(text, opts.bounds).map_err(|e| anyhow!("{}:{e}", path.display()))?;
-            let (rewritten, found) = builtins::rewrite_with_builtins(text);
+            let text = builtins::metadata::rewrite(text, &path.display().to_string(), &meta)?;
+            let (rewritten, found) = builtins::rewrite_with_builtins(&text);
             let text = &rewritten;
             for w in found {
                 if !withs.contains(&w) {

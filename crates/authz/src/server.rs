@@ -85,6 +85,10 @@ pub struct Config {
     pub grpc_unix: Option<String>,
     /// Decision logs uploaded to a service (`decision_logs.service`).
     pub decision_upload: Option<crate::decision_upload::UploadConfig>,
+    /// The status plugin (`status`): console log and/or uploads.
+    pub status: Option<crate::status::StatusConfig>,
+    /// The plugin's `proto-descriptor`: a FileDescriptorSet file for decoding gRPC bodies.
+    pub proto_descriptor: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -117,6 +121,8 @@ impl Default for Config {
             labels: Vec::new(),
             grpc_unix: None,
             decision_upload: None,
+            status: None,
+            proto_descriptor: None,
         }
     }
 }
@@ -347,6 +353,8 @@ pub struct Authorizer {
     pub(crate) config_doc: serde_json::Value,
     /// `plugins.envoy_ext_authz_grpc.skip-request-body-parse`.
     skip_body_parse: bool,
+    /// Descriptors for gRPC bodies (`proto-descriptor`).
+    protos: Option<prost_reflect::DescriptorPool>,
     grpc_max_recv: usize,
     grpc_max_send: usize,
     instance_id: String,
@@ -388,6 +396,13 @@ impl Authorizer {
         let mut logger = DecisionLogger::new(&config.decision_log, config.log_format, instance_id.clone(), config.label_version.clone())?;
         logger.set_labels(config.labels.clone());
         let uploader = config.decision_upload.clone().map(|c| Arc::new(crate::decision_upload::Uploader::new(c)));
+        let protos = match &config.proto_descriptor {
+            None => None,
+            Some(p) => {
+                let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("plugins.envoy_ext_authz_grpc.proto-descriptor: {}: {e}", p.display()))?;
+                Some(crate::input::load_descriptors(&bytes).map_err(|e| anyhow::anyhow!("plugins.envoy_ext_authz_grpc.proto-descriptor: {}: {}", p.display(), e.0))?)
+            }
+        };
         if let Some(u) = &uploader {
             logger.set_remote(u.clone());
         }
@@ -406,6 +421,7 @@ impl Authorizer {
             bundle_revisions: Mutex::new(revisions),
             config_doc: config.config_doc.clone(),
             skip_body_parse: config.skip_body_parse,
+            protos,
             grpc_max_recv: config.grpc_max_recv,
             grpc_max_send: config.grpc_max_send,
             instance_id,
@@ -566,7 +582,7 @@ impl Authorizer {
     fn check_inner(&self, req: &CheckRequest, started: Instant, v2: bool) -> Result<CheckResponse, tonic::Status> {
         let generation = self.policy.load();
         let decision_id = new_decision_id();
-        let input = match crate::input::build_input_opts(req, self.skip_body_parse, v2) {
+        let input = match crate::input::build_input_full(req, self.skip_body_parse, v2, self.protos.as_ref()) {
             Ok(i) => i,
             Err(e) => {
                 let msg = e.to_string();
@@ -883,6 +899,9 @@ impl AuthzServer {
         }
         if let Some(u) = &authorizer.uploader {
             tasks.push(tokio::spawn(u.clone().run(rx.clone())));
+        }
+        if let Some(s) = &config.status {
+            tasks.push(tokio::spawn(crate::status::run(authorizer.clone(), s.clone(), Duration::from_secs(1), rx.clone())));
         }
         for rb in &config.remote_bundles {
             tasks.push(tokio::spawn(crate::bundle_service::poll(authorizer.clone(), rb.clone(), rx.clone())));

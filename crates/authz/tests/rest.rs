@@ -133,14 +133,24 @@ async fn plugin_options() {
     // Unsupported options are errors at start, naming the key.
     for (bad, key) in [
         ("--set=plugins.envoy_ext_authz_grpc.enable-reflection=true", "plugins.envoy_ext_authz_grpc.enable-reflection"),
-        ("--set=plugins.envoy_ext_authz_grpc.proto-descriptor=/x.pb", "plugins.envoy_ext_authz_grpc.proto-descriptor"),
-        ("--set=status.console=true", "configuration key status"),
+        ("--set=status.prometheus=true", "status.prometheus: not supported by sluice"),
         ("--set=services.default.url=https://x", "only http:// bundle services"),
         ("--set=plugins.envoy_ext_authz_grpc.bogus=1", "plugins.envoy_ext_authz_grpc.bogus"),
     ] {
         let e = config_from_args(&parse_run(&args(&[bad]))).unwrap_err().to_string();
         assert!(e.contains(key), "{bad}: {e}");
     }
+    // proto-descriptor: read at start; a missing file is an error naming the key.
+    let cfg = config_from_args(&parse_run(&args(&["--set=plugins.envoy_ext_authz_grpc.proto-descriptor=/nonexistent/x.pb"]))).unwrap();
+    assert_eq!(cfg.proto_descriptor.as_deref(), Some(std::path::Path::new("/nonexistent/x.pb")));
+    let e = AuthzServer::start(Config { http_addr: None, grpc_addr: "127.0.0.1:0".parse().unwrap(), ..cfg }).await.err().expect("a missing descriptor file fails the start");
+    assert!(format!("{e:#}").contains("plugins.envoy_ext_authz_grpc.proto-descriptor: /nonexistent/x.pb"), "{e:#}");
+    let bad = dir.write("bad.pb", "not a descriptor set");
+    let cfg = config_from_args(&parse_run(&args(&[&format!("--set=plugins.envoy_ext_authz_grpc.proto-descriptor={}", bad.display())]))).unwrap();
+    let e = AuthzServer::start(Config { http_addr: None, grpc_addr: "127.0.0.1:0".parse().unwrap(), ..cfg }).await.err().expect("an invalid descriptor set fails the start");
+    assert!(format!("{e:#}").contains("not a valid FileDescriptorSet"), "{e:#}");
+    // status.console: accepted.
+    assert!(config_from_args(&parse_run(&args(&["--set=status.console=true"]))).unwrap().status.is_some_and(|s| s.console));
     // skip-request-body-parse: no parsed_body in the input; performance metrics on.
     let cfg = config_from_args(&parse_run(&args(&[
         "--set=plugins.envoy_ext_authz_grpc.skip-request-body-parse=true",

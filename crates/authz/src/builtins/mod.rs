@@ -17,9 +17,13 @@ use anyhow::{anyhow, bail};
 use regorus::{Engine, Value};
 
 pub mod crypto;
+pub mod der;
+pub mod globs;
 pub mod jwt;
+pub mod metadata;
 pub mod misc;
 pub mod template;
+pub mod x509;
 
 /// A builtin function: takes the evaluated arguments, returns a value (`Value::Undefined` for
 /// an undefined result) or an error (a builtin error in OPA's sense).
@@ -80,8 +84,11 @@ fn all_defs() -> Vec<Def> {
     let mut v = Vec::new();
     misc::defs(&mut v);
     crypto::defs(&mut v);
+    globs::defs(&mut v);
     jwt::defs(&mut v);
+    metadata::defs(&mut v);
     template::defs(&mut v);
+    x509::defs(&mut v);
     v
 }
 
@@ -160,10 +167,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("providers.aws.sign_req", "AWS request signing is not implemented"),
     ("graphql.", "no maintained GraphQL parser is wired into sluice"),
     ("rego.parse_module", "regorus' syntax tree is not OPA's; producing OPA's AST JSON is not implemented"),
-    ("rego.metadata.", "METADATA annotations are not read by regorus"),
-    ("regex.globs_match", "glob intersection is not implemented"),
-    ("crypto.x509.", "X.509 parsing builtins are not implemented"),
-    ("crypto.parse_private_keys", "private key parsing is not implemented"),
 ];
 
 /// Deepest syntax tree accepted (JSON nesting of regorus' AST): evaluation and analysis

@@ -15,6 +15,17 @@ import json, sys
 from opa_bindings import OpaEngine, OpaError, OpaUndefinedError
 jobs = json.load(sys.stdin)
 out = []
+def big_as_text(v):
+    # Integers outside 64 bits become decimal text (serde_json cannot read them).
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and (v >= 2**64 or v < -2**63):
+        return str(v)
+    if isinstance(v, list):
+        return [big_as_text(x) for x in v]
+    if isinstance(v, dict):
+        return {k: big_as_text(x) for k, x in v.items()}
+    return v
 for job in jobs:
     e = OpaEngine()
     res = []
@@ -44,7 +55,7 @@ for job in jobs:
             res.append({"error": err.message})
     out.append({"results": res})
     e.close()
-json.dump(out, sys.stdout)
+json.dump(big_as_text(out), sys.stdout)
 "#;
 
 /// One evaluation job: modules, data, input, and queries (Rego expressions).
