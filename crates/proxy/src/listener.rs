@@ -14,14 +14,14 @@ use sluice_config::listener::{FilterChain, Listener as ListenerConfig, NetworkFi
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
-use crate::access_log::connection::{ConnectionLog, Counted};
+use crate::access_log::connection::ConnectionLog;
 use crate::access_log::AccessLogs;
 use crate::filters::{ConnectionInfo, TlsInfo};
 use crate::body::Body;
-use crate::http::codec::{self, CodecStats, ParseConfig, Underscores};
+use crate::http::codec::{self, CodecStats, ConnEnd, ParseConfig, Underscores};
 use crate::stream_info::ResponseFlags;
 use crate::http::conn_manager::{HttpConnectionManager, ListenerHttpStats, ConnContext};
-use crate::stats::{Counter, Gauge, Store};
+use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::tls::{self, DownstreamTls};
 use crate::upstream::ClusterManager;
 
@@ -52,6 +52,9 @@ pub struct Listener {
 struct ListenerStats {
     downstream_cx_total: Counter,
     downstream_cx_active: Gauge,
+    downstream_cx_destroy: Counter,
+    downstream_cx_length_ms: Histogram,
+    no_filter_chain_match: Counter,
     server_total_connections: Gauge,
 }
 
@@ -93,6 +96,9 @@ impl Listener {
             stats: ListenerStats {
                 downstream_cx_total: store.counter(format!("{lprefix}downstream_cx_total")),
                 downstream_cx_active: store.gauge(format!("{lprefix}downstream_cx_active")),
+                downstream_cx_destroy: store.counter(format!("{lprefix}downstream_cx_destroy")),
+                downstream_cx_length_ms: store.histogram(format!("{lprefix}downstream_cx_length_ms")),
+                no_filter_chain_match: store.counter(format!("{lprefix}no_filter_chain_match")),
                 server_total_connections: store.gauge("server.total_connections"),
             },
         })
@@ -116,7 +122,10 @@ impl Listener {
                 this.stats.downstream_cx_total.inc();
                 this.stats.downstream_cx_active.inc();
                 this.stats.server_total_connections.inc();
+                let start = std::time::Instant::now();
                 this.handle(stream, peer).await;
+                this.stats.downstream_cx_destroy.inc();
+                this.stats.downstream_cx_length_ms.record_int(start.elapsed().as_millis() as u64);
                 this.stats.downstream_cx_active.dec();
                 this.stats.server_total_connections.dec();
             });
@@ -128,6 +137,7 @@ impl Listener {
         // Listener access logs: one line when the connection ends (NR when no chain matched).
         let log = ConnectionLog::start(self.access_logs.as_ref());
         let refused = |log: Option<ConnectionLog>, tls: Option<TlsInfo>| {
+            self.stats.no_filter_chain_match.inc();
             if let Some(l) = log {
                 l.finish(Arc::new(ConnectionInfo::new(peer, local, tls.map(Arc::new))), None, ResponseFlags::NO_ROUTE_FOUND);
             }
@@ -155,13 +165,21 @@ impl Listener {
             // preface gets the codec's 400.
             let codec = match chain.codec {
                 CodecType::Auto => match sniff_h2_preface(&stream).await {
-                    Some(true) => CodecType::Http2,
-                    Some(false) => CodecType::Http1,
-                    // Undecided (silent or gone): the HTTP/1 codec waits out its idle timeout.
-                    None => CodecType::Auto,
+                    Sniff::H2 => CodecType::Http2,
+                    Sniff::Other => CodecType::Http1,
+                    // Closed before a byte: no codec was made (Envoy makes it on first data).
+                    Sniff::Closed => {
+                        chain.hcm.stats.connection_without_codec();
+                        if let Some(l) = log {
+                            l.finish(conn, None, ResponseFlags::empty());
+                        }
+                        return;
+                    }
+                    // Silent: the HTTP/1 codec waits out its idle timeout.
+                    Sniff::Silent => CodecType::Auto,
                 },
                 CodecType::Http2 => match sniff_h2_preface(&stream).await {
-                    Some(true) => CodecType::Http2,
+                    Sniff::H2 => CodecType::Http2,
                     _ => {
                         close_unanswered(stream).await;
                         if let Some(l) = log {
@@ -172,7 +190,7 @@ impl Listener {
                 },
                 c => c,
             };
-            let stream = Counted::new(stream, log.as_ref().map(ConnectionLog::counts));
+            let stream = chain.hcm.stats.counted(stream, log.as_ref().map(ConnectionLog::counts));
             serve_http(stream, chain, conn.clone(), codec).await;
             if let Some(l) = log {
                 l.finish(conn, codec_protocol(codec), ResponseFlags::empty());
@@ -217,7 +235,7 @@ impl Listener {
         let conn = Arc::new(ConnectionInfo::new(peer, local, Some(Arc::new(info))));
         // ALPN decides: h2 if agreed, otherwise HTTP/1.1 only (Envoy without alpn_protocols).
         let codec = if alpn_h2 { CodecType::Http2 } else { CodecType::Http1 };
-        let stream = Counted::new(stream, log.as_ref().map(ConnectionLog::counts));
+        let stream = chain.hcm.stats.counted(stream, log.as_ref().map(ConnectionLog::counts));
         serve_http(stream, chain, conn.clone(), codec).await;
         if let Some(l) = log {
             l.finish(conn, codec_protocol(codec), ResponseFlags::empty());
@@ -256,28 +274,39 @@ fn codec_protocol(codec: CodecType) -> Option<http::Version> {
     }
 }
 
+/// What the first bytes of a plaintext connection say.
+enum Sniff {
+    /// `PRI * HTTP/2`: HTTP/2 with prior knowledge.
+    H2,
+    Other,
+    /// The peer closed (or the socket failed) before sending anything.
+    Closed,
+    /// Nothing decisive arrived in time.
+    Silent,
+}
+
 /// Whether a plaintext connection speaks HTTP/2: its first bytes are `PRI * HTTP/2` (Envoy's
-/// test; peeked, not consumed). `None` when undecided (nothing arrived in time, or the peer
-/// closed).
-async fn sniff_h2_preface(stream: &TcpStream) -> Option<bool> {
+/// test; peeked, not consumed).
+async fn sniff_h2_preface(stream: &TcpStream) -> Sniff {
     const PREFIX: &[u8] = b"PRI * HTTP/2";
     let mut buf = [0u8; 12];
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     // A partial prefix is re-peeked a bounded number of times (1 ms apart).
     for _ in 0..200 {
-        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
-        if n == 0 {
-            return None;
-        }
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Err(_) => return Sniff::Silent,
+            Ok(Err(_)) | Ok(Ok(0)) => return Sniff::Closed,
+            Ok(Ok(n)) => n,
+        };
         if buf[..n] != PREFIX[..n] {
-            return Some(false);
+            return Sniff::Other;
         }
         if n == PREFIX.len() {
-            return Some(true);
+            return Sniff::H2;
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
-    None
+    Sniff::Silent
 }
 
 /// Close a connection that gets no answer with a FIN, not a reset: shut the write side down and
@@ -369,6 +398,18 @@ impl codec::Service for HcmService {
     fn codec_reply(&self, status: u16) {
         self.hcm.record_codec_reply(status, &self.ctx.listener_stats);
     }
+    fn tunnel(&self, open: bool) {
+        let s = &self.hcm.stats;
+        if open {
+            s.downstream_cx_upgrades_total.inc();
+            s.downstream_cx_upgrades_active.inc();
+        } else {
+            s.downstream_cx_upgrades_active.dec();
+        }
+    }
+    fn early_response(&self) {
+        self.hcm.stats.downstream_rq_response_before_rq_complete.inc();
+    }
 }
 
 async fn serve_http<I>(io: I, chain: &Chain, conn: Arc<ConnectionInfo>, codec: CodecType)
@@ -376,11 +417,17 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let stats = &chain.hcm.stats;
+    let start = std::time::Instant::now();
+    let tls = conn.tls.is_some();
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
+    if tls {
+        stats.downstream_cx_ssl_active.inc();
+    }
     let ctx = Arc::new(ConnContext { conn, listener_stats: chain.listener_http_stats.clone() });
-    if codec == CodecType::Http2 {
+    let end = if codec == CodecType::Http2 {
         stats.downstream_cx_http2_total.inc();
+        stats.downstream_cx_http2_active.inc();
         let hcm = chain.hcm.clone();
         // The request's future is boxed: hyper spawns every HTTP/2 stream as a task and the
         // runtime moves the task's future (and later its output) around by value; a pointer is
@@ -395,13 +442,32 @@ where
         if chain.h2_allow_connect {
             builder.enable_connect_protocol();
         }
-        if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
-            tracing::debug!("HTTP/2 connection ended with error: {e}");
-        }
+        let end = match builder.serve_connection(TokioIo::new(io), svc).await {
+            Ok(()) => ConnEnd::Remote { active_rq: false },
+            Err(e) => {
+                tracing::debug!("HTTP/2 connection ended with error: {e}");
+                // hyper reports a peer that vanished mid-stream as an I/O or incomplete error;
+                // anything else is a protocol violation sluice closed the connection for.
+                if e.is_parse() || e.is_user() {
+                    ConnEnd::ProtocolError
+                } else {
+                    ConnEnd::Remote { active_rq: e.is_incomplete_message() }
+                }
+            }
+        };
+        stats.downstream_cx_http2_active.dec();
+        end
     } else {
         stats.downstream_cx_http1_total.inc();
+        stats.downstream_cx_http1_active.inc();
         let svc = HcmService { hcm: chain.hcm.clone(), ctx };
-        codec::serve(io, &chain.h1, &svc).await;
+        let end = codec::serve(io, &chain.h1, &svc).await;
+        stats.downstream_cx_http1_active.dec();
+        end
+    };
+    stats.connection_closed(end, start.elapsed());
+    if tls {
+        stats.downstream_cx_ssl_active.dec();
     }
     stats.downstream_cx_active.dec();
 }

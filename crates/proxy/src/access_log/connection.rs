@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::AccessLogs;
 use crate::filters::ConnectionInfo;
 use crate::formatter::Context;
+use crate::stats::Counter;
 use crate::stream_info::{ResponseFlags, StreamInfo};
 
 /// Bytes a connection received and sent.
@@ -24,15 +25,25 @@ pub struct ConnectionCounts {
     tx: AtomicU64,
 }
 
-/// A transport that counts its bytes when `counts` is set (and does nothing more otherwise).
+/// A transport that counts its bytes into the connection manager's
+/// `downstream_cx_{rx,tx}_bytes_total` and, when `counts` is set (listener access logs), into
+/// the connection's own record.
 pub struct Counted<T> {
     inner: T,
     counts: Option<Arc<ConnectionCounts>>,
+    rx_total: Counter,
+    tx_total: Counter,
 }
 
 impl<T> Counted<T> {
-    pub fn new(inner: T, counts: Option<Arc<ConnectionCounts>>) -> Self {
-        Counted { inner, counts }
+    pub fn new(inner: T, counts: Option<Arc<ConnectionCounts>>, rx_total: Counter, tx_total: Counter) -> Self {
+        Counted { inner, counts, rx_total, tx_total }
+    }
+    fn sent(&self, n: usize) {
+        self.tx_total.add(n as u64);
+        if let Some(c) = &self.counts {
+            c.tx.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
     pub fn get_ref(&self) -> &T {
         &self.inner
@@ -43,8 +54,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(c)) = (&r, &self.counts) {
-            c.rx.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        if let Poll::Ready(Ok(())) = &r {
+            let n = (buf.filled().len() - before) as u64;
+            self.rx_total.add(n);
+            if let Some(c) = &self.counts {
+                c.rx.fetch_add(n, Ordering::Relaxed);
+            }
         }
         r
     }
@@ -53,15 +68,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let (Poll::Ready(Ok(n)), Some(c)) = (&r, &self.counts) {
-            c.tx.fetch_add(*n as u64, Ordering::Relaxed);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.sent(*n);
         }
         r
     }
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let (Poll::Ready(Ok(n)), Some(c)) = (&r, &self.counts) {
-            c.tx.fetch_add(*n as u64, Ordering::Relaxed);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.sent(*n);
         }
         r
     }

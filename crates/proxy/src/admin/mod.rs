@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 
 pub use clusters::{ClusterSource, ClusterView, HostStatsView, HostView, StaticClusters, ThresholdsView};
 
+use crate::access_log::connection::Counted;
 use crate::stats::{Counter, Gauge, Histogram, Store};
 
 // ---------------------------------------------------------------------------------------------
@@ -358,6 +359,8 @@ struct AdminStats {
     cx_http1_total: Counter,
     cx_http1_active: Gauge,
     cx_length: [Histogram; 2],
+    rx_bytes: Counter,
+    tx_bytes: Counter,
     rq_total: Counter,
     rq_http1_total: Counter,
     rq_active: Gauge,
@@ -384,14 +387,27 @@ impl AdminStats {
             "downstream_rq_http2_total",
             "downstream_rq_timeout",
             "downstream_rq_too_large",
-            "rq_direct_response",
-            "rq_redirect",
-            "no_route",
-            "rq_total",
+            "downstream_cx_max_duration_reached",
+            "downstream_cx_max_requests_reached",
+            "downstream_cx_upgrades_total",
+            "downstream_rq_failed_path_normalization",
+            "downstream_rq_header_timeout",
+            "downstream_rq_idle_timeout",
+            "downstream_rq_max_duration_reached",
+            "downstream_rq_non_relative_path",
+            "downstream_rq_response_before_rq_complete",
+            "downstream_rq_rx_reset",
+            "downstream_rq_tx_reset",
+            "downstream_rq_ws_on_non_ws_route",
+            "rs_too_large",
         ] {
             s.counter(h(c));
         }
-        for g in ["downstream_cx_http2_active", "downstream_cx_ssl_active", "downstream_cx_upgrades_active"] {
+        for g in [
+            "downstream_cx_http2_active",
+            "downstream_cx_ssl_active",
+            "downstream_cx_upgrades_active",
+        ] {
             s.gauge(h(g));
         }
         for c in ["downstream_cx_overflow", "no_filter_chain_match", "downstream_global_cx_overflow"] {
@@ -416,6 +432,8 @@ impl AdminStats {
             cx_http1_total: s.counter(h("downstream_cx_http1_total")),
             cx_http1_active: s.gauge(h("downstream_cx_http1_active")),
             cx_length: [s.histogram(h("downstream_cx_length_ms")), s.histogram(l("downstream_cx_length_ms"))],
+            rx_bytes: s.counter(h("downstream_cx_rx_bytes_total")),
+            tx_bytes: s.counter(h("downstream_cx_tx_bytes_total")),
             rq_total: s.counter(h("downstream_rq_total")),
             rq_http1_total: s.counter(h("downstream_rq_http1_total")),
             rq_active: s.gauge(h("downstream_rq_active")),
@@ -694,7 +712,7 @@ pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<AdminContext>) {
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                .serve_connection(hyper_util::rt::TokioIo::new(Counted::new(stream, None, stats.rx_bytes.clone(), stats.tx_bytes.clone())), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

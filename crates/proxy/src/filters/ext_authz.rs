@@ -27,7 +27,7 @@ use sluice_config::ext_authz::{BufferSettings, ExtAuthz};
 
 use super::{BoxFuture, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
 use crate::body::{Body, BoxError};
-use crate::http::local_reply::{LocalReply, LocalReplyInfo};
+use crate::http::local_reply::{LocalReply, LocalReplyInfo, PAYLOAD_TOO_LARGE};
 use crate::stream_info::ResponseFlags;
 use crate::stats::{Counter, Store};
 use crate::upstream::{ClusterManager, LbContext};
@@ -323,7 +323,7 @@ impl ExtAuthzFilter {
             Some(b) => match buffer_body(req, b).await {
                 Ok(info) => Some(info),
                 Err(BufferError::TooLarge) => {
-                    return self.local(LocalReply::new(413).body("Payload Too Large").close());
+                    return self.local(LocalReply::new(413).body("Payload Too Large").close().details(PAYLOAD_TOO_LARGE));
                 }
                 Err(BufferError::Read) => {
                     return self.local(LocalReply::new(400).body("Bad Request").close())

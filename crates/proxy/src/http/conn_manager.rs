@@ -15,15 +15,16 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use sluice_config::hcm::{HttpConnectionManager as HcmConfig, ServerHeaderTransformation};
 
+use crate::access_log::connection::{ConnectionCounts, Counted};
 use crate::access_log::{AccessLogs, StreamRecord};
 use crate::body::Body;
 use crate::filters::{self, ConnectionInfo, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
 use crate::http::codec::tunnel::{BoxIo, TunnelFuture};
-use crate::http::codec::{self, ContinueSent, UpstreamTunnel};
+use crate::http::codec::{self, ConnEnd, ContinueSent, UpstreamTunnel};
 use crate::formatter::{Context, Format, RequestView, ResponseView};
 use crate::http::headers;
 use crate::http::local_reply::{
-    http_date, reset_body, IsLocalReply, LocalReply, LocalReplyConfig, LocalReplyInfo, NO_HEALTHY_UPSTREAM, STREAM_TIMEOUT,
+    http_date, reset_body, IsLocalReply, LocalReply, LocalReplyConfig, LocalReplyInfo, NO_HEALTHY_UPSTREAM, PAYLOAD_TOO_LARGE, STREAM_TIMEOUT,
     UPSTREAM_TIMEOUT,
 };
 use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteRequest, RouteTable, Selected};
@@ -62,6 +63,26 @@ pub struct HcmStats {
     pub downstream_cx_http1_total: Counter,
     pub downstream_cx_http2_total: Counter,
     pub downstream_cx_ssl_total: Counter,
+    pub downstream_cx_http1_active: Gauge,
+    pub downstream_cx_http2_active: Gauge,
+    pub downstream_cx_ssl_active: Gauge,
+    pub downstream_cx_upgrades_total: Counter,
+    pub downstream_cx_upgrades_active: Gauge,
+    pub downstream_cx_rx_bytes_total: Counter,
+    pub downstream_cx_tx_bytes_total: Counter,
+    pub downstream_cx_length_ms: Histogram,
+    /// `downstream_cx_destroy`, `_remote`, `_local`, `_active_rq`, `_remote_active_rq`. (sluice
+    /// never closes a connection from its side while a request is in flight: a response always
+    /// goes first, so there is no `_local_active_rq`.)
+    pub downstream_cx_destroy: [Counter; 5],
+    pub downstream_cx_protocol_error: Counter,
+    pub downstream_cx_idle_timeout: Counter,
+    pub downstream_cx_max_requests_reached: Counter,
+    pub downstream_cx_delayed_close_timeout: Counter,
+    pub downstream_rq_response_before_rq_complete: Counter,
+    pub downstream_rq_idle_timeout: Counter,
+    pub downstream_rq_non_relative_path: Counter,
+    pub downstream_rq_too_large: Counter,
     pub rq_total: Counter,
     pub no_route: Counter,
     pub no_cluster: Counter,
@@ -87,6 +108,29 @@ impl HcmStats {
             downstream_cx_http1_total: c("downstream_cx_http1_total"),
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
             downstream_cx_ssl_total: c("downstream_cx_ssl_total"),
+            downstream_cx_http1_active: store.gauge(format!("{p}downstream_cx_http1_active")),
+            downstream_cx_http2_active: store.gauge(format!("{p}downstream_cx_http2_active")),
+            downstream_cx_ssl_active: store.gauge(format!("{p}downstream_cx_ssl_active")),
+            downstream_cx_upgrades_total: c("downstream_cx_upgrades_total"),
+            downstream_cx_upgrades_active: store.gauge(format!("{p}downstream_cx_upgrades_active")),
+            downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
+            downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
+            downstream_cx_length_ms: store.histogram(format!("{p}downstream_cx_length_ms")),
+            downstream_cx_destroy: [
+                c("downstream_cx_destroy"),
+                c("downstream_cx_destroy_remote"),
+                c("downstream_cx_destroy_local"),
+                c("downstream_cx_destroy_active_rq"),
+                c("downstream_cx_destroy_remote_active_rq"),
+            ],
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
+            downstream_cx_delayed_close_timeout: c("downstream_cx_delayed_close_timeout"),
+            downstream_rq_response_before_rq_complete: c("downstream_rq_response_before_rq_complete"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_non_relative_path: c("downstream_rq_non_relative_path"),
+            downstream_rq_too_large: c("downstream_rq_too_large"),
             rq_total: c("rq_total"),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
@@ -98,15 +142,63 @@ impl HcmStats {
     }
 }
 
+impl HcmStats {
+    /// Count the bytes of a downstream transport (and, with listener access logs, the
+    /// connection's own record).
+    pub fn counted<T>(&self, io: T, counts: Option<Arc<ConnectionCounts>>) -> Counted<T> {
+        Counted::new(io, counts, self.downstream_cx_rx_bytes_total.clone(), self.downstream_cx_tx_bytes_total.clone())
+    }
+
+    /// A connection that closed before its first byte: counted as made and destroyed by the
+    /// peer, with no codec (Envoy creates the codec on the first data).
+    pub fn connection_without_codec(&self) {
+        self.downstream_cx_total.inc();
+        self.downstream_cx_destroy[0].inc();
+        self.downstream_cx_destroy[1].inc();
+        self.downstream_cx_length_ms.record_int(0);
+    }
+
+    /// Envoy's `downstream_cx_destroy*` and the reason counters for how a connection ended.
+    pub fn connection_closed(&self, end: ConnEnd, lifetime: std::time::Duration) {
+        let [destroy, remote, local, active, remote_active] = &self.downstream_cx_destroy;
+        destroy.inc();
+        match end {
+            ConnEnd::Remote { active_rq } => {
+                remote.inc();
+                if active_rq {
+                    active.inc();
+                    remote_active.inc();
+                }
+            }
+            ConnEnd::Local | ConnEnd::Upgraded => local.inc(),
+            ConnEnd::IdleTimeout => {
+                self.downstream_cx_idle_timeout.inc();
+                local.inc();
+            }
+            ConnEnd::ProtocolError => {
+                self.downstream_cx_protocol_error.inc();
+                local.inc();
+            }
+            ConnEnd::MaxRequests => {
+                self.downstream_cx_max_requests_reached.inc();
+                local.inc();
+            }
+        }
+        self.downstream_cx_length_ms.record_int(lifetime.as_millis() as u64);
+    }
+}
+
 /// Per-listener copies of the response-class counters (`listener.<addr>.http.<prefix>.downstream_rq_<N>xx`).
 pub struct ListenerHttpStats {
     pub downstream_rq_xx: [Counter; 5],
+    pub downstream_rq_completed: Counter,
 }
 
 impl ListenerHttpStats {
     pub fn new(store: &Store, listener_stat_prefix: &str, stat_prefix: &str) -> Self {
         let c = |n: u8| store.counter(format!("{listener_stat_prefix}http.{stat_prefix}.downstream_rq_{n}xx"));
-        ListenerHttpStats { downstream_rq_xx: [c(1), c(2), c(3), c(4), c(5)] }
+        let completed = store.counter(format!("{listener_stat_prefix}http.{stat_prefix}.downstream_rq_completed"));
+        ListenerHttpStats { downstream_rq_xx: [c(1), c(2), c(3), c(4), c(5)], downstream_rq_completed: completed }
     }
 }
 
@@ -256,6 +348,9 @@ impl HttpConnectionManager {
         };
         let mut resp = self.process(req, info, &mut rec, &mut request_id).await;
         if let Some(local) = resp.extensions().get::<LocalReplyInfo>() {
+            if local.details.as_deref() == Some(PAYLOAD_TOO_LARGE) {
+                stats.downstream_rq_too_large.inc();
+            }
             if local.details.is_some() {
                 rec.info.response_code_details = local.details.clone();
             }
@@ -293,6 +388,7 @@ impl HttpConnectionManager {
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         stats.downstream_rq_xx[class].inc();
         info.listener_stats.downstream_rq_xx[class].inc();
+        info.listener_stats.downstream_rq_completed.inc();
         stats.downstream_rq_completed.inc();
         stats.downstream_rq_active.dec();
         stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
@@ -307,6 +403,7 @@ impl HttpConnectionManager {
         self.stats.downstream_rq_http1_total.inc();
         self.stats.downstream_rq_xx[class].inc();
         listener.downstream_rq_xx[class].inc();
+        listener.downstream_rq_completed.inc();
         self.stats.downstream_rq_completed.inc();
     }
 
@@ -335,6 +432,7 @@ impl HttpConnectionManager {
             _ if req.method() == http::Method::OPTIONS && req.uri() == "*" => "*".to_string(),
             _ if req.method() == http::Method::CONNECT => String::new(),
             _ => {
+                self.stats.downstream_rq_non_relative_path.inc();
                 let r = LocalReply::new(400).body("Bad Request").close();
                 return self.reply(r.details("http1.codec_error").flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR));
             }
@@ -803,6 +901,9 @@ impl HttpConnectionManager {
                 cluster.stats().upstream_rq_timeout().inc();
                 let (status, body) = if idle { (504, STREAM_TIMEOUT) } else { (504, UPSTREAM_TIMEOUT) };
                 cluster.stats().charge_response(status, None);
+                if idle {
+                    self.stats.downstream_rq_idle_timeout.inc();
+                }
                 let r = if idle {
                     LocalReply::new(status).body(body).details("stream_idle_timeout").flag(ResponseFlags::STREAM_IDLE_TIMEOUT)
                 } else {

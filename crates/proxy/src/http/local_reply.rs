@@ -44,6 +44,10 @@ pub fn http_date() -> HeaderValue {
 #[derive(Clone, Copy, Debug)]
 pub struct IsLocalReply;
 
+/// `%RESPONSE_CODE_DETAILS%` of the 413 a buffering filter answers when a request body is over
+/// its limit; the connection manager counts it in `downstream_rq_too_large`.
+pub const PAYLOAD_TOO_LARGE: &str = "request_payload_too_large";
+
 /// What a local reply records about itself (a response extension of every local reply).
 #[derive(Clone, Debug, Default)]
 pub struct LocalReplyInfo {

@@ -22,6 +22,7 @@ use super::load_balancer::{self, LbFactory, LoadBalancer};
 use super::outlier::{Detector, OutlierConfig};
 use super::tls::UpstreamTls;
 use super::{LbContext, UpstreamFailure};
+use crate::access_log::connection::Counted;
 use crate::body::{BoxError, Body};
 use crate::filters::BoxFuture;
 use crate::stats::{Counter, Gauge, Histogram, Store};
@@ -55,8 +56,12 @@ pub struct ClusterStats {
     pub upstream_rq_pending_overflow: Counter,
     pub upstream_rq_active_overflow: Counter,
     pub upstream_rq_timeout: Counter,
-    pub upstream_rq_time: Histogram,
+    upstream_rq_time: OnceLock<[Histogram; 2]>,
     pub upstream_cx_total: Counter,
+    pub upstream_cx_rx_bytes_total: Counter,
+    pub upstream_cx_tx_bytes_total: Counter,
+    /// `default.total_match_count`: connections that took the cluster's (only) transport socket.
+    pub transport_socket_default_match: Counter,
     pub upstream_cx_active: Gauge,
     pub upstream_cx_http1_total: Counter,
     pub upstream_cx_http2_total: Counter,
@@ -89,9 +94,9 @@ pub struct ClusterStats {
     pub cb_rq_pending_open: Gauge,
     pub cb_rq_retry_open: Gauge,
     external_rq_completed: Counter,
-    external_rq_time: Histogram,
-    /// `[upstream_rq_Nxx, external.upstream_rq_Nxx]` for N = 1..=5.
-    classes: [[Counter; 2]; 5],
+    /// `[upstream_rq_Nxx, external.upstream_rq_Nxx]` for N = 1..=5, made on first use as Envoy
+    /// does (like the per-code counters and the `upstream_rq_time` histograms).
+    classes: [OnceLock<[Counter; 2]>; 5],
     /// Index `status - 100` → `[upstream_rq_<code>, external.upstream_rq_<code>]`.
     codes: Box<[OnceLock<[Counter; 2]>]>,
 }
@@ -126,8 +131,6 @@ const ZERO_COUNTERS: &[&str] = &[
     "upstream_cx_max_requests",
     "upstream_cx_pool_overflow",
     "upstream_cx_preconnect_skipped",
-    "upstream_cx_rx_bytes_total",
-    "upstream_cx_tx_bytes_total",
     "upstream_flow_control_backed_up_total",
     "upstream_flow_control_drained_total",
     "upstream_flow_control_paused_reading_total",
@@ -135,7 +138,6 @@ const ZERO_COUNTERS: &[&str] = &[
     "upstream_http3_broken",
     "upstream_internal_redirect_failed_total",
     "upstream_internal_redirect_succeeded_total",
-    "upstream_queue_overloaded",
     "upstream_rq_0rtt",
     "upstream_rq_cancelled",
     "upstream_rq_maintenance_mode",
@@ -162,8 +164,7 @@ const ZERO_GAUGES: &[&str] = &[
     "circuit_breakers.high.rq_retry_open",
     "lb_subsets_active",
     "max_host_weight",
-    "upstream_cx_rx_bytes_buffered",
-    "upstream_cx_tx_bytes_buffered",
+    "upstream_queue_overloaded",
     "version",
     "warming_state",
 ];
@@ -190,8 +191,11 @@ impl ClusterStats {
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
             upstream_rq_timeout: c("upstream_rq_timeout"),
-            upstream_rq_time: h("upstream_rq_time"),
+            upstream_rq_time: OnceLock::new(),
             upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
+            upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
+            transport_socket_default_match: c("default.total_match_count"),
             upstream_cx_active: g("upstream_cx_active"),
             upstream_cx_http1_total: c("upstream_cx_http1_total"),
             upstream_cx_http2_total: c("upstream_cx_http2_total"),
@@ -223,10 +227,7 @@ impl ClusterStats {
             cb_rq_pending_open: g("circuit_breakers.default.rq_pending_open"),
             cb_rq_retry_open: g("circuit_breakers.default.rq_retry_open"),
             external_rq_completed: c("external.upstream_rq_completed"),
-            external_rq_time: h("external.upstream_rq_time"),
-            classes: std::array::from_fn(|i| {
-                [c(&format!("upstream_rq_{}xx", i + 1)), c(&format!("external.upstream_rq_{}xx", i + 1))]
-            }),
+            classes: std::array::from_fn(|_| OnceLock::new()),
             codes: (100..600).map(|_| OnceLock::new()).collect(),
             store: store.clone(),
             prefix,
@@ -241,8 +242,14 @@ impl ClusterStats {
         self.upstream_rq_completed.inc();
         self.external_rq_completed.inc();
         if let Some(ms) = upstream_time_ms {
-            self.upstream_rq_time.record(ms);
-            self.external_rq_time.record(ms);
+            let [h, external] = self.upstream_rq_time.get_or_init(|| {
+                [
+                    self.store.histogram(format!("{}upstream_rq_time", self.prefix)),
+                    self.store.histogram(format!("{}external.upstream_rq_time", self.prefix)),
+                ]
+            });
+            h.record(ms);
+            external.record(ms);
         }
     }
 
@@ -261,7 +268,13 @@ impl ClusterStats {
             });
             pair[0].inc();
             pair[1].inc();
-            let class = &self.classes[(status / 100 - 1) as usize];
+            let n = status / 100;
+            let class = self.classes[(n - 1) as usize].get_or_init(|| {
+                [
+                    self.store.counter(format!("{}upstream_rq_{n}xx", self.prefix)),
+                    self.store.counter(format!("{}external.upstream_rq_{n}xx", self.prefix)),
+                ]
+            });
             class[0].inc();
             class[1].inc();
         }
@@ -1045,7 +1058,8 @@ impl Cluster {
             }
         };
         s.upstream_cx_connect_ms.record(start.elapsed().as_secs_f64() * 1000.0);
-        let io = TokioIo::new(io);
+        s.transport_socket_default_match.inc();
+        let io = TokioIo::new(Counted::new(io, None, s.upstream_cx_rx_bytes_total.clone(), s.upstream_cx_tx_bytes_total.clone()));
         if h2 {
             let mut b = http2::Builder::new(TokioExecutor::new());
             let opts = self.config.http2_protocol_options.as_ref().or_else(|| {

@@ -73,36 +73,70 @@ pub trait Service {
     fn call(&self, req: Request<Body>) -> impl Future<Output = Response<Body>> + Send;
     /// Count a reply the codec made itself (response-code stats).
     fn codec_reply(&self, status: u16);
+    /// The connection switched to a tunnel (`open`), or its tunnel ended.
+    fn tunnel(&self, open: bool);
+    /// A response was ready before the request's body had all arrived
+    /// (`downstream_rq_response_before_rq_complete`).
+    fn early_response(&self);
+}
+
+/// How a connection ended, for the connection manager's `downstream_cx_*` stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnEnd {
+    /// The peer closed or reset it; `active_rq`: while a request was in flight.
+    Remote { active_rq: bool },
+    /// sluice closed it after a response (`connection: close`, HTTP/1.0, a refused upgrade…).
+    Local,
+    /// `idle_timeout` without a request.
+    IdleTimeout,
+    /// The codec refused a request (`downstream_cx_protocol_error`).
+    ProtocolError,
+    /// `max_requests_per_connection` reached.
+    MaxRequests,
+    /// It became a tunnel, which has ended.
+    Upgraded,
 }
 
 /// A request extension: the codec already answered `Expect: 100-continue`.
 #[derive(Debug, Clone, Copy)]
 pub struct ContinueSent;
 
-/// Serve one HTTP/1 connection to its end.
-pub async fn serve<I, S>(io: I, cfg: &Config, svc: &S)
+/// Serve one HTTP/1 connection to its end; says how it ended.
+pub async fn serve<I, S>(io: I, cfg: &Config, svc: &S) -> ConnEnd
 where
     I: AsyncRead + AsyncWrite + Unpin + Send,
     S: Service,
 {
-    let mut conn = Conn { io, rbuf: BytesMut::with_capacity(READ_CHUNK), out: WriteQueue::with_capacity(1024), scratch: Scratch::default(), cfg };
+    let mut conn = Conn { io, rbuf: BytesMut::with_capacity(READ_CHUNK), out: WriteQueue::with_capacity(1024), scratch: Scratch::default(), cfg, idled: false };
     match conn.run(svc).await {
-        End::Gone => {}
-        End::Close => conn.close().await,
+        End::Gone { active_rq } => ConnEnd::Remote { active_rq },
+        End::Idle => {
+            conn.close().await;
+            ConnEnd::IdleTimeout
+        }
+        End::Close(why) => {
+            conn.close().await;
+            why
+        }
         End::Tunnel(up) => {
             let Conn { io, rbuf, .. } = conn;
             if let Ok(Ok(up)) = tokio::time::timeout(Duration::from_secs(30), up).await {
+                svc.tunnel(true);
                 tunnel::splice(io, rbuf.freeze(), up).await;
+                svc.tunnel(false);
             }
+            ConnEnd::Upgraded
         }
     }
 }
 
 enum End {
     /// The peer went away (or the connection failed): nothing more to write.
-    Gone,
+    Gone { active_rq: bool },
+    /// No request within the idle timeout.
+    Idle,
     /// Close after what was written (shut down, drain).
-    Close,
+    Close(ConnEnd),
     Tunnel(tunnel::TunnelFuture),
 }
 
@@ -117,6 +151,8 @@ struct Conn<'c, I> {
     out: WriteQueue,
     scratch: Scratch,
     cfg: &'c Config,
+    /// `read_head` ended on the idle timeout.
+    idled: bool,
 }
 
 /// How the response body goes on the wire.
@@ -136,7 +172,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
         loop {
             let n = match self.read_head().await {
                 Ok(Some(n)) => n,
-                Ok(None) => return End::Gone,
+                Ok(None) if self.idled => return End::Idle,
+                Ok(None) => return End::Gone { active_rq: false },
                 Err(e) => return self.reject(svc, e).await,
             };
             let head_bytes = self.rbuf.split_to(n).freeze();
@@ -182,7 +219,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
             let n = match idle {
                 Some(d) => match tokio::time::timeout(d, read).await {
                     Ok(r) => r,
-                    Err(_) => return Ok(None),
+                    Err(_) => {
+                        self.idled = true;
+                        return Ok(None);
+                    }
                 },
                 _ => read.await,
             };
@@ -217,8 +257,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
             }
         }
         match self.flush().await {
-            Ok(()) => End::Close,
-            Err(_) => End::Gone,
+            Ok(()) => End::Close(ConnEnd::ProtocolError),
+            Err(_) => End::Gone { active_rq: false },
         }
     }
 
@@ -236,7 +276,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
         if expect_continue {
             self.out.put(if http10 { b"HTTP/1.0 100 Continue\r\n\r\n" } else { b"HTTP/1.1 100 Continue\r\n\r\n" });
             if self.flush().await.is_err() {
-                return Next::End(End::Gone);
+                return Next::End(End::Gone { active_rq: true });
             }
             request.extensions_mut().insert(ContinueSent);
         }
@@ -283,10 +323,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
                 let e = CodecError { reject: Reject::BadRequest, http10 };
                 return Next::End(self.reject(svc, e).await);
             }
-            Err(BodyError::Aborted) => return Next::End(End::Gone),
+            Err(BodyError::Aborted) => return Next::End(End::Gone { active_rq: true }),
         };
 
         let request_complete = feeder.as_ref().is_none_or(Feeder::is_done);
+        if !request_complete {
+            svc.early_response();
+        }
         let status = resp.status();
         let upgraded = tunnel && (status == StatusCode::SWITCHING_PROTOCOLS || (is_connect && status.is_success()));
         let resp_close = has_token(resp.headers(), b"close");
@@ -427,16 +470,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
         };
         drop(body);
         if !written {
-            return Next::End(End::Gone);
+            return Next::End(End::Gone { active_rq: true });
         }
         if upgraded {
             return match tunnel_up {
                 Some(up) if request_complete => Next::End(End::Tunnel(up)),
-                _ => Next::End(End::Close),
+                _ => Next::End(End::Close(ConnEnd::Local)),
             };
         }
         if close {
-            return Next::End(End::Close);
+            return Next::End(End::Close(if last { ConnEnd::MaxRequests } else { ConnEnd::Local }));
         }
         Next::KeepAlive
     }

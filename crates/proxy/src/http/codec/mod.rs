@@ -20,7 +20,7 @@ pub mod parse;
 pub mod reason;
 pub mod tunnel;
 
-pub use conn::{serve, CodecStats, Config, ContinueSent, Service};
+pub use conn::{serve, CodecStats, Config, ConnEnd, ContinueSent, Service};
 pub use parse::{ParseConfig, Underscores};
 pub use tunnel::UpstreamTunnel;
 

@@ -257,6 +257,8 @@ where
         (self.0)(req)
     }
     fn codec_reply(&self, _: u16) {}
+    fn tunnel(&self, _: bool) {}
+    fn early_response(&self) {}
 }
 
 fn config() -> Config {
