@@ -449,7 +449,7 @@ where
                 // hyper reports a peer that vanished mid-stream as an I/O or incomplete error;
                 // anything else is a protocol violation sluice closed the connection for.
                 if e.is_parse() || e.is_user() {
-                    ConnEnd::ProtocolError
+                    ConnEnd::ProtocolError { delayed_close_timeout: false }
                 } else {
                     ConnEnd::Remote { active_rq: e.is_incomplete_message() }
                 }

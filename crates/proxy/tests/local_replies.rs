@@ -148,7 +148,20 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> Raw {
     read_response(&mut s).await
 }
 
+/// As [`raw`], for a request the codec refuses: the proxy keeps the connection up to its
+/// delayed-close time (1 s, as Envoy) before it closes.
+async fn raw_refused(addr: SocketAddr, request: &[u8]) -> Raw {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_response_within(&mut s, Duration::from_millis(1500)).await
+}
+
 async fn read_response(s: &mut tokio::net::TcpStream) -> Raw {
+    read_response_within(s, Duration::from_millis(300)).await
+}
+
+/// Read one response; `closed` says whether the connection closed within `close_wait` after it.
+async fn read_response_within(s: &mut tokio::net::TcpStream, close_wait: Duration) -> Raw {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
@@ -195,7 +208,7 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> Raw {
         Vec::new()
     };
     if !eof {
-        eof = matches!(tokio::time::timeout(Duration::from_millis(300), s.read(&mut chunk)).await, Ok(Ok(0)) | Ok(Err(_)));
+        eof = matches!(tokio::time::timeout(close_wait, s.read(&mut chunk)).await, Ok(Ok(0)) | Ok(Err(_)));
     }
     Raw { status_line, headers, body, closed: eof }
 }
@@ -330,26 +343,26 @@ async fn circuit_breaker_overflow_503_with_x_envoy_overloaded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codec_level_replies_close_the_connection() {
     let f = fixture().await;
-    let r = raw(f.addr, b"GET service/1 HTTP/1.1\r\nhost: lr.test\r\n\r\n").await;
+    let r = raw_refused(f.addr, b"GET service/1 HTTP/1.1\r\nhost: lr.test\r\n\r\n").await;
     assert_eq!(r.status_line, "HTTP/1.1 400 Bad Request");
     assert_eq!(r.names(), ["content-length", "content-type", "date", "server", "connection"]);
     assert_eq!((r.text().as_str(), r.header("connection")), ("Bad Request", Some("close")));
     assert!(r.closed, "closed after a codec error");
 
-    let r = raw(f.addr, b"GET /e/x HTTP/1.1\r\n\r\n").await;
+    let r = raw_refused(f.addr, b"GET /e/x HTTP/1.1\r\n\r\n").await;
     assert_eq!(r.status_line, "HTTP/1.1 400 Bad Request");
     assert_eq!(r.names(), ["date", "server", "connection", "content-length"]);
     assert_eq!(r.header("content-length"), Some("0"));
     assert!(r.body.is_empty() && r.closed);
 
-    let r = raw(f.addr, b"GET /e/x HTTP/1.0\r\nhost: lr.test\r\n\r\n").await;
+    let r = raw_refused(f.addr, b"GET /e/x HTTP/1.0\r\nhost: lr.test\r\n\r\n").await;
     assert_eq!(r.status_line, "HTTP/1.1 426 Upgrade Required");
     assert_eq!(r.names(), ["content-length", "content-type", "date", "server", "connection"]);
     assert_eq!(r.text(), "Upgrade Required");
     assert!(r.closed);
 
     let big = "a".repeat(70_000);
-    let r = raw(f.addr, format!("GET /e/x HTTP/1.1\r\nhost: lr.test\r\nx-big: {big}\r\n\r\n").as_bytes()).await;
+    let r = raw_refused(f.addr, format!("GET /e/x HTTP/1.1\r\nhost: lr.test\r\nx-big: {big}\r\n\r\n").as_bytes()).await;
     assert_eq!(r.status_line, "HTTP/1.1 431 Request Header Fields Too Large");
     assert_eq!(r.names(), ["content-length", "content-type", "date", "server", "connection"]);
     assert_eq!(r.text(), "Request Header Fields Too Large");
@@ -497,7 +510,7 @@ async fn custom_server_name_and_header_limit() {
     let r = raw(addr, format!("GET /ok HTTP/1.1\r\nhost: lr.test\r\nx-v: {v}\r\n\r\n").as_bytes()).await;
     assert_eq!(r.status(), 200, "1 KB of headers under a 2 KiB limit");
     let v = "b".repeat(3000);
-    let r = raw(addr, format!("GET /ok HTTP/1.1\r\nhost: lr.test\r\nx-v: {v}\r\n\r\n").as_bytes()).await;
+    let r = raw_refused(addr, format!("GET /ok HTTP/1.1\r\nhost: lr.test\r\nx-v: {v}\r\n\r\n").as_bytes()).await;
     assert_eq!(r.status_line, "HTTP/1.1 431 Request Header Fields Too Large");
     assert_eq!(r.text(), "Request Header Fields Too Large");
     assert_eq!(r.header("server"), Some("sluice-test"));

@@ -175,8 +175,11 @@ impl HcmStats {
                 self.downstream_cx_idle_timeout.inc();
                 local.inc();
             }
-            ConnEnd::ProtocolError => {
+            ConnEnd::ProtocolError { delayed_close_timeout } => {
                 self.downstream_cx_protocol_error.inc();
+                if delayed_close_timeout {
+                    self.downstream_cx_delayed_close_timeout.inc();
+                }
                 local.inc();
             }
             ConnEnd::MaxRequests => {

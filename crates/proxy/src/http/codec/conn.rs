@@ -16,8 +16,9 @@
 //!   No body for `HEAD`, 1xx, 204, 304; a `HEAD` response without length says
 //!   `transfer-encoding: chunked` (Envoy does).
 //! - Closing: after the last response the write side is shut down and the connection drained
-//!   for up to a second (Envoy's delayed close), so the client reads the response instead of a
-//!   reset.
+//!   for up to a second, so the client reads the response instead of a reset. After a codec
+//!   reply (a refused request) the connection is kept, drained, until the client closes or a
+//!   second passes, then closed: Envoy's delayed close, counted as it counts it.
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -89,8 +90,9 @@ pub enum ConnEnd {
     Local,
     /// `idle_timeout` without a request.
     IdleTimeout,
-    /// The codec refused a request (`downstream_cx_protocol_error`).
-    ProtocolError,
+    /// The codec refused a request (`downstream_cx_protocol_error`); `delayed_close_timeout`:
+    /// the client did not close within the delayed-close time after the reply.
+    ProtocolError { delayed_close_timeout: bool },
     /// `max_requests_per_connection` reached.
     MaxRequests,
     /// It became a tunnel, which has ended.
@@ -114,6 +116,7 @@ where
             conn.close().await;
             ConnEnd::IdleTimeout
         }
+        End::Close(ConnEnd::ProtocolError { .. }) => ConnEnd::ProtocolError { delayed_close_timeout: conn.close_delayed().await },
         End::Close(why) => {
             conn.close().await;
             why
@@ -237,6 +240,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
     async fn reject<S: Service>(&mut self, svc: &S, e: CodecError) -> End {
         let status = e.reject.status();
         svc.codec_reply(status);
+        // The request had begun (Envoy made its stream at the first byte) and is answered
+        // before it is complete.
+        svc.early_response();
         if e.reject == Reject::Underscore {
             if let Some(c) = &self.cfg.stats.requests_rejected_with_underscores_in_headers {
                 c.inc();
@@ -257,7 +263,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
             }
         }
         match self.flush().await {
-            Ok(()) => End::Close(ConnEnd::ProtocolError),
+            Ok(()) => End::Close(ConnEnd::ProtocolError { delayed_close_timeout: false }),
             Err(_) => End::Gone { active_rq: false },
         }
     }
@@ -486,8 +492,28 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
 
     /// Shut the write side down, then drain what the client still sends (bounded), so the
     /// client reads the last response instead of a reset.
-    async fn close(&mut self) {
-        let _ = tokio::time::timeout(DELAYED_CLOSE, async {
+    /// After a codec reply, Envoy's delayed close: keep the connection (draining what the client
+    /// sends) until the client closes or the delayed-close time passes, then close. Whether the
+    /// time ran out (`downstream_cx_delayed_close_timeout`).
+    async fn close_delayed(&mut self) -> bool {
+        let timed_out = tokio::time::timeout(DELAYED_CLOSE, async {
+            let mut sink = [0u8; 4096];
+            for _ in 0..256 {
+                match self.io.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_err();
+        let _ = tokio::time::timeout(DELAYED_CLOSE, self.io.shutdown()).await;
+        timed_out
+    }
+
+    /// Whether the peer was still there when the drain gave up.
+    async fn close(&mut self) -> bool {
+        tokio::time::timeout(DELAYED_CLOSE, async {
             if self.io.shutdown().await.is_err() {
                 return;
             }
@@ -499,7 +525,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
                 }
             }
         })
-        .await;
+        .await
+        .is_err()
     }
 }
 
