@@ -10,6 +10,7 @@
 //! [`json`]); this file is the HTTP/1.1 server around them.
 
 pub mod clusters;
+pub mod fuzzing;
 pub mod help;
 pub mod info;
 pub mod json;
@@ -742,17 +743,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn ctx_from_yaml(yaml: &str) -> AdminContext {
-        let snapshot = sluice_config::parse(yaml, sluice_config::Format::Yaml).expect("config");
-        let stats = Store::new();
-        register_server_stats(&stats, 2);
-        AdminContext {
-            stats,
-            clusters: Arc::new(StaticClusters::from_bootstrap(&snapshot.bootstrap)),
-            snapshot: Arc::new(snapshot),
-            server: ServerState::new(),
-            listeners: vec![],
-            options: CommandLineOptions::default(),
-        }
+        fuzzing::context(yaml)
     }
 
     fn body(r: Response<AdminBody>) -> (u16, String) {
