@@ -244,6 +244,9 @@ fn guide_walkthrough() {
     ]);
     assert_eq!(body, "Hello, bob-1!");
     up.wait_for("decision_id", 5);
+    // The front proxy's access log (Envoy's default format, flushed every 10 s as Envoy does).
+    up.wait_for("\"POST /service/1 HTTP/1.1\" 403 UAEX", 15);
+    up.wait_for("\"GET /service/2 HTTP/1.1\" 200 - 0", 15);
     let log = up.output();
     assert!(
         log.contains("x-forwarded-proto"),
