@@ -8,7 +8,12 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sluice_config::core::DataSource;
-use sluice_config::tls::{DownstreamTlsContext, TlsProtocol};
+use sluice_config::tls::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate, TlsParameters, TlsProtocol,
+    TrustChainVerification,
+};
+
+use crate::config_audit::refused_at_load;
 
 /// A built downstream TLS setup for one filter chain.
 pub struct DownstreamTls {
@@ -17,6 +22,105 @@ pub struct DownstreamTls {
     pub local_principal: String,
     /// ALPN offers h2.
     pub h2: bool,
+    /// `require_sni`: a ClientHello without SNI is refused.
+    pub require_sni: bool,
+}
+
+/// A `CommonTlsContext`, resolved.
+pub(crate) struct CommonTls<'c> {
+    /// `tls_params` minimum and maximum versions.
+    pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    /// The certificate and key (the validator allows one).
+    pub certificate: Option<(&'c DataSource, &'c DataSource)>,
+    /// `validation_context.trusted_ca`.
+    pub trusted_ca: Option<&'c DataSource>,
+    pub alpn_protocols: Vec<Vec<u8>>,
+}
+
+/// Resolve a `CommonTlsContext`. Errors are (path relative to it, message).
+pub(crate) fn common(ctx: &CommonTlsContext) -> Result<CommonTls<'_>, (String, String)> {
+    let CommonTlsContext {
+        tls_params,
+        tls_certificates,
+        validation_context,
+        alpn_protocols,
+        tls_certificate_sds_secret_configs,
+        validation_context_sds_secret_config,
+        combined_validation_context,
+        tls_certificate_provider_instance,
+    } = ctx;
+    for refused in [
+        tls_certificate_sds_secret_configs,
+        validation_context_sds_secret_config,
+        combined_validation_context,
+        tls_certificate_provider_instance,
+    ] {
+        refused_at_load(refused);
+    }
+    let (min, max) = match tls_params {
+        Some(TlsParameters {
+            tls_minimum_protocol_version,
+            tls_maximum_protocol_version,
+            cipher_suites,
+            ecdh_curves,
+            signature_algorithms,
+        }) => {
+            refused_at_load(cipher_suites);
+            refused_at_load(ecdh_curves);
+            refused_at_load(signature_algorithms);
+            (*tls_minimum_protocol_version, *tls_maximum_protocol_version)
+        }
+        None => (None, None),
+    };
+    let versions = versions(min, max);
+    if versions.is_empty() {
+        return Err(("tls_params".to_string(), "no TLS version sluice supports (1.2, 1.3) is in range".to_string()));
+    }
+    let certificate = match tls_certificates.as_slice() {
+        [] => None,
+        [TlsCertificate { certificate_chain, private_key, password, ocsp_staple, private_key_provider, watched_directory }] => {
+            for refused in [password, ocsp_staple, private_key_provider, watched_directory] {
+                refused_at_load(refused);
+            }
+            let p = "tls_certificates[0]";
+            let chain = certificate_chain.as_ref().ok_or_else(|| (p.to_string(), "certificate_chain is required".to_string()))?;
+            let key = private_key.as_ref().ok_or_else(|| (p.to_string(), "private_key is required".to_string()))?;
+            Some((chain, key))
+        }
+        _ => return Err(("tls_certificates[1]".to_string(), "one certificate per TLS context is supported".to_string())),
+    };
+    let trusted_ca = match validation_context {
+        Some(CertificateValidationContext {
+            trusted_ca,
+            match_typed_subject_alt_names,
+            verify_certificate_spki,
+            verify_certificate_hash,
+            crl,
+            allow_expired_certificate,
+            trust_chain_verification,
+        }) => {
+            for refused in [match_typed_subject_alt_names, verify_certificate_spki, verify_certificate_hash, crl, allow_expired_certificate] {
+                refused_at_load(refused);
+            }
+            match trust_chain_verification {
+                None | Some(TrustChainVerification::VerifyTrustChain) => {}
+                Some(TrustChainVerification::AcceptUntrusted) => {
+                    return Err((
+                        "validation_context.trust_chain_verification".to_string(),
+                        "ACCEPT_UNTRUSTED is not supported by sluice".to_string(),
+                    ))
+                }
+            }
+            trusted_ca.as_ref()
+        }
+        None => None,
+    };
+    Ok(CommonTls {
+        versions,
+        certificate,
+        trusted_ca,
+        alpn_protocols: alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect(),
+    })
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -25,7 +129,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Load PEM certificates from a DataSource.
 pub fn load_certs(ds: &DataSource) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = ds.load()?;
+    let bytes = crate::data_source::load(ds)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("invalid PEM certificate: {e}"))?;
@@ -37,11 +141,11 @@ pub fn load_certs(ds: &DataSource) -> Result<Vec<CertificateDer<'static>>, Strin
 
 /// Load a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) from a DataSource.
 pub fn load_key(ds: &DataSource) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes = ds.load()?;
+    let bytes = crate::data_source::load(ds)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| format!("invalid PEM private key: {e}"))
 }
 
-fn versions(min: Option<TlsProtocol>, max: Option<TlsProtocol>) -> Vec<&'static rustls::SupportedProtocolVersion> {
+pub(crate) fn versions(min: Option<TlsProtocol>, max: Option<TlsProtocol>) -> Vec<&'static rustls::SupportedProtocolVersion> {
     // Envoy's server default: TLS 1.2 .. 1.3. rustls supports nothing older.
     let min = min.filter(|v| *v != TlsProtocol::Auto).unwrap_or(TlsProtocol::V1_2);
     let max = max.filter(|v| *v != TlsProtocol::Auto).unwrap_or(TlsProtocol::V1_3);
@@ -57,26 +161,32 @@ fn versions(min: Option<TlsProtocol>, max: Option<TlsProtocol>) -> Vec<&'static 
 
 /// Build the rustls server config of a `DownstreamTlsContext`. Errors are (relative path, message).
 pub fn downstream(ctx: &DownstreamTlsContext) -> Result<DownstreamTls, (String, String)> {
-    let common = &ctx.common_tls_context;
-    let cert = common
-        .tls_certificates
-        .first()
-        .ok_or_else(|| ("common_tls_context.tls_certificates".to_string(), "a certificate is required".to_string()))?;
+    let DownstreamTlsContext {
+        common_tls_context,
+        require_client_certificate,
+        require_sni,
+        session_timeout,
+        disable_stateless_session_resumption,
+        disable_stateful_session_resumption,
+        session_ticket_keys,
+        ocsp_staple_policy,
+    } = ctx;
+    for refused in [session_timeout, session_ticket_keys, ocsp_staple_policy] {
+        refused_at_load(refused);
+    }
+    let common = self::common(common_tls_context).map_err(|(p, e)| (format!("common_tls_context.{p}"), e))?;
     let p = "common_tls_context.tls_certificates[0]";
-    let chain = load_certs(cert.certificate_chain.as_ref().ok_or_else(|| (p.to_string(), "certificate_chain is required".to_string()))?)
-        .map_err(|e| (format!("{p}.certificate_chain"), e))?;
-    let key = load_key(cert.private_key.as_ref().ok_or_else(|| (p.to_string(), "private_key is required".to_string()))?)
-        .map_err(|e| (format!("{p}.private_key"), e))?;
+    let (chain, key) = common
+        .certificate
+        .ok_or_else(|| ("common_tls_context.tls_certificates".to_string(), "a certificate is required".to_string()))?;
+    let chain = load_certs(chain).map_err(|e| (format!("{p}.certificate_chain"), e))?;
+    let key = load_key(key).map_err(|e| (format!("{p}.private_key"), e))?;
     let local_principal = principal(&chain[0]).unwrap_or_default();
-    let params = common.tls_params.as_ref();
     let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&versions(
-            params.and_then(|p| p.tls_minimum_protocol_version),
-            params.and_then(|p| p.tls_maximum_protocol_version),
-        ))
+        .with_protocol_versions(&common.versions)
         .map_err(|e| ("common_tls_context.tls_params".to_string(), e.to_string()))?;
-    let require = ctx.require_client_certificate.unwrap_or(false);
-    let builder = match common.validation_context.as_ref().and_then(|v| v.trusted_ca.as_ref()) {
+    let require = require_client_certificate.unwrap_or(false);
+    let builder = match common.trusted_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             let vpath = "common_tls_context.validation_context.trusted_ca";
@@ -97,9 +207,17 @@ pub fn downstream(ctx: &DownstreamTlsContext) -> Result<DownstreamTls, (String, 
     };
     let certified = certified_key(chain, key).map_err(|e| (p.to_string(), e))?;
     let mut config = builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
-    config.alpn_protocols = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
-    let h2 = common.alpn_protocols.iter().any(|p| p == "h2");
-    Ok(DownstreamTls { config: Arc::new(config), local_principal, h2 })
+    // Session resumption as Envoy offers it: stateless (tickets) and stateful (session IDs /
+    // TLS 1.3 stateful tickets), each unless disabled.
+    if !*disable_stateless_session_resumption {
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| ("disable_stateless_session_resumption".to_string(), e.to_string()))?;
+    }
+    if *disable_stateful_session_resumption {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    }
+    let h2 = common.alpn_protocols.iter().any(|p| p == b"h2");
+    config.alpn_protocols = common.alpn_protocols;
+    Ok(DownstreamTls { config: Arc::new(config), local_principal, h2, require_sni: require_sni.unwrap_or(false) })
 }
 
 /// Pair a chain with its key. rustls' own pairing check parses the leaf with webpki, which
