@@ -309,6 +309,42 @@ pub fn sni_matches(pattern: &str, sni: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn context(extra: serde_json::Value) -> DownstreamTlsContext {
+        let pki = sluice_testkit::certs::Pki::new();
+        let mut v = serde_json::json!({"common_tls_context": {"tls_certificates": [{
+            "certificate_chain": {"inline_string": pki.server_cert},
+            "private_key": {"inline_string": pki.server_key}}]}});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn session_resumption_follows_the_disable_flags() {
+        // Envoy's default: both stateless (tickets) and stateful resumption.
+        let both = downstream(&context(serde_json::json!({}))).unwrap();
+        assert!(both.config.ticketer.enabled());
+        assert!(both.config.session_storage.can_cache());
+        let neither = downstream(&context(serde_json::json!({
+            "disable_stateless_session_resumption": true, "disable_stateful_session_resumption": true}))).unwrap();
+        assert!(!neither.config.ticketer.enabled());
+        assert!(!neither.config.session_storage.can_cache());
+        assert!(!neither.require_sni);
+        assert!(downstream(&context(serde_json::json!({"require_sni": true}))).unwrap().require_sni);
+    }
+
+    #[test]
+    fn tls_params_choose_the_versions() {
+        let only13 = downstream(&context(serde_json::json!({"common_tls_context": {
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_3"},
+            "tls_certificates": [{"certificate_chain": {"inline_string": sluice_testkit::certs::Pki::new().server_cert},
+                                  "private_key": {"inline_string": "x"}}]}})));
+        // The key does not parse: the certificate pairing fails, after the versions were read.
+        assert!(only13.is_err());
+        assert_eq!(versions(Some(TlsProtocol::V1_3), None).len(), 1);
+        assert_eq!(versions(None, None).len(), 2);
+        assert_eq!(versions(None, Some(TlsProtocol::V1_2)).len(), 1);
+    }
+
     #[test]
     fn sni_wildcards() {
         assert!(sni_matches("a.test", "A.test"));

@@ -408,3 +408,262 @@ fn every_deserialized_field_is_implemented_or_refused() {
     );
     assert!(problems.is_empty(), "{} config audit problems:\n{}", problems.len(), problems.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fields the audit found read by nothing and that are implemented now: each test shows the
+// behaviour changes with the field.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_testkit::certs::Pki;
+use sluice_testkit::client::{self, Conn, Response};
+use sluice_testkit::EchoUpstream;
+
+const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+
+/// An HCM filter with `extra` fields, routing everything with `action` (a route's action part).
+fn hcm(extra: Value, action: Value) -> Value {
+    let mut route = json!({"match": {"prefix": "/"}});
+    for (k, v) in action.as_object().unwrap() {
+        route[k] = v.clone();
+    }
+    let mut cfg = json!({
+        "@type": HCM,
+        "stat_prefix": "audit",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": cfg})
+}
+
+fn direct(body: &str) -> Value {
+    json!({"direct_response": {"status": 200, "body": {"inline_string": body}}})
+}
+
+fn cluster(name: &str, addr: SocketAddr, extra: Value) -> Value {
+    let mut c = json!({"name": name, "connect_timeout": "1s", "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}}}}]}]}});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// One listener on 127.0.0.1:0 with `listener` fields (`filter_chains` …) and `clusters`.
+fn bootstrap(listener: Value, clusters: Vec<Value>) -> Value {
+    let mut l = json!({"name": "audit", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}});
+    for (k, v) in listener.as_object().unwrap() {
+        l[k] = v.clone();
+    }
+    json!({"static_resources": {"listeners": [l], "clusters": clusters}})
+}
+
+fn tls_socket(pki: &Pki, extra: Value) -> Value {
+    let mut ctx = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {"tls_certificates": [{
+            "certificate_chain": {"inline_string": pki.server_cert},
+            "private_key": {"inline_string": pki.server_key}}]}
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        ctx[k] = v.clone();
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": ctx})
+}
+
+async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> Response {
+    let mut h = vec![("host", "audit.test")];
+    h.extend_from_slice(headers);
+    tokio::time::timeout(Duration::from_secs(10), client::request("GET", &format!("http://{addr}/"), &h, ""))
+        .await
+        .expect("request timed out")
+        .expect("request failed")
+}
+
+fn upstream_header(r: &Response, name: &str) -> Option<String> {
+    r.json()["headers"].as_array()?.iter().find(|h| h[0] == name).map(|h| h[1].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_xff_append_leaves_x_forwarded_for_as_it_came() {
+    let up = EchoUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    for skip in [false, true] {
+        let cfg = bootstrap(
+            json!({"filter_chains": [{"filters": [hcm(json!({"use_remote_address": true, "skip_xff_append": skip}), json!({"route": {"cluster": "up"}}))]}]}),
+            vec![cluster("up", up.addr(), json!({}))],
+        );
+        let server = common::start_proxy(&cfg, "audit.json").await;
+        let addr = server.listeners[0].address;
+        let r = get(addr, &[("x-forwarded-for", "198.51.100.7")]).await;
+        assert_eq!(r.status, 200);
+        let xff = upstream_header(&r, "x-forwarded-for").unwrap_or_default();
+        if skip {
+            assert_eq!(xff, "198.51.100.7", "skip_xff_append: the header is forwarded unchanged");
+        } else {
+            assert!(xff.starts_with("198.51.100.7,") && xff.len() > "198.51.100.7,".len(), "the peer is appended: {xff}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_stat_prefix_names_the_listener_stats() {
+    let cfg = bootstrap(json!({"stat_prefix": "audit_listener", "filter_chains": [{"filters": [hcm(json!({}), direct("ok"))]}]}), vec![]);
+    let server = common::start_proxy(&cfg, "audit.json").await;
+    let addr = server.listeners[0].address;
+    assert_eq!(get(addr, &[]).await.text(), "ok");
+    assert!(server.stats.counter("listener.audit_listener.downstream_cx_total").value() >= 1);
+    assert_eq!(server.stats.counter(format!("listener.127.0.0.1_{}.downstream_cx_total", addr.port())).value(), 0);
+    assert!(server.stats.counter("listener.audit_listener.http.audit.downstream_rq_2xx").value() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_port_selects_filter_chains() {
+    // A chain for another destination port never matches; the chain without one does.
+    let cfg = bootstrap(
+        json!({"filter_chains": [
+            {"filter_chain_match": {"destination_port": 1}, "filters": [hcm(json!({}), direct("port one"))]},
+            {"filters": [hcm(json!({}), direct("any port"))]}
+        ]}),
+        vec![],
+    );
+    let server = common::start_proxy(&cfg, "audit.json").await;
+    assert_eq!(get(server.listeners[0].address, &[]).await.text(), "any port");
+    // Only a chain for another port: the default filter chain answers.
+    let cfg = bootstrap(
+        json!({
+            "filter_chains": [{"filter_chain_match": {"destination_port": 1}, "filters": [hcm(json!({}), direct("port one"))]}],
+            "default_filter_chain": {"filters": [hcm(json!({}), direct("default"))]}
+        }),
+        vec![],
+    );
+    let server = common::start_proxy(&cfg, "audit.json").await;
+    assert_eq!(get(server.listeners[0].address, &[]).await.text(), "default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_filters_timeout_closes_silent_connections() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    let cfg = bootstrap(
+        json!({
+            "listener_filters_timeout": "0.2s",
+            "filter_chains": [{"filters": [hcm(json!({}), direct("tls"))], "transport_socket": tls_socket(&pki, json!({}))}]
+        }),
+        vec![],
+    );
+    let server = common::start_proxy(&cfg, "audit.json").await;
+    let mut tcp = tokio::net::TcpStream::connect(server.listeners[0].address).await.unwrap();
+    // Nothing is sent: the ClientHello wait ends after 0.2 s (Envoy's default is 15 s).
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.expect("the silent connection stayed open");
+    assert!(matches!(n, Ok(0) | Err(_)), "closed without data: {n:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_sni_refuses_handshakes_without_a_server_name() {
+    let pki = Pki::new();
+    let cfg = bootstrap(
+        json!({"filter_chains": [{"filters": [hcm(json!({}), direct("tls"))], "transport_socket": tls_socket(&pki, json!({"require_sni": true}))}]}),
+        vec![],
+    );
+    let server = common::start_proxy(&cfg, "audit.json").await;
+    let addr = server.listeners[0].address;
+    // An IP address as the server name: rustls sends no SNI.
+    assert!(Conn::connect_tls(addr, pki.client_config(&[], false), "127.0.0.1").await.is_err(), "no SNI must fail");
+    let mut conn = Conn::connect_tls(addr, pki.client_config(&[], false), "localhost").await.expect("with SNI");
+    assert_eq!(conn.get(&format!("https://localhost:{}/", addr.port())).await.unwrap().text(), "tls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_bounds_a_silent_upstream_without_a_route_timeout() {
+    // An upstream that accepts and never answers; the route timeout is disabled.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            match silent.accept().await {
+                Ok((s, _)) => held.push(s),
+                Err(_) => break,
+            }
+        }
+    });
+    let cfg = bootstrap(
+        json!({"filter_chains": [{"filters": [hcm(json!({"stream_idle_timeout": "0.3s"}), json!({"route": {"cluster": "silent", "timeout": "0s"}}))]}]}),
+        vec![cluster("silent", silent_addr, json!({}))],
+    );
+    let server = common::start_proxy(&cfg, "audit.json").await;
+    let started = std::time::Instant::now();
+    let r = get(server.listeners[0].address, &[]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.text(), "stream timeout");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_authz_grpc_initial_metadata_is_sent_with_every_check() {
+    let authz = EchoUpstream::start_h2("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let filter = json!({"name": "envoy.filters.http.ext_authz", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "2s",
+                         "initial_metadata": [{"key": "x-audit-meta", "value": "m1"}]}}});
+    let mut h = hcm(json!({}), direct("allowed"));
+    h["typed_config"]["http_filters"] = json!([filter, {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]);
+    let cfg = bootstrap(
+        json!({"filter_chains": [{"filters": [h]}]}),
+        vec![cluster("authz", authz.addr(), json!({"http2_protocol_options": {}}))],
+    );
+    let server = common::start_proxy(&cfg, "audit.json").await;
+    // The echo server is no authorization service: the check fails (403), but it saw the call.
+    let r = get(server.listeners[0].address, &[]).await;
+    assert_eq!(r.status, 403);
+    let checks = authz.recorded();
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert!(checks[0].headers.iter().any(|(k, v)| k == "x-audit-meta" && v == "m1"), "{:?}", checks[0].headers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_compat_lets_an_ipv6_listener_take_ipv4_connections() {
+    // `::ffff:127.0.0.1` is an IPv4-mapped address: an IPv6-only socket (Envoy's default)
+    // cannot bind it; with `ipv4_compat` it binds and serves 127.0.0.1.
+    let listener = |compat: bool| {
+        bootstrap(
+            json!({
+                "address": {"socket_address": {"address": "::ffff:127.0.0.1", "port_value": 0, "ipv4_compat": compat}},
+                "filter_chains": [{"filters": [hcm(json!({}), direct("mapped"))]}]
+            }),
+            vec![],
+        )
+    };
+    let snapshot = sluice_config::parse(&listener(false).to_string(), sluice_config::Format::Json).unwrap();
+    let options = sluice_proxy::server::Options { config_path: "audit.json".into(), concurrency: 1, log_level: "warning".into() };
+    let refused = tokio::time::timeout(Duration::from_secs(10), sluice_proxy::server::start(std::sync::Arc::new(snapshot), options))
+        .await
+        .expect("start timed out");
+    assert!(refused.is_err(), "an IPv6-only socket cannot take an IPv4-mapped address");
+    let server = common::start_proxy(&listener(true), "audit.json").await;
+    let port = server.listeners[0].address.port();
+    let r = get(SocketAddr::from(([127, 0, 0, 1], port)), &[]).await;
+    assert_eq!(r.text(), "mapped");
+}
+
+#[test]
+fn query_parameter_present_match_false_is_refused() {
+    let rc: sluice_config::route::RouteConfiguration = serde_json::from_value(json!({"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/", "query_parameters": [{"name": "debug", "present_match": false}]}, "direct_response": {"status": 200}}]}]}))
+    .unwrap();
+    let Err((path, message)) = sluice_proxy::router::config::RouteTable::build(&rc) else { panic!("accepted") };
+    assert_eq!(path, "virtual_hosts[0].routes[0].match.query_parameters[0].present_match");
+    assert!(message.contains("not supported by sluice"), "{message}");
+}

@@ -1004,6 +1004,22 @@ mod tests {
         HealthChecker::new(HealthCheckConfig::build(&hc).unwrap(), &Store::new(), "cluster.c.")
     }
 
+    #[test]
+    fn header_list_keeps_empty_values_only_when_asked() {
+        let opts: Vec<HeaderValueOption> = serde_json::from_value(serde_json::json!([
+            {"header": {"key": "X-Empty", "value": ""}},
+            {"header": {"key": "x-kept", "value": ""}, "keep_empty_value": true},
+            {"header": {"key": "x-set", "value": "v"}, "append": false},
+            {"header": {"key": "x-add", "value": "w"}, "append_action": "ADD_IF_ABSENT"}
+        ]))
+        .unwrap();
+        let list = header_list(&opts).unwrap();
+        let names: Vec<&str> = list.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-kept", "x-set", "x-add"]);
+        assert_eq!(list[1].2, HeaderAppendAction::OverwriteIfExistsOrAdd);
+        assert_eq!(list[2].2, HeaderAppendAction::AddIfAbsent);
+    }
+
     fn failed_host() -> Host {
         let h = Host::simple("127.0.0.1:1".parse().unwrap());
         h.set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
