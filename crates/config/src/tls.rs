@@ -67,10 +67,12 @@ pub struct TlsParameters {
     pub tls_minimum_protocol_version: Option<TlsProtocol>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_maximum_protocol_version: Option<TlsProtocol>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cipher_suites: Option<NotSupported>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ecdh_curves: Option<NotSupported>,
+    /// TLS 1.2 cipher suites by OpenSSL name (`[A|B]` groups allowed); TLS 1.3's are fixed.
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    /// Key-exchange groups: `X25519`, `P-256`, `P-384`.
+    #[serde(default)]
+    pub ecdh_curves: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_algorithms: Option<NotSupported>,
 }

@@ -26,10 +26,64 @@ pub struct DownstreamTls {
     pub require_sni: bool,
 }
 
+/// The TLS 1.2 cipher suites sluice has (rustls with ring), by their OpenSSL names.
+fn tls12_suite(name: &str) -> Option<rustls::SupportedCipherSuite> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    Some(match name {
+        "ECDHE-ECDSA-AES128-GCM-SHA256" => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-ECDSA-AES256-GCM-SHA384" => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-ECDSA-CHACHA20-POLY1305" => cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        "ECDHE-RSA-AES128-GCM-SHA256" => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-RSA-AES256-GCM-SHA384" => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-RSA-CHACHA20-POLY1305" => cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        _ => return None,
+    })
+}
+
+/// The crypto provider for `tls_params.cipher_suites` and `ecdh_curves` (each empty: the
+/// defaults). As in Envoy, the cipher suites restrict TLS 1.2; TLS 1.3's suites are fixed.
+/// Errors are (path relative to `tls_params`, message).
+pub(crate) fn crypto_provider(cipher_suites: &[String], ecdh_curves: &[String]) -> Result<Arc<rustls::crypto::CryptoProvider>, (String, String)> {
+    let mut p = rustls::crypto::ring::default_provider();
+    if !cipher_suites.is_empty() {
+        let mut suites: Vec<rustls::SupportedCipherSuite> = p.cipher_suites.iter().copied().filter(|s| s.tls13().is_some()).collect();
+        for (i, entry) in cipher_suites.iter().enumerate() {
+            // `[A|B]` is a group of equal preference (BoringSSL's syntax); sluice keeps its order.
+            for name in entry.trim_start_matches('[').trim_end_matches(']').split('|').map(str::trim) {
+                let suite = tls12_suite(name).ok_or_else(|| {
+                    (format!("cipher_suites[{i}]"), format!("cipher suite \"{name}\" is recognised but not supported by sluice"))
+                })?;
+                if !suites.iter().any(|s| s.suite() == suite.suite()) {
+                    suites.push(suite);
+                }
+            }
+        }
+        p.cipher_suites = suites;
+    }
+    if !ecdh_curves.is_empty() {
+        use rustls::crypto::ring::kx_group;
+        let mut groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup> = Vec::new();
+        for (i, name) in ecdh_curves.iter().enumerate() {
+            groups.push(match name.as_str() {
+                "X25519" => kx_group::X25519,
+                "P-256" => kx_group::SECP256R1,
+                "P-384" => kx_group::SECP384R1,
+                _ => {
+                    return Err((format!("ecdh_curves[{i}]"), format!("curve \"{name}\" is recognised but not supported by sluice")))
+                }
+            });
+        }
+        p.kx_groups = groups;
+    }
+    Ok(Arc::new(p))
+}
+
 /// A `CommonTlsContext`, resolved.
 pub(crate) struct CommonTls<'c> {
     /// `tls_params` minimum and maximum versions.
     pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    /// `tls_params` cipher suites and curves.
+    pub provider: Arc<rustls::crypto::CryptoProvider>,
     /// The certificate and key (the validator allows one).
     pub certificate: Option<(&'c DataSource, &'c DataSource)>,
     /// `validation_context.trusted_ca`.
@@ -57,7 +111,7 @@ pub(crate) fn common(ctx: &CommonTlsContext) -> Result<CommonTls<'_>, (String, S
     ] {
         refused_at_load(refused);
     }
-    let (min, max) = match tls_params {
+    let (min, max, provider) = match tls_params {
         Some(TlsParameters {
             tls_minimum_protocol_version,
             tls_maximum_protocol_version,
@@ -65,12 +119,11 @@ pub(crate) fn common(ctx: &CommonTlsContext) -> Result<CommonTls<'_>, (String, S
             ecdh_curves,
             signature_algorithms,
         }) => {
-            refused_at_load(cipher_suites);
-            refused_at_load(ecdh_curves);
             refused_at_load(signature_algorithms);
-            (*tls_minimum_protocol_version, *tls_maximum_protocol_version)
+            let provider = crypto_provider(cipher_suites, ecdh_curves).map_err(|(p, e)| (format!("tls_params.{p}"), e))?;
+            (*tls_minimum_protocol_version, *tls_maximum_protocol_version, provider)
         }
-        None => (None, None),
+        None => (None, None, provider()),
     };
     let versions = versions(min, max);
     if versions.is_empty() {
@@ -117,6 +170,7 @@ pub(crate) fn common(ctx: &CommonTlsContext) -> Result<CommonTls<'_>, (String, S
     };
     Ok(CommonTls {
         versions,
+        provider,
         certificate,
         trusted_ca,
         alpn_protocols: alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect(),
@@ -182,7 +236,7 @@ pub fn downstream(ctx: &DownstreamTlsContext) -> Result<DownstreamTls, (String, 
     let chain = load_certs(chain).map_err(|e| (format!("{p}.certificate_chain"), e))?;
     let key = load_key(key).map_err(|e| (format!("{p}.private_key"), e))?;
     let local_principal = principal(&chain[0]).unwrap_or_default();
-    let builder = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(common.provider.clone())
         .with_protocol_versions(&common.versions)
         .map_err(|e| ("common_tls_context.tls_params".to_string(), e.to_string()))?;
     let require = require_client_certificate.unwrap_or(false);
@@ -343,6 +397,22 @@ mod tests {
         assert_eq!(versions(Some(TlsProtocol::V1_3), None).len(), 1);
         assert_eq!(versions(None, None).len(), 2);
         assert_eq!(versions(None, Some(TlsProtocol::V1_2)).len(), 1);
+    }
+
+    #[test]
+    fn cipher_suites_and_curves_choose_the_provider() {
+        let p = crypto_provider(&["[ECDHE-ECDSA-AES256-GCM-SHA384|ECDHE-RSA-AES128-GCM-SHA256]".into()], &["P-256".into()]).unwrap();
+        let tls12: Vec<String> = p.cipher_suites.iter().filter(|s| s.tls13().is_none()).map(|s| format!("{:?}", s.suite())).collect();
+        assert_eq!(tls12, ["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]);
+        assert_eq!(p.cipher_suites.iter().filter(|s| s.tls13().is_some()).count(), 3, "TLS 1.3 suites stay");
+        assert_eq!(p.kx_groups.len(), 1);
+        let (path, e) = crypto_provider(&["ECDHE-RSA-AES128-GCM-SHA256".into(), "AES128-SHA".into()], &[]).unwrap_err();
+        assert_eq!(path, "cipher_suites[1]");
+        assert!(e.contains("not supported by sluice"), "{e}");
+        assert_eq!(crypto_provider(&[], &["P-521".into()]).unwrap_err().0, "ecdh_curves[0]");
+        // Unset: rustls' defaults.
+        let d = crypto_provider(&[], &[]).unwrap();
+        assert_eq!(d.cipher_suites.len(), rustls::crypto::ring::default_provider().cipher_suites.len());
     }
 
     #[test]

@@ -658,12 +658,52 @@ async fn ipv4_compat_lets_an_ipv6_listener_take_ipv4_connections() {
     assert_eq!(r.text(), "mapped");
 }
 
-#[test]
-fn query_parameter_present_match_false_is_refused() {
-    let rc: sluice_config::route::RouteConfiguration = serde_json::from_value(json!({"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/", "query_parameters": [{"name": "debug", "present_match": false}]}, "direct_response": {"status": 200}}]}]}))
-    .unwrap();
-    let Err((path, message)) = sluice_proxy::router::config::RouteTable::build(&rc) else { panic!("accepted") };
-    assert_eq!(path, "virtual_hosts[0].routes[0].match.query_parameters[0].present_match");
-    assert!(message.contains("not supported by sluice"), "{message}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_parameter_present_match_false_asks_for_absence() {
+    // Envoy 1.40 (checked by hand): `present_match: false` matches only requests without the
+    // parameter.
+    let mut h = hcm(json!({}), direct("fallback"));
+    h["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = json!([
+        {"match": {"prefix": "/q", "query_parameters": [{"name": "debug", "present_match": false}]},
+         "direct_response": {"status": 200, "body": {"inline_string": "no debug"}}},
+        {"match": {"prefix": "/q", "query_parameters": [{"name": "debug", "present_match": true}]},
+         "direct_response": {"status": 200, "body": {"inline_string": "debug"}}},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "fallback"}}}
+    ]);
+    let server = common::start_proxy(&bootstrap(json!({"filter_chains": [{"filters": [h]}]}), vec![]), "audit.json").await;
+    let addr = server.listeners[0].address;
+    let text = |path: &'static str| async move {
+        tokio::time::timeout(Duration::from_secs(10), client::request("GET", &format!("http://{addr}{path}"), &[("host", "a.test")], ""))
+            .await
+            .unwrap()
+            .unwrap()
+            .text()
+    };
+    assert_eq!(text("/q").await, "no debug");
+    assert_eq!(text("/q?debug=1").await, "debug");
+    assert_eq!(text("/q?other=1").await, "no debug");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cipher_suites_restrict_tls12() {
+    let pki = Pki::new(); // ECDSA server key
+    for (suite, want) in [
+        ("ECDHE-ECDSA-AES256-GCM-SHA384", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"),
+        ("ECDHE-ECDSA-CHACHA20-POLY1305", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"),
+    ] {
+        let socket = tls_socket(&pki, json!({}));
+        let mut socket = socket;
+        socket["typed_config"]["common_tls_context"]["tls_params"] =
+            json!({"tls_maximum_protocol_version": "TLSv1_2", "cipher_suites": [suite], "ecdh_curves": ["P-256"]});
+        let cfg = bootstrap(json!({"filter_chains": [{"filters": [hcm(json!({}), direct("tls"))], "transport_socket": socket}]}), vec![]);
+        let server = common::start_proxy(&cfg, "audit.json").await;
+        let tcp = tokio::net::TcpStream::connect(server.listeners[0].address).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(pki.client_config(&[], false));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await.unwrap().unwrap();
+        let session = tls.get_ref().1;
+        assert_eq!(session.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+        assert_eq!(format!("{:?}", session.negotiated_cipher_suite().unwrap().suite()), want);
+        assert_eq!(format!("{:?}", session.negotiated_key_exchange_group().unwrap().name()), "secp256r1");
+    }
 }

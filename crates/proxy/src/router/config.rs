@@ -250,6 +250,8 @@ pub struct HeaderMatcher {
 struct QueryMatcher {
     name: String,
     matcher: Option<StrMatch>,
+    /// `present_match: false` (without `string_match`): the parameter must be absent.
+    absent: bool,
 }
 
 /// An RE2-style pattern that must match the whole input.
@@ -618,18 +620,14 @@ impl Route {
         let mut query = Vec::new();
         for (i, q) in query_parameters.iter().enumerate() {
             let cfg::QueryParameterMatcher { name, string_match, present_match } = q;
-            let matcher = match (string_match, present_match) {
-                (Some(s), _) => Some(StrMatch::build(s).map_err(|e| (format!("match.query_parameters[{i}]"), e))?),
-                (None, Some(false)) => {
-                    return Err((
-                        format!("match.query_parameters[{i}].present_match"),
-                        "value false is recognised but not supported by sluice".to_string(),
-                    ))
-                }
-                // `present_match: true`, or nothing: the parameter must be present.
-                (None, Some(true) | None) => None,
+            let matcher = match string_match {
+                Some(s) => Some(StrMatch::build(s).map_err(|e| (format!("match.query_parameters[{i}]"), e))?),
+                None => None,
             };
-            query.push(QueryMatcher { name: name.clone(), matcher });
+            // Without `string_match`, `present_match: false` asks for the parameter's absence
+            // (as Envoy 1.40 matches it); `true` or nothing asks for its presence.
+            let absent = matcher.is_none() && *present_match == Some(false);
+            query.push(QueryMatcher { name: name.clone(), matcher, absent });
         }
         let grpc = match grpc {
             Some(cfg::GrpcRouteMatchOptions {}) => true,
@@ -800,6 +798,9 @@ impl HeaderMatcher {
 impl QueryMatcher {
     fn matches(&self, query: Option<&str>) -> bool {
         let value = query.and_then(|q| query_param(q, &self.name));
+        if self.absent {
+            return value.is_none();
+        }
         match (&self.matcher, value) {
             (_, None) => false,
             // No string matcher: `present_match` (or nothing) asks only for presence.

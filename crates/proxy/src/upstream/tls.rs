@@ -118,7 +118,7 @@ impl UpstreamTls {
             n => rustls::client::Resumption::in_memory_sessions(n as usize),
         };
         let build = |alpn: Vec<Vec<u8>>| -> anyhow::Result<TlsConnector> {
-            let b = rustls::ClientConfig::builder_with_provider(provider.clone())
+            let b = rustls::ClientConfig::builder_with_provider(common.provider.clone())
                 .with_protocol_versions(&common.versions)?
                 .dangerous()
                 .with_custom_certificate_verifier(verifier.clone());
