@@ -54,7 +54,7 @@ pub struct FilterChain {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport_socket: Option<TransportSocket>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transport_socket_connect_timeout: Option<NotSupported>,
+    pub transport_socket_connect_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

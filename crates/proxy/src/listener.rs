@@ -40,6 +40,9 @@ pub struct Chain {
     destination_port: Option<u32>,
     /// The listener's `default_filter_chain`: used when no other chain matches.
     is_default: bool,
+    /// `transport_socket_connect_timeout`: how long the TLS handshake may take (`None`: no
+    /// limit, Envoy's default).
+    handshake_timeout: Option<std::time::Duration>,
     tls: Option<DownstreamTls>,
     /// The connection manager, with its codec settings (`codec`, `h1`, `h2`).
     hcm: Arc<HttpConnectionManager>,
@@ -307,10 +310,13 @@ impl Listener {
             }
             return;
         }
-        let stream = match start.into_stream(tls.config.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(%peer, "TLS handshake failed: {e}");
+        let stream = match with_timeout(chain.handshake_timeout, start.into_stream(tls.config.clone())).await {
+            Some(Ok(s)) => s,
+            failed => {
+                match failed {
+                    Some(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    _ => tracing::debug!(%peer, "TLS handshake timed out (transport_socket_connect_timeout)"),
+                }
                 if let Some(l) = log {
                     l.finish(Arc::new(ConnectionInfo::new(peer, local, None)), None, ResponseFlags::empty());
                 }
@@ -511,7 +517,6 @@ fn build_chain(
 ) -> Result<Chain, (String, String)> {
     let FilterChain { name, filter_chain_match, filters, transport_socket, transport_socket_connect_timeout } = chain;
     without_effect(name, "a chain's name shows only in /config_dump and %FILTER_CHAIN_NAME%, which sluice refuses");
-    refused_at_load(transport_socket_connect_timeout);
     let [NetworkFilter { name, typed_config }] = filters.as_slice() else {
         return Err(("filters".to_string(), "exactly one network filter (the HTTP connection manager) is required".to_string()));
     };
@@ -553,6 +558,7 @@ fn build_chain(
         transport_protocol: transport_protocol.clone(),
         destination_port: *destination_port,
         is_default,
+        handshake_timeout: transport_socket_connect_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
         tls,
         listener_http_stats: Arc::new(ListenerHttpStats::new(store, lprefix, &hcm.stat_prefix)),
         hcm: Arc::new(hcm),

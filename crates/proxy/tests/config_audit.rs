@@ -707,3 +707,38 @@ async fn tls_cipher_suites_restrict_tls12() {
         assert_eq!(format!("{:?}", session.negotiated_key_exchange_group().unwrap().name()), "secp256r1");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_socket_connect_timeout_bounds_the_tls_handshake() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let cfg = bootstrap(
+        json!({"filter_chains": [{
+            "filters": [hcm(json!({}), direct("tls"))],
+            "transport_socket": tls_socket(&pki, json!({})),
+            "transport_socket_connect_timeout": "0.3s"}]}),
+        vec![],
+    );
+    let server = common::start_proxy(&cfg, "audit.json").await;
+    // A client that sends its ClientHello and then never finishes the handshake.
+    let mut client = rustls::ClientConnection::new(pki.client_config(&[], false), "localhost".try_into().unwrap()).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(server.listeners[0].address).await.unwrap();
+    tcp.write_all(&hello).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    // The server's flight arrives, then the connection is closed at the timeout.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        for _ in 0..1000 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled handshake was not cut off");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "{took:?}");
+}
