@@ -76,17 +76,16 @@ pub struct StaticResources {
 pub struct Admin {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Address>,
-    /// Deprecated; accepted, admin requests are logged through tracing instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_log_path: Option<String>,
+    pub access_log_path: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile_path: Option<String>,
+    pub profile_path: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_options: Option<NotSupported>,
-    #[serde(default)]
-    pub ignore_global_conn_limit: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_global_conn_limit: Option<NotSupported>,
 }
 
 /// `envoy.config.bootstrap.v3.LayeredRuntime`.
@@ -103,9 +102,9 @@ pub struct RuntimeLayer {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub static_layer: Option<serde_json::Value>,
-    /// Accepted (`{}`): the admin layer exists but `/runtime_modify` is not offered.
+    /// Needs `/runtime_modify`, which sluice does not offer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin_layer: Option<serde_json::Value>,
+    pub admin_layer: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_layer: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,12 +127,12 @@ pub struct CaresDnsResolverConfig {
     pub resolvers: Vec<Address>,
     #[serde(default)]
     pub use_resolvers_as_fallback: bool,
-    #[serde(default)]
-    pub filter_unroutable_families: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_unroutable_families: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_resolver_options: Option<DnsResolverOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub udp_max_queries: Option<u32>,
+    pub udp_max_queries: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_timeout_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,15 +146,15 @@ pub struct CaresDnsResolverConfig {
 pub struct DnsResolverOptions {
     #[serde(default)]
     pub use_tcp_for_dns_lookups: bool,
-    #[serde(default)]
-    pub no_default_search_domain: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_default_search_domain: Option<NotSupported>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GetAddrInfoDnsResolverConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub num_retries: Option<u32>,
+    pub num_retries: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub num_resolver_threads: Option<u32>,
+    pub num_resolver_threads: Option<NotSupported>,
 }

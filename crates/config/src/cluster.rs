@@ -29,7 +29,7 @@ pub struct Cluster {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_connection_buffer_limit_bytes: Option<u32>,
+    pub per_connection_buffer_limit_bytes: Option<NotSupported>,
     #[serde(default)]
     pub lb_policy: LbPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,7 +37,7 @@ pub struct Cluster {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<HealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_requests_per_connection: Option<u32>,
+    pub max_requests_per_connection: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
     #[serde(default)]
@@ -286,10 +286,10 @@ pub struct Thresholds {
     pub max_requests: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
-    #[serde(default)]
-    pub track_remaining: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connection_pools: Option<u32>,
+    pub track_remaining: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_pools: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_budget: Option<NotSupported>,
 }
@@ -377,12 +377,12 @@ pub struct UpstreamHttpProtocolOptions {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamHttpOptions {
-    #[serde(default)]
-    pub auto_sni: bool,
-    #[serde(default)]
-    pub auto_san_validation: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub override_auto_sni_header: Option<String>,
+    pub auto_sni: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_san_validation: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_auto_sni_header: Option<NotSupported>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

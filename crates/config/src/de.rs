@@ -963,7 +963,6 @@ mod tests {
             "HeadersWithUnderscoresAction",
             "CodecType",
             "ServerHeaderTransformation",
-            "TrafficDirection",
             "DiscoveryType",
             "LbPolicy",
             "DnsLookupFamily",
@@ -1136,22 +1135,24 @@ mod tests {
 
     #[test]
     fn integers_as_strings_and_integral_floats() {
-        let c: Cluster = from_value(
-            json!({"name": "a", "per_connection_buffer_limit_bytes": "4096",
-            "ring_hash_lb_config": {"minimum_ring_size": "18446744073709551615"}}),
-        )
-        .unwrap();
-        assert_eq!(c.per_connection_buffer_limit_bytes, Some(4096));
+        let limit = |v: serde_json::Value| json!({"circuit_breakers": {"thresholds": [{"max_connections": v}]}});
+        let max_connections = |c: Cluster| c.circuit_breakers.unwrap().thresholds[0].max_connections;
+        let mut m = limit(json!("4096"));
+        m["name"] = json!("a");
+        m["ring_hash_lb_config"] = json!({"minimum_ring_size": "18446744073709551615"});
+        let c: Cluster = from_value(m).unwrap();
+        assert_eq!(max_connections(c.clone()), Some(4096));
         assert_eq!(
             c.ring_hash_lb_config.unwrap().minimum_ring_size,
             Some(u64::MAX)
         );
         for ok in [json!(4096.0), json!("4e3"), json!("4096.0")] {
-            let c: Cluster =
-                from_value(json!({"name": "a", "per_connection_buffer_limit_bytes": ok})).unwrap();
-            assert!(c.per_connection_buffer_limit_bytes.is_some());
+            let mut m = limit(ok);
+            m["name"] = json!("a");
+            let c: Cluster = from_value(m).unwrap();
+            assert!(max_connections(c).is_some());
         }
-        let p = "static_resources.clusters[0].per_connection_buffer_limit_bytes";
+        let p = "static_resources.clusters[0].circuit_breakers.thresholds[0].max_connections";
         for (bad, msg) in [
             (
                 json!(4294967296u64),
@@ -1169,7 +1170,7 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                error(cluster(json!({"per_connection_buffer_limit_bytes": bad}))),
+                error(cluster(limit(bad))),
                 format!("{p}: {msg}")
             );
         }

@@ -2,10 +2,18 @@
 //! each config struct that mirrors an Envoy message, every field of that message. The
 //! deserializer tells a field Envoy has but sluice does not model ("recognised but not
 //! supported by sluice") from a misspelt one ("unknown field"). Do not edit by hand.
-//! Structs without an Envoy message: Empty.
+//! Structs without an Envoy message: Empty, FilterList, RouteUpgradeConfig, StreamAccessLog.
 
 /// (Rust struct name, Envoy message, the message's field names).
 pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
+    ("AccessLog", "envoy.config.accesslog.v3.AccessLog", &[
+        "filter", "name", "typed_config",
+    ]),
+    ("AccessLogFilter", "envoy.config.accesslog.v3.AccessLogFilter", &[
+        "and_filter", "duration_filter", "extension_filter", "grpc_status_filter", "header_filter",
+        "log_type_filter", "metadata_filter", "not_health_check_filter", "or_filter",
+        "response_flag_filter", "runtime_filter", "status_code_filter", "traceable_filter",
+    ]),
     ("Address", "envoy.config.core.v3.Address", &[
         "envoy_internal_address", "pipe", "socket_address",
     ]),
@@ -103,6 +111,15 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
         "validation_context", "validation_context_certificate_provider",
         "validation_context_certificate_provider_instance", "validation_context_sds_secret_config",
     ]),
+    ("ComparisonFilter", "envoy.config.accesslog.v3.ComparisonFilter", &[
+        "op", "value",
+    ]),
+    ("ConnectConfig", "envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig", &[
+        "allow_post", "proxy_protocol_config",
+    ]),
+    ("ConnectMatcher", "envoy.config.route.v3.RouteMatch.ConnectMatcher", &[
+       
+    ]),
     ("DataSource", "envoy.config.core.v3.DataSource", &[
         "environment_variable", "filename", "inline_bytes", "inline_string", "watched_directory",
     ]),
@@ -117,6 +134,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
         "disable_stateless_session_resumption", "full_scan_certs_on_sni_mismatch",
         "ocsp_staple_policy", "prefer_client_ciphers", "require_client_certificate", "require_sni",
         "session_ticket_keys", "session_ticket_keys_sds_secret_config", "session_timeout",
+    ]),
+    ("DurationFilter", "envoy.config.accesslog.v3.DurationFilter", &[
+        "comparison",
     ]),
     ("Endpoint", "envoy.config.endpoint.v3.Endpoint", &[
         "additional_addresses", "address", "health_check_config", "hostname", "observability_name",
@@ -144,6 +164,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ("ExtAuthzPerRoute", "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute", &[
         "check_settings", "disabled",
     ]),
+    ("FileAccessLog", "envoy.extensions.access_loggers.file.v3.FileAccessLog", &[
+        "format", "json_format", "log_format", "path", "typed_json_format",
+    ]),
     ("FilterChain", "envoy.config.listener.v3.FilterChain", &[
         "filter_chain_match", "filters", "metadata", "name", "transport_socket",
         "transport_socket_connect_timeout", "use_proxy_proto",
@@ -152,6 +175,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
         "address_suffix", "application_protocols", "destination_port",
         "direct_source_prefix_ranges", "prefix_ranges", "server_names", "source_ports",
         "source_prefix_ranges", "source_type", "suffix_len", "transport_protocol",
+    ]),
+    ("FractionalPercent", "envoy.type.v3.FractionalPercent", &[
+        "denominator", "numerator",
     ]),
     ("GetAddrInfoDnsResolverConfig", "envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig", &[
         "num_resolver_threads", "num_retries",
@@ -179,6 +205,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ]),
     ("HashQueryParameter", "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter", &[
         "name",
+    ]),
+    ("HeaderFilter", "envoy.config.accesslog.v3.HeaderFilter", &[
+        "header",
     ]),
     ("HeaderMatcher", "envoy.config.route.v3.HeaderMatcher", &[
         "contains_match", "exact_match", "invert_match", "name", "prefix_match", "present_match",
@@ -263,6 +292,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ("Int64Range", "envoy.type.v3.Int64Range", &[
         "end", "start",
     ]),
+    ("JsonFormatOptions", "envoy.config.core.v3.JsonFormatOptions", &[
+        "sort_properties",
+    ]),
     ("KeepaliveSettings", "envoy.config.core.v3.KeepaliveSettings", &[
         "connection_idle_interval", "interval", "interval_jitter", "timeout",
     ]),
@@ -294,6 +326,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ("ListenerFilter", "envoy.config.listener.v3.ListenerFilter", &[
         "config_discovery", "filter_disabled", "name", "typed_config",
     ]),
+    ("LocalReplyConfig", "envoy.extensions.filters.network.http_connection_manager.v3.LocalReplyConfig", &[
+        "body_format", "mappers",
+    ]),
     ("Locality", "envoy.config.core.v3.Locality", &[
         "region", "sub_zone", "zone",
     ]),
@@ -314,6 +349,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
         "client_features", "cluster", "dynamic_parameters", "extensions", "id",
         "listening_addresses", "locality", "metadata", "user_agent_build_version",
         "user_agent_name", "user_agent_version",
+    ]),
+    ("NotHealthCheckFilter", "envoy.config.accesslog.v3.NotHealthCheckFilter", &[
+       
     ]),
     ("OutlierDetection", "envoy.config.cluster.v3.OutlierDetection", &[
         "always_eject_one_host", "base_ejection_time", "consecutive_5xx",
@@ -349,6 +387,12 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ]),
     ("RegexMatcher", "envoy.type.matcher.v3.RegexMatcher", &[
         "google_re2", "regex",
+    ]),
+    ("ResponseFlagFilter", "envoy.config.accesslog.v3.ResponseFlagFilter", &[
+        "flags",
+    ]),
+    ("ResponseMapper", "envoy.extensions.filters.network.http_connection_manager.v3.ResponseMapper", &[
+        "body", "body_format_override", "filter", "headers_to_add", "status_code",
     ]),
     ("RingHashLbConfig", "envoy.config.cluster.v3.Cluster.RingHashLbConfig", &[
         "hash_function", "maximum_ring_size", "minimum_ring_size",
@@ -394,8 +438,14 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
         "suppress_grpc_request_failure_code_stats", "upstream_http_filters", "upstream_log",
         "upstream_log_options",
     ]),
+    ("RuntimeFilter", "envoy.config.accesslog.v3.RuntimeFilter", &[
+        "percent_sampled", "runtime_key", "use_independent_randomness",
+    ]),
     ("RuntimeLayer", "envoy.config.bootstrap.v3.RuntimeLayer", &[
         "admin_layer", "disk_layer", "name", "rtds_layer", "static_layer",
+    ]),
+    ("RuntimeUInt32", "envoy.config.core.v3.RuntimeUInt32", &[
+        "default_value", "runtime_key",
     ]),
     ("SocketAddress", "envoy.config.core.v3.SocketAddress", &[
         "address", "ipv4_compat", "named_port", "network_namespace_filepath", "port_value",
@@ -404,8 +454,15 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ("StaticResources", "envoy.config.bootstrap.v3.Bootstrap.StaticResources", &[
         "clusters", "listeners", "secrets",
     ]),
+    ("StatusCodeFilter", "envoy.config.accesslog.v3.StatusCodeFilter", &[
+        "comparison",
+    ]),
     ("StringMatcher", "envoy.type.matcher.v3.StringMatcher", &[
         "contains", "custom", "exact", "ignore_case", "prefix", "safe_regex", "suffix",
+    ]),
+    ("SubstitutionFormatString", "envoy.config.core.v3.SubstitutionFormatString", &[
+        "content_type", "formatters", "json_format", "json_format_options", "omit_empty_values",
+        "text_format", "text_format_source",
     ]),
     ("TcpHealthCheck", "envoy.config.core.v3.HealthCheck.TcpHealthCheck", &[
         "proxy_protocol_config", "receive", "send",
@@ -461,7 +518,7 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
 ];
 
 /// (Rust enum name, Envoy enum, its values with their numbers) for enums by number.
-/// Enums without an Envoy enum: none.
+/// Enums without an Envoy enum: ComparisonOp.
 pub(crate) type EnumValues = &'static [(&'static str, i64)];
 
 pub(crate) const ENVOY_ENUMS: &[(&str, &str, EnumValues)] = &[
@@ -476,6 +533,9 @@ pub(crate) const ENVOY_ENUMS: &[(&str, &str, EnumValues)] = &[
     ]),
     ("CodecType", "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.CodecType", &[
         ("AUTO", 0), ("HTTP1", 1), ("HTTP2", 2), ("HTTP3", 3),
+    ]),
+    ("DenominatorType", "envoy.type.v3.FractionalPercent.DenominatorType", &[
+        ("HUNDRED", 0), ("TEN_THOUSAND", 1), ("MILLION", 2),
     ]),
     ("DiscoveryType", "envoy.config.cluster.v3.Cluster.DiscoveryType", &[
         ("STATIC", 0), ("STRICT_DNS", 1), ("LOGICAL_DNS", 2), ("EDS", 3), ("ORIGINAL_DST", 4),
@@ -523,9 +583,6 @@ pub(crate) const ENVOY_ENUMS: &[(&str, &str, EnumValues)] = &[
     ]),
     ("TlsRequirementType", "envoy.config.route.v3.VirtualHost.TlsRequirementType", &[
         ("NONE", 0), ("EXTERNAL_ONLY", 1), ("ALL", 2),
-    ]),
-    ("TrafficDirection", "envoy.config.core.v3.TrafficDirection", &[
-        ("UNSPECIFIED", 0), ("INBOUND", 1), ("OUTBOUND", 2),
     ]),
     ("TrustChainVerification", "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext.TrustChainVerification", &[
         ("VERIFY_TRUST_CHAIN", 0), ("ACCEPT_UNTRUSTED", 1),

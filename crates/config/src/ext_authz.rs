@@ -36,14 +36,14 @@ pub struct ExtAuthz {
     pub include_tls_session: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stat_prefix: Option<String>,
-    #[serde(default)]
-    pub metadata_context_namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_context_namespaces: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charge_cluster_response_stats: Option<bool>,
-    #[serde(default)]
-    pub encode_raw_headers: bool,
-    #[serde(default)]
-    pub validate_mutations: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encode_raw_headers: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate_mutations: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter_enabled: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,7 +151,7 @@ pub struct AuthorizationResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_client_headers_on_success: Option<ListStringMatcher>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dynamic_metadata_from_headers: Option<ListStringMatcher>,
+    pub dynamic_metadata_from_headers: Option<NotSupported>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -49,13 +49,13 @@ pub struct HttpConnectionManager {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_timeout: Option<Duration>,
+    pub request_timeout: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_headers_timeout: Option<Duration>,
+    pub request_headers_timeout: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drain_timeout: Option<Duration>,
+    pub drain_timeout: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delayed_close_timeout: Option<Duration>,
+    pub delayed_close_timeout: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalize_path: Option<bool>,
     #[serde(default)]
@@ -72,10 +72,10 @@ pub struct HttpConnectionManager {
     pub common_http_protocol_options: Option<CommonHttpProtocolOptions>,
     #[serde(default)]
     pub upgrade_configs: Vec<UpgradeConfig>,
-    #[serde(default)]
-    pub add_user_agent: Option<bool>,
-    #[serde(default)]
-    pub proxy_100_continue: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_user_agent: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_100_continue: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<AccessLog>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,17 +196,17 @@ typed_enum! {
 #[serde(deny_unknown_fields)]
 pub struct Router {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dynamic_stats: Option<bool>,
-    #[serde(default)]
-    pub start_child_span: bool,
-    #[serde(default)]
-    pub suppress_envoy_headers: bool,
-    #[serde(default)]
-    pub strict_check_headers: Vec<String>,
-    #[serde(default)]
-    pub respect_expected_rq_timeout: bool,
-    #[serde(default)]
-    pub suppress_grpc_request_failure_code_stats: bool,
+    pub dynamic_stats: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_child_span: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppress_envoy_headers: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_check_headers: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respect_expected_rq_timeout: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppress_grpc_request_failure_code_stats: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_log: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

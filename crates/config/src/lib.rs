@@ -91,6 +91,7 @@ use std::path::Path;
 
 pub use bootstrap::Bootstrap;
 pub use core::{DataSource, Duration};
+pub use de::NotSupported;
 pub use error::{ConfigError, PathError};
 
 /// A validated configuration: the typed bootstrap, plus the parsed source tree (for

@@ -23,11 +23,11 @@ pub struct Listener {
     #[serde(default)]
     pub listener_filters: Vec<ListenerFilter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_connection_buffer_limit_bytes: Option<u32>,
+    pub per_connection_buffer_limit_bytes: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_reuse_port: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic_direction: Option<TrafficDirection>,
+    pub traffic_direction: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_balance_config: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,14 +40,6 @@ pub struct Listener {
     pub udp_listener_config: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_addresses: Option<NotSupported>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum TrafficDirection {
-    Unspecified,
-    Inbound,
-    Outbound,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -72,8 +64,8 @@ pub struct FilterChainMatch {
     pub server_names: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport_protocol: Option<String>,
-    #[serde(default)]
-    pub application_protocols: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_protocols: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_port: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -25,8 +25,8 @@ pub struct RouteConfiguration {
     pub name: Option<String>,
     #[serde(default)]
     pub virtual_hosts: Vec<VirtualHost>,
-    #[serde(default)]
-    pub internal_only_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_only_headers: Option<NotSupported>,
     #[serde(default)]
     pub response_headers_to_add: Vec<HeaderValueOption>,
     #[serde(default)]
@@ -35,8 +35,8 @@ pub struct RouteConfiguration {
     pub request_headers_to_add: Vec<HeaderValueOption>,
     #[serde(default)]
     pub request_headers_to_remove: Vec<String>,
-    #[serde(default)]
-    pub most_specific_header_mutations_wins: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub most_specific_header_mutations_wins: Option<NotSupported>,
     /// Default true for static route tables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validate_clusters: Option<bool>,
@@ -69,10 +69,10 @@ pub struct VirtualHost {
     pub response_headers_to_remove: Vec<String>,
     #[serde(default)]
     pub typed_per_filter_config: TypedPerFilterConfig,
-    #[serde(default)]
-    pub include_request_attempt_count: bool,
-    #[serde(default)]
-    pub include_attempt_count_in_response: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_request_attempt_count: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_attempt_count_in_response: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,7 +129,7 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_request_buffer_limit_bytes: Option<u32>,
+    pub per_request_buffer_limit_bytes: Option<NotSupported>,
 }
 
 /// The action of a route (exactly one of `route`, `redirect`, `direct_response`).
@@ -323,7 +323,7 @@ pub struct RouteAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_rewrite_literal: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auto_host_rewrite: Option<bool>,
+    pub auto_host_rewrite: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_rewrite_header: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -383,9 +383,9 @@ pub struct WeightedCluster {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_weight: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime_key_prefix: Option<String>,
+    pub runtime_key_prefix: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header_name: Option<String>,
+    pub header_name: Option<NotSupported>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -402,10 +402,10 @@ pub struct ClusterWeight {
     pub response_headers_to_add: Vec<HeaderValueOption>,
     #[serde(default)]
     pub response_headers_to_remove: Vec<String>,
-    #[serde(default)]
-    pub typed_per_filter_config: TypedPerFilterConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_rewrite_literal: Option<String>,
+    pub typed_per_filter_config: Option<NotSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_rewrite_literal: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_match: Option<NotSupported>,
 }
@@ -442,7 +442,7 @@ pub struct HashPolicy {
 pub struct HashHeader {
     pub header_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex_rewrite: Option<RegexMatchAndSubstitute>,
+    pub regex_rewrite: Option<NotSupported>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

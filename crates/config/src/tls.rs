@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{DataSource, Duration};
+use crate::core::DataSource;
 use crate::de::NotSupported;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -15,7 +15,7 @@ pub struct DownstreamTlsContext {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_sni: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_timeout: Option<Duration>,
+    pub session_timeout: Option<NotSupported>,
     #[serde(default)]
     pub disable_stateless_session_resumption: bool,
     #[serde(default)]
@@ -33,8 +33,8 @@ pub struct UpstreamTlsContext {
     pub common_tls_context: CommonTlsContext,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
-    #[serde(default)]
-    pub allow_renegotiation: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_renegotiation: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_session_keys: Option<u32>,
 }
@@ -67,12 +67,14 @@ pub struct TlsParameters {
     pub tls_minimum_protocol_version: Option<TlsProtocol>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_maximum_protocol_version: Option<TlsProtocol>,
+    /// TLS 1.2 cipher suites by OpenSSL name (`[A|B]` groups allowed); TLS 1.3's are fixed.
     #[serde(default)]
     pub cipher_suites: Vec<String>,
+    /// Key-exchange groups: `X25519`, `P-256`, `P-384`.
     #[serde(default)]
     pub ecdh_curves: Vec<String>,
-    #[serde(default)]
-    pub signature_algorithms: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_algorithms: Option<NotSupported>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
@@ -119,8 +121,8 @@ pub struct CertificateValidationContext {
     pub verify_certificate_hash: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crl: Option<NotSupported>,
-    #[serde(default)]
-    pub allow_expired_certificate: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_expired_certificate: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_chain_verification: Option<TrustChainVerification>,
 }

@@ -44,10 +44,9 @@
 //!   HTTP/2 `max_concurrent_streams` and window sizes, keepalive `interval`/`timeout` (≥ 1ms,
 //!   timeout required); `max_headers_count` ≥ 1; `destination_port` in [1, 65535]; locality
 //!   `priority` ≤ 128; DNS failure refresh intervals > 1ms; socket `address` and regexes non-empty;
-//!   upstream `sni` ≤ 255 bytes; `session_timeout` < 2^32 s; header names and values (mutations,
+//!   upstream `sni` ≤ 255 bytes; header names and values (mutations,
 //!   removals, matchers, domains, rewrites, redirects, `server_name`, `via`) without NUL, CR or LF
-//!   and at most 16 KiB, at most 1000 headers to add per list; router `strict_check_headers` from
-//!   Envoy's list. Every `Duration` is range-checked while deserializing (see `core.rs`).
+//!   and at most 16 KiB, at most 1000 headers to add per list. Every `Duration` is range-checked while deserializing (see `core.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -59,7 +58,7 @@ use crate::cluster::{
     Cluster, DiscoveryType, LbPolicy, ProtocolOptions, UpstreamHttpProtocolOptions,
 };
 use crate::core::{
-    Address, CommonHttpProtocolOptions, DataSource, HeaderValueOption, Http2ProtocolOptions,
+    Address, CommonHttpProtocolOptions, DataSource, HeaderValueOption, Http1ProtocolOptions, Http2ProtocolOptions,
     ListStringMatcher, RegexMatcher, SocketProtocol, StringMatcher, TypedExtensionConfig,
 };
 use crate::error::{join_path, ConfigError, PathError};
@@ -93,14 +92,6 @@ const STATUS_CODES: &[u32] = &[
     100, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308,
     400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421,
     422, 423, 424, 426, 428, 429, 431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
-];
-/// The headers the router's `strict_check_headers` may name.
-const STRICT_CHECK_HEADERS: &[&str] = &[
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-max-retries",
-    "x-envoy-retry-grpc-on",
-    "x-envoy-retry-on",
 ];
 const MIN_LEN_1: &str = "value length must be at least 1 characters";
 const MIN_ITEMS_1: &str = "value must contain at least 1 item(s)";
@@ -590,14 +581,6 @@ impl<'a> Ctx<'a> {
         match &ts.typed_config {
             TransportSocketConfig::DownstreamTls(d) if on_listener => {
                 self.common_tls(&tp.f("common_tls_context"), &d.common_tls_context, true);
-                if d.session_timeout
-                    .is_some_and(|t| t.as_std() >= std::time::Duration::from_secs(1 << 32))
-                {
-                    self.err(
-                        &tp.f("session_timeout"),
-                        "value must be less than 4294967296s",
-                    );
-                }
             }
             TransportSocketConfig::UpstreamTls(u) if !on_listener => {
                 self.common_tls(&tp.f("common_tls_context"), &u.common_tls_context, false);
@@ -657,6 +640,24 @@ impl<'a> Ctx<'a> {
                     );
                 }
             }
+            // rustls speaks TLS 1.2 and 1.3 only.
+            for (field, v) in [
+                ("tls_minimum_protocol_version", params.tls_minimum_protocol_version),
+                ("tls_maximum_protocol_version", params.tls_maximum_protocol_version),
+            ] {
+                if let Some(v @ (TlsProtocol::V1_0 | TlsProtocol::V1_1)) = v {
+                    self.not_supported_value(&p.f("tls_params").f(field), &v);
+                }
+            }
+        }
+        // One certificate per context (Envoy can pick among several by key type and SNI).
+        if c.tls_certificates.len() > 1 {
+            self.err(&cp.i(1), format!("{NOT_SUPPORTED} (one certificate per TLS context)"));
+        }
+        if let Some(v @ crate::tls::TrustChainVerification::AcceptUntrusted) =
+            c.validation_context.as_ref().and_then(|v| v.trust_chain_verification)
+        {
+            self.not_supported_value(&p.f("validation_context").f("trust_chain_verification"), &v);
         }
     }
 
@@ -722,10 +723,11 @@ impl<'a> Ctx<'a> {
     }
 
     /// Chains of one listener must be told apart: Envoy expands each match into
-    /// (port, server name, transport, ALPN) tuples and rejects any tuple claimed twice.
+    /// (port, server name, transport, ALPN) tuples and rejects any tuple claimed twice (ALPN
+    /// matching, `application_protocols`, is not supported by sluice).
     fn filter_chain_matches(&mut self, p: &P, chains: &[FilterChain]) {
-        type Tuple = (Option<u32>, String, String, String);
-        type Whole = (Option<u32>, Vec<String>, String, Vec<String>);
+        type Tuple = (Option<u32>, String, String);
+        type Whole = (Option<u32>, Vec<String>, String);
         let mut whole: HashSet<Whole> = HashSet::new();
         let mut tuples: HashSet<Tuple> = HashSet::new();
         for (i, c) in chains.iter().enumerate() {
@@ -757,19 +759,13 @@ impl<'a> Ctx<'a> {
                 v
             };
             let names = sorted(&m.server_names);
-            let alpns = sorted(&m.application_protocols);
             let transport = m.transport_protocol.clone().unwrap_or_default();
             let at = if c.filter_chain_match.is_some() {
                 mp
             } else {
                 cp
             };
-            if !whole.insert((
-                m.destination_port,
-                names.clone(),
-                transport.clone(),
-                alpns.clone(),
-            )) {
+            if !whole.insert((m.destination_port, names.clone(), transport.clone())) {
                 self.err(
                     &at,
                     "multiple filter chains with the same matching rules are defined",
@@ -778,17 +774,9 @@ impl<'a> Ctx<'a> {
             }
             let any = || vec![String::new()];
             let names = if names.is_empty() { any() } else { names };
-            let alpns = if alpns.is_empty() { any() } else { alpns };
             let mut overlap = false;
             for n in &names {
-                for a in &alpns {
-                    overlap |= !tuples.insert((
-                        m.destination_port,
-                        n.clone(),
-                        transport.clone(),
-                        a.clone(),
-                    ));
-                }
+                overlap |= !tuples.insert((m.destination_port, n.clone(), transport.clone()));
             }
             if overlap {
                 self.err(
@@ -880,16 +868,6 @@ impl<'a> Ctx<'a> {
                     self.err(&p.f("typed_config").f(&field), message);
                 }
             }
-            if let Some(HttpFilterConfig::Router(r)) = &f.typed_config {
-                for (k, name) in r.strict_check_headers.iter().enumerate() {
-                    if !STRICT_CHECK_HEADERS.contains(&name.as_str()) {
-                        self.err(
-                            &p.f("typed_config").f("strict_check_headers").i(k),
-                            format!("value must be in list [{}]", STRICT_CHECK_HEADERS.join(" ")),
-                        );
-                    }
-                }
-            }
             if let Some(HttpFilterConfig::ExtAuthz(a)) = &f.typed_config {
                 authz_filters.insert(f.name.as_str());
                 self.ext_authz(&p.f("typed_config"), a);
@@ -968,10 +946,6 @@ impl<'a> Ctx<'a> {
                     (
                         "allowed_client_headers_on_success",
                         &r.allowed_client_headers_on_success,
-                    ),
-                    (
-                        "dynamic_metadata_from_headers",
-                        &r.dynamic_metadata_from_headers,
                     ),
                 ] {
                     self.list_matcher(&rp.f(field), l);
@@ -1274,18 +1248,7 @@ impl<'a> Ctx<'a> {
                         format!("route: unknown weighted cluster '{}'", c.name),
                     );
                 }
-                if let Some(h) = &c.host_rewrite_literal {
-                    self.header_text(&p.f("host_rewrite_literal"), h);
-                }
                 self.header_mutations(&p, mutations!(c));
-                self.per_filter_config(
-                    &p.f("typed_per_filter_config"),
-                    &c.typed_per_filter_config,
-                    scope,
-                );
-            }
-            if let Some(h) = &w.header_name {
-                self.header_text(&wp.f("header_name"), h);
             }
             match w.total_weight {
                 Some(t) if u64::from(t) != sum => self.err(
@@ -1330,9 +1293,6 @@ impl<'a> Ctx<'a> {
             if let Some(hh) = &h.header {
                 self.non_empty(&p.f("header").f("header_name"), &hh.header_name);
                 self.header_text(&p.f("header").f("header_name"), &hh.header_name);
-                if let Some(r) = &hh.regex_rewrite {
-                    self.regex_rewrite(&p.f("header").f("regex_rewrite"), r);
-                }
             }
         }
     }
@@ -1426,6 +1386,7 @@ impl<'a> Ctx<'a> {
         }
         self.lb_config(p, c);
         self.protocol_options(p, c);
+        self.upstream_protocol_limits(p, c);
         if let Some(cb) = &c.circuit_breakers {
             let tp = p.f("circuit_breakers").f("thresholds");
             let mut seen = HashSet::new();
@@ -1519,6 +1480,10 @@ impl<'a> Ctx<'a> {
                     );
                 }
             }
+            // sluice's ring hashes with xxHash (Envoy's default); MurmurHash2 is not implemented.
+            if let Some(f @ crate::cluster::RingHashFunction::MurmurHash2) = r.hash_function {
+                self.not_supported_value(&rp.f("hash_function"), &f);
+            }
             let min = r.minimum_ring_size.unwrap_or(1024);
             let max = r.maximum_ring_size.unwrap_or(MAX_RING);
             if min > max {
@@ -1587,18 +1552,86 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn upstream_http_options(&mut self, p: &P, h: &UpstreamHttpProtocolOptions) {
-        if let Some(sni) = h
-            .upstream_http_protocol_options
-            .as_ref()
-            .and_then(|u| u.override_auto_sni_header.as_ref())
-        {
-            self.header_text(
-                &p.f("upstream_http_protocol_options")
-                    .f("override_auto_sni_header"),
-                sni,
-            );
+    /// The HTTP protocol options a cluster shares with the connection manager but whose upstream
+    /// side sluice does not implement: refused at their path when set (the upstream HTTP/1.1 and
+    /// HTTP/2 clients are hyper's, with sluice's pool).
+    fn upstream_protocol_limits(&mut self, p: &P, c: &Cluster) {
+        let mut h1: Vec<(P, &Http1ProtocolOptions)> = Vec::new();
+        let mut h2: Vec<(P, &Http2ProtocolOptions)> = Vec::new();
+        let mut common: Vec<(P, &CommonHttpProtocolOptions)> = Vec::new();
+        if let Some(o) = &c.http_protocol_options {
+            h1.push((p.f("http_protocol_options"), o));
         }
+        if let Some(o) = &c.http2_protocol_options {
+            h2.push((p.f("http2_protocol_options"), o));
+        }
+        if let Some(o) = &c.common_http_protocol_options {
+            common.push((p.f("common_http_protocol_options"), o));
+        }
+        for (key, v) in &c.typed_extension_protocol_options {
+            let kp = p.f("typed_extension_protocol_options").f(key);
+            let ProtocolOptions::Http(u) = v;
+            if let Some(o) = &u.common_http_protocol_options {
+                common.push((kp.f("common_http_protocol_options"), o));
+            }
+            if let Some(e) = &u.explicit_http_config {
+                let ep = kp.f("explicit_http_config");
+                if let Some(o) = &e.http_protocol_options {
+                    h1.push((ep.f("http_protocol_options"), o));
+                }
+                if let Some(o) = &e.http2_protocol_options {
+                    h2.push((ep.f("http2_protocol_options"), o));
+                }
+            }
+            if let Some(d) = &u.use_downstream_protocol_config {
+                let dp = kp.f("use_downstream_protocol_config");
+                if let Some(o) = &d.http_protocol_options {
+                    h1.push((dp.f("http_protocol_options"), o));
+                }
+                if let Some(o) = &d.http2_protocol_options {
+                    h2.push((dp.f("http2_protocol_options"), o));
+                }
+            }
+        }
+        let upstream = format!("{NOT_SUPPORTED} for upstream connections");
+        for (hp, o) in h1 {
+            for (field, set) in [
+                ("accept_http_10", o.accept_http_10),
+                ("default_host_for_http_10", o.default_host_for_http_10.is_some()),
+                ("allow_absolute_url", o.allow_absolute_url.is_some()),
+                ("enable_trailers", o.enable_trailers),
+                ("allow_chunked_length", o.allow_chunked_length),
+            ] {
+                if set {
+                    self.err(&hp.f(field), upstream.clone());
+                }
+            }
+        }
+        for (hp, o) in h2 {
+            for (field, set) in [
+                ("max_concurrent_streams", o.max_concurrent_streams.is_some()),
+                ("allow_connect", o.allow_connect),
+            ] {
+                if set {
+                    self.err(&hp.f(field), upstream.clone());
+                }
+            }
+        }
+        for (cp, o) in common {
+            for (field, set) in [
+                ("idle_timeout", o.idle_timeout.is_some()),
+                ("max_headers_count", o.max_headers_count.is_some()),
+                ("headers_with_underscores_action", o.headers_with_underscores_action.is_some()),
+                ("max_requests_per_connection", o.max_requests_per_connection.is_some()),
+            ] {
+                if set {
+                    self.err(&cp.f(field), upstream.clone());
+                }
+            }
+        }
+    }
+
+    fn upstream_http_options(&mut self, p: &P, h: &UpstreamHttpProtocolOptions) {
         self.one_of(
             p,
             &[

@@ -8,13 +8,20 @@ use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use sluice_config::core::HeadersWithUnderscoresAction;
-use sluice_config::hcm::{CodecType, HttpConnectionManager as HcmConfig};
-use sluice_config::listener::{FilterChain, Listener as ListenerConfig, NetworkFilterConfig, TransportSocketConfig};
+use sluice_config::core::{
+    Address, CommonHttpProtocolOptions, HeadersWithUnderscoresAction, Http1ProtocolOptions, Http2ProtocolOptions,
+    KeepaliveSettings, SocketAddress,
+};
+use sluice_config::hcm::CodecType;
+use sluice_config::listener::{
+    FilterChain, FilterChainMatch, Listener as ListenerConfig, ListenerFilter, NetworkFilter, NetworkFilterConfig, TransportSocket,
+    TransportSocketConfig,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::access_log::connection::ConnectionLog;
+use crate::config_audit::{refused_at_load, without_effect};
 use crate::access_log::AccessLogs;
 use crate::filters::{ConnectionInfo, TlsInfo};
 use crate::body::Body;
@@ -29,14 +36,60 @@ use crate::upstream::ClusterManager;
 pub struct Chain {
     server_names: Vec<String>,
     transport_protocol: Option<String>,
+    /// `filter_chain_match.destination_port`.
+    destination_port: Option<u32>,
+    /// The listener's `default_filter_chain`: used when no other chain matches.
+    is_default: bool,
+    /// `transport_socket_connect_timeout`: how long the TLS handshake may take (`None`: no
+    /// limit, Envoy's default).
+    handshake_timeout: Option<std::time::Duration>,
     tls: Option<DownstreamTls>,
-    codec: CodecType,
+    /// The connection manager, with its codec settings (`codec`, `h1`, `h2`).
     hcm: Arc<HttpConnectionManager>,
     listener_http_stats: Arc<ListenerHttpStats>,
-    /// The HTTP/1 codec's settings.
-    h1: codec::Config,
-    /// `http2_protocol_options.allow_connect`: extended CONNECT (RFC 8441) on HTTP/2.
-    h2_allow_connect: bool,
+}
+
+/// The HTTP/2 server settings of a connection manager (`http2_protocol_options`).
+#[derive(Debug, Clone, Default)]
+pub struct H2Settings {
+    /// `allow_connect`: extended CONNECT (RFC 8441) on HTTP/2.
+    pub allow_connect: bool,
+    /// `max_concurrent_streams` (sluice's default 1024 when unset).
+    pub max_concurrent_streams: Option<u32>,
+    pub initial_stream_window_size: Option<u32>,
+    pub initial_connection_window_size: Option<u32>,
+    /// `connection_keepalive`: PING interval and the time to wait for its ACK.
+    pub keepalive: Option<(std::time::Duration, std::time::Duration)>,
+}
+
+impl H2Settings {
+    pub fn build(cfg: Option<&Http2ProtocolOptions>) -> H2Settings {
+        let Some(Http2ProtocolOptions {
+            max_concurrent_streams,
+            initial_stream_window_size,
+            initial_connection_window_size,
+            allow_connect,
+            connection_keepalive,
+        }) = cfg
+        else {
+            return H2Settings::default();
+        };
+        H2Settings {
+            allow_connect: *allow_connect,
+            max_concurrent_streams: *max_concurrent_streams,
+            initial_stream_window_size: *initial_stream_window_size,
+            initial_connection_window_size: *initial_connection_window_size,
+            keepalive: connection_keepalive.as_ref().and_then(keepalive),
+        }
+    }
+}
+
+/// `KeepaliveSettings` as (interval, timeout); `None` without an interval (the validator requires
+/// a timeout).
+pub fn keepalive(k: &KeepaliveSettings) -> Option<(std::time::Duration, std::time::Duration)> {
+    let KeepaliveSettings { interval, timeout } = k;
+    let interval = interval.map(|d| d.as_std()).filter(|d| !d.is_zero())?;
+    Some((interval, timeout.map_or(std::time::Duration::from_secs(20), |d| d.as_std())))
 }
 
 /// A listener, built from config, not yet bound.
@@ -44,6 +97,13 @@ pub struct Listener {
     /// The config name, or a generated UUID as Envoy does for unnamed listeners.
     pub name: String,
     pub address: SocketAddr,
+    /// `enable_reuse_port` (default true, as Envoy).
+    pub reuse_port: bool,
+    /// For an IPv6 address: accept IPv6 only (Envoy's default), unless `ipv4_compat`.
+    pub v6_only: bool,
+    /// `listener_filters_timeout` (default 15 s, `None` when 0): how long the first bytes or the
+    /// TLS ClientHello may take.
+    filters_timeout: Option<std::time::Duration>,
     chains: Vec<Chain>,
     stats: ListenerStats,
     access_logs: Option<Arc<AccessLogs>>,
@@ -66,31 +126,66 @@ pub fn listener_stat_prefix(addr: SocketAddr) -> String {
 impl Listener {
     /// Build a listener; errors are (path relative to the listener, message).
     pub fn build(cfg: &ListenerConfig, clusters: &Arc<ClusterManager>, store: &Store) -> Result<Listener, (String, String)> {
-        let address = cfg
-            .address
-            .socket_address
-            .as_ref()
-            .and_then(|s| s.to_socket_addr())
-            .ok_or_else(|| ("address.socket_address".to_string(), "an IP address and port are required".to_string()))?;
-        let lprefix = listener_stat_prefix(address);
+        let ListenerConfig {
+            name,
+            address,
+            stat_prefix,
+            filter_chains,
+            default_filter_chain,
+            listener_filters,
+            per_connection_buffer_limit_bytes,
+            enable_reuse_port,
+            traffic_direction,
+            connection_balance_config,
+            listener_filters_timeout,
+            socket_options,
+            access_log,
+            udp_listener_config,
+            additional_addresses,
+        } = cfg;
+        for refused in [
+            per_connection_buffer_limit_bytes,
+            traffic_direction,
+            connection_balance_config,
+            socket_options,
+            udp_listener_config,
+            additional_addresses,
+        ] {
+            refused_at_load(refused);
+        }
+        for ListenerFilter { name, typed_config } in listener_filters {
+            // The loader accepts only the TLS inspector; Envoy adds it by itself when a chain
+            // matches on `server_names` or `transport_protocol`, and sluice always reads the
+            // ClientHello of a TLS connection, so listing it changes nothing.
+            without_effect(name, "the TLS inspector is the only listener filter, and it is implicit");
+            without_effect(typed_config, "the TLS inspector is the only listener filter, and it is implicit");
+        }
+        let (address, v6_only) = bind_address(address).map_err(|e| ("address.socket_address".to_string(), e))?;
+        let lprefix = match stat_prefix {
+            Some(p) => format!("listener.{p}."),
+            None => listener_stat_prefix(address),
+        };
         let mut chains = Vec::new();
-        let all: Vec<(String, &FilterChain)> = cfg
-            .filter_chains
+        let all: Vec<(String, &FilterChain, bool)> = filter_chains
             .iter()
             .enumerate()
-            .map(|(i, c)| (format!("filter_chains[{i}]"), c))
-            .chain(cfg.default_filter_chain.iter().map(|c| ("default_filter_chain".to_string(), c)))
+            .map(|(i, c)| (format!("filter_chains[{i}]"), c, false))
+            .chain(default_filter_chain.iter().map(|c| ("default_filter_chain".to_string(), c, true)))
             .collect();
-        for (path, chain) in all {
-            chains.push(build_chain(chain, clusters, store, &lprefix).map_err(|(p, e)| (format!("{path}.{p}"), e))?);
+        for (path, chain, is_default) in all {
+            chains.push(build_chain(chain, is_default, clusters, store, &lprefix).map_err(|(p, e)| (format!("{path}.{p}"), e))?);
         }
         if chains.is_empty() {
             return Err(("filter_chains".to_string(), "at least one filter chain is required".to_string()));
         }
-        let access_logs = AccessLogs::build(&cfg.access_log, store).map_err(|(p, e)| (format!("access_log{p}"), e))?;
+        let access_logs = AccessLogs::build(access_log, store).map_err(|(p, e)| (format!("access_log{p}"), e))?;
+        let filters_timeout = listener_filters_timeout.map_or(std::time::Duration::from_secs(15), |d| d.as_std());
         Ok(Listener {
-            name: cfg.name.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            name: name.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             address,
+            reuse_port: enable_reuse_port.unwrap_or(true),
+            v6_only,
+            filters_timeout: (!filters_timeout.is_zero()).then_some(filters_timeout),
             chains,
             access_logs,
             stats: ListenerStats {
@@ -102,6 +197,16 @@ impl Listener {
                 server_total_connections: store.gauge("server.total_connections"),
             },
         })
+    }
+
+    /// The chains a connection to `port` may use: those whose `destination_port` is `port`, or
+    /// else those without one (Envoy matches the destination port first).
+    fn port_chains(&self, port: u16) -> Vec<&Chain> {
+        let exact: Vec<&Chain> = self.chains.iter().filter(|c| c.destination_port == Some(u32::from(port))).collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        self.chains.iter().filter(|c| c.destination_port.is_none()).collect()
     }
 
     /// Accept connections until the task is dropped.
@@ -142,19 +247,26 @@ impl Listener {
                 l.finish(Arc::new(ConnectionInfo::new(peer, local, tls.map(Arc::new))), None, ResponseFlags::NO_ROUTE_FOUND);
             }
         };
-        let has_tls = self.chains.iter().any(|c| c.tls.is_some());
-        let has_plain = self.chains.iter().any(|c| c.tls.is_none());
+        let chains = self.port_chains(local.port());
+        let default_chain = self.chains.iter().find(|c| c.is_default);
+        let has_tls = chains.iter().chain(default_chain.iter()).any(|c| c.tls.is_some());
+        let has_plain = chains.iter().chain(default_chain.iter()).any(|c| c.tls.is_none());
         let is_tls = if has_tls && has_plain {
             let mut first = [0u8; 1];
-            match tokio::time::timeout(std::time::Duration::from_secs(15), stream.peek(&mut first)).await {
-                Ok(Ok(1)) => first[0] == 0x16,
+            match with_timeout(self.filters_timeout, stream.peek(&mut first)).await {
+                Some(Ok(1)) => first[0] == 0x16,
                 _ => return,
             }
         } else {
             has_tls
         };
         if !is_tls {
-            let Some(chain) = self.chains.iter().find(|c| c.tls.is_none() && c.transport_protocol.as_deref() != Some("tls")) else {
+            let plain = chains
+                .iter()
+                .copied()
+                .find(|c| c.tls.is_none() && c.transport_protocol.as_deref() != Some("tls"))
+                .or(default_chain.filter(|c| c.tls.is_none()));
+            let Some(chain) = plain else {
                 refused(log, None);
                 return;
             };
@@ -163,7 +275,7 @@ impl Listener {
             // connection is counted as HTTP/1 or HTTP/2 (`downstream_cx_http{1,2}_total`).
             // HTTP2: anything else is closed without an answer (Envoy). HTTP1: an HTTP/2
             // preface gets the codec's 400.
-            let codec = match chain.codec {
+            let codec = match chain.hcm.codec {
                 CodecType::Auto => match sniff_h2_preface(&stream).await {
                     Sniff::H2 => CodecType::Http2,
                     Sniff::Other => CodecType::Http1,
@@ -198,20 +310,31 @@ impl Listener {
             return;
         }
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
-        let start = match tokio::time::timeout(std::time::Duration::from_secs(15), acceptor).await {
-            Ok(Ok(s)) => s,
+        let start = match with_timeout(self.filters_timeout, acceptor).await {
+            Some(Ok(s)) => s,
             _ => return,
         };
         let sni = start.client_hello().server_name().map(str::to_string);
-        let Some(chain) = self.select_tls_chain(sni.as_deref()) else {
+        let Some(chain) = select_tls_chain(&chains, sni.as_deref()).or(default_chain.filter(|c| c.tls.is_some())) else {
             refused(log, Some(TlsInfo { sni, ..Default::default() }));
             return;
         };
         let Some(tls) = &chain.tls else { return };
-        let stream = match start.into_stream(tls.config.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(%peer, "TLS handshake failed: {e}");
+        if tls.require_sni && sni.is_none() {
+            // `require_sni`: the handshake fails without a server name (no alert sluice can send
+            // before the handshake; the connection is closed).
+            if let Some(l) = log {
+                l.finish(Arc::new(ConnectionInfo::new(peer, local, None)), None, ResponseFlags::empty());
+            }
+            return;
+        }
+        let stream = match with_timeout(chain.handshake_timeout, start.into_stream(tls.config.clone())).await {
+            Some(Ok(s)) => s,
+            failed => {
+                match failed {
+                    Some(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    _ => tracing::debug!(%peer, "TLS handshake timed out (transport_socket_connect_timeout)"),
+                }
                 if let Some(l) = log {
                     l.finish(Arc::new(ConnectionInfo::new(peer, local, None)), None, ResponseFlags::empty());
                 }
@@ -242,27 +365,37 @@ impl Listener {
         }
     }
 
-    fn select_tls_chain(&self, sni: Option<&str>) -> Option<&Chain> {
-        let tls_chains = || self.chains.iter().filter(|c| c.tls.is_some());
-        if let Some(sni) = sni {
-            // Exact names beat wildcards, longer wildcards beat shorter.
-            let mut best: Option<(&Chain, usize)> = None;
-            for c in tls_chains() {
-                for name in &c.server_names {
-                    if tls::sni_matches(name, sni) {
-                        let score = if name.starts_with('*') { name.len() } else { usize::MAX };
-                        if best.is_none_or(|(_, s)| score > s) {
-                            best = Some((c, score));
-                        }
+}
+
+/// `fut` within `limit` (`None` when it ran out), or without a limit.
+async fn with_timeout<F: std::future::Future>(limit: Option<std::time::Duration>, fut: F) -> Option<F::Output> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+/// The TLS chain for a ClientHello's SNI among `chains`.
+fn select_tls_chain<'c>(chains: &[&'c Chain], sni: Option<&str>) -> Option<&'c Chain> {
+    let tls_chains = || chains.iter().copied().filter(|c| c.tls.is_some());
+    if let Some(sni) = sni {
+        // Exact names beat wildcards, longer wildcards beat shorter.
+        let mut best: Option<(&Chain, usize)> = None;
+        for c in tls_chains() {
+            for name in &c.server_names {
+                if tls::sni_matches(name, sni) {
+                    let score = if name.starts_with('*') { name.len() } else { usize::MAX };
+                    if best.is_none_or(|(_, s)| score > s) {
+                        best = Some((c, score));
                     }
                 }
             }
-            if let Some((c, _)) = best {
-                return Some(c);
-            }
         }
-        tls_chains().find(|c| c.server_names.is_empty())
+        if let Some((c, _)) = best {
+            return Some(c);
+        }
     }
+    tls_chains().find(|c| c.server_names.is_empty())
 }
 
 /// The protocol a connection spoke, for its listener access log.
@@ -325,62 +458,138 @@ async fn close_unanswered(mut stream: TcpStream) {
     .await;
 }
 
-/// The HTTP/1 codec's settings from the connection manager's config.
-fn h1_config(cfg: &HcmConfig, store: &Store) -> Result<codec::Config, (String, String)> {
-    let server_name = http::HeaderValue::from_str(cfg.server_name())
-        .map_err(|_| ("server_name".to_string(), "invalid header value".to_string()))?;
-    let common = cfg.common_http_protocol_options.as_ref();
-    let h1 = cfg.http_protocol_options.as_ref();
-    let underscores = match common.and_then(|c| c.headers_with_underscores_action) {
+/// A listener's (or the admin's) IP address to bind, and whether an IPv6 socket accepts IPv6
+/// only (`ipv4_compat: false`, Envoy's default).
+pub fn bind_address(address: &Address) -> Result<(SocketAddr, bool), String> {
+    let Address { socket_address, pipe, envoy_internal_address } = address;
+    refused_at_load(pipe);
+    refused_at_load(envoy_internal_address);
+    let Some(SocketAddress { protocol, address, port_value, named_port, resolver_name, ipv4_compat }) = socket_address else {
+        return Err("an IP address and port are required".to_string());
+    };
+    refused_at_load(named_port);
+    refused_at_load(resolver_name);
+    // UDP is refused by the validator; TCP is the default.
+    without_effect(protocol, "TCP is the only protocol the loader accepts");
+    let ip: std::net::IpAddr = address
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| "an IP address and port are required".to_string())?;
+    let port = u16::try_from(*port_value).map_err(|_| "an IP address and port are required".to_string())?;
+    Ok((SocketAddr::new(ip, port), ip.is_ipv6() && !ipv4_compat))
+}
+
+/// The HTTP/1 codec's settings from the connection manager's config, and its
+/// `default_host_for_http_10`.
+pub(crate) fn h1_config(
+    server_name: &http::HeaderValue,
+    max_head_bytes: usize,
+    h1: Option<&Http1ProtocolOptions>,
+    common: Option<&CommonHttpProtocolOptions>,
+    store: &Store,
+) -> (codec::Config, Option<String>) {
+    let default_h1 = Http1ProtocolOptions::default();
+    let Http1ProtocolOptions {
+        accept_http_10,
+        default_host_for_http_10,
+        allow_absolute_url,
+        header_key_format,
+        enable_trailers,
+        allow_chunked_length,
+    } = h1.unwrap_or(&default_h1);
+    refused_at_load(header_key_format);
+    let default_common = CommonHttpProtocolOptions::default();
+    let CommonHttpProtocolOptions {
+        idle_timeout,
+        max_connection_duration,
+        max_headers_count,
+        max_stream_duration,
+        headers_with_underscores_action,
+        max_requests_per_connection,
+    } = common.unwrap_or(&default_common);
+    refused_at_load(max_connection_duration);
+    refused_at_load(max_stream_duration);
+    let underscores = match headers_with_underscores_action {
         None | Some(HeadersWithUnderscoresAction::Allow) => Underscores::Allow,
         Some(HeadersWithUnderscoresAction::RejectRequest) => Underscores::Reject,
         Some(HeadersWithUnderscoresAction::DropHeader) => Underscores::Drop,
     };
-    let idle = common.and_then(|c| c.idle_timeout).map_or(std::time::Duration::from_secs(3600), |d| d.as_std());
-    Ok(codec::Config {
+    let idle = idle_timeout.map_or(std::time::Duration::from_secs(3600), |d| d.as_std());
+    let config = codec::Config {
         parse: ParseConfig {
-            max_head_bytes: cfg.max_request_headers_bytes(),
-            max_headers: common.and_then(|c| c.max_headers_count).map_or(100, |n| n as usize),
+            max_head_bytes,
+            max_headers: max_headers_count.map_or(100, |n| n as usize),
             underscores,
-            accept_http_10: cfg.accept_http_10(),
-            allow_chunked_length: h1.is_some_and(|o| o.allow_chunked_length),
-            allow_absolute_url: h1.and_then(|o| o.allow_absolute_url).unwrap_or(true),
+            accept_http_10: *accept_http_10,
+            allow_chunked_length: *allow_chunked_length,
+            allow_absolute_url: allow_absolute_url.unwrap_or(true),
         },
-        enable_trailers: h1.is_some_and(|o| o.enable_trailers),
+        enable_trailers: *enable_trailers,
         idle_timeout: (!idle.is_zero()).then_some(idle),
-        max_requests_per_connection: common.and_then(|c| c.max_requests_per_connection),
-        server_name,
+        max_requests_per_connection: *max_requests_per_connection,
+        server_name: server_name.clone(),
         stats: CodecStats {
             dropped_headers_with_underscores: Some(store.counter("http1.dropped_headers_with_underscores")),
             requests_rejected_with_underscores_in_headers: Some(store.counter("http1.requests_rejected_with_underscores_in_headers")),
         },
-    })
+    };
+    (config, if *accept_http_10 { default_host_for_http_10.clone() } else { None })
 }
 
-fn build_chain(chain: &FilterChain, clusters: &Arc<ClusterManager>, store: &Store, lprefix: &str) -> Result<Chain, (String, String)> {
-    let [filter] = chain.filters.as_slice() else {
+fn build_chain(
+    chain: &FilterChain,
+    is_default: bool,
+    clusters: &Arc<ClusterManager>,
+    store: &Store,
+    lprefix: &str,
+) -> Result<Chain, (String, String)> {
+    let FilterChain { name, filter_chain_match, filters, transport_socket, transport_socket_connect_timeout } = chain;
+    without_effect(name, "a chain's name shows only in /config_dump and %FILTER_CHAIN_NAME%, which sluice refuses");
+    let [NetworkFilter { name, typed_config }] = filters.as_slice() else {
         return Err(("filters".to_string(), "exactly one network filter (the HTTP connection manager) is required".to_string()));
     };
-    let NetworkFilterConfig::HttpConnectionManager(hcm_cfg) = &filter.typed_config;
+    without_effect(name, "the network filter is chosen by its typed_config");
+    let NetworkFilterConfig::HttpConnectionManager(hcm_cfg) = typed_config;
     let hcm = HttpConnectionManager::build(hcm_cfg, clusters, store).map_err(|(p, e)| (format!("filters[0].typed_config.{p}"), e))?;
-    let tls = match chain.transport_socket.as_ref().map(|t| &t.typed_config) {
-        Some(TransportSocketConfig::DownstreamTls(ctx)) => {
-            Some(tls::downstream(ctx).map_err(|(p, e)| (format!("transport_socket.typed_config.{p}"), e))?)
+    let tls = match transport_socket {
+        Some(TransportSocket { name, typed_config }) => {
+            without_effect(name, "the transport socket is chosen by its typed_config");
+            match typed_config {
+                TransportSocketConfig::DownstreamTls(ctx) => {
+                    Some(tls::downstream(ctx).map_err(|(p, e)| (format!("transport_socket.typed_config.{p}"), e))?)
+                }
+                TransportSocketConfig::RawBuffer(_) => None,
+                TransportSocketConfig::UpstreamTls(_) => {
+                    return Err(("transport_socket".to_string(), "a listener needs a DownstreamTlsContext".to_string()))
+                }
+            }
         }
-        Some(TransportSocketConfig::RawBuffer(_)) | None => None,
-        Some(TransportSocketConfig::UpstreamTls(_)) => {
-            return Err(("transport_socket".to_string(), "a listener needs a DownstreamTlsContext".to_string()))
-        }
+        None => None,
     };
-    let m = chain.filter_chain_match.as_ref();
+    let default_match = FilterChainMatch::default();
+    let FilterChainMatch {
+        server_names,
+        transport_protocol,
+        application_protocols,
+        destination_port,
+        prefix_ranges,
+        source_prefix_ranges,
+        source_ports,
+        direct_source_prefix_ranges,
+        source_type,
+    } = filter_chain_match.as_ref().unwrap_or(&default_match);
+    for refused in [application_protocols, prefix_ranges, source_prefix_ranges, source_ports, direct_source_prefix_ranges, source_type] {
+        refused_at_load(refused);
+    }
     Ok(Chain {
-        server_names: m.map(|m| m.server_names.clone()).unwrap_or_default(),
-        transport_protocol: m.and_then(|m| m.transport_protocol.clone()),
+        server_names: server_names.clone(),
+        transport_protocol: transport_protocol.clone(),
+        destination_port: *destination_port,
+        is_default,
+        handshake_timeout: transport_socket_connect_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
         tls,
-        codec: hcm_cfg.codec_type,
-        listener_http_stats: Arc::new(ListenerHttpStats::new(store, lprefix, &hcm_cfg.stat_prefix)),
-        h1: h1_config(hcm_cfg, store).map_err(|(p, e)| (format!("filters[0].typed_config.{p}"), e))?,
-        h2_allow_connect: hcm_cfg.http2_protocol_options.as_ref().is_some_and(|o| o.allow_connect),
+        listener_http_stats: Arc::new(ListenerHttpStats::new(store, lprefix, &hcm.stat_prefix)),
         hcm: Arc::new(hcm),
     })
 }
@@ -438,8 +647,18 @@ where
             Box::pin(async move { Ok::<_, Infallible>(hcm.handle(req.map(Body::incoming), &ctx).await) })
         });
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new()).max_concurrent_streams(Some(1024));
-        if chain.h2_allow_connect {
+        let h2 = &chain.hcm.h2;
+        builder.timer(TokioTimer::new()).max_concurrent_streams(Some(h2.max_concurrent_streams.unwrap_or(1024)));
+        if let Some(w) = h2.initial_stream_window_size {
+            builder.initial_stream_window_size(w);
+        }
+        if let Some(w) = h2.initial_connection_window_size {
+            builder.initial_connection_window_size(w);
+        }
+        if let Some((interval, timeout)) = h2.keepalive {
+            builder.keep_alive_interval(interval).keep_alive_timeout(timeout);
+        }
+        if h2.allow_connect {
             builder.enable_connect_protocol();
         }
         let end = match builder.serve_connection(TokioIo::new(io), svc).await {
@@ -461,7 +680,7 @@ where
         stats.downstream_cx_http1_total.inc();
         stats.downstream_cx_http1_active.inc();
         let svc = HcmService { hcm: chain.hcm.clone(), ctx };
-        let end = codec::serve(io, &chain.h1, &svc).await;
+        let end = codec::serve(io, &chain.hcm.h1, &svc).await;
         stats.downstream_cx_http1_active.dec();
         end
     };

@@ -61,10 +61,11 @@ impl Drop for RunningServer {
 /// Each listener with its `enable_reuse_port` (default true, as Envoy).
 pub fn build_listeners(snapshot: &Snapshot, clusters: &Arc<ClusterManager>, stats: &Store) -> anyhow::Result<Vec<(Listener, bool)>> {
     let mut out = Vec::new();
-    for (i, l) in snapshot.bootstrap.static_resources.listeners.iter().enumerate() {
+    for (i, l) in crate::bootstrap::settings(&snapshot.bootstrap).listeners.iter().enumerate() {
         let listener = Listener::build(l, clusters, stats)
             .map_err(|(p, e)| anyhow::anyhow!("static_resources.listeners[{i}].{p}: {e}"))?;
-        out.push((listener, l.enable_reuse_port.unwrap_or(true)));
+        let reuse_port = listener.reuse_port;
+        out.push((listener, reuse_port));
     }
     Ok(out)
 }
@@ -88,7 +89,7 @@ pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<
     for (l, reuse_port) in listeners {
         let l = Arc::new(l);
         let bind_err = |e: std::io::Error| anyhow::anyhow!("cannot bind listener '{}' to {}: {e}", l.name, l.address);
-        let first = bind(l.address, reuse_port).await.map_err(bind_err)?;
+        let first = bind(l.address, reuse_port, l.v6_only).await.map_err(bind_err)?;
         let local = first.local_addr()?;
         infos.push(ListenerInfo { name: l.name.clone(), address: local });
         let first = first.into_std()?;
@@ -97,7 +98,7 @@ pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<
                 0 => first.try_clone()?,
                 // Without reuse_port the workers share one socket (a duplicate descriptor).
                 _ if !reuse_port => first.try_clone()?,
-                _ => bind(local, true).await.map_err(bind_err)?.into_std()?,
+                _ => bind(local, true, l.v6_only).await.map_err(bind_err)?.into_std()?,
             };
             sockets.push((l.clone(), socket));
         }
@@ -105,14 +106,11 @@ pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<
     stats.counter("listener_manager.listener_added").add(infos.len() as u64);
     stats.gauge("listener_manager.total_listeners_active").set(infos.len() as i64);
 
-    let admin_addr = match snapshot.bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) {
+    let settings = crate::bootstrap::settings(&snapshot.bootstrap);
+    let admin_addr = match settings.admin {
         Some(a) => {
-            let addr = a
-                .socket_address
-                .as_ref()
-                .and_then(|s| s.to_socket_addr())
-                .ok_or_else(|| anyhow::anyhow!("admin.address: an IP address and port are required"))?;
-            let socket = bind(addr, false).await.map_err(|e| anyhow::anyhow!("cannot bind admin to {addr}: {e}"))?;
+            let (addr, v6_only) = a.map_err(|e| anyhow::anyhow!("admin.address: {e}"))?;
+            let socket = bind(addr, false, v6_only).await.map_err(|e| anyhow::anyhow!("cannot bind admin to {addr}: {e}"))?;
             Some((socket.local_addr()?, socket))
         }
         None => None,
@@ -140,7 +138,7 @@ pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<
         }
         None => None,
     };
-    tasks.push(admin::spawn_stats_flush(ctx.clone(), snapshot.bootstrap.stats_flush_interval()));
+    tasks.push(admin::spawn_stats_flush(ctx.clone(), settings.stats_flush_interval));
 
     // Envoy's cluster warming: listeners accept only once every cluster had its first answer.
     state.set_state(State::Initializing);
@@ -159,8 +157,12 @@ pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<
     Ok(RunningServer { listeners: infos, admin: admin_local, state, stats, clusters, tasks, stop_workers })
 }
 
-async fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+async fn bind(addr: SocketAddr, reuse_port: bool, v6_only: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    if addr.is_ipv6() {
+        // Envoy binds IPv6 addresses IPv6-only unless `ipv4_compat` is set.
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6V6Only, &v6_only).map_err(std::io::Error::from)?;
+    }
     socket.set_reuseaddr(true)?;
     if reuse_port {
         socket.set_reuseport(true)?;

@@ -28,6 +28,7 @@ use http_body::{Frame, SizeHint};
 use sluice_config::access_log::{AccessLog, AccessLoggerConfig, FileAccessLog, StreamAccessLog};
 
 use crate::body::{Body, BoxError};
+use crate::config_audit::without_effect;
 use crate::formatter::substitution::FormatString;
 use crate::formatter::{Context, RequestHead, ResponseView};
 use crate::stats::Store;
@@ -96,7 +97,7 @@ impl AccessLogs {
 impl Logger {
     fn build(cfg: &AccessLog, store: &Store) -> Result<Logger, BuildError> {
         let AccessLog { name, filter, typed_config } = cfg;
-        let _ = name;
+        without_effect(name, "the logger is chosen by its typed_config");
         let filter = match filter {
             Some(f) => Some(Filter::build(f).map_err(|(p, e)| (join("filter", &p), e))?),
             None => None,

@@ -19,11 +19,9 @@ fn store() -> &'static ArcSwap<Values> {
 /// Load the static layers of a bootstrap (called when a configuration is applied).
 pub fn set_from_bootstrap(bootstrap: &Bootstrap) {
     let mut values = HashMap::new();
-    if let Some(rt) = &bootstrap.layered_runtime {
-        for layer in &rt.layers {
-            if let Some(v) = &layer.static_layer {
-                flatten("", v, &mut values);
-            }
+    for (_, layer) in crate::bootstrap::settings(bootstrap).runtime_layers {
+        if let Some(v) = layer {
+            flatten("", v, &mut values);
         }
     }
     store().store(Arc::new(values));

@@ -277,9 +277,10 @@ pub fn text(views: &[ClusterView], filter: Option<&Regex>) -> String {
             out.push_str(&format!("{n}::{a}::hostname::{}\n", h.hostname));
             out.push_str(&format!("{n}::{a}::health_flags::{}\n", health_flags(h)));
             out.push_str(&format!("{n}::{a}::weight::{}\n", h.weight));
-            out.push_str(&format!("{n}::{a}::region::{}\n", h.locality.region));
-            out.push_str(&format!("{n}::{a}::zone::{}\n", h.locality.zone));
-            out.push_str(&format!("{n}::{a}::sub_zone::{}\n", h.locality.sub_zone));
+            let Locality { region, zone, sub_zone } = &h.locality;
+            out.push_str(&format!("{n}::{a}::region::{region}\n"));
+            out.push_str(&format!("{n}::{a}::zone::{zone}\n"));
+            out.push_str(&format!("{n}::{a}::sub_zone::{sub_zone}\n"));
             out.push_str(&format!("{n}::{a}::canary::false\n"));
             out.push_str(&format!("{n}::{a}::priority::{}\n", h.priority));
             out.push_str(&format!("{n}::{a}::success_rate::{}\n", rate(h.success_rate)));

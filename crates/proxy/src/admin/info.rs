@@ -60,8 +60,9 @@ fn node_json(b: &Bootstrap, source_node: Option<&Value>) -> Value {
     match source_node.and_then(Value::as_object) {
         Some(n) => node.extend(n.clone()),
         None => {
-            node.insert("id".into(), json!(b.node.as_ref().map(|n| n.id.clone()).unwrap_or_default()));
-            node.insert("cluster".into(), json!(b.node.as_ref().map(|n| n.cluster.clone()).unwrap_or_default()));
+            let settings = crate::bootstrap::settings(b);
+            node.insert("id".into(), json!(settings.node_id));
+            node.insert("cluster".into(), json!(settings.local_cluster));
         }
     }
     let mut parts = env!("CARGO_PKG_VERSION").split('.').map(|p| p.parse::<u64>().unwrap_or(0));
@@ -395,7 +396,7 @@ impl CertDetails {
 
 /// The first certificate of a PEM data source.
 pub fn cert_details(ds: &DataSource) -> Option<CertDetails> {
-    let bytes = ds.load().ok()?;
+    let bytes = crate::data_source::load(ds).ok()?;
     let pem = x509_parser::pem::Pem::iter_from_buffer(&bytes).next()?.ok()?;
     let cert = pem.parse_x509().ok()?;
     let mut serial = cert.raw_serial();
@@ -529,11 +530,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
 /// `/runtime`: `{"entries": {key: {"final_value", "layer_values"}}, "layers": [names]}`.
 pub fn runtime_json(b: &Bootstrap) -> Value {
     use std::collections::BTreeMap;
-    let layers = b.layered_runtime.as_ref().map(|r| r.layers.as_slice()).unwrap_or(&[]);
+    let layers = crate::bootstrap::settings(b).runtime_layers;
     let mut per_layer: Vec<BTreeMap<String, String>> = Vec::new();
-    for layer in layers {
+    for (_, layer) in &layers {
         let mut kv = Vec::new();
-        if let Some(s) = &layer.static_layer {
+        if let Some(s) = layer {
             flatten("", s, &mut kv);
         }
         per_layer.push(kv.into_iter().collect());
@@ -549,7 +550,7 @@ pub fn runtime_json(b: &Bootstrap) -> Value {
     }
     json!({
         "entries": Value::Object(entries),
-        "layers": layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
+        "layers": layers.iter().map(|(name, _)| name.to_string()).collect::<Vec<_>>(),
     })
 }
 
@@ -624,12 +625,12 @@ mod tests {
             "layered_runtime": {"layers": [
                 {"name": "static_layer_0", "static_layer": {"envoy": {"resource_limits": {"listener": {"x": {"connection_limit": 10000}}}}}},
                 {"name": "static_layer_1", "static_layer": {"a": {"b": 1, "c": "x", "d": true}, "re.loadbalancing": 0.5}},
-                {"name": "admin", "admin_layer": {}}
+                {"name": "empty"}
             ]}
         }))
         .unwrap();
         let v = runtime_json(&b);
-        assert_eq!(v["layers"], json!(["static_layer_0", "static_layer_1", "admin"]));
+        assert_eq!(v["layers"], json!(["static_layer_0", "static_layer_1", "empty"]));
         assert_eq!(
             v["entries"]["envoy.resource_limits.listener.x.connection_limit"],
             json!({"final_value": "10000", "layer_values": ["10000", "", ""]})

@@ -22,8 +22,13 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
 use regex::Regex;
-use sluice_config::core::{ListStringMatcher, StringPattern};
-use sluice_config::ext_authz::{BufferSettings, ExtAuthz};
+use sluice_config::core::{HeaderValue as HeaderValueCfg, ListStringMatcher, RegexMatcher, StringMatcher};
+use sluice_config::ext_authz::{
+    AuthorizationRequest, AuthorizationResponse, BufferSettings, CheckSettings, EnvoyGrpc, ExtAuthz, ExtAuthzPerRoute, GrpcService,
+    HttpService as HttpServiceCfg, HttpStatus, HttpUri,
+};
+
+use crate::config_audit::{refused_at_load, without_effect};
 
 use super::{BoxFuture, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
 use crate::body::{Body, BoxError};
@@ -47,6 +52,41 @@ static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 // ---------------------------------------------------------------------------------------------
 // Configuration, compiled once.
 
+/// `ExtAuthzPerRoute` of one route, virtual host, route table or weighted cluster.
+#[derive(Debug, Clone, Default)]
+pub struct PerRoute {
+    /// `disabled: true`: no check for this route.
+    pub disabled: bool,
+    /// `check_settings.context_extensions` (the most specific level wins per key).
+    pub context_extensions: BTreeMap<String, String>,
+    /// The request body settings of this level: `Some(None)` with
+    /// `disable_request_body_buffering`, `Some(Some(b))` with its own `with_request_body`,
+    /// `None` to keep the filter's.
+    pub body: Option<Option<BufferSettings>>,
+}
+
+impl PerRoute {
+    pub fn build(cfg: &ExtAuthzPerRoute) -> PerRoute {
+        let ExtAuthzPerRoute { disabled, check_settings } = cfg;
+        let (context_extensions, body) = match check_settings {
+            Some(CheckSettings {
+                context_extensions,
+                disable_request_body_buffering,
+                with_request_body,
+                grpc_service,
+                http_service,
+            }) => {
+                refused_at_load(grpc_service);
+                refused_at_load(http_service);
+                let body = if *disable_request_body_buffering { Some(None) } else { with_request_body.clone().map(Some) };
+                (context_extensions.clone(), body)
+            }
+            None => (BTreeMap::new(), None),
+        };
+        PerRoute { disabled: *disabled == Some(true), context_extensions, body }
+    }
+}
+
 /// One compiled string pattern of a `ListStringMatcher`, applied to lower-case header names.
 #[derive(Debug)]
 enum Pat {
@@ -65,9 +105,12 @@ pub struct NameMatcher {
 
 impl NameMatcher {
     pub fn build(l: &ListStringMatcher) -> anyhow::Result<Self> {
-        let mut pats = Vec::with_capacity(l.patterns.len());
-        for m in &l.patterns {
-            let ic = m.ignore_case;
+        let ListStringMatcher { patterns } = l;
+        let mut pats = Vec::with_capacity(patterns.len());
+        for m in patterns {
+            let StringMatcher { exact, prefix, suffix, safe_regex, contains, custom, ignore_case } = m;
+            refused_at_load(custom);
+            let ic = *ignore_case;
             let norm = |s: &str| {
                 if ic {
                     s.to_ascii_lowercase()
@@ -75,22 +118,17 @@ impl NameMatcher {
                     s.to_string()
                 }
             };
-            let p = match m
-                .pattern()
-                .ok_or_else(|| anyhow::anyhow!("string matcher needs exactly one pattern"))?
-            {
-                StringPattern::Exact(s) => Pat::Exact(norm(s)),
-                StringPattern::Prefix(s) => Pat::Prefix(norm(s)),
-                StringPattern::Suffix(s) => Pat::Suffix(norm(s)),
-                StringPattern::Contains(s) => Pat::Contains(norm(s)),
-                StringPattern::Regex(r) => {
-                    let src = if ic {
-                        format!("(?i)^(?:{r})$")
-                    } else {
-                        format!("^(?:{r})$")
-                    };
+            let p = match (exact, prefix, suffix, contains, safe_regex) {
+                (Some(s), None, None, None, None) => Pat::Exact(norm(s)),
+                (None, Some(s), None, None, None) => Pat::Prefix(norm(s)),
+                (None, None, Some(s), None, None) => Pat::Suffix(norm(s)),
+                (None, None, None, Some(s), None) => Pat::Contains(norm(s)),
+                (None, None, None, None, Some(RegexMatcher { google_re2, regex })) => {
+                    without_effect(google_re2, "deprecated RE2 program-size settings; sluice's regex engine has its own limits");
+                    let src = if ic { format!("(?i)^(?:{regex})$") } else { format!("^(?:{regex})$") };
                     Pat::Regex(Regex::new(&src)?)
                 }
+                _ => anyhow::bail!("string matcher needs exactly one pattern"),
             };
             pats.push((p, ic));
         }
@@ -119,6 +157,8 @@ enum Service {
         authority: HeaderValue,
         timeout: Duration,
         grpc_timeout: HeaderValue,
+        /// `grpc_service.initial_metadata`: headers of every check call.
+        metadata: Vec<(HeaderName, HeaderValue)>,
     },
     Http(Box<HttpService>),
 }
@@ -180,67 +220,118 @@ fn header_name(key: &str) -> anyhow::Result<HeaderName> {
 
 impl ExtAuthzFilter {
     pub fn build(cfg: &ExtAuthz, ctx: &FilterFactoryContext<'_>) -> anyhow::Result<Self> {
-        let service = match (&cfg.grpc_service, &cfg.http_service) {
-            (Some(g), None) => {
-                let eg = g.envoy_grpc.as_ref().ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "grpc_service: envoy_grpc is required (google_grpc is not supported)"
-                    )
-                })?;
-                let timeout = g.timeout.map(|d| d.as_std()).unwrap_or(DEFAULT_TIMEOUT);
-                let authority = eg
-                    .authority
-                    .as_deref()
-                    .filter(|a| !a.is_empty())
-                    .unwrap_or(&eg.cluster_name);
+        let ExtAuthz {
+            grpc_service,
+            http_service,
+            transport_api_version,
+            failure_mode_allow,
+            failure_mode_allow_header_add,
+            with_request_body,
+            clear_route_cache,
+            status_on_error,
+            allowed_headers,
+            disallowed_headers,
+            include_peer_certificate,
+            include_tls_session,
+            stat_prefix,
+            metadata_context_namespaces,
+            charge_cluster_response_stats,
+            encode_raw_headers,
+            validate_mutations,
+            filter_enabled,
+            filter_enabled_metadata,
+            deny_at_disable,
+            decoder_header_mutation_rules,
+        } = cfg;
+        for refused in [
+            metadata_context_namespaces,
+            encode_raw_headers,
+            validate_mutations,
+            filter_enabled,
+            filter_enabled_metadata,
+            deny_at_disable,
+            decoder_header_mutation_rules,
+        ] {
+            refused_at_load(refused);
+        }
+        // AUTO, V2 and V3 all speak V3 in Envoy 1.40 (the validator refuses nothing else).
+        without_effect(transport_api_version, "Envoy 1.40 speaks the V3 API whatever it says");
+        let service = match (grpc_service, http_service) {
+            (Some(GrpcService { envoy_grpc, google_grpc, timeout, initial_metadata, retry_policy }), None) => {
+                refused_at_load(google_grpc);
+                refused_at_load(retry_policy);
+                let Some(EnvoyGrpc { cluster_name, authority, retry_policy }) = envoy_grpc else {
+                    anyhow::bail!("grpc_service: envoy_grpc is required (google_grpc is not supported)")
+                };
+                refused_at_load(retry_policy);
+                let timeout = timeout.map(|d| d.as_std()).unwrap_or(DEFAULT_TIMEOUT);
+                let authority = authority.as_deref().filter(|a| !a.is_empty()).unwrap_or(cluster_name);
+                let mut metadata = Vec::new();
+                for hv in initial_metadata {
+                    let HeaderValueCfg { key, value, raw_value } = hv;
+                    let raw = raw_value.as_deref().unwrap_or(value);
+                    metadata.push((header_name(&key.to_ascii_lowercase())?, HeaderValue::from_str(raw)?));
+                }
                 Service::Grpc {
-                    cluster: eg.cluster_name.clone(),
+                    cluster: cluster_name.clone(),
                     authority: HeaderValue::from_str(authority).map_err(|_| {
-                        anyhow::anyhow!(
-                            "grpc_service.envoy_grpc: invalid authority \"{authority}\""
-                        )
+                        anyhow::anyhow!("grpc_service.envoy_grpc: invalid authority \"{authority}\"")
                     })?,
                     timeout,
-                    grpc_timeout: HeaderValue::from_str(&format!(
-                        "{}m",
-                        timeout.as_millis().max(1)
-                    ))?,
+                    grpc_timeout: HeaderValue::from_str(&format!("{}m", timeout.as_millis().max(1)))?,
+                    metadata,
                 }
             }
             (None, Some(h)) => {
-                let req = h.authorization_request.as_ref();
-                let resp = h.authorization_response.as_ref();
+                let HttpServiceCfg { server_uri, path_prefix, authorization_request, authorization_response, retry_policy } = h;
+                refused_at_load(retry_policy);
+                let HttpUri { uri, cluster, timeout } = server_uri;
+                // The check goes to `cluster` with the downstream host and `path_prefix` + the
+                // request's path, as Envoy sends it; the URI itself is not used for the request.
+                without_effect(uri, "the check goes to `cluster` with the downstream host and path_prefix + path");
                 let mut headers_to_add = Vec::new();
-                for hv in req.map(|r| r.headers_to_add.as_slice()).unwrap_or(&[]) {
-                    let raw = hv.raw_value.as_deref().unwrap_or(&hv.value);
-                    headers_to_add.push((header_name(&hv.key)?, HeaderValue::from_str(raw)?));
+                let mut request_allowed = None;
+                if let Some(AuthorizationRequest { allowed_headers, headers_to_add: add }) = authorization_request {
+                    for hv in add {
+                        let HeaderValueCfg { key, value, raw_value } = hv;
+                        let raw = raw_value.as_deref().unwrap_or(value);
+                        headers_to_add.push((header_name(key)?, HeaderValue::from_str(raw)?));
+                    }
+                    request_allowed = matcher(allowed_headers)?;
+                }
+                let (mut upstream, mut upstream_append, mut client, mut client_on_success) = (None, None, None, None);
+                if let Some(AuthorizationResponse {
+                    allowed_upstream_headers,
+                    allowed_upstream_headers_to_append,
+                    allowed_client_headers,
+                    allowed_client_headers_on_success,
+                    dynamic_metadata_from_headers,
+                }) = authorization_response
+                {
+                    refused_at_load(dynamic_metadata_from_headers);
+                    upstream = matcher(allowed_upstream_headers)?;
+                    upstream_append = matcher(allowed_upstream_headers_to_append)?;
+                    client = matcher(allowed_client_headers)?;
+                    client_on_success = matcher(allowed_client_headers_on_success)?;
                 }
                 Service::Http(Box::new(HttpService {
-                    cluster: h.server_uri.cluster.clone(),
-                    path_prefix: h.path_prefix.clone(),
-                    timeout: if h.server_uri.timeout.is_zero() {
-                        DEFAULT_TIMEOUT
-                    } else {
-                        h.server_uri.timeout.as_std()
-                    },
-                    allowed_headers: match req.and_then(|r| r.allowed_headers.as_ref()) {
-                        Some(l) => Some(NameMatcher::build(l)?),
-                        None => matcher(&cfg.allowed_headers)?,
+                    cluster: cluster.clone(),
+                    path_prefix: path_prefix.clone(),
+                    timeout: if timeout.is_zero() { DEFAULT_TIMEOUT } else { timeout.as_std() },
+                    allowed_headers: match request_allowed {
+                        Some(m) => Some(m),
+                        None => matcher(allowed_headers)?,
                     },
                     headers_to_add,
-                    upstream: matcher(&resp.and_then(|r| r.allowed_upstream_headers.clone()))?,
-                    upstream_append: matcher(
-                        &resp.and_then(|r| r.allowed_upstream_headers_to_append.clone()),
-                    )?,
-                    client: matcher(&resp.and_then(|r| r.allowed_client_headers.clone()))?,
-                    client_on_success: matcher(
-                        &resp.and_then(|r| r.allowed_client_headers_on_success.clone()),
-                    )?,
+                    upstream,
+                    upstream_append,
+                    client,
+                    client_on_success,
                 }))
             }
             _ => anyhow::bail!("exactly one of grpc_service, http_service is required"),
         };
-        let stat_infix = match cfg.stat_prefix.as_deref() {
+        let stat_infix = match stat_prefix.as_deref() {
             Some(p) if !p.is_empty() => format!("ext_authz.{p}."),
             _ => "ext_authz.".to_string(),
         };
@@ -258,16 +349,17 @@ impl ExtAuthzFilter {
         Ok(ExtAuthzFilter {
             service,
             clusters: ctx.clusters.clone(),
-            failure_mode_allow: cfg.failure_mode_allow,
-            failure_mode_allow_header_add: cfg.failure_mode_allow_header_add,
-            status_on_error: cfg.status_on_error(),
-            with_request_body: cfg.with_request_body.clone(),
-            clear_route_cache: cfg.clear_route_cache,
-            allowed_headers: matcher(&cfg.allowed_headers)?,
-            disallowed_headers: matcher(&cfg.disallowed_headers)?,
-            include_peer_certificate: cfg.include_peer_certificate,
-            include_tls_session: cfg.include_tls_session,
-            charge_cluster_response_stats: cfg.charge_cluster_response_stats.unwrap_or(true),
+            failure_mode_allow: *failure_mode_allow,
+            failure_mode_allow_header_add: *failure_mode_allow_header_add,
+            // Envoy's default is 403.
+            status_on_error: status_on_error.as_ref().map_or(403, |HttpStatus { code }| *code as u16),
+            with_request_body: with_request_body.clone(),
+            clear_route_cache: *clear_route_cache,
+            allowed_headers: matcher(allowed_headers)?,
+            disallowed_headers: matcher(disallowed_headers)?,
+            include_peer_certificate: *include_peer_certificate,
+            include_tls_session: *include_tls_session,
+            charge_cluster_response_stats: charge_cluster_response_stats.unwrap_or(true),
             server_name: ctx.server_name.clone(),
             stats,
             store: ctx.stats.clone(),
@@ -310,14 +402,12 @@ impl ExtAuthzFilter {
 
     async fn run(&self, req: &mut Request<Body>, ctx: &mut FilterContext) -> FilterOutcome {
         let per = ctx.per_filter(|p| p.ext_authz.as_deref());
-        if per.and_then(|p| p.disabled) == Some(true) {
+        if per.is_some_and(|p| p.disabled) {
             return FilterOutcome::Continue;
         }
-        let settings = per.and_then(|p| p.check_settings.as_ref());
-        let buffer = match settings {
-            Some(cs) if cs.disable_request_body_buffering => None,
-            Some(cs) if cs.with_request_body.is_some() => cs.with_request_body.as_ref(),
-            _ => self.with_request_body.as_ref(),
+        let buffer = match per.and_then(|p| p.body.as_ref()) {
+            Some(route) => route.as_ref(),
+            None => self.with_request_body.as_ref(),
         };
         let body = match buffer {
             Some(b) => match buffer_body(req, b).await {
@@ -338,11 +428,12 @@ impl ExtAuthzFilter {
                 authority,
                 timeout,
                 grpc_timeout,
+                metadata,
             } => {
                 let check = self.check_request(req, ctx, body.as_ref());
                 match tokio::time::timeout(
                     *timeout,
-                    self.grpc_check(cluster, authority, grpc_timeout, &check),
+                    self.grpc_check(cluster, authority, grpc_timeout, metadata, &check),
                 )
                 .await
                 {
@@ -526,12 +617,8 @@ impl ExtAuthzFilter {
         http.headers = headers;
         let mut context_extensions = HashMap::new();
         for level in ctx.per_filter_levels() {
-            if let Some(cs) = level
-                .ext_authz
-                .as_ref()
-                .and_then(|p| p.check_settings.as_ref())
-            {
-                for (k, v) in &cs.context_extensions {
+            if let Some(p) = level.ext_authz.as_ref() {
+                for (k, v) in &p.context_extensions {
                     context_extensions.insert(k.clone(), v.clone());
                 }
             }
@@ -583,6 +670,7 @@ impl ExtAuthzFilter {
         cluster_name: &str,
         authority: &HeaderValue,
         grpc_timeout: &HeaderValue,
+        metadata: &[(HeaderName, HeaderValue)],
         check: &authpb::CheckRequest,
     ) -> Result<authpb::CheckResponse, String> {
         let cluster = self
@@ -607,6 +695,9 @@ impl ExtAuthzFilter {
             HeaderName::from_static("grpc-timeout"),
             grpc_timeout.clone(),
         );
+        for (name, value) in metadata {
+            h.append(name.clone(), value.clone());
+        }
         let lb = LbContext::default();
         let resp = cluster
             .send(rq, &lb)
@@ -943,13 +1034,15 @@ async fn buffer_body(
     req: &mut Request<Body>,
     settings: &BufferSettings,
 ) -> Result<BufferedBody, BufferError> {
-    let max = settings.max_request_bytes as u64;
+    let BufferSettings { max_request_bytes, allow_partial_message, pack_as_bytes } = settings;
+    let (allow_partial_message, pack_as_bytes) = (*allow_partial_message, *pack_as_bytes);
+    let max = *max_request_bytes as u64;
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if !settings.allow_partial_message && declared.is_some_and(|n| n > max) {
+    if !allow_partial_message && declared.is_some_and(|n| n > max) {
         return Err(BufferError::TooLarge);
     }
     let mut body = std::mem::take(req.body_mut());
@@ -967,7 +1060,7 @@ async fn buffer_body(
                     if !d.is_empty() {
                         chunks.push(d);
                     }
-                    if !settings.allow_partial_message && total > max {
+                    if !allow_partial_message && total > max {
                         return Err(BufferError::TooLarge);
                     }
                 }
@@ -983,7 +1076,7 @@ async fn buffer_body(
             ended = http_body::Body::is_end_stream(&body);
         }
     }
-    if !ended && !settings.allow_partial_message {
+    if !ended && !allow_partial_message {
         // Exactly `max` bytes so far: one more frame decides.
         match body.frame().await {
             None => ended = true,
@@ -1009,7 +1102,7 @@ async fn buffer_body(
             b.freeze()
         }
     };
-    let partial = settings.allow_partial_message && total >= max;
+    let partial = allow_partial_message && total >= max;
     let sent = if all.len() as u64 > max {
         all.slice(..max as usize)
     } else {
@@ -1029,7 +1122,7 @@ async fn buffer_body(
         sent,
         size: declared.unwrap_or(total),
         partial,
-        pack_as_bytes: settings.pack_as_bytes,
+        pack_as_bytes,
     })
 }
 

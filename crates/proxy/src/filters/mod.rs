@@ -114,16 +114,56 @@ pub struct FilterFactoryContext<'a> {
     pub server_name: &'a HeaderValue,
 }
 
-/// Build the filter for one `http_filters` entry; the router (always last) yields `None`.
+/// Build the filter for one `http_filters` entry; the router (always last) and disabled filters
+/// yield `None`.
 pub fn build(
     filter: &sluice_config::hcm::HttpFilter,
     ctx: &FilterFactoryContext<'_>,
 ) -> anyhow::Result<Option<Arc<dyn HttpFilter>>> {
-    use sluice_config::hcm::HttpFilterConfig;
-    match filter.config() {
-        Some(HttpFilterConfig::Router(_)) => Ok(None),
-        Some(HttpFilterConfig::ExtAuthz(cfg)) => Ok(Some(Arc::new(ext_authz::ExtAuthzFilter::build(&cfg, ctx)?))),
-        Some(HttpFilterConfig::HealthCheck(cfg)) => Ok(Some(Arc::new(health_check::HealthCheckFilter::build(&cfg, ctx)?))),
-        None => anyhow::bail!("unknown HTTP filter \"{}\" without typed_config", filter.name),
+    use sluice_config::hcm::{HttpFilter as HttpFilterCfg, HttpFilterConfig, Router};
+    let HttpFilterCfg { name, typed_config, is_optional, disabled } = filter;
+    // `is_optional` lets Envoy skip a filter it does not know; sluice refuses an unknown filter's
+    // `typed_config` at load, and every filter it knows is built whatever the flag says.
+    crate::config_audit::without_effect(is_optional, "only matters for filters sluice does not have, which are refused at load");
+    if *disabled {
+        return Ok(None);
+    }
+    let default_router;
+    let config = match (typed_config, name.as_str()) {
+        (Some(c), _) => c,
+        (None, "envoy.filters.http.router" | "envoy.router") => {
+            default_router = HttpFilterConfig::Router(Router::default());
+            &default_router
+        }
+        (None, _) => anyhow::bail!("unknown HTTP filter \"{name}\" without typed_config"),
+    };
+    match config {
+        HttpFilterConfig::Router(router) => {
+            let Router {
+                dynamic_stats,
+                start_child_span,
+                suppress_envoy_headers,
+                strict_check_headers,
+                respect_expected_rq_timeout,
+                suppress_grpc_request_failure_code_stats,
+                upstream_log,
+                upstream_http_filters,
+            } = router;
+            for refused in [
+                dynamic_stats,
+                start_child_span,
+                suppress_envoy_headers,
+                strict_check_headers,
+                respect_expected_rq_timeout,
+                suppress_grpc_request_failure_code_stats,
+                upstream_log,
+                upstream_http_filters,
+            ] {
+                crate::config_audit::refused_at_load(refused);
+            }
+            Ok(None)
+        }
+        HttpFilterConfig::ExtAuthz(cfg) => Ok(Some(Arc::new(ext_authz::ExtAuthzFilter::build(cfg, ctx)?))),
+        HttpFilterConfig::HealthCheck(cfg) => Ok(Some(Arc::new(health_check::HealthCheckFilter::build(cfg, ctx)?))),
     }
 }

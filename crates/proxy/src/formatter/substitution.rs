@@ -8,7 +8,9 @@
 //!   and nulls of the config are copied. With `omit_empty_values`, `null` values are dropped from
 //!   objects and lists, and so are objects left empty.
 
-use sluice_config::format::{FormatKind, JsonFormatOptions, SubstitutionFormatString};
+use sluice_config::format::{JsonFormatOptions, SubstitutionFormatString};
+
+use crate::config_audit::{refused_at_load, without_effect};
 
 use super::json;
 use super::{Context, Format, Typed};
@@ -60,20 +62,20 @@ impl FormatString {
             json_format_options,
         } = cfg;
         // Formatter extensions are refused by the config types (any element is an error).
-        let _: &Vec<_> = formatters;
-        // `sort_properties` (deprecated) changes nothing in Envoy 1.40: keys are always sorted.
-        if let Some(JsonFormatOptions { sort_properties: _ }) = json_format_options {}
-        let _ = (text_format, json_format, text_format_source);
-        let body = match cfg.kind() {
-            Some(FormatKind::Text(t)) => Body::Text(Format::parse(t).map_err(|e| ("text_format".to_string(), e))?),
-            Some(FormatKind::TextSource(ds)) => {
-                let bytes = ds.load().map_err(|e| ("text_format_source".to_string(), e))?;
+        refused_at_load(formatters);
+        if let Some(JsonFormatOptions { sort_properties }) = json_format_options {
+            without_effect(sort_properties, "deprecated; Envoy 1.40 always sorts the keys of a JSON log line");
+        }
+        let body = match (text_format, text_format_source, json_format) {
+            (Some(t), None, None) => Body::Text(Format::parse(t).map_err(|e| ("text_format".to_string(), e))?),
+            (None, Some(ds), None) => {
+                let bytes = crate::data_source::load(ds).map_err(|e| ("text_format_source".to_string(), e))?;
                 let text = String::from_utf8(bytes)
                     .map_err(|_| ("text_format_source".to_string(), "the format is not UTF-8".to_string()))?;
                 Body::Text(Format::parse(&text).map_err(|e| ("text_format_source".to_string(), e))?)
             }
-            Some(FormatKind::Json(map)) => Body::Json(template_object(map, "json_format")?),
-            None => {
+            (None, None, Some(map)) => Body::Json(template_object(map, "json_format")?),
+            _ => {
                 return Err((
                     String::new(),
                     "exactly one of text_format, text_format_source, json_format is required".to_string(),

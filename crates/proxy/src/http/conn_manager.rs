@@ -13,7 +13,9 @@ use std::time::Instant;
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
-use sluice_config::hcm::{HttpConnectionManager as HcmConfig, ServerHeaderTransformation};
+use sluice_config::hcm::{HttpConnectionManager as HcmConfig, ServerHeaderTransformation, UpgradeConfig};
+
+use crate::config_audit::refused_at_load;
 
 use crate::access_log::connection::{ConnectionCounts, Counted};
 use crate::access_log::{AccessLogs, StreamRecord};
@@ -222,6 +224,11 @@ pub struct HttpConnectionManager {
     normalize_path: bool,
     merge_slashes: bool,
     via: Option<HeaderValue>,
+    /// `skip_xff_append`: with `use_remote_address`, leave `x-forwarded-for` as it came.
+    skip_xff_append: bool,
+    /// `stream_idle_timeout` (default 5 min, `None` when 0): the idle timeout of routes that set
+    /// none of their own.
+    stream_idle_timeout: Option<std::time::Duration>,
     upgrades: Vec<String>,
     routes: Arc<RouteTable>,
     filters: Vec<Arc<dyn HttpFilter>>,
@@ -232,6 +239,14 @@ pub struct HttpConnectionManager {
     /// Something formats after the request went upstream (access logs, `local_reply_config`,
     /// formatted response headers): keep the request head and the route and cluster names.
     record_full: bool,
+    /// `codec_type`.
+    pub(crate) codec: sluice_config::hcm::CodecType,
+    /// `stat_prefix`, for the listener's per-connection-manager stats.
+    pub(crate) stat_prefix: String,
+    /// The HTTP/1 codec's settings.
+    pub(crate) h1: codec::Config,
+    /// The HTTP/2 server's settings.
+    pub(crate) h2: crate::listener::H2Settings,
 }
 
 /// Everything a request needs to know about the connection it arrived on.
@@ -247,14 +262,72 @@ impl HttpConnectionManager {
         clusters: &Arc<ClusterManager>,
         store: &Store,
     ) -> Result<Self, (String, String)> {
-        let rc = cfg
-            .route_config
+        let HcmConfig {
+            codec_type,
+            stat_prefix,
+            route_config,
+            rds,
+            scoped_routes,
+            http_filters,
+            server_name,
+            server_header_transformation,
+            use_remote_address,
+            xff_num_trusted_hops,
+            skip_xff_append,
+            via,
+            generate_request_id,
+            preserve_external_request_id,
+            always_set_request_id_in_response,
+            max_request_headers_kb,
+            stream_idle_timeout,
+            request_timeout,
+            request_headers_timeout,
+            drain_timeout,
+            delayed_close_timeout,
+            normalize_path,
+            merge_slashes,
+            strip_any_host_port,
+            strip_matching_host_port,
+            http_protocol_options,
+            http2_protocol_options,
+            common_http_protocol_options,
+            upgrade_configs,
+            add_user_agent,
+            proxy_100_continue,
+            access_log,
+            tracing,
+            internal_address_config,
+            local_reply_config,
+            forward_client_cert_details,
+            path_with_escaped_slashes_action,
+            original_ip_detection_extensions,
+        } = cfg;
+        for refused in [
+            rds,
+            scoped_routes,
+            request_timeout,
+            request_headers_timeout,
+            drain_timeout,
+            delayed_close_timeout,
+            add_user_agent,
+            proxy_100_continue,
+            tracing,
+            internal_address_config,
+            forward_client_cert_details,
+            path_with_escaped_slashes_action,
+            original_ip_detection_extensions,
+        ] {
+            refused_at_load(refused);
+        }
+        let rc = route_config
             .as_ref()
             .ok_or_else(|| ("route_config".to_string(), "a static route_config is required".to_string()))?;
         let routes = RouteTable::build(rc).map_err(|(p, e)| (format!("route_config.{p}"), e))?;
-        let server_name = HeaderValue::from_str(cfg.server_name())
+        let server_name = HeaderValue::from_str(server_name.as_deref().unwrap_or("envoy"))
             .map_err(|_| ("server_name".to_string(), "invalid header value".to_string()))?;
-        let stats = HcmStats::new(store, &cfg.stat_prefix);
+        // Envoy's default is 60 KiB.
+        let max_request_headers_bytes = max_request_headers_kb.unwrap_or(60) as usize * 1024;
+        let stats = HcmStats::new(store, stat_prefix);
         let fctx = FilterFactoryContext {
             clusters,
             stats: store,
@@ -262,51 +335,66 @@ impl HttpConnectionManager {
             server_name: &server_name,
         };
         let mut filters = Vec::new();
-        for (i, f) in cfg.http_filters.iter().enumerate() {
-            if f.disabled {
-                continue;
-            }
+        for (i, f) in http_filters.iter().enumerate() {
             match filters::build(f, &fctx) {
                 Ok(Some(filter)) => filters.push(filter),
                 Ok(None) => {}
                 Err(e) => return Err((format!("http_filters[{i}]"), format!("{e:#}"))),
             }
         }
-        let access_logs = AccessLogs::build(&cfg.access_log, store).map_err(|(p, e)| (format!("access_log{p}"), e))?;
-        let local_reply = match &cfg.local_reply_config {
+        let access_logs = AccessLogs::build(access_log, store).map_err(|(p, e)| (format!("access_log{p}"), e))?;
+        let local_reply = match local_reply_config {
             Some(c) => Some(LocalReplyConfig::build(c).map_err(|(p, e)| (format!("local_reply_config.{p}"), e))?),
             None => None,
         };
+        let (h1, default_host_for_http_10) = crate::listener::h1_config(
+            &server_name,
+            max_request_headers_bytes,
+            http_protocol_options.as_ref(),
+            common_http_protocol_options.as_ref(),
+            store,
+        );
+        let h2 = crate::listener::H2Settings::build(http2_protocol_options.as_ref());
+        let mut upgrades = Vec::new();
+        for UpgradeConfig { upgrade_type, enabled, filters } in upgrade_configs {
+            refused_at_load(filters);
+            if enabled.unwrap_or(true) {
+                upgrades.push(upgrade_type.to_ascii_lowercase());
+            }
+        }
         let record_full = access_logs.is_some() || local_reply.is_some() || routes.formatted_headers;
+        let idle = stream_idle_timeout.map_or(std::time::Duration::from_secs(300), |d| d.as_std());
         Ok(HttpConnectionManager {
             access_logs,
             local_reply,
             record_full,
             server_name,
-            server_transformation: cfg.server_header_transformation,
-            use_remote_address: cfg.use_remote_address(),
-            xff_num_trusted_hops: cfg.xff_num_trusted_hops as usize,
-            generate_request_id: cfg.generate_request_id(),
-            preserve_external_request_id: cfg.preserve_external_request_id,
-            always_set_request_id_in_response: cfg.always_set_request_id_in_response,
-            max_request_headers_bytes: cfg.max_request_headers_bytes(),
-            accept_http_10: cfg.accept_http_10(),
-            default_host_for_http_10: cfg.http_protocol_options.as_ref().and_then(|o| o.default_host_for_http_10.clone()),
-            strip_any_host_port: cfg.strip_any_host_port,
-            strip_matching_host_port: cfg.strip_matching_host_port,
-            normalize_path: cfg.normalize_path.unwrap_or(false),
-            merge_slashes: cfg.merge_slashes,
-            via: cfg.via.as_deref().and_then(|v| HeaderValue::from_str(v).ok()),
-            upgrades: cfg
-                .upgrade_configs
-                .iter()
-                .filter(|u| u.enabled.unwrap_or(true))
-                .map(|u| u.upgrade_type.to_ascii_lowercase())
-                .collect(),
+            server_transformation: *server_header_transformation,
+            use_remote_address: use_remote_address.unwrap_or(false),
+            xff_num_trusted_hops: *xff_num_trusted_hops as usize,
+            skip_xff_append: *skip_xff_append,
+            generate_request_id: generate_request_id.unwrap_or(true),
+            preserve_external_request_id: *preserve_external_request_id,
+            always_set_request_id_in_response: *always_set_request_id_in_response,
+            max_request_headers_bytes,
+            accept_http_10: h1.parse.accept_http_10,
+            default_host_for_http_10,
+            strip_any_host_port: *strip_any_host_port,
+            strip_matching_host_port: *strip_matching_host_port,
+            normalize_path: normalize_path.unwrap_or(false),
+            merge_slashes: *merge_slashes,
+            via: via.as_deref().and_then(|v| HeaderValue::from_str(v).ok()),
+            // Default 5 minutes; zero disables.
+            stream_idle_timeout: (!idle.is_zero()).then_some(idle),
+            upgrades,
             routes: Arc::new(routes),
             filters,
             clusters: clusters.clone(),
             stats,
+            codec: *codec_type,
+            stat_prefix: stat_prefix.clone(),
+            h1,
+            h2,
         })
     }
 
@@ -511,8 +599,10 @@ impl HttpConnectionManager {
                 Some(prev) => format!("{prev},{appended}"),
                 None => appended.to_string(),
             };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                headers_mut.insert(X_FORWARDED_FOR.clone(), v);
+            if !self.skip_xff_append {
+                if let Ok(v) = HeaderValue::from_str(&xff) {
+                    headers_mut.insert(X_FORWARDED_FOR.clone(), v);
+                }
             }
             headers_mut.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme_static(scheme)));
             if let Some(via) = &self.via {
@@ -877,7 +967,9 @@ impl HttpConnectionManager {
                     for_1xx.stats().charge_informational(res.status().as_u16());
                 });
                 // The route timeout and the per-route idle timeout (before response headers).
-                let deadline = match (fwd.timeout, fwd.idle_timeout) {
+                // A route without an idle timeout of its own has the connection manager's
+                // `stream_idle_timeout`.
+                let deadline = match (fwd.timeout, fwd.idle_timeout.or(self.stream_idle_timeout)) {
                     (Some(t), Some(i)) if i < t => Some((i, true)),
                     (Some(t), _) => Some((t, false)),
                     (None, Some(i)) => Some((i, true)),
@@ -1086,7 +1178,7 @@ impl HttpConnectionManager {
             return Err(LocalReply::new(503).body(NO_HEALTHY_UPSTREAM));
         };
         let failure = |f: UpstreamFailure| LocalReply::new(503).body(reset_body(f.reset_reason()));
-        match tokio::time::timeout(cluster.config().connect_timeout(), tokio::net::TcpStream::connect(host.address)).await {
+        match tokio::time::timeout(cluster.connect_timeout(), tokio::net::TcpStream::connect(host.address)).await {
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
                 Ok(Box::new(tcp))

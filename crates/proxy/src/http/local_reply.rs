@@ -192,7 +192,7 @@ impl LocalReplyConfig {
                 None => None,
             };
             let body = match body {
-                Some(ds) => Some(Bytes::from(ds.load().map_err(|e| (format!("{p}.body"), e))?)),
+                Some(ds) => Some(Bytes::from(crate::data_source::load(ds).map_err(|e| (format!("{p}.body"), e))?)),
                 None => None,
             };
             let body_format = match body_format_override {

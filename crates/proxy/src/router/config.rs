@@ -9,8 +9,9 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
 use sluice_config::core::{HeaderAppendAction, HeaderValueOption, StringMatcher, StringPattern};
-use sluice_config::ext_authz::ExtAuthzPerRoute;
 use sluice_config::route as cfg;
+
+use crate::config_audit::{refused_at_load, without_effect};
 
 use crate::formatter::Format;
 
@@ -55,7 +56,7 @@ pub struct Route {
 /// Per-filter route configuration (`typed_per_filter_config`) that sluice understands.
 #[derive(Debug, Default, Clone)]
 pub struct PerFilterConfigs {
-    pub ext_authz: Option<Arc<ExtAuthzPerRoute>>,
+    pub ext_authz: Option<Arc<crate::filters::ext_authz::PerRoute>>,
 }
 
 impl PerFilterConfigs {
@@ -63,7 +64,7 @@ impl PerFilterConfigs {
         let mut out = PerFilterConfigs::default();
         for value in map.values() {
             match value {
-                cfg::PerFilterConfig::ExtAuthz(e) => out.ext_authz = Some(Arc::new(e.clone())),
+                cfg::PerFilterConfig::ExtAuthz(e) => out.ext_authz = Some(Arc::new(crate::filters::ext_authz::PerRoute::build(e))),
             }
         }
         out
@@ -249,6 +250,8 @@ pub struct HeaderMatcher {
 struct QueryMatcher {
     name: String,
     matcher: Option<StrMatch>,
+    /// `present_match: false` (without `string_match`): the parameter must be absent.
+    absent: bool,
 }
 
 /// An RE2-style pattern that must match the whole input.
@@ -398,23 +401,74 @@ pub struct Selected {
 impl RouteTable {
     /// Compile a route table. Errors carry a path relative to the route config.
     pub fn build(rc: &cfg::RouteConfiguration) -> Result<RouteTable, (String, String)> {
+        let cfg::RouteConfiguration {
+            name,
+            virtual_hosts,
+            internal_only_headers,
+            response_headers_to_add,
+            response_headers_to_remove,
+            request_headers_to_add,
+            request_headers_to_remove,
+            most_specific_header_mutations_wins,
+            validate_clusters,
+            max_direct_response_body_size_bytes,
+            typed_per_filter_config,
+            vhds,
+            cluster_specifier_plugins,
+        } = rc;
+        for refused in [internal_only_headers, most_specific_header_mutations_wins, vhds, cluster_specifier_plugins] {
+            refused_at_load(refused);
+        }
+        without_effect(validate_clusters, "applied at load by the validator (unknown clusters are refused)");
+        without_effect(max_direct_response_body_size_bytes, "applied at load by the validator (direct-response bodies are bounded)");
         let mut table = RouteTable {
-            name: rc.name.clone().unwrap_or_default(),
+            name: name.clone().unwrap_or_default(),
             exact: HashMap::new(),
             suffixes: Vec::new(),
             prefixes: Vec::new(),
             wildcard: None,
-            virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
-            request_headers: HeaderMutations::build(&rc.request_headers_to_add, &rc.request_headers_to_remove)
+            virtual_hosts: Vec::with_capacity(virtual_hosts.len()),
+            request_headers: HeaderMutations::build(request_headers_to_add, request_headers_to_remove)
                 .map_err(|(p, e)| (format!("request_headers_to_add{p}"), e))?,
-            response_headers: HeaderMutations::build(&rc.response_headers_to_add, &rc.response_headers_to_remove)
+            response_headers: HeaderMutations::build(response_headers_to_add, response_headers_to_remove)
                 .map_err(|(p, e)| (format!("response_headers_to_add{p}"), e))?,
-            per_filter: PerFilterConfigs::build(&rc.typed_per_filter_config),
+            per_filter: PerFilterConfigs::build(typed_per_filter_config),
             formatted_headers: false,
         };
-        for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
+        for (vi, vh) in virtual_hosts.iter().enumerate() {
+            let cfg::VirtualHost {
+                name,
+                domains,
+                routes,
+                require_tls,
+                request_headers_to_add,
+                request_headers_to_remove,
+                response_headers_to_add,
+                response_headers_to_remove,
+                typed_per_filter_config,
+                include_request_attempt_count,
+                include_attempt_count_in_response,
+                retry_policy,
+                cors,
+                rate_limits,
+                virtual_clusters,
+                hedge_policy,
+                metadata,
+            } = vh;
+            for refused in [
+                include_request_attempt_count,
+                include_attempt_count_in_response,
+                retry_policy,
+                cors,
+                rate_limits,
+                virtual_clusters,
+                hedge_policy,
+            ] {
+                refused_at_load(refused);
+            }
+            without_effect(metadata, "read only by features sluice refuses (%VIRTUAL_CLUSTER_NAME%, metadata matchers)");
             let vpath = format!("virtual_hosts[{vi}]");
-            for domain in &vh.domains {
+            for domain in domains {
                 let d = domain.to_ascii_lowercase();
                 if d == "*" {
                     table.wildcard.get_or_insert(vi);
@@ -426,20 +480,20 @@ impl RouteTable {
                     table.exact.entry(d).or_insert(vi);
                 }
             }
-            let mut routes = Vec::with_capacity(vh.routes.len());
-            for (ri, r) in vh.routes.iter().enumerate() {
+            let mut built = Vec::with_capacity(routes.len());
+            for (ri, r) in routes.iter().enumerate() {
                 let rpath = format!("{vpath}.routes[{ri}]");
-                routes.push(Arc::new(Route::build(r).map_err(|(p, e)| (join(&rpath, &p), e))?));
+                built.push(Arc::new(Route::build(r).map_err(|(p, e)| (join(&rpath, &p), e))?));
             }
             table.virtual_hosts.push(VirtualHost {
-                name: vh.name.clone(),
-                routes,
-                request_headers: HeaderMutations::build(&vh.request_headers_to_add, &vh.request_headers_to_remove)
+                name: name.clone(),
+                routes: built,
+                request_headers: HeaderMutations::build(request_headers_to_add, request_headers_to_remove)
                     .map_err(|(p, e)| (format!("{vpath}.request_headers_to_add{p}"), e))?,
-                response_headers: HeaderMutations::build(&vh.response_headers_to_add, &vh.response_headers_to_remove)
+                response_headers: HeaderMutations::build(response_headers_to_add, response_headers_to_remove)
                     .map_err(|(p, e)| (format!("{vpath}.response_headers_to_add{p}"), e))?,
-                per_filter: PerFilterConfigs::build(&vh.typed_per_filter_config),
-                require_tls: vh.require_tls,
+                per_filter: PerFilterConfigs::build(typed_per_filter_config),
+                require_tls: *require_tls,
             });
         }
         table.formatted_headers = table.request_headers.is_formatted()
@@ -505,50 +559,102 @@ fn join(a: &str, b: &str) -> String {
 
 impl Route {
     fn build(r: &cfg::Route) -> Result<Route, (String, String)> {
-        let m = &r.match_;
-        let path = match m.path_specifier().ok_or(("match".to_string(), "exactly one path specifier required".to_string()))? {
-            cfg::PathSpecifier::Prefix(p) => PathMatch::Prefix(p.to_string()),
-            cfg::PathSpecifier::Path(p) => PathMatch::Exact(p.to_string()),
-            cfg::PathSpecifier::PathSeparatedPrefix(p) => PathMatch::SeparatedPrefix(p.to_string()),
-            cfg::PathSpecifier::SafeRegex(re) => {
-                let re = if m.case_sensitive() { re.to_string() } else { format!("(?i){re}") };
+        let cfg::Route {
+            name,
+            match_,
+            route,
+            redirect,
+            direct_response,
+            filter_action,
+            non_forwarding_action,
+            request_headers_to_add,
+            request_headers_to_remove,
+            response_headers_to_add,
+            response_headers_to_remove,
+            typed_per_filter_config,
+            metadata,
+            decorator,
+            tracing,
+            per_request_buffer_limit_bytes,
+        } = r;
+        for refused in [filter_action, non_forwarding_action, decorator, tracing, per_request_buffer_limit_bytes] {
+            refused_at_load(refused);
+        }
+        without_effect(metadata, "read only by features sluice refuses (%ROUTE_METADATA%, metadata matchers)");
+        let cfg::RouteMatch {
+            prefix,
+            path,
+            safe_regex,
+            path_separated_prefix,
+            connect_matcher,
+            path_match_policy,
+            case_sensitive,
+            headers: header_matchers,
+            query_parameters,
+            grpc,
+            runtime_fraction,
+            tls_context,
+            dynamic_metadata,
+            filter_state,
+        } = match_;
+        for refused in [path_match_policy, runtime_fraction, tls_context, dynamic_metadata, filter_state] {
+            refused_at_load(refused);
+        }
+        // Default true.
+        let case_sensitive = case_sensitive.unwrap_or(true);
+        let path = match (prefix, path, safe_regex, path_separated_prefix, connect_matcher) {
+            (Some(p), None, None, None, None) => PathMatch::Prefix(p.to_string()),
+            (None, Some(p), None, None, None) => PathMatch::Exact(p.to_string()),
+            (None, None, None, Some(p), None) => PathMatch::SeparatedPrefix(p.to_string()),
+            (None, None, Some(re), None, None) => {
+                let re = if case_sensitive { re.regex.to_string() } else { format!("(?i){}", re.regex) };
                 PathMatch::Regex(full_regex(&re).map_err(|e| ("match.safe_regex".to_string(), e))?)
             }
-            cfg::PathSpecifier::Connect => PathMatch::Connect,
+            (None, None, None, None, Some(cfg::ConnectMatcher {})) => PathMatch::Connect,
+            _ => return Err(("match".to_string(), "exactly one path specifier required".to_string())),
         };
         let mut headers = Vec::new();
-        for (i, h) in m.headers.iter().enumerate() {
+        for (i, h) in header_matchers.iter().enumerate() {
             headers.push(header_matcher(h).map_err(|e| (format!("match.headers[{i}]"), e))?);
         }
         let mut query = Vec::new();
-        for (i, q) in m.query_parameters.iter().enumerate() {
-            let matcher = match &q.string_match {
+        for (i, q) in query_parameters.iter().enumerate() {
+            let cfg::QueryParameterMatcher { name, string_match, present_match } = q;
+            let matcher = match string_match {
                 Some(s) => Some(StrMatch::build(s).map_err(|e| (format!("match.query_parameters[{i}]"), e))?),
                 None => None,
             };
-            query.push(QueryMatcher { name: q.name.clone(), matcher });
+            // Without `string_match`, `present_match: false` asks for the parameter's absence
+            // (as Envoy 1.40 matches it); `true` or nothing asks for its presence.
+            let absent = matcher.is_none() && *present_match == Some(false);
+            query.push(QueryMatcher { name: name.clone(), matcher, absent });
         }
-        let matcher = RouteMatcher { path, case_sensitive: m.case_sensitive(), headers, query, grpc: m.grpc.is_some() };
-        let action = match r.kind().ok_or(("".to_string(), "exactly one of route, redirect, direct_response required".to_string()))? {
-            cfg::RouteKind::Forward(a) => Action::Forward(Forward::build(a).map_err(|(p, e)| (join("route", &p), e))?),
-            cfg::RouteKind::Redirect(a) => Action::Redirect(Redirect::build(a).map_err(|(p, e)| (join("redirect", &p), e))?),
-            cfg::RouteKind::DirectResponse(d) => {
-                let body = match &d.body {
-                    Some(ds) => Some(Bytes::from(ds.load().map_err(|e| ("direct_response.body".to_string(), e))?)),
+        let grpc = match grpc {
+            Some(cfg::GrpcRouteMatchOptions {}) => true,
+            None => false,
+        };
+        let matcher = RouteMatcher { path, case_sensitive, headers, query, grpc };
+        let action = match (route, redirect, direct_response) {
+            (Some(a), None, None) => Action::Forward(Forward::build(a).map_err(|(p, e)| (join("route", &p), e))?),
+            (None, Some(a), None) => Action::Redirect(Redirect::build(a).map_err(|(p, e)| (join("redirect", &p), e))?),
+            (None, None, Some(cfg::DirectResponseAction { status, body })) => {
+                let body = match body {
+                    Some(ds) => Some(Bytes::from(crate::data_source::load(ds).map_err(|e| ("direct_response.body".to_string(), e))?)),
                     None => None,
                 };
-                Action::Direct { status: d.status as u16, body }
+                Action::Direct { status: *status as u16, body }
             }
+            _ => return Err(("".to_string(), "exactly one of route, redirect, direct_response required".to_string())),
         };
         Ok(Route {
-            name: r.name.clone(),
+            name: name.clone(),
             matcher,
             action,
-            request_headers: HeaderMutations::build(&r.request_headers_to_add, &r.request_headers_to_remove)
+            request_headers: HeaderMutations::build(request_headers_to_add, request_headers_to_remove)
                 .map_err(|(p, e)| (format!("request_headers_to_add{p}"), e))?,
-            response_headers: HeaderMutations::build(&r.response_headers_to_add, &r.response_headers_to_remove)
+            response_headers: HeaderMutations::build(response_headers_to_add, response_headers_to_remove)
                 .map_err(|(p, e)| (format!("response_headers_to_add{p}"), e))?,
-            per_filter: PerFilterConfigs::build(&r.typed_per_filter_config),
+            per_filter: PerFilterConfigs::build(typed_per_filter_config),
         })
     }
 
@@ -692,6 +798,9 @@ impl HeaderMatcher {
 impl QueryMatcher {
     fn matches(&self, query: Option<&str>) -> bool {
         let value = query.and_then(|q| query_param(q, &self.name));
+        if self.absent {
+            return value.is_none();
+        }
         match (&self.matcher, value) {
             (_, None) => false,
             // No string matcher: `present_match` (or nothing) asks only for presence.
@@ -703,25 +812,86 @@ impl QueryMatcher {
 
 impl Forward {
     fn build(a: &cfg::RouteAction) -> Result<Forward, (String, String)> {
+        let cfg::RouteAction {
+            cluster,
+            cluster_header,
+            weighted_clusters,
+            cluster_specifier_plugin,
+            cluster_not_found_response_code,
+            prefix_rewrite,
+            regex_rewrite,
+            path_rewrite_policy,
+            host_rewrite_literal,
+            auto_host_rewrite,
+            host_rewrite_header,
+            host_rewrite_path_regex,
+            append_x_forwarded_host,
+            timeout,
+            idle_timeout,
+            hash_policy,
+            retry_policy,
+            request_mirror_policies,
+            priority,
+            rate_limits,
+            metadata_match,
+            upgrade_configs,
+            max_stream_duration,
+            cors,
+            hedge_policy,
+        } = a;
+        for refused in [
+            cluster_specifier_plugin,
+            path_rewrite_policy,
+            auto_host_rewrite,
+            host_rewrite_path_regex,
+            retry_policy,
+            request_mirror_policies,
+            priority,
+            rate_limits,
+            metadata_match,
+            max_stream_duration,
+            cors,
+            hedge_policy,
+        ] {
+            refused_at_load(refused);
+        }
         let mut weighted_headers = Vec::new();
-        let cluster = if let Some(c) = &a.cluster {
+        let cluster = if let Some(c) = cluster {
             ClusterSpecifier::Name(Arc::from(c.as_str()))
-        } else if let Some(h) = &a.cluster_header {
+        } else if let Some(h) = cluster_header {
             ClusterSpecifier::Header(
                 HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
                     .map_err(|_| ("cluster_header".to_string(), format!("invalid header name \"{h}\"")))?,
             )
-        } else if let Some(w) = &a.weighted_clusters {
+        } else if let Some(cfg::WeightedCluster { clusters, total_weight, runtime_key_prefix, header_name }) = weighted_clusters {
+            refused_at_load(runtime_key_prefix);
+            refused_at_load(header_name);
+            // The validator requires the weights to add up to `total_weight` when it is set.
+            without_effect(total_weight, "checked at load: the weights must add up to it");
             let mut acc = 0u64;
             let mut list = Vec::new();
-            for (i, c) in w.clusters.iter().enumerate() {
-                acc += c.weight.unwrap_or(0) as u64;
-                list.push((Arc::from(c.name.as_str()), acc));
+            for (i, c) in clusters.iter().enumerate() {
+                let cfg::ClusterWeight {
+                    name,
+                    weight,
+                    request_headers_to_add,
+                    request_headers_to_remove,
+                    response_headers_to_add,
+                    response_headers_to_remove,
+                    typed_per_filter_config,
+                    host_rewrite_literal,
+                    metadata_match,
+                } = c;
+                refused_at_load(typed_per_filter_config);
+                refused_at_load(host_rewrite_literal);
+                refused_at_load(metadata_match);
+                acc += weight.unwrap_or(0) as u64;
+                list.push((Arc::from(name.as_str()), acc));
                 let p = format!("weighted_clusters.clusters[{i}]");
                 weighted_headers.push(WeightedHeaders {
-                    request: HeaderMutations::build(&c.request_headers_to_add, &c.request_headers_to_remove)
+                    request: HeaderMutations::build(request_headers_to_add, request_headers_to_remove)
                         .map_err(|(q, e)| (format!("{p}.request_headers_to_add{q}"), e))?,
-                    response: HeaderMutations::build(&c.response_headers_to_add, &c.response_headers_to_remove)
+                    response: HeaderMutations::build(response_headers_to_add, response_headers_to_remove)
                         .map_err(|(q, e)| (format!("{p}.response_headers_to_add{q}"), e))?,
                 });
             }
@@ -729,51 +899,57 @@ impl Forward {
         } else {
             return Err((String::new(), "one of cluster, cluster_header, weighted_clusters required".into()));
         };
-        let regex_rewrite = match &a.regex_rewrite {
-            Some(r) => Some((
-                Regex::new(&r.pattern.regex).map_err(|e| ("regex_rewrite.pattern".to_string(), e.to_string()))?,
-                envoy_substitution(&r.substitution),
+        let regex_rewrite = match regex_rewrite {
+            Some(cfg::RegexMatchAndSubstitute { pattern, substitution }) => Some((
+                Regex::new(&pattern.regex).map_err(|e| ("regex_rewrite.pattern".to_string(), e.to_string()))?,
+                envoy_substitution(substitution),
             )),
             None => None,
         };
-        let host_rewrite = match &a.host_rewrite_literal {
+        let host_rewrite = match host_rewrite_literal {
             Some(h) => Some(HeaderValue::from_str(h).map_err(|_| ("host_rewrite_literal".to_string(), "invalid host".to_string()))?),
             None => None,
         };
-        let host_rewrite_header = match &a.host_rewrite_header {
+        let host_rewrite_header = match host_rewrite_header {
             Some(h) => Some(
                 HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
                     .map_err(|_| ("host_rewrite_header".to_string(), "invalid header name".to_string()))?,
             ),
             None => None,
         };
-        let timeout = a.timeout();
-        let hash_policies = a
-            .hash_policy
-            .iter()
-            .filter_map(|h| {
-                if let Some(hh) = &h.header {
-                    HeaderName::from_bytes(hh.header_name.to_ascii_lowercase().as_bytes())
+        // Envoy's default route timeout is 15 s; `0s` disables it.
+        let timeout = {
+            let d = timeout.map_or(Duration::from_secs(15), |d| d.as_std());
+            (!d.is_zero()).then_some(d)
+        };
+        let mut hash_policies = Vec::new();
+        for h in hash_policy {
+            let cfg::HashPolicy { header, cookie, connection_properties, query_parameter, filter_state, terminal } = h;
+            refused_at_load(filter_state);
+            let terminal = *terminal;
+            let policy = match (header, cookie, connection_properties, query_parameter) {
+                (Some(cfg::HashHeader { header_name, regex_rewrite }), None, None, None) => {
+                    refused_at_load(regex_rewrite);
+                    HeaderName::from_bytes(header_name.to_ascii_lowercase().as_bytes())
                         .ok()
-                        .map(|name| HashPolicy::Header { name, terminal: h.terminal })
-                } else if let Some(c) = &h.cookie {
-                    Some(HashPolicy::Cookie {
-                        name: c.name.clone(),
-                        ttl: c.ttl.map(|d| d.as_std()),
-                        path: c.path.clone(),
-                        terminal: h.terminal,
-                    })
-                } else if h.connection_properties.as_ref().is_some_and(|c| c.source_ip) {
-                    Some(HashPolicy::SourceIp { terminal: h.terminal })
-                } else {
-                    h.query_parameter
-                        .as_ref()
-                        .map(|q| HashPolicy::QueryParameter { name: q.name.clone(), terminal: h.terminal })
+                        .map(|name| HashPolicy::Header { name, terminal })
                 }
-            })
-            .collect();
+                (None, Some(cfg::HashCookie { name, ttl, path, attributes }), None, None) => {
+                    refused_at_load(attributes);
+                    Some(HashPolicy::Cookie { name: name.clone(), ttl: ttl.map(|d| d.as_std()), path: path.clone(), terminal })
+                }
+                (None, None, Some(cfg::HashConnectionProperties { source_ip }), None) => {
+                    source_ip.then_some(HashPolicy::SourceIp { terminal })
+                }
+                (None, None, None, Some(cfg::HashQueryParameter { name })) => {
+                    Some(HashPolicy::QueryParameter { name: name.clone(), terminal })
+                }
+                _ => None,
+            };
+            hash_policies.extend(policy);
+        }
         let mut upgrades = Vec::new();
-        for (i, u) in a.upgrade_configs.iter().enumerate() {
+        for (i, u) in upgrade_configs.iter().enumerate() {
             let cfg::RouteUpgradeConfig { upgrade_type, enabled, connect_config } = u;
             let terminate_connect = match connect_config {
                 None => false,
@@ -789,19 +965,19 @@ impl Forward {
         }
         Ok(Forward {
             cluster,
-            cluster_not_found_status: match a.cluster_not_found_response_code {
+            cluster_not_found_status: match cluster_not_found_response_code {
                 Some(cfg::ClusterNotFoundResponseCode::NotFound) => 404,
                 Some(cfg::ClusterNotFoundResponseCode::InternalServerError) => 500,
                 _ => 503,
             },
-            prefix_rewrite: a.prefix_rewrite.clone(),
+            prefix_rewrite: prefix_rewrite.clone(),
             regex_rewrite,
             host_rewrite,
             host_rewrite_header,
-            append_x_forwarded_host: a.append_x_forwarded_host,
+            append_x_forwarded_host: *append_x_forwarded_host,
             timeout,
             timeout_header: timeout.map(|t| HeaderValue::from(t.as_millis() as u64)),
-            idle_timeout: a.idle_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
+            idle_timeout: idle_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
             hash_policies,
             weighted_headers,
             upgrades,
@@ -852,23 +1028,34 @@ fn envoy_substitution(s: &str) -> String {
 
 impl Redirect {
     fn build(a: &cfg::RedirectAction) -> Result<Redirect, (String, String)> {
-        let scheme = if a.https_redirect == Some(true) { Some("https".to_string()) } else { a.scheme_redirect.clone() };
-        let regex_rewrite = match &a.regex_rewrite {
-            Some(r) => Some((
-                Regex::new(&r.pattern.regex).map_err(|e| ("regex_rewrite.pattern".to_string(), e.to_string()))?,
-                envoy_substitution(&r.substitution),
+        let cfg::RedirectAction {
+            https_redirect,
+            scheme_redirect,
+            host_redirect,
+            port_redirect,
+            path_redirect,
+            prefix_rewrite,
+            regex_rewrite,
+            response_code,
+            strip_query,
+        } = a;
+        let scheme = if *https_redirect == Some(true) { Some("https".to_string()) } else { scheme_redirect.clone() };
+        let regex_rewrite = match regex_rewrite {
+            Some(cfg::RegexMatchAndSubstitute { pattern, substitution }) => Some((
+                Regex::new(&pattern.regex).map_err(|e| ("regex_rewrite.pattern".to_string(), e.to_string()))?,
+                envoy_substitution(substitution),
             )),
             None => None,
         };
         Ok(Redirect {
             scheme,
-            host: a.host_redirect.clone(),
-            port: a.port_redirect,
-            path: a.path_redirect.clone(),
-            prefix_rewrite: a.prefix_rewrite.clone(),
+            host: host_redirect.clone(),
+            port: *port_redirect,
+            path: path_redirect.clone(),
+            prefix_rewrite: prefix_rewrite.clone(),
             regex_rewrite,
-            status: a.response_code.unwrap_or_default().status(),
-            strip_query: a.strip_query,
+            status: response_code.unwrap_or_default().status(),
+            strip_query: *strip_query,
         })
     }
 

@@ -12,8 +12,12 @@ use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sluice_config::cluster::{Cluster as ClusterConfig, RoutingPriority};
-use sluice_config::listener::TransportSocketConfig;
+use sluice_config::cluster::{
+    CircuitBreakers, Cluster as ClusterConfig, CommonLbConfig, DiscoveryType, ExplicitHttpConfig, ProtocolOptions, RefreshRate,
+    RoutingPriority, Thresholds, UpstreamHttpOptions, UpstreamHttpProtocolOptions, UseDownstreamHttpConfig,
+};
+use sluice_config::core::{CommonHttpProtocolOptions, Http1ProtocolOptions, Http2ProtocolOptions, Metadata, Percent, TypedExtensionConfig};
+use sluice_config::listener::{TransportSocket, TransportSocketConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::health_check::{HealthCheckConfig, HealthChecker};
@@ -24,6 +28,7 @@ use super::tls::UpstreamTls;
 use super::{LbContext, UpstreamFailure};
 use crate::access_log::connection::Counted;
 use crate::body::{BoxError, Body};
+use crate::config_audit::{refused_at_load, without_effect};
 use crate::filters::BoxFuture;
 use crate::stats::{Counter, Gauge, Histogram, Store};
 
@@ -397,8 +402,33 @@ pub struct Cluster {
     lb_factory: Box<dyn LbFactory>,
     tls: Option<UpstreamTls>,
     protocol: Protocol,
+    h2_client: H2Client,
+    discovery: Discovery,
     connect_timeout: Duration,
     health: ClusterHealth,
+}
+
+/// How a cluster finds its hosts (`type`).
+pub(crate) enum Discovery {
+    /// STATIC: the hosts of `load_assignment`.
+    Static,
+    /// STRICT_DNS / LOGICAL_DNS: resolved by a discovery task.
+    Dns(Arc<super::discovery::DnsSettings>),
+}
+
+/// What `Cluster::new` hands to `finish`.
+struct BuildParts<'c> {
+    lb_factory: Box<dyn LbFactory>,
+    tls: Option<UpstreamTls>,
+    protocol: Protocol,
+    h2_client: H2Client,
+    discovery: Discovery,
+    circuit_breakers: Option<&'c CircuitBreakers>,
+    outlier_detection: Option<&'c sluice_config::cluster::OutlierDetection>,
+    common_lb_config: Option<&'c CommonLbConfig>,
+    connect_timeout: Duration,
+    ignore_health_on_host_removal: bool,
+    close_on_failure: bool,
 }
 
 /// What health checking, outlier detection and the panic threshold need in a cluster.
@@ -469,24 +499,104 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-fn thresholds(cfg: &ClusterConfig) -> [CircuitBreakerThresholds; 2] {
+fn thresholds(circuit_breakers: Option<&CircuitBreakers>) -> [CircuitBreakerThresholds; 2] {
     let mut out = [CircuitBreakerThresholds::default(); 2];
-    if let Some(cb) = &cfg.circuit_breakers {
-        for t in &cb.thresholds {
-            let i = match t.priority {
-                RoutingPriority::Default => 0,
-                RoutingPriority::High => 1,
-            };
-            let d = CircuitBreakerThresholds::default();
-            out[i] = CircuitBreakerThresholds {
-                max_connections: t.max_connections.unwrap_or(d.max_connections),
-                max_pending_requests: t.max_pending_requests.unwrap_or(d.max_pending_requests),
-                max_requests: t.max_requests.unwrap_or(d.max_requests),
-                max_retries: t.max_retries.unwrap_or(d.max_retries),
-            };
-        }
+    let Some(CircuitBreakers { thresholds, per_host_thresholds }) = circuit_breakers else { return out };
+    refused_at_load(per_host_thresholds);
+    for t in thresholds {
+        let Thresholds {
+            priority,
+            max_connections,
+            max_pending_requests,
+            max_requests,
+            max_retries,
+            track_remaining,
+            max_connection_pools,
+            retry_budget,
+        } = t;
+        refused_at_load(track_remaining);
+        refused_at_load(max_connection_pools);
+        refused_at_load(retry_budget);
+        let i = match priority {
+            RoutingPriority::Default => 0,
+            RoutingPriority::High => 1,
+        };
+        let d = CircuitBreakerThresholds::default();
+        out[i] = CircuitBreakerThresholds {
+            max_connections: max_connections.unwrap_or(d.max_connections),
+            max_pending_requests: max_pending_requests.unwrap_or(d.max_pending_requests),
+            max_requests: max_requests.unwrap_or(d.max_requests),
+            max_retries: max_retries.unwrap_or(d.max_retries),
+        };
     }
     out
+}
+
+/// The upstream protocol and HTTP/2 client settings from a cluster's protocol options
+/// (`typed_extension_protocol_options` or the deprecated cluster fields). The upstream settings
+/// sluice does not implement are refused by the validator at their path.
+fn upstream_protocol(
+    typed_extension_protocol_options: &std::collections::BTreeMap<String, ProtocolOptions>,
+    http_protocol_options: Option<&Http1ProtocolOptions>,
+    http2_protocol_options: Option<&Http2ProtocolOptions>,
+    common_http_protocol_options: Option<&CommonHttpProtocolOptions>,
+) -> (Protocol, H2Client) {
+    without_effect(&common_http_protocol_options, "the validator refuses its upstream settings sluice does not implement");
+    let mut protocol = if http2_protocol_options.is_some() { Protocol::Http2 } else { Protocol::Http1 };
+    // The deprecated field selects HTTP/1.1 explicitly (its upstream settings are refused).
+    without_effect(&http_protocol_options, "selects HTTP/1.1, the default; its upstream settings are refused");
+    let mut h2 = http2_protocol_options;
+    for ProtocolOptions::Http(options) in typed_extension_protocol_options.values() {
+        let UpstreamHttpProtocolOptions {
+            common_http_protocol_options,
+            upstream_http_protocol_options,
+            explicit_http_config,
+            use_downstream_protocol_config,
+            auto_config,
+            http_filters,
+        } = &**options;
+        without_effect(common_http_protocol_options, "the validator refuses its upstream settings sluice does not implement");
+        refused_at_load(auto_config);
+        refused_at_load(http_filters);
+        if let Some(UpstreamHttpOptions { auto_sni, auto_san_validation, override_auto_sni_header }) = upstream_http_protocol_options {
+            refused_at_load(auto_sni);
+            refused_at_load(auto_san_validation);
+            refused_at_load(override_auto_sni_header);
+        }
+        if let Some(ExplicitHttpConfig { http_protocol_options, http2_protocol_options, http3_protocol_options }) = explicit_http_config {
+            refused_at_load(http3_protocol_options);
+            without_effect(http_protocol_options, "selects HTTP/1.1; its upstream settings are refused");
+            if let Some(o) = http2_protocol_options {
+                protocol = Protocol::Http2;
+                h2 = Some(o);
+            }
+        }
+        if let Some(UseDownstreamHttpConfig { http_protocol_options, http2_protocol_options, http3_protocol_options }) =
+            use_downstream_protocol_config
+        {
+            refused_at_load(http3_protocol_options);
+            without_effect(http_protocol_options, "HTTP/1.1 requests go upstream as HTTP/1.1; its upstream settings are refused");
+            protocol = Protocol::Downstream;
+            h2 = http2_protocol_options.as_ref();
+        }
+    }
+    let settings = crate::listener::H2Settings::build(h2);
+    (
+        protocol,
+        H2Client {
+            initial_stream_window_size: settings.initial_stream_window_size,
+            initial_connection_window_size: settings.initial_connection_window_size,
+            keepalive: settings.keepalive,
+        },
+    )
+}
+
+/// The upstream HTTP/2 client's settings (`http2_protocol_options`).
+#[derive(Debug, Clone, Copy, Default)]
+struct H2Client {
+    initial_stream_window_size: Option<u32>,
+    initial_connection_window_size: Option<u32>,
+    keepalive: Option<(Duration, Duration)>,
 }
 
 /// An upstream's response, with the HTTP/1.1 connection to pool again once its body ends.
@@ -502,44 +612,207 @@ trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 impl Cluster {
-    /// Build a cluster with an initial host list (STATIC hosts, or empty before discovery).
+    /// Build a cluster: its STATIC hosts from `load_assignment`, plus `hosts` (tests add hosts
+    /// of their own); DNS clusters start empty and are filled by discovery.
     pub fn new(config: &ClusterConfig, stats: &Store, hosts: Vec<Arc<Host>>) -> anyhow::Result<Cluster> {
-        let lb_factory = load_balancer::factory(config)?;
-        let tls = match config.transport_socket.as_ref().map(|t| &t.typed_config) {
-            Some(TransportSocketConfig::UpstreamTls(ctx)) => Some(UpstreamTls::new(ctx, &config.name)?),
-            Some(TransportSocketConfig::RawBuffer(_)) | None => None,
-            Some(TransportSocketConfig::DownstreamTls(_)) => {
-                anyhow::bail!("cluster '{}': transport_socket must be an UpstreamTlsContext", config.name)
+        let ClusterConfig {
+            name,
+            alt_stat_name,
+            type_,
+            cluster_type,
+            eds_cluster_config,
+            connect_timeout,
+            per_connection_buffer_limit_bytes,
+            lb_policy,
+            load_assignment,
+            health_checks,
+            max_requests_per_connection,
+            circuit_breakers,
+            typed_extension_protocol_options,
+            http2_protocol_options,
+            http_protocol_options,
+            common_http_protocol_options,
+            dns_refresh_rate,
+            dns_failure_refresh_rate,
+            respect_dns_ttl,
+            dns_lookup_family,
+            dns_jitter,
+            dns_resolvers,
+            use_tcp_for_dns_lookups,
+            typed_dns_resolver_config,
+            transport_socket,
+            transport_socket_matches,
+            outlier_detection,
+            ring_hash_lb_config,
+            maglev_lb_config,
+            least_request_lb_config,
+            round_robin_lb_config,
+            common_lb_config,
+            load_balancing_policy,
+            upstream_connection_options,
+            upstream_bind_config,
+            close_connections_on_host_health_failure,
+            ignore_health_on_host_removal,
+            metadata,
+        } = config;
+        for refused in [
+            cluster_type,
+            eds_cluster_config,
+            per_connection_buffer_limit_bytes,
+            max_requests_per_connection,
+            dns_resolvers,
+            transport_socket_matches,
+            load_balancing_policy,
+            upstream_connection_options,
+            upstream_bind_config,
+        ] {
+            refused_at_load(refused);
+        }
+        if let Some(Metadata { filter_metadata, typed_filter_metadata }) = metadata {
+            refused_at_load(typed_filter_metadata);
+            without_effect(filter_metadata, "read only by features sluice refuses (subset load balancing, %CLUSTER_METADATA%)");
+        }
+        let lb_factory = load_balancer::factory(
+            name,
+            *lb_policy,
+            least_request_lb_config.as_ref(),
+            ring_hash_lb_config.as_ref(),
+            maglev_lb_config.as_ref(),
+            round_robin_lb_config.as_ref(),
+        )?;
+        let tls = match transport_socket {
+            Some(TransportSocket { name: socket_name, typed_config }) => {
+                without_effect(socket_name, "the transport socket is chosen by its typed_config");
+                match typed_config {
+                    TransportSocketConfig::UpstreamTls(ctx) => Some(UpstreamTls::new(ctx, name)?),
+                    TransportSocketConfig::RawBuffer(_) => None,
+                    TransportSocketConfig::DownstreamTls(_) => {
+                        anyhow::bail!("cluster '{name}': transport_socket must be an UpstreamTlsContext")
+                    }
+                }
             }
-        };
-        let protocol = if config.http2() {
-            Protocol::Http2
-        } else if config.use_downstream_protocol() {
-            Protocol::Downstream
-        } else {
-            Protocol::Http1
-        };
-        let store = stats;
-        let stats = ClusterStats::new(store, config.stat_name());
-        let checker = match config.health_checks.first() {
-            Some(hc) => Some(Arc::new(HealthChecker::new(HealthCheckConfig::build(hc)?, store, stats.prefix()))),
             None => None,
         };
-        let detector = match &config.outlier_detection {
+        let (protocol, h2_client) = upstream_protocol(
+            typed_extension_protocol_options,
+            http_protocol_options.as_ref(),
+            http2_protocol_options.as_ref(),
+            common_http_protocol_options.as_ref(),
+        );
+        let endpoints = super::discovery::endpoints(name, load_assignment.as_ref())?;
+        let discovery = match type_ {
+            DiscoveryType::Static => Discovery::Static,
+            DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
+                let logical = *type_ == DiscoveryType::LogicalDns;
+                anyhow::ensure!(
+                    !logical || endpoints.len() == 1,
+                    "cluster '{name}': LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint"
+                );
+                let refresh_rate = dns_refresh_rate.map_or(Duration::from_secs(5), |d| d.as_std());
+                Discovery::Dns(Arc::new(super::discovery::DnsSettings {
+                    logical,
+                    endpoints: endpoints.clone(),
+                    refresh_rate,
+                    failure_refresh: dns_failure_refresh_rate.as_ref().map(|RefreshRate { base_interval, max_interval }| {
+                        let base = base_interval.as_std();
+                        (base, max_interval.map_or(base * 10, |m| m.as_std()))
+                    }),
+                    respect_ttl: *respect_dns_ttl,
+                    family: *dns_lookup_family,
+                    jitter: dns_jitter.map(|d| d.as_std()).filter(|d| !d.is_zero()),
+                    use_tcp: use_tcp_for_dns_lookups.unwrap_or(false),
+                    resolver: typed_dns_resolver_config.as_ref().map(|t| {
+                        let TypedExtensionConfig { name: resolver_name, typed_config } = t;
+                        without_effect(resolver_name, "the resolver is chosen by its typed_config");
+                        typed_config.clone()
+                    }),
+                }))
+            }
+            other => anyhow::bail!("cluster '{name}': discovery type {other:?} is not supported"),
+        };
+        let mut all_hosts = match discovery {
+            Discovery::Static => super::discovery::static_hosts(name, &endpoints)?,
+            Discovery::Dns(_) => Vec::new(),
+        };
+        all_hosts.extend(hosts);
+        let store = stats;
+        let stats = ClusterStats::new(store, alt_stat_name.as_deref().unwrap_or(name));
+        // The validator refuses a second health check.
+        let checker = match health_checks.as_slice() {
+            [] => None,
+            [hc] => Some(Arc::new(HealthChecker::new(HealthCheckConfig::build(hc)?, store, stats.prefix()))),
+            _ => anyhow::bail!("cluster '{name}': at most one health check is supported"),
+        };
+        Self::finish(config, store, stats, checker, all_hosts, BuildParts {
+            lb_factory,
+            tls,
+            protocol,
+            h2_client,
+            discovery,
+            circuit_breakers: circuit_breakers.as_ref(),
+            outlier_detection: outlier_detection.as_ref(),
+            common_lb_config: common_lb_config.as_ref(),
+            connect_timeout: connect_timeout.map_or(Duration::from_secs(5), |d| d.as_std()),
+            ignore_health_on_host_removal: *ignore_health_on_host_removal,
+            close_on_failure: *close_connections_on_host_health_failure,
+        })
+    }
+
+    fn finish(
+        config: &ClusterConfig,
+        store: &Store,
+        stats: ClusterStats,
+        checker: Option<Arc<HealthChecker>>,
+        hosts: Vec<Arc<Host>>,
+        parts: BuildParts<'_>,
+    ) -> anyhow::Result<Cluster> {
+        let BuildParts {
+            lb_factory,
+            tls,
+            protocol,
+            h2_client,
+            discovery,
+            circuit_breakers,
+            outlier_detection,
+            common_lb_config,
+            connect_timeout,
+            ignore_health_on_host_removal,
+            close_on_failure,
+        } = parts;
+        let detector = match outlier_detection {
             Some(od) => Some(Arc::new(Detector::new(OutlierConfig::build(od)?, store, stats.prefix()))),
             None => None,
         };
-        let lb_cfg = config.common_lb_config.as_ref();
+        let default_lb = CommonLbConfig::default();
+        let CommonLbConfig {
+            healthy_panic_threshold,
+            zone_aware_lb_config,
+            locality_weighted_lb_config,
+            update_merge_window,
+            ignore_new_hosts_until_first_hc,
+            close_connections_on_host_set_change,
+            consistent_hashing_lb_config,
+            override_host_status,
+        } = common_lb_config.unwrap_or(&default_lb);
+        for refused in [
+            zone_aware_lb_config,
+            locality_weighted_lb_config,
+            close_connections_on_host_set_change,
+            consistent_hashing_lb_config,
+            override_host_status,
+        ] {
+            refused_at_load(refused);
+        }
         let health = ClusterHealth {
             checker,
             detector,
-            panic_threshold: lb_cfg.and_then(|c| c.healthy_panic_threshold).map_or(50.0, |p| p.value.clamp(0.0, 100.0)),
-            ignore_new_hosts_until_first_hc: lb_cfg.is_some_and(|c| c.ignore_new_hosts_until_first_hc),
-            ignore_health_on_host_removal: config.ignore_health_on_host_removal,
-            close_on_failure: config.close_connections_on_host_health_failure,
+            panic_threshold: healthy_panic_threshold.map_or(50.0, |Percent { value }| value.clamp(0.0, 100.0)),
+            ignore_new_hosts_until_first_hc: *ignore_new_hosts_until_first_hc,
+            ignore_health_on_host_removal,
+            close_on_failure,
             update: Mutex::new(()),
             members: tokio::sync::Notify::new(),
-            merge_window: lb_cfg.and_then(|c| c.update_merge_window).map_or(Duration::from_secs(1), |d| d.as_std()),
+            merge_window: update_merge_window.map_or(Duration::from_secs(1), |d| d.as_std()),
             merge: Mutex::new(MergeState::default()),
             live: std::sync::atomic::AtomicBool::new(false),
             cm_stats: ["cluster_updated", "cluster_updated_via_merge", "update_merge_cancelled", "update_out_of_merge_window"]
@@ -552,7 +825,7 @@ impl Cluster {
             config: config.clone(),
             shared: Arc::new(Shared {
                 stats,
-                thresholds: thresholds(config),
+                thresholds: thresholds(circuit_breakers),
                 cx_count: AtomicU64::new(0),
                 rq_count: AtomicU64::new(0),
                 pending_count: AtomicU64::new(0),
@@ -562,11 +835,23 @@ impl Cluster {
             lb_factory,
             tls,
             protocol,
-            connect_timeout: config.connect_timeout(),
+            h2_client,
+            discovery,
+            connect_timeout,
             health,
         };
         c.set_hosts(hosts);
         Ok(c)
+    }
+
+    /// `connect_timeout` (default 5 s).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// How the cluster finds its hosts.
+    pub(crate) fn discovery(&self) -> &Discovery {
+        &self.discovery
     }
 
     pub fn name(&self) -> &str {
@@ -1062,19 +1347,15 @@ impl Cluster {
         let io = TokioIo::new(Counted::new(io, None, s.upstream_cx_rx_bytes_total.clone(), s.upstream_cx_tx_bytes_total.clone()));
         if h2 {
             let mut b = http2::Builder::new(TokioExecutor::new());
-            let opts = self.config.http2_protocol_options.as_ref().or_else(|| {
-                self.config
-                    .upstream_http_options()
-                    .and_then(|u| u.explicit_http_config.as_ref())
-                    .and_then(|e| e.http2_protocol_options.as_ref())
-            });
-            if let Some(o) = opts {
-                if let Some(w) = o.initial_stream_window_size {
-                    b.initial_stream_window_size(w);
-                }
-                if let Some(w) = o.initial_connection_window_size {
-                    b.initial_connection_window_size(w);
-                }
+            let o = self.h2_client;
+            if let Some(w) = o.initial_stream_window_size {
+                b.initial_stream_window_size(w);
+            }
+            if let Some(w) = o.initial_connection_window_size {
+                b.initial_connection_window_size(w);
+            }
+            if let Some((interval, timeout)) = o.keepalive {
+                b.timer(hyper_util::rt::TokioTimer::new()).keep_alive_interval(interval).keep_alive_timeout(timeout);
             }
             let (sender, conn) = b.handshake(io).await.map_err(|_| {
                 s.upstream_cx_protocol_error.inc();

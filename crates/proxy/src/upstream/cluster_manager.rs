@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use sluice_config::cluster::DiscoveryType;
-
-use super::cluster::Cluster;
+use super::cluster::{Cluster, Discovery};
 use super::{discovery, health_check, outlier};
 use crate::stats::Store;
 
@@ -39,7 +37,8 @@ impl ClusterManager {
     /// Build every cluster of the bootstrap; must run inside a tokio runtime: spawns the
     /// per-cluster discovery tasks.
     pub fn new(bootstrap: &sluice_config::Bootstrap, stats: &Store) -> anyhow::Result<Arc<ClusterManager>> {
-        let cfgs = &bootstrap.static_resources.clusters;
+        let settings = crate::bootstrap::settings(bootstrap);
+        let cfgs = settings.clusters;
         let active = stats.gauge("cluster_manager.active_clusters");
         let added = stats.counter("cluster_manager.cluster_added");
         for n in ["cluster_modified", "cluster_removed", "cluster_updated", "cluster_updated_via_merge", "update_merge_cancelled", "update_out_of_merge_window"] {
@@ -52,30 +51,15 @@ impl ClusterManager {
         let mut default_resolver = None;
         for cfg in cfgs {
             anyhow::ensure!(!index.contains_key(&cfg.name), "cluster manager: duplicate cluster '{}'", cfg.name);
-            let (hosts, is_dns) = match cfg.type_ {
-                DiscoveryType::Static => (discovery::static_hosts(cfg)?, false),
-                DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
-                    discovery::endpoints(cfg)?;
-                    if cfg.type_ == DiscoveryType::LogicalDns {
-                        anyhow::ensure!(
-                            discovery::endpoints(cfg)?.len() == 1,
-                            "cluster '{}': LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
-                            cfg.name
-                        );
-                    }
-                    (Vec::new(), true)
-                }
-                other => anyhow::bail!("cluster '{}': discovery type {other:?} is not supported", cfg.name),
-            };
-            let cluster = Arc::new(Cluster::new(cfg, stats, hosts).with_context(|| format!("cluster '{}'", cfg.name))?);
-            if is_dns {
-                let tcp = cfg.use_tcp_for_dns_lookups.unwrap_or(false);
-                let resolver = match (cfg.typed_dns_resolver_config.as_ref(), tcp) {
-                    (Some(t), _) => discovery::build_resolver(Some(&t.typed_config), tcp),
-                    (None, true) => discovery::build_resolver(bootstrap.typed_dns_resolver_config.as_ref().map(|t| &t.typed_config), true),
+            let cluster = Arc::new(Cluster::new(cfg, stats, Vec::new()).with_context(|| format!("cluster '{}'", cfg.name))?);
+            if let Discovery::Dns(dns_settings) = cluster.discovery() {
+                let tcp = dns_settings.use_tcp;
+                let resolver = match (dns_settings.resolver.as_ref(), tcp) {
+                    (Some(r), _) => discovery::build_resolver(Some(r), tcp),
+                    (None, true) => discovery::build_resolver(settings.dns_resolver, true),
                     (None, false) => match &default_resolver {
                         Some(r) => Ok(Clone::clone(r)),
-                        None => discovery::build_resolver(bootstrap.typed_dns_resolver_config.as_ref().map(|t| &t.typed_config), false)
+                        None => discovery::build_resolver(settings.dns_resolver, false)
                             .inspect(|r| default_resolver = Some(r.clone())),
                     },
                 }
@@ -104,7 +88,7 @@ impl ClusterManager {
             }
         };
         let mut discovered = HashMap::new();
-        for c in clusters.iter().filter(|c| c.config().type_ == DiscoveryType::Static && c.health_checker().is_none()) {
+        for c in clusters.iter().filter(|c| matches!(c.discovery(), Discovery::Static) && c.health_checker().is_none()) {
             c.mark_live();
         }
         for (cluster, resolver) in dns {
@@ -136,7 +120,7 @@ impl ClusterManager {
         for c in clusters.iter().filter(|c| c.detector().is_some()) {
             tasks.push(tokio::spawn(outlier::run(c.clone(), rx.clone())));
         }
-        let local_cluster_name = bootstrap.node.as_ref().map(|n| n.cluster.clone()).unwrap_or_default();
+        let local_cluster_name = settings.local_cluster.to_string();
         Ok(Arc::new(ClusterManager {
             clusters,
             index,

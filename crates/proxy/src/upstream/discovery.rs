@@ -12,17 +12,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts, ServerOrderingStrategy};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
-use sluice_config::bootstrap::{CaresDnsResolverConfig, DnsResolverConfig};
-use sluice_config::cluster::{Cluster as ClusterConfig, DiscoveryType, DnsLookupFamily, HealthStatus};
+use sluice_config::bootstrap::{CaresDnsResolverConfig, DnsResolverConfig, DnsResolverOptions, GetAddrInfoDnsResolverConfig};
+use sluice_config::cluster::{ClusterLoadAssignment, DnsLookupFamily, Endpoint, HealthStatus, LbEndpoint, LocalityLbEndpoints};
 use sluice_config::core::Locality;
 
 use super::cluster::Cluster;
+use crate::config_audit::{refused_at_load, without_effect};
 use super::host::Host;
 
 /// One endpoint of a cluster's load assignment.
@@ -37,28 +38,62 @@ pub(crate) struct EndpointSpec {
     pub hostname: Option<String>,
 }
 
-pub(crate) fn endpoints(cfg: &ClusterConfig) -> anyhow::Result<Vec<EndpointSpec>> {
+/// A DNS cluster's discovery settings, resolved from its config.
+#[derive(Debug, Clone)]
+pub(crate) struct DnsSettings {
+    /// LOGICAL_DNS: one address per name.
+    pub logical: bool,
+    pub endpoints: Vec<EndpointSpec>,
+    /// `dns_refresh_rate` (default 5 s).
+    pub refresh_rate: Duration,
+    /// `dns_failure_refresh_rate`: base and max (default max: 10 × base).
+    pub failure_refresh: Option<(Duration, Duration)>,
+    pub respect_ttl: bool,
+    pub family: DnsLookupFamily,
+    /// `dns_jitter`: a random delay below it is added to each refresh after a success.
+    pub jitter: Option<Duration>,
+    /// `use_tcp_for_dns_lookups`.
+    pub use_tcp: bool,
+    /// The cluster's own `typed_dns_resolver_config`.
+    pub resolver: Option<DnsResolverConfig>,
+}
+
+/// The endpoints of a cluster's `load_assignment`.
+pub(crate) fn endpoints(cluster: &str, load_assignment: Option<&ClusterLoadAssignment>) -> anyhow::Result<Vec<EndpointSpec>> {
     let mut out = Vec::new();
-    let Some(la) = &cfg.load_assignment else { return Ok(out) };
-    for (li, l) in la.endpoints.iter().enumerate() {
-        anyhow::ensure!(l.priority == 0, "cluster '{}': only priority 0 is supported", cfg.name);
-        for (ei, e) in l.lb_endpoints.iter().enumerate() {
-            let Some(ep) = &e.endpoint else { continue };
-            let sa = ep.address.socket_address.as_ref().ok_or_else(|| {
+    let Some(ClusterLoadAssignment { cluster_name, endpoints, named_endpoints, policy }) = load_assignment else {
+        return Ok(out);
+    };
+    without_effect(cluster_name, "names the cluster for EDS, which sluice refuses");
+    refused_at_load(named_endpoints);
+    refused_at_load(policy);
+    for (li, group) in endpoints.iter().enumerate() {
+        let LocalityLbEndpoints { locality, lb_endpoints, load_balancing_weight, priority, proximity, metadata } = group;
+        without_effect(load_balancing_weight, "locality weights need locality_weighted_lb_config, which sluice refuses");
+        without_effect(proximity, "Envoy does not use it");
+        without_effect(metadata, "read only by features sluice refuses (subset load balancing)");
+        anyhow::ensure!(*priority == 0, "cluster '{cluster}': only priority 0 is supported");
+        for (ei, e) in lb_endpoints.iter().enumerate() {
+            let LbEndpoint { endpoint, endpoint_name, health_status, metadata, load_balancing_weight } = e;
+            refused_at_load(endpoint_name);
+            without_effect(metadata, "read only by features sluice refuses (subset load balancing, %UPSTREAM_HOST_METADATA%)");
+            let Some(Endpoint { address, hostname, health_check_config, additional_addresses }) = endpoint else { continue };
+            refused_at_load(health_check_config);
+            refused_at_load(additional_addresses);
+            let sa = address.socket_address.as_ref().ok_or_else(|| {
                 anyhow::anyhow!(
-                    "cluster '{}': load_assignment.endpoints[{li}].lb_endpoints[{ei}]: only socket_address is supported",
-                    cfg.name
+                    "cluster '{cluster}': load_assignment.endpoints[{li}].lb_endpoints[{ei}]: only socket_address is supported"
                 )
             })?;
             let port = u16::try_from(sa.port_value)
-                .map_err(|_| anyhow::anyhow!("cluster '{}': invalid port {}", cfg.name, sa.port_value))?;
+                .map_err(|_| anyhow::anyhow!("cluster '{cluster}': invalid port {}", sa.port_value))?;
             out.push(EndpointSpec {
                 name: sa.address.trim_start_matches('[').trim_end_matches(']').to_string(),
                 port,
-                weight: e.weight(),
-                locality: l.locality.clone().unwrap_or_default(),
-                health: e.health_status,
-                hostname: ep.hostname.clone(),
+                weight: load_balancing_weight.unwrap_or(1).max(1),
+                locality: locality.clone().unwrap_or_default(),
+                health: *health_status,
+                hostname: hostname.clone(),
             });
         }
     }
@@ -66,14 +101,20 @@ pub(crate) fn endpoints(cfg: &ClusterConfig) -> anyhow::Result<Vec<EndpointSpec>
 }
 
 /// STATIC hosts: every endpoint must be an IP literal.
-pub(crate) fn static_hosts(cfg: &ClusterConfig) -> anyhow::Result<Vec<Arc<Host>>> {
-    endpoints(cfg)?
-        .into_iter()
+pub(crate) fn static_hosts(cluster: &str, endpoints: &[EndpointSpec]) -> anyhow::Result<Vec<Arc<Host>>> {
+    endpoints
+        .iter()
         .map(|e| {
             let ip: IpAddr = e.name.parse().map_err(|_| {
-                anyhow::anyhow!("cluster '{}': STATIC endpoint address '{}' is not an IP address", cfg.name, e.name)
+                anyhow::anyhow!("cluster '{cluster}': STATIC endpoint address '{}' is not an IP address", e.name)
             })?;
-            Ok(Arc::new(Host::new(SocketAddr::new(ip, e.port), e.hostname.clone().unwrap_or_default(), e.weight, e.locality, e.health)))
+            Ok(Arc::new(Host::new(
+                SocketAddr::new(ip, e.port),
+                e.hostname.clone().unwrap_or_default(),
+                e.weight,
+                e.locality.clone(),
+                e.health,
+            )))
         })
         .collect()
 }
@@ -87,27 +128,61 @@ pub(crate) fn build_resolver(cfg: Option<&DnsResolverConfig>, cluster_tcp: bool)
         hickory_resolver::system_conf::read_system_conf().map_err(|e| anyhow::anyhow!("reading /etc/resolv.conf: {e}"))
     };
     let (config, base_opts) = match cfg {
-        Some(DnsResolverConfig::Cares(c)) if !c.resolvers.is_empty() => {
-            let custom = cares_config(c, cluster_tcp)?;
-            if c.use_resolvers_as_fallback {
-                match system() {
-                    Ok((sys, o)) if !sys.name_servers().is_empty() => (sys, o),
-                    _ => (custom, ResolverOpts::default()),
+        Some(DnsResolverConfig::Cares(c)) => {
+            let CaresDnsResolverConfig {
+                resolvers,
+                use_resolvers_as_fallback,
+                filter_unroutable_families,
+                dns_resolver_options,
+                udp_max_queries,
+                query_timeout_seconds,
+                query_tries,
+                rotate_nameservers,
+            } = c;
+            refused_at_load(filter_unroutable_families);
+            refused_at_load(udp_max_queries);
+            let tcp = match dns_resolver_options {
+                Some(DnsResolverOptions { use_tcp_for_dns_lookups, no_default_search_domain }) => {
+                    refused_at_load(no_default_search_domain);
+                    cluster_tcp || *use_tcp_for_dns_lookups
                 }
+                None => cluster_tcp,
+            };
+            opts.timeout = Duration::from_secs(query_timeout_seconds.unwrap_or(5).max(1));
+            opts.attempts = query_tries.unwrap_or(4).max(1) as usize;
+            if *rotate_nameservers {
+                opts.server_ordering_strategy = ServerOrderingStrategy::RoundRobin;
+            }
+            if resolvers.is_empty() {
+                system()?
             } else {
-                (custom, ResolverOpts::default())
+                let custom = cares_config(resolvers, tcp)?;
+                if *use_resolvers_as_fallback {
+                    match system() {
+                        Ok((sys, o)) if !sys.name_servers().is_empty() => (sys, o),
+                        _ => (custom, ResolverOpts::default()),
+                    }
+                } else {
+                    (custom, ResolverOpts::default())
+                }
             }
         }
-        _ => system()?,
+        Some(DnsResolverConfig::GetAddrInfo(GetAddrInfoDnsResolverConfig { num_retries, num_resolver_threads })) => {
+            refused_at_load(num_retries);
+            refused_at_load(num_resolver_threads);
+            let (sys, o) = system()?;
+            opts.timeout = o.timeout;
+            opts.attempts = o.attempts;
+            (sys, o)
+        }
+        None => {
+            let (sys, o) = system()?;
+            opts.timeout = o.timeout;
+            opts.attempts = o.attempts;
+            (sys, o)
+        }
     };
     opts.ndots = base_opts.ndots;
-    if let Some(DnsResolverConfig::Cares(c)) = cfg {
-        opts.timeout = Duration::from_secs(c.query_timeout_seconds.unwrap_or(5).max(1));
-        opts.attempts = c.query_tries.unwrap_or(4).max(1) as usize;
-    } else {
-        opts.timeout = base_opts.timeout;
-        opts.attempts = base_opts.attempts;
-    }
     // Every refresh asks the wire (as Envoy does); TTLs are read from the answers.
     opts.cache_size = 0;
     let mut b = TokioResolver::builder_with_config(config, provider);
@@ -115,10 +190,9 @@ pub(crate) fn build_resolver(cfg: Option<&DnsResolverConfig>, cluster_tcp: bool)
     Ok(b.build()?)
 }
 
-fn cares_config(c: &CaresDnsResolverConfig, cluster_tcp: bool) -> anyhow::Result<ResolverConfig> {
-    let tcp = cluster_tcp || c.dns_resolver_options.as_ref().is_some_and(|o| o.use_tcp_for_dns_lookups);
+fn cares_config(resolvers: &[sluice_config::core::Address], tcp: bool) -> anyhow::Result<ResolverConfig> {
     let mut servers = Vec::new();
-    for a in &c.resolvers {
+    for a in resolvers {
         let sa = a
             .socket_address
             .as_ref()
@@ -207,16 +281,21 @@ pub(crate) async fn resolve(resolver: &TokioResolver, name: &str, family: DnsLoo
 }
 
 /// Failure backoff: `dns_failure_refresh_rate` base doubling up to max (default: the refresh rate).
-fn failure_delay(cfg: &ClusterConfig, failures: u32) -> Duration {
-    let (base, max) = match &cfg.dns_failure_refresh_rate {
-        Some(r) => {
-            let base = r.base_interval.as_std();
-            (base, r.max_interval.map(|m| m.as_std()).unwrap_or(base * 10))
-        }
-        None => (cfg.dns_refresh_rate(), cfg.dns_refresh_rate()),
-    };
+fn failure_delay(dns: &DnsSettings, failures: u32) -> Duration {
+    let (base, max) = dns.failure_refresh.unwrap_or((dns.refresh_rate, dns.refresh_rate));
     let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     exp.min(max).max(Duration::from_millis(1))
+}
+
+/// The wait after a successful resolution: the refresh rate (or the smallest TTL with
+/// `respect_dns_ttl`) plus a random `dns_jitter` share.
+fn success_delay(dns: &DnsSettings, min_ttl: Option<Duration>) -> Duration {
+    let base = if dns.respect_ttl { min_ttl.filter(|t| !t.is_zero()).unwrap_or(dns.refresh_rate) } else { dns.refresh_rate };
+    let jitter = dns.jitter.map_or(Duration::ZERO, |j| {
+        use rand::Rng;
+        Duration::from_nanos(rand::rng().random_range(0..j.as_nanos().min(u128::from(u64::MAX)) as u64))
+    });
+    base + jitter
 }
 
 /// The discovery loop of one DNS cluster. `first_done` is called once, after the first attempt.
@@ -226,10 +305,12 @@ pub(crate) async fn dns_loop(
     mut first_done: Option<Box<dyn FnOnce() + Send>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let cfg = cluster.config().clone();
-    let eps = endpoints(&cfg).unwrap_or_default();
-    let logical = cfg.type_ == DiscoveryType::LogicalDns;
-    let family = cfg.dns_lookup_family;
+    let super::cluster::Discovery::Dns(dns) = cluster.discovery() else { return };
+    let dns = dns.clone();
+    let eps = &dns.endpoints;
+    let logical = dns.logical;
+    let family = dns.family;
+    let name = cluster.name().to_string();
     // Last good addresses per endpoint.
     let mut last: Vec<Option<Vec<IpAddr>>> = vec![None; eps.len()];
     let mut failures = 0u32;
@@ -251,7 +332,7 @@ pub(crate) async fn dns_loop(
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(cluster = %cfg.name, name = %ep.name, error = %e, "DNS resolution failed");
+                    tracing::debug!(cluster = %name, name = %ep.name, error = %e, "DNS resolution failed");
                     failed = true;
                 }
             }
@@ -290,13 +371,7 @@ pub(crate) async fn dns_loop(
         if let Some(f) = first_done.take() {
             f();
         }
-        let delay = if failed {
-            failure_delay(&cfg, failures)
-        } else if cfg.respect_dns_ttl {
-            min_ttl.filter(|t| !t.is_zero()).unwrap_or_else(|| cfg.dns_refresh_rate())
-        } else {
-            cfg.dns_refresh_rate()
-        };
+        let delay = if failed { failure_delay(&dns, failures) } else { success_delay(&dns, min_ttl) };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return,
@@ -311,18 +386,40 @@ pub(crate) async fn dns_loop(
 mod tests {
     use super::*;
 
+    fn settings() -> DnsSettings {
+        DnsSettings {
+            logical: false,
+            endpoints: Vec::new(),
+            refresh_rate: Duration::from_secs(5),
+            failure_refresh: None,
+            respect_ttl: false,
+            family: DnsLookupFamily::Auto,
+            jitter: None,
+            use_tcp: false,
+            resolver: None,
+        }
+    }
+
     #[test]
     fn failure_backoff_doubles_up_to_max() {
-        let mut cfg = ClusterConfig {
-            dns_failure_refresh_rate: Some(sluice_config::cluster::RefreshRate {
-                base_interval: sluice_config::Duration(Duration::from_millis(100)),
-                max_interval: Some(sluice_config::Duration(Duration::from_millis(500))),
-            }),
-            ..Default::default()
-        };
-        let d: Vec<u128> = (1..6).map(|f| failure_delay(&cfg, f).as_millis()).collect();
+        let mut dns = DnsSettings { failure_refresh: Some((Duration::from_millis(100), Duration::from_millis(500))), ..settings() };
+        let d: Vec<u128> = (1..6).map(|f| failure_delay(&dns, f).as_millis()).collect();
         assert_eq!(d, vec![100, 200, 400, 500, 500]);
-        cfg.dns_failure_refresh_rate = None;
-        assert_eq!(failure_delay(&cfg, 3), Duration::from_secs(5));
+        dns.failure_refresh = None;
+        assert_eq!(failure_delay(&dns, 3), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn success_delay_follows_ttl_and_adds_jitter() {
+        let dns = settings();
+        assert_eq!(success_delay(&dns, Some(Duration::from_secs(30))), Duration::from_secs(5));
+        let ttl = DnsSettings { respect_ttl: true, ..settings() };
+        assert_eq!(success_delay(&ttl, Some(Duration::from_secs(30))), Duration::from_secs(30));
+        assert_eq!(success_delay(&ttl, Some(Duration::ZERO)), Duration::from_secs(5));
+        // `dns_jitter`: within [rate, rate + jitter), and not always the same.
+        let jittered = DnsSettings { jitter: Some(Duration::from_secs(1)), ..settings() };
+        let delays: std::collections::HashSet<Duration> = (0..64).map(|_| success_delay(&jittered, None)).collect();
+        assert!(delays.iter().all(|d| *d >= Duration::from_secs(5) && *d < Duration::from_secs(6)), "{delays:?}");
+        assert!(delays.len() > 1, "jitter never varied: {delays:?}");
     }
 }

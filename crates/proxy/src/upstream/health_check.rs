@@ -30,7 +30,9 @@ use http_body_util::BodyExt;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_config::core::{HeaderAppendAction, HeaderValueOption, StringPattern};
-use sluice_config::health_check::{CodecClientType, HealthCheck, HealthCheckKind};
+use sluice_config::health_check::{CodecClientType, HealthCheck, HealthCheckKind, Payload};
+
+use crate::config_audit::{refused_at_load, without_effect};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -184,19 +186,33 @@ pub struct HealthCheckConfig {
 }
 
 fn header_list(list: &[HeaderValueOption]) -> anyhow::Result<Vec<(HeaderName, HeaderValue, HeaderAppendAction)>> {
-    list.iter()
-        .map(|o| {
-            let name = HeaderName::from_bytes(o.header.key.to_ascii_lowercase().as_bytes())
-                .map_err(|_| anyhow::anyhow!("invalid header name \"{}\"", o.header.key))?;
-            let raw = o.header.raw_value.as_deref().unwrap_or(&o.header.value).replace("%%", "%");
-            let value = HeaderValue::from_str(&raw).map_err(|_| anyhow::anyhow!("invalid header value \"{raw}\""))?;
-            Ok((name, value, o.action()))
-        })
-        .collect()
+    let mut out = Vec::with_capacity(list.len());
+    for o in list {
+        let HeaderValueOption { header, append, append_action, keep_empty_value } = o;
+        let sluice_config::core::HeaderValue { key, value, raw_value } = header;
+        let name = HeaderName::from_bytes(key.to_ascii_lowercase().as_bytes())
+            .map_err(|_| anyhow::anyhow!("invalid header name \"{key}\""))?;
+        let raw = raw_value.as_deref().unwrap_or(value).replace("%%", "%");
+        let value = HeaderValue::from_str(&raw).map_err(|_| anyhow::anyhow!("invalid header value \"{raw}\""))?;
+        // An empty value is left out unless `keep_empty_value`, as Envoy's header parser does.
+        if value.is_empty() && !keep_empty_value {
+            continue;
+        }
+        // `append_action` wins; the deprecated `append: false` overwrites; else append.
+        let action = match (append_action, append) {
+            (Some(a), _) => *a,
+            (None, Some(false)) => HeaderAppendAction::OverwriteIfExistsOrAdd,
+            (None, _) => HeaderAppendAction::AppendIfExistsOrAdd,
+        };
+        out.push((name, value, action));
+    }
+    Ok(out)
 }
 
 fn ranges(list: &[sluice_config::route::Int64Range]) -> Vec<(u16, u16)> {
-    list.iter().map(|r| (r.start.clamp(0, 600) as u16, r.end.clamp(0, 600) as u16)).collect()
+    list.iter()
+        .map(|sluice_config::route::Int64Range { start, end }| (start.clamp(&0, &600).to_owned() as u16, end.clamp(&0, &600).to_owned() as u16))
+        .collect()
 }
 
 impl HealthCheckConfig {
@@ -209,36 +225,52 @@ impl HealthCheckConfig {
             interval_jitter_percent,
             unhealthy_threshold,
             healthy_threshold,
-            alt_port: None,
+            alt_port,
             reuse_connection,
-            http_health_check: _,
-            tcp_health_check: _,
-            grpc_health_check: _,
-            custom_health_check: None,
-            no_traffic_interval: _,
+            http_health_check,
+            tcp_health_check,
+            grpc_health_check,
+            custom_health_check,
+            no_traffic_interval,
             no_traffic_healthy_interval,
             unhealthy_interval,
             unhealthy_edge_interval,
             healthy_edge_interval,
-            event_log_path: None,
-            event_logger: None,
-            event_service: None,
-            // Both only change what an event log records; sluice has no event log
-            // (`event_log_path`/`event_logger` are refused), so, as in Envoy without one, they
-            // have nothing to act on.
-            always_log_health_check_failures: _,
-            always_log_health_check_success: _,
-            tls_options: None,
-            transport_socket_match_criteria: None,
-        } = hc
-        else {
-            anyhow::bail!("health check: unsupported field set")
-        };
+            event_log_path,
+            event_logger,
+            event_service,
+            always_log_health_check_failures,
+            always_log_health_check_success,
+            tls_options,
+            transport_socket_match_criteria,
+        } = hc;
+        for refused in [
+            alt_port,
+            custom_health_check,
+            event_log_path,
+            event_logger,
+            event_service,
+            tls_options,
+            transport_socket_match_criteria,
+        ] {
+            refused_at_load(refused);
+        }
+        // Both only change what an event log records; sluice has no event log (`event_log_path`,
+        // `event_logger` are refused), so, as in Envoy without one, they have nothing to act on.
+        without_effect(always_log_health_check_failures, "only changes what the event log records; event logs are refused");
+        without_effect(always_log_health_check_success, "only changes what the event log records; event logs are refused");
         let d = |v: &Option<sluice_config::Duration>| v.map(|d| d.as_std());
         let interval = d(interval).ok_or_else(|| anyhow::anyhow!("health check: interval is required"))?;
         let unhealthy_interval = d(unhealthy_interval).unwrap_or(interval);
-        let no_traffic_interval = hc.no_traffic_interval();
-        let kind = match hc.kind().ok_or_else(|| anyhow::anyhow!("health check: one checker kind is required"))? {
+        // Default 60 s.
+        let no_traffic_interval = d(no_traffic_interval).unwrap_or(Duration::from_secs(60));
+        let checker = match (http_health_check, tcp_health_check, grpc_health_check) {
+            (Some(h), None, None) => HealthCheckKind::Http(h),
+            (None, Some(t), None) => HealthCheckKind::Tcp(t),
+            (None, None, Some(g)) => HealthCheckKind::Grpc(g),
+            _ => anyhow::bail!("health check: one checker kind is required"),
+        };
+        let kind = match checker {
             HealthCheckKind::Http(h) => {
                 let sluice_config::health_check::HttpHealthCheck {
                     host,
@@ -277,8 +309,8 @@ impl HealthCheckConfig {
                     path: path.clone(),
                     host: host.clone(),
                     method: http::Method::from_bytes(method.as_str().as_bytes()).expect("static method"),
-                    body: send.as_ref().map(|p| p.bytes().map(Bytes::from)).transpose().map_err(anyhow::Error::msg)?,
-                    receive: receive.iter().map(|p| p.bytes()).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?,
+                    body: send.as_ref().map(|p| payload(p).map(Bytes::from)).transpose().map_err(anyhow::Error::msg)?,
+                    receive: receive.iter().map(payload).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?,
                     response_buffer_size: response_buffer_size.unwrap_or(1024) as usize,
                     headers_add: header_list(request_headers_to_add)?,
                     headers_remove: request_headers_to_remove
@@ -299,12 +331,11 @@ impl HealthCheckConfig {
                 }))
             }
             HealthCheckKind::Tcp(t) => {
-                let sluice_config::health_check::TcpHealthCheck { send, receive, proxy_protocol_config: None } = t else {
-                    anyhow::bail!("tcp_health_check.proxy_protocol_config is not supported")
-                };
+                let sluice_config::health_check::TcpHealthCheck { send, receive, proxy_protocol_config } = t;
+                refused_at_load(proxy_protocol_config);
                 CheckKind::Tcp(TcpCheck {
-                    send: send.as_ref().map(|p| p.bytes()).transpose().map_err(anyhow::Error::msg)?.unwrap_or_default(),
-                    receive: receive.iter().map(|p| p.bytes()).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?,
+                    send: send.as_ref().map(payload).transpose().map_err(anyhow::Error::msg)?.unwrap_or_default(),
+                    receive: receive.iter().map(payload).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?,
                 })
             }
             HealthCheckKind::Grpc(g) => {
@@ -951,6 +982,16 @@ fn reconcile(
     }
 }
 
+/// A health-check payload's bytes: hex `text` or base64 `binary` (exactly one).
+fn payload(p: &Payload) -> Result<Vec<u8>, String> {
+    let Payload { text, binary } = p;
+    match (text, binary) {
+        (Some(t), None) => sluice_config::health_check::decode_hex(t),
+        (None, Some(b)) => sluice_config::core::base64_decode(b).ok_or_else(|| "binary is not valid base64".to_string()),
+        _ => Err("exactly one of text, binary is required".to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -961,6 +1002,22 @@ mod tests {
         v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let hc: HealthCheck = serde_json::from_value(v).unwrap();
         HealthChecker::new(HealthCheckConfig::build(&hc).unwrap(), &Store::new(), "cluster.c.")
+    }
+
+    #[test]
+    fn header_list_keeps_empty_values_only_when_asked() {
+        let opts: Vec<HeaderValueOption> = serde_json::from_value(serde_json::json!([
+            {"header": {"key": "X-Empty", "value": ""}},
+            {"header": {"key": "x-kept", "value": ""}, "keep_empty_value": true},
+            {"header": {"key": "x-set", "value": "v"}, "append": false},
+            {"header": {"key": "x-add", "value": "w"}, "append_action": "ADD_IF_ABSENT"}
+        ]))
+        .unwrap();
+        let list = header_list(&opts).unwrap();
+        let names: Vec<&str> = list.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-kept", "x-set", "x-add"]);
+        assert_eq!(list[1].2, HeaderAppendAction::OverwriteIfExistsOrAdd);
+        assert_eq!(list[2].2, HeaderAppendAction::AddIfAbsent);
     }
 
     fn failed_host() -> Host {

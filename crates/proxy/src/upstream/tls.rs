@@ -79,11 +79,14 @@ fn certs(pem: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 impl UpstreamTls {
     pub(crate) fn new(ctx: &UpstreamTlsContext, cluster: &str) -> anyhow::Result<UpstreamTls> {
+        let UpstreamTlsContext { common_tls_context, sni, allow_renegotiation, max_session_keys } = ctx;
+        crate::config_audit::refused_at_load(allow_renegotiation);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let common = &ctx.common_tls_context;
-        let inner = match common.validation_context.as_ref().and_then(|v| v.trusted_ca.as_ref()) {
+        let common = crate::tls::common(common_tls_context)
+            .map_err(|(p, e)| anyhow::anyhow!("cluster '{cluster}': common_tls_context.{p}: {e}"))?;
+        let inner = match common.trusted_ca {
             Some(ca) => {
-                let pem = ca.load().map_err(|e| anyhow::anyhow!("cluster '{cluster}': trusted_ca: {e}"))?;
+                let pem = crate::data_source::load(ca).map_err(|e| anyhow::anyhow!("cluster '{cluster}': trusted_ca: {e}"))?;
                 let mut roots = rustls::RootCertStore::empty();
                 for c in certs(&pem).with_context(|| format!("cluster '{cluster}': trusted_ca"))? {
                     roots.add(c).with_context(|| format!("cluster '{cluster}': trusted_ca"))?;
@@ -97,23 +100,26 @@ impl UpstreamTls {
             None => None,
         };
         let verifier = Arc::new(Verifier { inner, provider: provider.clone() });
-        let client_cert = match common.tls_certificates.first() {
-            Some(tc) => {
-                let chain = tc.certificate_chain.as_ref().context("tls_certificates[0].certificate_chain is required")?;
-                let key = tc.private_key.as_ref().context("tls_certificates[0].private_key is required")?;
-                let chain = certs(&chain.load().map_err(anyhow::Error::msg)?)?;
+        let client_cert = match common.certificate {
+            Some((chain, key)) => {
+                let chain = certs(&crate::data_source::load(chain).map_err(anyhow::Error::msg)?)?;
                 let key = {
                     use rustls_pki_types::pem::PemObject;
-                    PrivateKeyDer::from_pem_slice(&key.load().map_err(anyhow::Error::msg)?)
+                    PrivateKeyDer::from_pem_slice(&crate::data_source::load(key).map_err(anyhow::Error::msg)?)
                         .with_context(|| format!("cluster '{cluster}': invalid private key"))?
                 };
                 Some((chain, key))
             }
             None => None,
         };
+        // `max_session_keys` (default 1): how many sessions to keep for resumption; 0 disables it.
+        let resumption = match max_session_keys.unwrap_or(1) {
+            0 => rustls::client::Resumption::disabled(),
+            n => rustls::client::Resumption::in_memory_sessions(n as usize),
+        };
         let build = |alpn: Vec<Vec<u8>>| -> anyhow::Result<TlsConnector> {
-            let b = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()?
+            let b = rustls::ClientConfig::builder_with_provider(common.provider.clone())
+                .with_protocol_versions(&common.versions)?
                 .dangerous()
                 .with_custom_certificate_verifier(verifier.clone());
             let mut cfg = match &client_cert {
@@ -121,16 +127,17 @@ impl UpstreamTls {
                 None => b.with_no_client_auth(),
             };
             cfg.alpn_protocols = alpn;
-            cfg.enable_sni = ctx.sni.is_some();
+            cfg.enable_sni = sni.is_some();
+            cfg.resumption = resumption.clone();
             Ok(TlsConnector::from(Arc::new(cfg)))
         };
-        let configured: Vec<Vec<u8>> = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let configured = common.alpn_protocols.clone();
         let (h1, h2) = if configured.is_empty() {
             (build(vec![])?, build(vec![b"h2".to_vec()])?)
         } else {
             (build(configured.clone())?, build(configured)?)
         };
-        Ok(UpstreamTls { h1, h2, sni: ctx.sni.clone() })
+        Ok(UpstreamTls { h1, h2, sni: sni.clone() })
     }
 
     pub(crate) async fn connect(&self, tcp: TcpStream, ip: std::net::IpAddr, h2: bool) -> std::io::Result<TlsStream<TcpStream>> {

@@ -13,7 +13,9 @@ mod round_robin;
 
 use std::sync::Arc;
 
-use sluice_config::cluster::{Cluster as ClusterConfig, LbPolicy};
+use sluice_config::cluster::{LbPolicy, LeastRequestLbConfig, MaglevLbConfig, RingHashFunction, RingHashLbConfig, RoundRobinLbConfig};
+
+use crate::config_audit::refused_at_load;
 
 use super::host::{Host, HostSet};
 use super::LbContext;
@@ -35,22 +37,49 @@ pub trait LbFactory: Send + Sync {
     fn build(&self, hosts: &HostSet) -> Box<dyn LoadBalancer>;
 }
 
-/// The factory for a cluster's `lb_policy`.
-pub fn factory(cfg: &ClusterConfig) -> anyhow::Result<Box<dyn LbFactory>> {
-    Ok(match cfg.lb_policy {
-        LbPolicy::RoundRobin => Box::new(RoundRobinFactory::default()),
-        LbPolicy::LeastRequest => Box::new(LeastRequestFactory::new(
-            cfg.least_request_lb_config.as_ref().and_then(|c| c.choice_count).unwrap_or(2),
-        )),
-        LbPolicy::Random => Box::new(RandomFactory),
-        LbPolicy::RingHash => {
-            let c = cfg.ring_hash_lb_config.clone().unwrap_or_default();
-            Box::new(RingHashFactory::new(c.minimum_ring_size, c.maximum_ring_size)?)
+/// The factory for a cluster's `lb_policy`, with its policy's config.
+pub fn factory(
+    cluster: &str,
+    lb_policy: LbPolicy,
+    least_request: Option<&LeastRequestLbConfig>,
+    ring_hash: Option<&RingHashLbConfig>,
+    maglev: Option<&MaglevLbConfig>,
+    round_robin: Option<&RoundRobinLbConfig>,
+) -> anyhow::Result<Box<dyn LbFactory>> {
+    // Each policy reads its own config; the others' configs are unused by Envoy too.
+    let least_request_choices = match least_request {
+        Some(LeastRequestLbConfig { choice_count, active_request_bias, slow_start_config }) => {
+            refused_at_load(active_request_bias);
+            refused_at_load(slow_start_config);
+            choice_count.unwrap_or(2)
         }
-        LbPolicy::Maglev => Box::new(MaglevFactory::new(
-            cfg.maglev_lb_config.as_ref().and_then(|c| c.table_size).unwrap_or(DEFAULT_TABLE_SIZE),
-        )?),
-        other => anyhow::bail!("cluster '{}': lb_policy {other:?} is not supported", cfg.name),
+        None => 2,
+    };
+    let ring = match ring_hash {
+        Some(RingHashLbConfig { minimum_ring_size, maximum_ring_size, hash_function }) => {
+            // The validator refuses MURMUR_HASH_2; xxHash is Envoy's default.
+            anyhow::ensure!(
+                matches!(hash_function, None | Some(RingHashFunction::XxHash)),
+                "cluster '{cluster}': ring_hash_lb_config.hash_function MURMUR_HASH_2 is not supported by sluice"
+            );
+            (*minimum_ring_size, *maximum_ring_size)
+        }
+        None => (None, None),
+    };
+    let table_size = match maglev {
+        Some(MaglevLbConfig { table_size }) => table_size.unwrap_or(DEFAULT_TABLE_SIZE),
+        None => DEFAULT_TABLE_SIZE,
+    };
+    if let Some(RoundRobinLbConfig { slow_start_config }) = round_robin {
+        refused_at_load(slow_start_config);
+    }
+    Ok(match lb_policy {
+        LbPolicy::RoundRobin => Box::new(RoundRobinFactory::default()),
+        LbPolicy::LeastRequest => Box::new(LeastRequestFactory::new(least_request_choices)),
+        LbPolicy::Random => Box::new(RandomFactory),
+        LbPolicy::RingHash => Box::new(RingHashFactory::new(ring.0, ring.1)?),
+        LbPolicy::Maglev => Box::new(MaglevFactory::new(table_size)?),
+        other => anyhow::bail!("cluster '{cluster}': lb_policy {other:?} is not supported"),
     })
 }
 
