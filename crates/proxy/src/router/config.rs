@@ -12,6 +12,7 @@ use sluice_config::core::{HeaderAppendAction, HeaderValueOption, StringMatcher, 
 use sluice_config::ext_authz::ExtAuthzPerRoute;
 use sluice_config::route as cfg;
 
+use super::retry::RetryPolicy;
 use crate::formatter::Format;
 
 /// A route table (`route_config`).
@@ -40,6 +41,10 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutations,
     pub per_filter: PerFilterConfigs,
     pub require_tls: Option<cfg::TlsRequirementType>,
+    /// `include_request_attempt_count`: `x-envoy-attempt-count` on upstream requests.
+    pub attempt_count_in_request: bool,
+    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on responses.
+    pub attempt_count_in_response: bool,
 }
 
 #[derive(Debug)]
@@ -104,7 +109,15 @@ pub struct Forward {
     pub weighted_headers: Vec<WeightedHeaders>,
     /// Route `upgrade_configs`, over the connection manager's.
     pub upgrades: Vec<RouteUpgrade>,
+    /// The route's `retry_policy`, else its virtual host's.
+    pub retry: Option<Arc<RetryPolicy>>,
+    /// The most request body buffered for retries (`per_request_buffer_limit_bytes`, default
+    /// 1 MiB); a larger body is sent once, without retries.
+    pub buffer_limit: usize,
 }
+
+/// Envoy's default request buffer limit (the listener's `per_connection_buffer_limit_bytes`).
+pub const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 
 /// `request_headers_to_add` … of one weighted cluster.
 #[derive(Debug, Default)]
@@ -426,10 +439,21 @@ impl RouteTable {
                     table.exact.entry(d).or_insert(vi);
                 }
             }
+            let vh_retry = match &vh.retry_policy {
+                Some(p) => Some(Arc::new(RetryPolicy::build(p).map_err(|(p, e)| (format!("{vpath}.retry_policy.{p}"), e))?)),
+                None => None,
+            };
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (ri, r) in vh.routes.iter().enumerate() {
                 let rpath = format!("{vpath}.routes[{ri}]");
-                routes.push(Arc::new(Route::build(r).map_err(|(p, e)| (join(&rpath, &p), e))?));
+                let mut route = Route::build(r).map_err(|(p, e)| (join(&rpath, &p), e))?;
+                if let Action::Forward(f) = &mut route.action {
+                    f.buffer_limit = r.per_request_buffer_limit_bytes.map_or(DEFAULT_BUFFER_LIMIT, |b| b as usize);
+                    if f.retry.is_none() {
+                        f.retry = vh_retry.clone();
+                    }
+                }
+                routes.push(Arc::new(route));
             }
             table.virtual_hosts.push(VirtualHost {
                 name: vh.name.clone(),
@@ -440,6 +464,8 @@ impl RouteTable {
                     .map_err(|(p, e)| (format!("{vpath}.response_headers_to_add{p}"), e))?,
                 per_filter: PerFilterConfigs::build(&vh.typed_per_filter_config),
                 require_tls: vh.require_tls,
+                attempt_count_in_request: vh.include_request_attempt_count,
+                attempt_count_in_response: vh.include_attempt_count_in_response,
             });
         }
         table.formatted_headers = table.request_headers.is_formatted()
@@ -748,6 +774,10 @@ impl Forward {
             None => None,
         };
         let timeout = a.timeout();
+        let retry = match &a.retry_policy {
+            Some(p) => Some(Arc::new(RetryPolicy::build(p).map_err(|(p, e)| (format!("retry_policy.{p}"), e))?)),
+            None => None,
+        };
         let hash_policies = a
             .hash_policy
             .iter()
@@ -805,6 +835,8 @@ impl Forward {
             hash_policies,
             weighted_headers,
             upgrades,
+            retry,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
         })
     }
 

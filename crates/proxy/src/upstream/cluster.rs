@@ -88,12 +88,24 @@ pub struct ClusterStats {
     pub cb_rq_open: Gauge,
     pub cb_rq_pending_open: Gauge,
     pub cb_rq_retry_open: Gauge,
+    pub retry: RetryStats,
     external_rq_completed: Counter,
     external_rq_time: Histogram,
     /// `[upstream_rq_Nxx, external.upstream_rq_Nxx]` for N = 1..=5.
     classes: [[Counter; 2]; 5],
     /// Index `status - 100` → `[upstream_rq_<code>, external.upstream_rq_<code>]`.
     codes: Box<[OnceLock<[Counter; 2]>]>,
+}
+
+/// The router's retry counters of a cluster (Envoy's names).
+pub struct RetryStats {
+    pub upstream_rq_retry: Counter,
+    pub upstream_rq_retry_success: Counter,
+    pub upstream_rq_retry_overflow: Counter,
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    pub upstream_rq_retry_backoff_exponential: Counter,
+    pub upstream_rq_per_try_timeout: Counter,
+    pub upstream_rq_per_try_idle_timeout: Counter,
 }
 
 /// Counters registered only so `/stats` lists them as Envoy does (never incremented here).
@@ -141,14 +153,7 @@ const ZERO_COUNTERS: &[&str] = &[
     "upstream_rq_maintenance_mode",
     "upstream_rq_max_duration_reached",
     "upstream_rq_pending_failure_eject",
-    "upstream_rq_per_try_idle_timeout",
-    "upstream_rq_per_try_timeout",
-    "upstream_rq_retry",
-    "upstream_rq_retry_backoff_exponential",
     "upstream_rq_retry_backoff_ratelimited",
-    "upstream_rq_retry_limit_exceeded",
-    "upstream_rq_retry_overflow",
-    "upstream_rq_retry_success",
     "upstream_rq_rx_reset",
     "upstream_rq_rx_reset_no_error",
     "upstream_rq_tx_reset",
@@ -222,6 +227,15 @@ impl ClusterStats {
             cb_rq_open: g("circuit_breakers.default.rq_open"),
             cb_rq_pending_open: g("circuit_breakers.default.rq_pending_open"),
             cb_rq_retry_open: g("circuit_breakers.default.rq_retry_open"),
+            retry: RetryStats {
+                upstream_rq_retry: c("upstream_rq_retry"),
+                upstream_rq_retry_success: c("upstream_rq_retry_success"),
+                upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
+                upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+                upstream_rq_retry_backoff_exponential: c("upstream_rq_retry_backoff_exponential"),
+                upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
+                upstream_rq_per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
+            },
             external_rq_completed: c("external.upstream_rq_completed"),
             external_rq_time: h("external.upstream_rq_time"),
             classes: std::array::from_fn(|i| {
@@ -264,6 +278,15 @@ impl ClusterStats {
             let class = &self.classes[(status / 100 - 1) as usize];
             class[0].inc();
             class[1].inc();
+        }
+    }
+
+    /// A response that was retried: `retry.upstream_rq_<code>` and `retry.upstream_rq_<N>xx`
+    /// (Envoy charges these instead of the plain response counters).
+    pub fn charge_retried_response(&self, status: u16) {
+        if (100..600).contains(&status) {
+            self.store.counter(format!("{}retry.upstream_rq_{status}", self.prefix)).inc();
+            self.store.counter(format!("{}retry.upstream_rq_{}xx", self.prefix, status / 100)).inc();
         }
     }
 
@@ -436,6 +459,8 @@ struct Shared {
     cx_count: AtomicU64,
     rq_count: AtomicU64,
     pending_count: AtomicU64,
+    /// Retries scheduled and not yet decided (`max_retries`).
+    retry_count: AtomicU64,
     /// Woken when a connection closes or returns idle (requests waiting on `max_connections`).
     cx_freed: tokio::sync::Notify,
 }
@@ -447,6 +472,7 @@ impl Shared {
         s.cb_cx_open.set((self.cx_count.load(Ordering::Relaxed) >= t.max_connections as u64) as i64);
         s.cb_rq_open.set((self.rq_count.load(Ordering::Relaxed) >= t.max_requests as u64) as i64);
         s.cb_rq_pending_open.set((self.pending_count.load(Ordering::Relaxed) >= t.max_pending_requests as u64) as i64);
+        s.cb_rq_retry_open.set((self.retry_count.load(Ordering::Relaxed) >= t.max_retries as u64) as i64);
     }
 }
 
@@ -542,6 +568,7 @@ impl Cluster {
                 thresholds: thresholds(config),
                 cx_count: AtomicU64::new(0),
                 rq_count: AtomicU64::new(0),
+                retry_count: AtomicU64::new(0),
                 pending_count: AtomicU64::new(0),
                 cx_freed: tokio::sync::Notify::new(),
             }),
@@ -775,6 +802,25 @@ impl Cluster {
     /// `no_traffic_interval`; health-check connections do not count).
     pub(crate) fn traffic_seen(&self) -> bool {
         self.shared.stats.upstream_cx_total.used()
+    }
+
+    /// The router's retry counters.
+    pub fn retry_stats(&self) -> &RetryStats {
+        &self.shared.stats.retry
+    }
+
+    /// Take one retry of the `max_retries` circuit breaker; `None` when it is open. The retry
+    /// counts until the guard drops.
+    pub fn try_retry(&self) -> Option<RetryGuard> {
+        let sh = &self.shared;
+        let max = sh.thresholds[0].max_retries as u64;
+        if sh.retry_count.fetch_add(1, Ordering::AcqRel) >= max {
+            sh.retry_count.fetch_sub(1, Ordering::AcqRel);
+            sh.update_cb_gauges();
+            return None;
+        }
+        sh.update_cb_gauges();
+        Some(RetryGuard { shared: sh.clone() })
     }
 
     /// Choose a host as [`Self::send`] does (panic mode and degraded hosts included); `None`
@@ -1135,6 +1181,18 @@ impl Drop for CxGuard {
         self.host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
         sh.update_cb_gauges();
         sh.cx_freed.notify_waiters();
+    }
+}
+
+/// One scheduled retry (`max_retries`), from the decision to retry until the next decision.
+pub struct RetryGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for RetryGuard {
+    fn drop(&mut self) {
+        self.shared.retry_count.fetch_sub(1, Ordering::AcqRel);
+        self.shared.update_cb_gauges();
     }
 }
 

@@ -25,7 +25,7 @@ pub mod outlier;
 mod pool;
 mod tls;
 
-pub use cluster::{CircuitBreakerThresholds, Cluster, ClusterStats};
+pub use cluster::{CircuitBreakerThresholds, Cluster, ClusterStats, RetryGuard, RetryStats};
 pub use cluster_manager::ClusterManager;
 pub use host::{health_flag, Host, HostSet, HostStats, Outcome};
 pub use pool::bind_worker_thread;
