@@ -42,6 +42,7 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-en
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
@@ -787,6 +788,12 @@ impl HttpConnectionManager {
                 if vhost.attempt_count_in_request {
                     headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
                 }
+                // Envoy removes a per-try timeout header that reaches this point (one added by
+                // the route's header mutations) without applying it; x-envoy-upstream-rq-timeout-ms
+                // goes upstream as it is (measured against Envoy 1.40: retry_differential.rs).
+                if headers.contains_key(&X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+                    headers::remove_ordered(headers, |n| *n == X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
+                }
                 let retry = RetryState::new(fwd.retry.as_ref(), headers).map(|state| {
                     Box::new(RetryCall { state, buffer_limit: fwd.buffer_limit, attempt_header: vhost.attempt_count_in_request })
                 });
@@ -1023,8 +1030,8 @@ impl HttpConnectionManager {
                     tokio::time::sleep_until(wake).await;
                     continue;
                 }
-                RetryStatus::LimitExceeded => rec.info.set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED),
-                RetryStatus::Overflow => rec.info.set_flag(ResponseFlags::UPSTREAM_OVERFLOW),
+                RetryStatus::LimitExceeded => rec.info.set_early_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED),
+                RetryStatus::Overflow => rec.info.set_early_flag(ResponseFlags::UPSTREAM_OVERFLOW),
                 RetryStatus::No => {}
             }
             break match outcome {

@@ -452,6 +452,12 @@ impl RouteTable {
                     if f.retry.is_none() {
                         f.retry = vh_retry.clone();
                     }
+                    // A per-try timeout below the route timeout is what the upstream may expect.
+                    if let Some(per_try) = f.retry.as_ref().and_then(|p| p.per_try_timeout) {
+                        if f.timeout.is_none_or(|t| per_try < t) {
+                            f.timeout_header = Some(HeaderValue::from(per_try.as_millis() as u64));
+                        }
+                    }
                 }
                 routes.push(Arc::new(route));
             }

@@ -287,6 +287,7 @@ impl ClusterStats {
         if (100..600).contains(&status) {
             self.store.counter(format!("{}retry.upstream_rq_{status}", self.prefix)).inc();
             self.store.counter(format!("{}retry.upstream_rq_{}xx", self.prefix, status / 100)).inc();
+            self.store.counter(format!("{}retry.upstream_rq_completed", self.prefix)).inc();
         }
     }
 
