@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::future::Future;
 use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue, HOST};
@@ -581,7 +582,12 @@ impl HttpConnectionManager {
                             Some((d, idle)) => tokio::time::timeout(d, send).await.map_err(|_| idle),
                             None => Ok(send.await),
                         };
-                        self.upstream_response(result, sent, &cluster, sel, rec)
+                        let resp = self.upstream_response(result, sent, &cluster, sel, rec);
+                        match deadline {
+                            // The route timeout covers the whole response, body included (Envoy).
+                            Some((d, false)) => route_deadline_body(resp, tokio::time::Instant::from_std(sent) + d, &cluster),
+                            _ => resp,
+                        }
                     }
                     None => {
                         cluster.stats().upstream_cx_none_healthy.inc();
@@ -1035,7 +1041,13 @@ impl HttpConnectionManager {
                 RetryStatus::No => {}
             }
             break match outcome {
-                Attempt::Done(r) => self.upstream_response(Ok(r), sent, &cluster, sel, rec),
+                Attempt::Done(r) => {
+                    let resp = self.upstream_response(Ok(r), sent, &cluster, sel, rec);
+                    match global {
+                        Some((at, false)) => route_deadline_body(resp, at, &cluster),
+                        _ => resp,
+                    }
+                }
                 _ => {
                     // The per-try timeout ended the last attempt.
                     cluster.stats().charge_response(504, None);
@@ -1054,6 +1066,78 @@ impl HttpConnectionManager {
             resp.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         }
         resp
+    }
+}
+
+/// An upstream response body under the route timeout: when the timeout expires before the body
+/// ends, the body fails with [`RouteTimeout`] (the downstream stream is cut, the access log says
+/// `UT response_timeout`, `upstream_rq_timeout` counts), as Envoy's router does. A timer is only
+/// armed when the body makes the reader wait; a local reply or a finished body is left alone.
+fn route_deadline_body(resp: Response<Body>, at: tokio::time::Instant, cluster: &Arc<Cluster>) -> Response<Body> {
+    if resp.extensions().get::<IsLocalReply>().is_some() || http_body::Body::is_end_stream(resp.body()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let body = DeadlineBody { inner: body, at, sleep: None, cluster: Some(cluster.clone()) };
+    Response::from_parts(parts, Body::boxed(body))
+}
+
+/// The error of a response body cut by the route timeout.
+#[derive(Debug)]
+pub struct RouteTimeout;
+
+impl std::fmt::Display for RouteTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream request timeout")
+    }
+}
+
+impl std::error::Error for RouteTimeout {}
+
+struct DeadlineBody {
+    inner: Body,
+    at: tokio::time::Instant,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Taken when the timeout is charged (once).
+    cluster: Option<Arc<Cluster>>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.cluster.is_none() {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {}
+            ready => return ready,
+        }
+        let at = this.at;
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                if let Some(c) = this.cluster.take() {
+                    c.stats().upstream_rq_timeout().inc();
+                }
+                Poll::Ready(Some(Err(Box::new(RouteTimeout))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.cluster.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
