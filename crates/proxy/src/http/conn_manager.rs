@@ -977,6 +977,15 @@ impl HttpConnectionManager {
             if attempt_header {
                 req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
             }
+            // A retry tells the upstream what is left: the per-try timeout, at most the rest of
+            // the route timeout (Envoy's setTimeoutHeaders).
+            if attempt > 1 && req.headers().contains_key(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS) {
+                if let Some((at, false)) = global {
+                    let left = at.saturating_duration_since(tokio::time::Instant::now());
+                    let expected = per_try.map_or(left, |p| p.min(left)).as_millis().max(1) as u64;
+                    req.headers_mut().insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(expected));
+                }
+            }
             let host = if previous_hosts && !tried.is_empty() {
                 cluster.choose_host_with(&lb, reselections, |h| tried.contains(&h.address))
             } else {

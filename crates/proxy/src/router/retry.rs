@@ -103,7 +103,6 @@ pub struct RetryPolicy {
     pub retry_on: u32,
     pub num_retries: u32,
     pub per_try_timeout: Option<Duration>,
-    pub per_try_idle_timeout: Option<Duration>,
     /// `envoy.retry_host_predicates.previous_hosts`.
     pub previous_hosts: bool,
     /// Extra host picks when the predicate rejects a host (`host_selection_retry_max_attempts` − 1).
@@ -146,6 +145,11 @@ impl RetryPolicy {
             };
             return Err((field.to_string(), NOT_SUPPORTED.to_string()));
         };
+        // Envoy's per-try idle timer restarts on every upstream read and write; sluice does not
+        // implement it (refused rather than ignored).
+        if per_try_idle_timeout.is_some_and(|d| !d.as_std().is_zero()) {
+            return Err(("per_try_idle_timeout".to_string(), NOT_SUPPORTED.to_string()));
+        }
         let retry_on = match retry_on {
             Some(s) => parse_config(s).map_err(|e| ("retry_on".to_string(), e))?,
             None => 0,
@@ -197,7 +201,6 @@ impl RetryPolicy {
             retry_on,
             num_retries: num_retries.unwrap_or(1),
             per_try_timeout: per_try_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
-            per_try_idle_timeout: per_try_idle_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
             previous_hosts,
             host_reselections: attempts.clamp(1, 1000) as u32 - 1,
             retriable_status_codes: codes,
