@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::future::Future;
 use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue, HOST};
@@ -567,7 +566,7 @@ impl HttpConnectionManager {
             // Retries: a rare path, boxed out of every request's state.
             Routed::Upstream(call) if call.retry.is_some() => Box::pin(self.forward_retrying(call, &ctx.selected, rec)).await,
             Routed::Upstream(call) => {
-                let UpstreamCall { mut req, cluster, lb, deadline, set_cookie, retry: _ } = call;
+                let UpstreamCall { mut req, cluster, mut lb, deadline, set_cookie, retry: _ } = call;
                 headers::frame_request_body(&mut req);
                 let sel = &ctx.selected;
                 let sent = Instant::now();
@@ -577,17 +576,16 @@ impl HttpConnectionManager {
                     Some(host) => {
                         // Known before the attempt: `%UPSTREAM_HOST%` also when connecting fails.
                         rec.info.upstream.host = Some(host.address);
+                        // The route timeout covers the whole response, body included (Envoy).
+                        if let Some((d, false)) = deadline {
+                            lb.response_deadline = Some(tokio::time::Instant::now() + d);
+                        }
                         let send = cluster.send_to(host, req, &lb);
                         let result = match deadline {
                             Some((d, idle)) => tokio::time::timeout(d, send).await.map_err(|_| idle),
                             None => Ok(send.await),
                         };
-                        let resp = self.upstream_response(result, sent, &cluster, sel, rec);
-                        match deadline {
-                            // The route timeout covers the whole response, body included (Envoy).
-                            Some((d, false)) => route_deadline_body(resp, tokio::time::Instant::from_std(sent) + d, &cluster),
-                            _ => resp,
-                        }
+                        self.upstream_response(result, sent, &cluster, sel, rec)
                     }
                     None => {
                         cluster.stats().upstream_cx_none_healthy.inc();
@@ -805,7 +803,7 @@ impl HttpConnectionManager {
                 });
                 rec.keep_request(&req);
                 let (hash, set_cookie) = compute_hash(&fwd.hash_policies, &req, info.conn.peer);
-                let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2, report_host: rec.full };
+                let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2, report_host: rec.full, response_deadline: None };
                 *req.version_mut() = Version::HTTP_11;
                 let for_1xx = cluster.clone();
                 hyper::ext::on_informational(&mut req, move |res| {
@@ -936,7 +934,7 @@ impl HttpConnectionManager {
     /// the per-try timeout and the route timeout, and a retriable outcome waits the jittered
     /// back-off and goes again while retries and the `max_retries` circuit breaker allow.
     async fn forward_retrying(&self, call: UpstreamCall, sel: &Selected, rec: &mut StreamRecord<'_>) -> Response<Body> {
-        let UpstreamCall { mut req, cluster, lb, deadline, set_cookie, retry } = call;
+        let UpstreamCall { mut req, cluster, mut lb, deadline, set_cookie, retry } = call;
         let Some(retry) = retry else { unreachable!("forward_retrying needs a retry state") };
         let RetryCall { mut state, buffer_limit, attempt_header } = *retry;
         headers::frame_request_body(&mut req);
@@ -962,6 +960,9 @@ impl HttpConnectionManager {
         let (previous_hosts, reselections) = policy.as_ref().map_or((false, 0), |p| (p.previous_hosts, p.host_reselections));
         let now = tokio::time::Instant::now();
         let global = deadline.map(|(d, idle)| (now + d, idle));
+        if let Some((at, false)) = global {
+            lb.response_deadline = Some(at);
+        }
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt: u32 = 0;
         rec.info.first_upstream_tx = Some(rec.info.elapsed());
@@ -1050,13 +1051,7 @@ impl HttpConnectionManager {
                 RetryStatus::No => {}
             }
             break match outcome {
-                Attempt::Done(r) => {
-                    let resp = self.upstream_response(Ok(r), sent, &cluster, sel, rec);
-                    match global {
-                        Some((at, false)) => route_deadline_body(resp, at, &cluster),
-                        _ => resp,
-                    }
-                }
+                Attempt::Done(r) => self.upstream_response(Ok(r), sent, &cluster, sel, rec),
                 _ => {
                     // The per-try timeout ended the last attempt.
                     cluster.stats().charge_response(504, None);
@@ -1075,78 +1070,6 @@ impl HttpConnectionManager {
             resp.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         }
         resp
-    }
-}
-
-/// An upstream response body under the route timeout: when the timeout expires before the body
-/// ends, the body fails with [`RouteTimeout`] (the downstream stream is cut, the access log says
-/// `UT response_timeout`, `upstream_rq_timeout` counts), as Envoy's router does. A timer is only
-/// armed when the body makes the reader wait; a local reply or a finished body is left alone.
-fn route_deadline_body(resp: Response<Body>, at: tokio::time::Instant, cluster: &Arc<Cluster>) -> Response<Body> {
-    if resp.extensions().get::<IsLocalReply>().is_some() || http_body::Body::is_end_stream(resp.body()) {
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    let body = DeadlineBody { inner: body, at, sleep: None, cluster: Some(cluster.clone()) };
-    Response::from_parts(parts, Body::boxed(body))
-}
-
-/// The error of a response body cut by the route timeout.
-#[derive(Debug)]
-pub struct RouteTimeout;
-
-impl std::fmt::Display for RouteTimeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("upstream request timeout")
-    }
-}
-
-impl std::error::Error for RouteTimeout {}
-
-struct DeadlineBody {
-    inner: Body,
-    at: tokio::time::Instant,
-    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    /// Taken when the timeout is charged (once).
-    cluster: Option<Arc<Cluster>>,
-}
-
-impl http_body::Body for DeadlineBody {
-    type Data = bytes::Bytes;
-    type Error = crate::body::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        if this.cluster.is_none() {
-            return Poll::Ready(None);
-        }
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => {}
-            ready => return ready,
-        }
-        let at = this.at;
-        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        match sleep.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => {
-                if let Some(c) = this.cluster.take() {
-                    c.stats().upstream_rq_timeout().inc();
-                }
-                Poll::Ready(Some(Err(Box::new(RouteTimeout))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.cluster.is_none() || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

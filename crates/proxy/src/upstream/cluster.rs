@@ -914,7 +914,7 @@ impl Cluster {
                     parts.extensions.insert(crate::stream_info::UpstreamHost(host.address));
                 }
                 let done = Done { _rq: rq, sender, host: host.clone(), shared: self.shared.clone() };
-                let body = UpstreamBody::new(body, done);
+                let body = UpstreamBody::new(body, done, ctx.response_deadline);
                 Ok(Response::from_parts(parts, Body::boxed(body)))
             }
             Err(e) => {
@@ -1285,11 +1285,16 @@ impl Done {
 struct UpstreamBody {
     inner: hyper::body::Incoming,
     done: Option<Done>,
+    /// The route timeout's end ([`LbContext::response_deadline`]); the timer is armed only
+    /// when the body makes its reader wait.
+    deadline: Option<tokio::time::Instant>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: bool,
 }
 
 impl UpstreamBody {
-    fn new(inner: hyper::body::Incoming, done: Done) -> UpstreamBody {
-        let mut b = UpstreamBody { inner, done: Some(done) };
+    fn new(inner: hyper::body::Incoming, done: Done, deadline: Option<tokio::time::Instant>) -> UpstreamBody {
+        let mut b = UpstreamBody { inner, done: Some(done), deadline, sleep: None, timed_out: false };
         if http_body::Body::is_end_stream(&b.inner) {
             b.finish(true);
         }
@@ -1308,8 +1313,24 @@ impl http_body::Body for UpstreamBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.timed_out {
+            return Poll::Ready(None);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let Some(at) = this.deadline else { return Poll::Pending };
+                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // The route timeout ended the response: the connection is not reused.
+                this.timed_out = true;
+                if let Some(d) = &this.done {
+                    d.shared.stats.upstream_rq_timeout.inc();
+                }
+                this.finish(false);
+                Poll::Ready(Some(Err(Box::new(super::RouteTimeout))))
+            }
             Poll::Ready(None) => {
                 this.finish(true);
                 Poll::Ready(None)
@@ -1327,7 +1348,7 @@ impl http_body::Body for UpstreamBody {
         }
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.timed_out || self.inner.is_end_stream()
     }
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
