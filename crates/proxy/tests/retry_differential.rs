@@ -98,6 +98,8 @@ async fn scripted_upstream() -> (SocketAddr, Arc<Mutex<Seen>>) {
                 let mode = if n <= fail { mode.as_str() } else { "ok" };
                 let (status, extra) = match mode {
                     "reset" => {
+                        // A zero linger makes the close a reset (it never blocks).
+                        #[allow(deprecated)]
                         let _ = tcp.set_linger(Some(Duration::ZERO));
                         return;
                     }
