@@ -372,6 +372,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ("Percent", "envoy.type.v3.Percent", &[
         "value",
     ]),
+    ("PreviousHostsPredicate", "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate", &[
+       
+    ]),
     ("QueryParameterMatcher", "envoy.config.route.v3.QueryParameterMatcher", &[
         "name", "present_match", "string_match",
     ]),
@@ -393,6 +396,19 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ]),
     ("ResponseMapper", "envoy.extensions.filters.network.http_connection_manager.v3.ResponseMapper", &[
         "body", "body_format_override", "filter", "headers_to_add", "status_code",
+    ]),
+    ("RetryBackOff", "envoy.config.route.v3.RetryPolicy.RetryBackOff", &[
+        "base_interval", "max_interval",
+    ]),
+    ("RetryHostPredicate", "envoy.config.route.v3.RetryPolicy.RetryHostPredicate", &[
+        "name", "typed_config",
+    ]),
+    ("RetryPolicy", "envoy.config.route.v3.RetryPolicy", &[
+        "host_selection_retry_max_attempts", "num_retries", "per_try_idle_timeout",
+        "per_try_timeout", "rate_limited_retry_back_off", "refresh_cluster_on_retry",
+        "retriable_headers", "retriable_request_headers", "retriable_status_codes",
+        "retry_back_off", "retry_host_predicate", "retry_on", "retry_options_predicates",
+        "retry_priority",
     ]),
     ("RingHashLbConfig", "envoy.config.cluster.v3.Cluster.RingHashLbConfig", &[
         "hash_function", "maximum_ring_size", "minimum_ring_size",

@@ -69,12 +69,12 @@ pub struct VirtualHost {
     pub response_headers_to_remove: Vec<String>,
     #[serde(default)]
     pub typed_per_filter_config: TypedPerFilterConfig,
+    #[serde(default)]
+    pub include_request_attempt_count: bool,
+    #[serde(default)]
+    pub include_attempt_count_in_response: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub include_request_attempt_count: Option<NotSupported>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub include_attempt_count_in_response: Option<NotSupported>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_policy: Option<NotSupported>,
+    pub retry_policy: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,7 +129,7 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_request_buffer_limit_bytes: Option<NotSupported>,
+    pub per_request_buffer_limit_bytes: Option<u32>,
 }
 
 /// The action of a route (exactly one of `route`, `redirect`, `direct_response`).
@@ -338,7 +338,7 @@ pub struct RouteAction {
     #[serde(default)]
     pub hash_policy: Vec<HashPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_policy: Option<NotSupported>,
+    pub retry_policy: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_mirror_policies: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -367,6 +367,74 @@ impl RouteAction {
         (!d.is_zero()).then_some(d)
     }
 }
+
+/// `envoy.config.route.v3.RetryPolicy` (route or virtual host; the route's replaces the
+/// virtual host's).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Comma-separated conditions (`5xx,reset,…`), as in `x-envoy-retry-on` /
+    /// `x-envoy-retry-grpc-on`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<String>,
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_idle_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_priority: Option<NotSupported>,
+    #[serde(default)]
+    pub retry_host_predicate: Vec<RetryHostPredicate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_options_predicates: Option<NotSupported>,
+    /// Default 1 (one pick, no re-pick).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_selection_retry_max_attempts: Option<i64>,
+    #[serde(default)]
+    pub retriable_status_codes: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_back_off: Option<RetryBackOff>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited_retry_back_off: Option<NotSupported>,
+    #[serde(default)]
+    pub retriable_headers: Vec<HeaderMatcher>,
+    #[serde(default)]
+    pub retriable_request_headers: Vec<HeaderMatcher>,
+}
+
+/// `envoy.config.route.v3.RetryPolicy.RetryBackOff`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackOff {
+    pub base_interval: Duration,
+    /// Default 10 × `base_interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<Duration>,
+}
+
+/// `envoy.config.route.v3.RetryPolicy.RetryHostPredicate`: sluice knows
+/// `envoy.retry_host_predicates.previous_hosts`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryHostPredicate {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typed_config: Option<RetryHostPredicateConfig>,
+}
+
+typed_enum! {
+    pub enum RetryHostPredicateConfig {
+        PreviousHosts(PreviousHostsPredicate) = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    }
+}
+
+/// `envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousHostsPredicate {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

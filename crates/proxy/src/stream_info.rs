@@ -177,6 +177,9 @@ pub struct StreamInfo {
     pub response_code_details: Option<Cow<'static, str>>,
     /// `%RESPONSE_FLAGS%`.
     pub response_flags: ResponseFlags,
+    /// Flags set before the others: Envoy prints flags in the order they were set, and a retry
+    /// verdict (`URX`, `UO`) comes before the failure it ends with (`URX,UF`).
+    pub early_flags: ResponseFlags,
     /// Request body bytes received (`%BYTES_RECEIVED%`).
     pub bytes_received: u64,
     /// Response body bytes sent (`%BYTES_SENT%`).
@@ -225,6 +228,7 @@ impl StreamInfo {
             response_code: None,
             response_code_details: None,
             response_flags: ResponseFlags::empty(),
+            early_flags: ResponseFlags::empty(),
             bytes_received: 0,
             bytes_sent: 0,
             upstream: UpstreamInfo::default(),
@@ -241,6 +245,21 @@ impl StreamInfo {
     /// Set a response flag.
     pub fn set_flag(&mut self, flag: ResponseFlags) {
         self.response_flags.insert(flag);
+    }
+
+    /// Set a flag that prints before the flags set later (see [`StreamInfo::early_flags`]).
+    pub fn set_early_flag(&mut self, flag: ResponseFlags) {
+        self.response_flags.insert(flag);
+        self.early_flags.insert(flag);
+    }
+
+    /// The set flags' names in Envoy's printing order: the early ones, then the rest.
+    pub fn flag_names(&self, long: bool) -> Vec<&'static str> {
+        let rest = ResponseFlags(self.response_flags.0 & !self.early_flags.0);
+        let names = |f: ResponseFlags| -> Vec<&'static str> { if long { f.long_names().collect() } else { f.short_names().collect() } };
+        let mut out = names(self.early_flags);
+        out.extend(names(rest));
+        out
     }
 
     /// The time since the start.

@@ -323,6 +323,14 @@ impl http_body::Body for LoggedBody {
                 }
             }
             Poll::Ready(None) => this.finish(false),
+            Poll::Ready(Some(Err(e))) if e.is::<crate::upstream::RouteTimeout>() => {
+                // The route timeout cut the response (Envoy: `UT`, `response_timeout`).
+                if let Some(state) = this.state.as_mut() {
+                    state.pending.info.set_flag(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+                    state.pending.info.response_code_details = Some("response_timeout".into());
+                }
+                this.finish(false);
+            }
             Poll::Ready(Some(Err(_))) => this.finish(true),
             Poll::Pending => {}
         }

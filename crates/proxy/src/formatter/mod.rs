@@ -867,11 +867,7 @@ fn string<'c>(ctx: &Context<'c>, f: StrField) -> Option<Cow<'c, [u8]>> {
             if info.response_flags.is_empty() {
                 return b("-");
             }
-            let names: Vec<&str> = if f == StrField::Flags {
-                info.response_flags.short_names().collect()
-            } else {
-                info.response_flags.long_names().collect()
-            };
+            let names = info.flag_names(f == StrField::FlagsLong);
             Some(Cow::Owned(names.join(",").into_bytes()))
         }
         StrField::UpstreamCluster => info.upstream.cluster.as_deref().filter(|c| !c.is_empty()).and_then(b),

@@ -29,6 +29,7 @@ use crate::http::local_reply::{
     http_date, reset_body, IsLocalReply, LocalReply, LocalReplyConfig, LocalReplyInfo, NO_HEALTHY_UPSTREAM, PAYLOAD_TOO_LARGE, STREAM_TIMEOUT,
     UPSTREAM_TIMEOUT,
 };
+use crate::router::retry::{ResetKind, RetryState, RetryStatus};
 use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteRequest, RouteTable, Selected};
 use crate::stream_info::{ResponseFlags, StreamInfo, UpstreamHost};
 use crate::stats::{Counter, Gauge, Histogram, Store};
@@ -44,6 +45,8 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-en
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
+static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
@@ -751,21 +754,40 @@ impl HttpConnectionManager {
                 let t = tunnel.unwrap_or_default();
                 Box::pin(self.tunnel(call, t, &ctx.selected, rec)).await
             }
+            // Retries: a rare path, boxed out of every request's state.
+            Routed::Upstream(call) if call.retry.is_some() => Box::pin(self.forward_retrying(call, &ctx.selected, rec)).await,
             Routed::Upstream(call) => {
-                let UpstreamCall { mut req, cluster, lb, deadline, set_cookie } = call;
+                let UpstreamCall { mut req, cluster, mut lb, deadline, set_cookie, retry: _ } = call;
                 headers::frame_request_body(&mut req);
                 let sel = &ctx.selected;
                 let sent = Instant::now();
                 rec.info.attempt_count = 1;
                 rec.info.first_upstream_tx = Some(rec.info.elapsed());
-                let send = cluster.send(req, &lb);
-                let result = match deadline {
-                    Some((d, idle)) => tokio::time::timeout(d, send).await.map_err(|_| idle),
-                    None => Ok(send.await),
+                let mut resp = match cluster.choose_host(&lb) {
+                    Some(host) => {
+                        // Known before the attempt: `%UPSTREAM_HOST%` also when connecting fails.
+                        rec.info.upstream.host = Some(host.address);
+                        // The route timeout covers the whole response, body included (Envoy).
+                        if let Some((d, false)) = deadline {
+                            lb.response_deadline = Some(tokio::time::Instant::now() + d);
+                        }
+                        let send = cluster.send_to(host, req, &lb);
+                        let result = match deadline {
+                            Some((d, idle)) => tokio::time::timeout(d, send).await.map_err(|_| idle),
+                            None => Ok(send.await),
+                        };
+                        self.upstream_response(result, sent, &cluster, sel, rec)
+                    }
+                    None => {
+                        cluster.stats().upstream_cx_none_healthy.inc();
+                        self.upstream_response(Ok(Err(UpstreamFailure::NoHealthyUpstream)), sent, &cluster, sel, rec)
+                    }
                 };
-                let mut resp = self.upstream_response(result, sent, &cluster, sel, rec);
                 if let Some(c) = set_cookie {
                     resp.headers_mut().append(http::header::SET_COOKIE, c);
+                }
+                if self.routes.virtual_hosts[sel.vhost].attempt_count_in_response {
+                    resp.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(rec.info.attempt_count));
                 }
                 resp
             }
@@ -958,9 +980,21 @@ impl HttpConnectionManager {
                 if let Some(h) = original_host {
                     headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), h);
                 }
+                if vhost.attempt_count_in_request {
+                    headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
+                }
+                // Envoy removes a per-try timeout header that reaches this point (one added by
+                // the route's header mutations) without applying it; x-envoy-upstream-rq-timeout-ms
+                // goes upstream as it is (measured against Envoy 1.40: retry_differential.rs).
+                if headers.contains_key(&X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+                    headers::remove_ordered(headers, |n| *n == X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
+                }
+                let retry = RetryState::new(fwd.retry.as_ref(), headers).map(|state| {
+                    Box::new(RetryCall { state, buffer_limit: fwd.buffer_limit, attempt_header: vhost.attempt_count_in_request })
+                });
                 rec.keep_request(&req);
                 let (hash, set_cookie) = compute_hash(&fwd.hash_policies, &req, info.conn.peer);
-                let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2, report_host: rec.full };
+                let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2, report_host: rec.full, response_deadline: None };
                 *req.version_mut() = Version::HTTP_11;
                 let for_1xx = cluster.clone();
                 hyper::ext::on_informational(&mut req, move |res| {
@@ -975,7 +1009,7 @@ impl HttpConnectionManager {
                     (None, Some(i)) => Some((i, true)),
                     (None, None) => None,
                 };
-                Routed::Upstream(UpstreamCall { req, cluster, lb, deadline, set_cookie })
+                Routed::Upstream(UpstreamCall { req, cluster, lb, deadline, set_cookie, retry })
             }
         }
     }
@@ -1013,7 +1047,9 @@ impl HttpConnectionManager {
                 cluster.stats().charge_response(resp.status().as_u16(), Some(elapsed_ms));
                 rec.info.first_upstream_rx = Some(rec.info.elapsed());
                 rec.info.upstream.protocol = Some(resp.version());
-                rec.info.upstream.host = resp.extensions().get::<UpstreamHost>().map(|h| h.0);
+                if let Some(h) = resp.extensions().get::<UpstreamHost>() {
+                    rec.info.upstream.host = Some(h.0);
+                }
                 rec.info.response_code = Some(resp.status().as_u16());
                 rec.info.response_code_details = Some("via_upstream".into());
                 let status = resp.status().as_u16();
@@ -1079,6 +1115,195 @@ impl HttpConnectionManager {
     }
 }
 
+/// How one attempt of a retried request ended.
+enum Attempt {
+    Done(Result<Response<Body>, UpstreamFailure>),
+    PerTryTimeout,
+    /// The route timeout (`false`) or the route's idle timeout (`true`).
+    Global(bool),
+}
+
+impl HttpConnectionManager {
+    /// Forward a request that may be retried (Envoy's router with a retry state): the body is
+    /// buffered for replays (up to the route's buffer limit; a larger body goes once, without
+    /// retries), each attempt picks a host (`previous_hosts` avoids the hosts tried), runs under
+    /// the per-try timeout and the route timeout, and a retriable outcome waits the jittered
+    /// back-off and goes again while retries and the `max_retries` circuit breaker allow.
+    async fn forward_retrying(&self, call: UpstreamCall, sel: &Selected, rec: &mut StreamRecord<'_>) -> Response<Body> {
+        let UpstreamCall { mut req, cluster, mut lb, deadline, set_cookie, retry } = call;
+        let Some(retry) = retry else { unreachable!("forward_retrying needs a retry state") };
+        let RetryCall { mut state, buffer_limit, attempt_header } = *retry;
+        headers::frame_request_body(&mut req);
+        let (parts, body) = req.into_parts();
+        let replay = match ReplayBody::read(body, buffer_limit).await {
+            Ok(r) => r,
+            Err(()) => {
+                rec.info.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                return self.local_with_route(LocalReply::new(400).details("downstream_remote_disconnect"), sel, rec);
+            }
+        };
+        let mut once = None;
+        let replay = match replay {
+            ReplayBody::Whole(b) => Some(b),
+            ReplayBody::TooLarge(body) => {
+                cluster.stats().store().counter(format!("{}retry_or_shadow_abandoned", cluster.stats().prefix())).inc();
+                once = Some(body);
+                None
+            }
+        };
+        let policy = state.policy().cloned();
+        let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
+        let (previous_hosts, reselections) = policy.as_ref().map_or((false, 0), |p| (p.previous_hosts, p.host_reselections));
+        let now = tokio::time::Instant::now();
+        let global = deadline.map(|(d, idle)| (now + d, idle));
+        if let Some((at, false)) = global {
+            lb.response_deadline = Some(at);
+        }
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempt: u32 = 0;
+        rec.info.first_upstream_tx = Some(rec.info.elapsed());
+        let mut resp = loop {
+            attempt += 1;
+            rec.info.attempt_count = attempt;
+            let body = match (&replay, once.take()) {
+                (Some(b), _) => b.body(),
+                (None, Some(b)) => b,
+                (None, None) => Body::empty(),
+            };
+            let mut req = Request::from_parts(parts.clone(), body);
+            if attempt_header {
+                req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+            }
+            // A retry tells the upstream what is left: the per-try timeout, at most the rest of
+            // the route timeout (Envoy's setTimeoutHeaders).
+            if attempt > 1 && req.headers().contains_key(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS) {
+                if let Some((at, false)) = global {
+                    let left = at.saturating_duration_since(tokio::time::Instant::now());
+                    let expected = per_try.map_or(left, |p| p.min(left)).as_millis().max(1) as u64;
+                    req.headers_mut().insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(expected));
+                }
+            }
+            let host = if previous_hosts && !tried.is_empty() {
+                cluster.choose_host_with(&lb, reselections, |h| tried.contains(&h.address))
+            } else {
+                cluster.choose_host(&lb)
+            };
+            let sent = Instant::now();
+            let Some(host) = host else {
+                cluster.stats().upstream_cx_none_healthy.inc();
+                break self.upstream_response(Ok(Err(UpstreamFailure::NoHealthyUpstream)), sent, &cluster, sel, rec);
+            };
+            tried.push(host.address);
+            rec.info.upstream.host = Some(host.address);
+            let outcome = {
+                let send = cluster.send_to(host.clone(), req, &lb);
+                let per_try_at = per_try.map(|p| tokio::time::Instant::now() + p);
+                tokio::select! {
+                    r = send => Attempt::Done(r),
+                    _ = sleep_until(per_try_at) => Attempt::PerTryTimeout,
+                    idle = global_expiry(global) => Attempt::Global(idle),
+                }
+            };
+            let (would, kind) = match &outcome {
+                Attempt::Global(_) => (false, None),
+                Attempt::PerTryTimeout => {
+                    cluster.retry_stats().upstream_rq_per_try_timeout.inc();
+                    host.report(crate::upstream::Outcome::Timeout);
+                    (state.would_retry_reset(ResetKind::PerTryTimeout), None)
+                }
+                Attempt::Done(Ok(r)) => (state.would_retry_response(r.status().as_u16(), r.headers()), None),
+                Attempt::Done(Err(f)) => {
+                    let k = ResetKind::of(f);
+                    (state.would_retry_reset(k), Some(k))
+                }
+            };
+            if let Attempt::Global(idle) = outcome {
+                host.report(crate::upstream::Outcome::Timeout);
+                break self.upstream_response(Err(idle), sent, &cluster, sel, rec);
+            }
+            let status = if replay.is_some() && kind != Some(ResetKind::Overflow) {
+                state.should_retry(would, &cluster)
+            } else {
+                RetryStatus::No
+            };
+            match status {
+                RetryStatus::Yes(backoff) => {
+                    if let Attempt::Done(Ok(r)) = &outcome {
+                        cluster.stats().charge_retried_response(r.status().as_u16());
+                    }
+                    drop(outcome);
+                    let wake = tokio::time::Instant::now() + backoff;
+                    if let Some((at, idle)) = global {
+                        if at <= wake {
+                            tokio::time::sleep_until(at).await;
+                            break self.upstream_response(Err(idle), sent, &cluster, sel, rec);
+                        }
+                    }
+                    tokio::time::sleep_until(wake).await;
+                    continue;
+                }
+                RetryStatus::LimitExceeded => rec.info.set_early_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED),
+                RetryStatus::Overflow => rec.info.set_early_flag(ResponseFlags::UPSTREAM_OVERFLOW),
+                RetryStatus::No => {}
+            }
+            break match outcome {
+                Attempt::Done(r) => self.upstream_response(Ok(r), sent, &cluster, sel, rec),
+                _ => {
+                    // The per-try timeout ended the last attempt.
+                    cluster.stats().charge_response(504, None);
+                    let r = LocalReply::new(504)
+                        .body(UPSTREAM_TIMEOUT)
+                        .details("upstream_per_try_timeout")
+                        .flag(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+                    self.local_with_route(r, sel, rec)
+                }
+            };
+        };
+        if let Some(c) = set_cookie {
+            resp.headers_mut().append(http::header::SET_COOKIE, c);
+        }
+        if self.routes.virtual_hosts[sel.vhost].attempt_count_in_response {
+            resp.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+        }
+        resp
+    }
+}
+
+/// Sleep until `at`, or forever when there is no deadline.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves with the kind of the route deadline (idle or not) when it expires; never without one.
+async fn global_expiry(global: Option<(tokio::time::Instant, bool)>) -> bool {
+    match global {
+        Some((at, idle)) => {
+            tokio::time::sleep_until(at).await;
+            idle
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A request body read for replays.
+enum ReplayBody {
+    Whole(crate::router::retry::Replay),
+    /// Over the buffer limit: what was read, then the rest, sent once.
+    TooLarge(Body),
+}
+
+impl ReplayBody {
+    async fn read(body: Body, limit: usize) -> Result<ReplayBody, ()> {
+        crate::router::retry::Replay::read(body, limit).await.map(|r| match r {
+            Ok(whole) => ReplayBody::Whole(whole),
+            Err(partial) => ReplayBody::TooLarge(partial),
+        })
+    }
+}
+
 /// How an allowed upgrade or CONNECT goes upstream.
 #[derive(Debug, Clone, Copy, Default)]
 struct Tunnel {
@@ -1099,7 +1324,7 @@ impl HttpConnectionManager {
     /// CONNECT) answered `200` and spliced in a task. No `x-envoy-upstream-service-time` on
     /// these responses (Envoy adds none).
     async fn tunnel(&self, call: UpstreamCall, t: Tunnel, sel: &Selected, rec: &mut StreamRecord<'_>) -> Response<Body> {
-        let UpstreamCall { mut req, cluster, lb, deadline, set_cookie: _ } = call;
+        let UpstreamCall { mut req, cluster, lb, deadline, set_cookie: _, retry: _ } = call;
         let downstream = t.h2.then(|| hyper::upgrade::on(&mut req));
         let mut resp = if t.terminate_connect {
             match self.connect_tcp(&cluster, &lb).await {
@@ -1212,6 +1437,18 @@ struct UpstreamCall {
     deadline: Option<(std::time::Duration, bool)>,
     /// A generated hash-policy cookie for the response.
     set_cookie: Option<HeaderValue>,
+    /// Retries (a route or virtual-host `retry_policy`, or `x-envoy-retry-on`): `None` on the
+    /// plain path.
+    retry: Option<Box<RetryCall>>,
+}
+
+/// What a retried request needs beyond [`UpstreamCall`].
+struct RetryCall {
+    state: RetryState,
+    /// The most request body kept for replays.
+    buffer_limit: usize,
+    /// Write `x-envoy-attempt-count` on each upstream attempt.
+    attempt_header: bool,
 }
 
 /// The upgrade a request asks for (lower-case), if it really asks: `Upgrade` plus the `upgrade`

@@ -11,6 +11,7 @@ use regex::Regex;
 use sluice_config::core::{HeaderAppendAction, HeaderValueOption, StringMatcher, StringPattern};
 use sluice_config::route as cfg;
 
+use super::retry::RetryPolicy;
 use crate::config_audit::{refused_at_load, without_effect};
 
 use crate::formatter::Format;
@@ -41,6 +42,10 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutations,
     pub per_filter: PerFilterConfigs,
     pub require_tls: Option<cfg::TlsRequirementType>,
+    /// `include_request_attempt_count`: `x-envoy-attempt-count` on upstream requests.
+    pub attempt_count_in_request: bool,
+    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on responses.
+    pub attempt_count_in_response: bool,
 }
 
 #[derive(Debug)]
@@ -105,7 +110,15 @@ pub struct Forward {
     pub weighted_headers: Vec<WeightedHeaders>,
     /// Route `upgrade_configs`, over the connection manager's.
     pub upgrades: Vec<RouteUpgrade>,
+    /// The route's `retry_policy`, else its virtual host's.
+    pub retry: Option<Arc<RetryPolicy>>,
+    /// The most request body buffered for retries (`per_request_buffer_limit_bytes`, default
+    /// 1 MiB); a larger body is sent once, without retries.
+    pub buffer_limit: usize,
 }
+
+/// Envoy's default request buffer limit (the listener's `per_connection_buffer_limit_bytes`).
+pub const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 
 /// `request_headers_to_add` … of one weighted cluster.
 #[derive(Debug, Default)]
@@ -456,9 +469,6 @@ impl RouteTable {
                 metadata,
             } = vh;
             for refused in [
-                include_request_attempt_count,
-                include_attempt_count_in_response,
-                retry_policy,
                 cors,
                 rate_limits,
                 virtual_clusters,
@@ -480,10 +490,26 @@ impl RouteTable {
                     table.exact.entry(d).or_insert(vi);
                 }
             }
+            let vh_retry = match retry_policy {
+                Some(p) => Some(Arc::new(RetryPolicy::build(p).map_err(|(p, e)| (format!("{vpath}.retry_policy.{p}"), e))?)),
+                None => None,
+            };
             let mut built = Vec::with_capacity(routes.len());
             for (ri, r) in routes.iter().enumerate() {
                 let rpath = format!("{vpath}.routes[{ri}]");
-                built.push(Arc::new(Route::build(r).map_err(|(p, e)| (join(&rpath, &p), e))?));
+                let mut route = Route::build(r).map_err(|(p, e)| (join(&rpath, &p), e))?;
+                if let Action::Forward(f) = &mut route.action {
+                    if f.retry.is_none() {
+                        f.retry = vh_retry.clone();
+                    }
+                    // A per-try timeout below the route timeout is what the upstream may expect.
+                    if let Some(per_try) = f.retry.as_ref().and_then(|p| p.per_try_timeout) {
+                        if f.timeout.is_none_or(|t| per_try < t) {
+                            f.timeout_header = Some(HeaderValue::from(per_try.as_millis() as u64));
+                        }
+                    }
+                }
+                built.push(Arc::new(route));
             }
             table.virtual_hosts.push(VirtualHost {
                 name: name.clone(),
@@ -494,6 +520,8 @@ impl RouteTable {
                     .map_err(|(p, e)| (format!("{vpath}.response_headers_to_add{p}"), e))?,
                 per_filter: PerFilterConfigs::build(typed_per_filter_config),
                 require_tls: *require_tls,
+                attempt_count_in_request: *include_request_attempt_count,
+                attempt_count_in_response: *include_attempt_count_in_response,
             });
         }
         table.formatted_headers = table.request_headers.is_formatted()
@@ -577,7 +605,7 @@ impl Route {
             tracing,
             per_request_buffer_limit_bytes,
         } = r;
-        for refused in [filter_action, non_forwarding_action, decorator, tracing, per_request_buffer_limit_bytes] {
+        for refused in [filter_action, non_forwarding_action, decorator, tracing] {
             refused_at_load(refused);
         }
         without_effect(metadata, "read only by features sluice refuses (%ROUTE_METADATA%, metadata matchers)");
@@ -635,7 +663,12 @@ impl Route {
         };
         let matcher = RouteMatcher { path, case_sensitive, headers, query, grpc };
         let action = match (route, redirect, direct_response) {
-            (Some(a), None, None) => Action::Forward(Forward::build(a).map_err(|(p, e)| (join("route", &p), e))?),
+            (Some(a), None, None) => {
+                let mut f = Forward::build(a).map_err(|(p, e)| (join("route", &p), e))?;
+                // The body kept for a retry's replay.
+                f.buffer_limit = per_request_buffer_limit_bytes.map_or(DEFAULT_BUFFER_LIMIT, |b| b as usize);
+                Action::Forward(f)
+            }
             (None, Some(a), None) => Action::Redirect(Redirect::build(a).map_err(|(p, e)| (join("redirect", &p), e))?),
             (None, None, Some(cfg::DirectResponseAction { status, body })) => {
                 let body = match body {
@@ -844,7 +877,6 @@ impl Forward {
             path_rewrite_policy,
             auto_host_rewrite,
             host_rewrite_path_regex,
-            retry_policy,
             request_mirror_policies,
             priority,
             rate_limits,
@@ -922,6 +954,10 @@ impl Forward {
             let d = timeout.map_or(Duration::from_secs(15), |d| d.as_std());
             (!d.is_zero()).then_some(d)
         };
+        let retry = match retry_policy {
+            Some(p) => Some(Arc::new(RetryPolicy::build(p).map_err(|(p, e)| (format!("retry_policy.{p}"), e))?)),
+            None => None,
+        };
         let mut hash_policies = Vec::new();
         for h in hash_policy {
             let cfg::HashPolicy { header, cookie, connection_properties, query_parameter, filter_state, terminal } = h;
@@ -981,6 +1017,8 @@ impl Forward {
             hash_policies,
             weighted_headers,
             upgrades,
+            retry,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
         })
     }
 

@@ -98,12 +98,24 @@ pub struct ClusterStats {
     pub cb_rq_open: Gauge,
     pub cb_rq_pending_open: Gauge,
     pub cb_rq_retry_open: Gauge,
+    pub retry: RetryStats,
     external_rq_completed: Counter,
     /// `[upstream_rq_Nxx, external.upstream_rq_Nxx]` for N = 1..=5, made on first use as Envoy
     /// does (like the per-code counters and the `upstream_rq_time` histograms).
     classes: [OnceLock<[Counter; 2]>; 5],
     /// Index `status - 100` → `[upstream_rq_<code>, external.upstream_rq_<code>]`.
     codes: Box<[OnceLock<[Counter; 2]>]>,
+}
+
+/// The router's retry counters of a cluster (Envoy's names).
+pub struct RetryStats {
+    pub upstream_rq_retry: Counter,
+    pub upstream_rq_retry_success: Counter,
+    pub upstream_rq_retry_overflow: Counter,
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    pub upstream_rq_retry_backoff_exponential: Counter,
+    pub upstream_rq_per_try_timeout: Counter,
+    pub upstream_rq_per_try_idle_timeout: Counter,
 }
 
 /// Counters registered only so `/stats` lists them as Envoy does (never incremented here).
@@ -148,14 +160,7 @@ const ZERO_COUNTERS: &[&str] = &[
     "upstream_rq_maintenance_mode",
     "upstream_rq_max_duration_reached",
     "upstream_rq_pending_failure_eject",
-    "upstream_rq_per_try_idle_timeout",
-    "upstream_rq_per_try_timeout",
-    "upstream_rq_retry",
-    "upstream_rq_retry_backoff_exponential",
     "upstream_rq_retry_backoff_ratelimited",
-    "upstream_rq_retry_limit_exceeded",
-    "upstream_rq_retry_overflow",
-    "upstream_rq_retry_success",
     "upstream_rq_rx_reset",
     "upstream_rq_rx_reset_no_error",
     "upstream_rq_tx_reset",
@@ -231,6 +236,15 @@ impl ClusterStats {
             cb_rq_open: g("circuit_breakers.default.rq_open"),
             cb_rq_pending_open: g("circuit_breakers.default.rq_pending_open"),
             cb_rq_retry_open: g("circuit_breakers.default.rq_retry_open"),
+            retry: RetryStats {
+                upstream_rq_retry: c("upstream_rq_retry"),
+                upstream_rq_retry_success: c("upstream_rq_retry_success"),
+                upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
+                upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+                upstream_rq_retry_backoff_exponential: c("upstream_rq_retry_backoff_exponential"),
+                upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
+                upstream_rq_per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
+            },
             external_rq_completed: c("external.upstream_rq_completed"),
             classes: std::array::from_fn(|_| OnceLock::new()),
             codes: (100..600).map(|_| OnceLock::new()).collect(),
@@ -282,6 +296,16 @@ impl ClusterStats {
             });
             class[0].inc();
             class[1].inc();
+        }
+    }
+
+    /// A response that was retried: `retry.upstream_rq_<code>` and `retry.upstream_rq_<N>xx`
+    /// (Envoy charges these instead of the plain response counters).
+    pub fn charge_retried_response(&self, status: u16) {
+        if (100..600).contains(&status) {
+            self.store.counter(format!("{}retry.upstream_rq_{status}", self.prefix)).inc();
+            self.store.counter(format!("{}retry.upstream_rq_{}xx", self.prefix, status / 100)).inc();
+            self.store.counter(format!("{}retry.upstream_rq_completed", self.prefix)).inc();
         }
     }
 
@@ -479,6 +503,8 @@ struct Shared {
     cx_count: AtomicU64,
     rq_count: AtomicU64,
     pending_count: AtomicU64,
+    /// Retries scheduled and not yet decided (`max_retries`).
+    retry_count: AtomicU64,
     /// Woken when a connection closes or returns idle (requests waiting on `max_connections`).
     cx_freed: tokio::sync::Notify,
 }
@@ -490,6 +516,7 @@ impl Shared {
         s.cb_cx_open.set((self.cx_count.load(Ordering::Relaxed) >= t.max_connections as u64) as i64);
         s.cb_rq_open.set((self.rq_count.load(Ordering::Relaxed) >= t.max_requests as u64) as i64);
         s.cb_rq_pending_open.set((self.pending_count.load(Ordering::Relaxed) >= t.max_pending_requests as u64) as i64);
+        s.cb_rq_retry_open.set((self.retry_count.load(Ordering::Relaxed) >= t.max_retries as u64) as i64);
     }
 }
 
@@ -828,6 +855,7 @@ impl Cluster {
                 thresholds: thresholds(circuit_breakers),
                 cx_count: AtomicU64::new(0),
                 rq_count: AtomicU64::new(0),
+                retry_count: AtomicU64::new(0),
                 pending_count: AtomicU64::new(0),
                 cx_freed: tokio::sync::Notify::new(),
             }),
@@ -1075,6 +1103,25 @@ impl Cluster {
         self.shared.stats.upstream_cx_total.used()
     }
 
+    /// The router's retry counters.
+    pub fn retry_stats(&self) -> &RetryStats {
+        &self.shared.stats.retry
+    }
+
+    /// Take one retry of the `max_retries` circuit breaker; `None` when it is open. The retry
+    /// counts until the guard drops.
+    pub fn try_retry(&self) -> Option<RetryGuard> {
+        let sh = &self.shared;
+        let max = sh.thresholds[0].max_retries as u64;
+        if sh.retry_count.fetch_add(1, Ordering::AcqRel) >= max {
+            sh.retry_count.fetch_sub(1, Ordering::AcqRel);
+            sh.update_cb_gauges();
+            return None;
+        }
+        sh.update_cb_gauges();
+        Some(RetryGuard { shared: sh.clone() })
+    }
+
     /// Choose a host as [`Self::send`] does (panic mode and degraded hosts included); `None`
     /// when no host is routable. For callers that pick the host themselves (retries with
     /// `previous_hosts`): pick, check, and pass it to [`Self::send_to`].
@@ -1165,7 +1212,7 @@ impl Cluster {
                     parts.extensions.insert(crate::stream_info::UpstreamHost(host.address));
                 }
                 let done = Done { _rq: rq, sender, host: host.clone(), shared: self.shared.clone() };
-                let body = UpstreamBody::new(body, done);
+                let body = UpstreamBody::new(body, done, ctx.response_deadline);
                 Ok(Response::from_parts(parts, Body::boxed(body)))
             }
             Err(e) => {
@@ -1433,6 +1480,18 @@ impl Drop for CxGuard {
     }
 }
 
+/// One scheduled retry (`max_retries`), from the decision to retry until the next decision.
+pub struct RetryGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for RetryGuard {
+    fn drop(&mut self) {
+        self.shared.retry_count.fetch_sub(1, Ordering::AcqRel);
+        self.shared.update_cb_gauges();
+    }
+}
+
 /// One active request (`max_requests`), from host choice to the end of the response body.
 struct RqGuard {
     shared: Arc<Shared>,
@@ -1521,11 +1580,16 @@ impl Done {
 struct UpstreamBody {
     inner: hyper::body::Incoming,
     done: Option<Done>,
+    /// The route timeout's end ([`LbContext::response_deadline`]); the timer is armed only
+    /// when the body makes its reader wait.
+    deadline: Option<tokio::time::Instant>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: bool,
 }
 
 impl UpstreamBody {
-    fn new(inner: hyper::body::Incoming, done: Done) -> UpstreamBody {
-        let mut b = UpstreamBody { inner, done: Some(done) };
+    fn new(inner: hyper::body::Incoming, done: Done, deadline: Option<tokio::time::Instant>) -> UpstreamBody {
+        let mut b = UpstreamBody { inner, done: Some(done), deadline, sleep: None, timed_out: false };
         if http_body::Body::is_end_stream(&b.inner) {
             b.finish(true);
         }
@@ -1544,8 +1608,24 @@ impl http_body::Body for UpstreamBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.timed_out {
+            return Poll::Ready(None);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let Some(at) = this.deadline else { return Poll::Pending };
+                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // The route timeout ended the response: the connection is not reused.
+                this.timed_out = true;
+                if let Some(d) = &this.done {
+                    d.shared.stats.upstream_rq_timeout.inc();
+                }
+                this.finish(false);
+                Poll::Ready(Some(Err(Box::new(super::RouteTimeout))))
+            }
             Poll::Ready(None) => {
                 this.finish(true);
                 Poll::Ready(None)
@@ -1563,7 +1643,7 @@ impl http_body::Body for UpstreamBody {
         }
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.timed_out || self.inner.is_end_stream()
     }
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()

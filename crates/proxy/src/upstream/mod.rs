@@ -25,7 +25,7 @@ pub mod outlier;
 mod pool;
 mod tls;
 
-pub use cluster::{CircuitBreakerThresholds, Cluster, ClusterStats};
+pub use cluster::{CircuitBreakerThresholds, Cluster, ClusterStats, RetryGuard, RetryStats};
 pub use cluster_manager::ClusterManager;
 pub use host::{health_flag, Host, HostSet, HostStats, Outcome};
 pub use pool::bind_worker_thread;
@@ -40,7 +40,22 @@ pub struct LbContext {
     /// Put the chosen host in the response's extensions ([`crate::stream_info::UpstreamHost`],
     /// for `%UPSTREAM_HOST%`); off unless something formats it.
     pub report_host: bool,
+    /// The route timeout's end: a response body still streaming then fails with
+    /// [`RouteTimeout`] (Envoy's route timeout covers the whole response).
+    pub response_deadline: Option<tokio::time::Instant>,
 }
+
+/// The error of a response body cut by the route timeout (`UT`, `response_timeout`).
+#[derive(Debug)]
+pub struct RouteTimeout;
+
+impl std::fmt::Display for RouteTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream request timeout")
+    }
+}
+
+impl std::error::Error for RouteTimeout {}
 
 /// Why a request could not get a response from the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
