@@ -247,8 +247,8 @@ upstream answers (200 after 2 s), so this line and the next come in the other or
 before the attempt, also for DC)";
 const KNOWN_GONE_CLIENT_ORDER: &str = "the line of the previous entry, in the other order; and %BYTES_RECEIVED% counts the \
 body bytes sluice read: a body never forwarded (the connection failed) counts 0 where Envoy counts what its codec had read";
-const KNOWN_204_BODY: &str = "Envoy sends a body_format body on a 204 (and counts it in %BYTES_SENT%); hyper's HTTP/1 \
-server never writes a body on a 204";
+const KNOWN_204_BODY: &str = "Envoy sends a body_format body on a 204 (and counts it in %BYTES_SENT%); sluice's codec \
+keeps RFC 9110's rule that a 204 has no body (the safer rule: a client reads the next response from those bytes)";
 const KNOWN_REFUSED_DETAILS: &str = "Envoy's details carry the socket error of the failed connect \
 (|delayed_connect_error:_Connection_refused); sluice's upstream layer does not report it";
 
