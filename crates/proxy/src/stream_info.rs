@@ -208,6 +208,11 @@ pub struct StreamInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamHost(pub SocketAddr);
 
+/// The local address of the upstream connection that carried a response, as a response
+/// extension set by the upstream layer (`%UPSTREAM_LOCAL_ADDRESS%`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamLocalAddress(pub SocketAddr);
+
 impl StreamInfo {
     pub fn new(stream_id: u64, protocol: Version, conn: Arc<ConnectionInfo>) -> StreamInfo {
         Self::starting(stream_id, protocol, conn, Instant::now())

@@ -374,7 +374,7 @@ fn custom_text_format_and_filters_match_envoy() {
               path: @DIR@/text.log
               log_format:
                 text_format_source:
-                  inline_string: "%REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %REQ(:SCHEME)% p=%PROTOCOL% c=%RESPONSE_CODE% d=%RESPONSE_CODE_DETAILS% f=%RESPONSE_FLAGS% fl=%RESPONSE_FLAGS_LONG% br=%BYTES_RECEIVED% bs=%BYTES_SENT% uh=%UPSTREAM_HOST% uc=%UPSTREAM_CLUSTER% rn=%ROUTE_NAME% att=%UPSTREAM_REQUEST_ATTEMPT_COUNT% dra=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% dla=%DOWNSTREAM_LOCAL_ADDRESS% sid=%STREAM_ID% xff=%REQ(X-FORWARDED-FOR?USER-AGENT)% t=%REQ(USER-AGENT):4% ct=%RESP(CONTENT-TYPE)% st=%RESP(:STATUS)% loc=%RESP(LOCATION)% env=%ENVIRONMENT(SLUICE_DIFF_UNSET)% pct=%% rsn=%REQUESTED_SERVER_NAME% t2=%START_TIME(%Y)% dur=%DURATION%\n"
+                  inline_string: "%REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %REQ(:SCHEME)% p=%PROTOCOL% c=%RESPONSE_CODE% d=%RESPONSE_CODE_DETAILS% f=%RESPONSE_FLAGS% fl=%RESPONSE_FLAGS_LONG% br=%BYTES_RECEIVED% bs=%BYTES_SENT% uh=%UPSTREAM_HOST% uc=%UPSTREAM_CLUSTER% ula=%UPSTREAM_LOCAL_ADDRESS% rn=%ROUTE_NAME% att=%UPSTREAM_REQUEST_ATTEMPT_COUNT% dra=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% dla=%DOWNSTREAM_LOCAL_ADDRESS% sid=%STREAM_ID% xff=%REQ(X-FORWARDED-FOR?USER-AGENT)% t=%REQ(USER-AGENT):4% ct=%RESP(CONTENT-TYPE)% st=%RESP(:STATUS)% loc=%RESP(LOCATION)% env=%ENVIRONMENT(SLUICE_DIFF_UNSET)% pct=%% rsn=%REQUESTED_SERVER_NAME% t2=%START_TIME(%Y)% dur=%DURATION%\n"
           - name: errors only
             filter: {status_code_filter: {comparison: {op: GE, value: {default_value: 400, runtime_key: diff.errors}}}}
             typed_config:

@@ -31,7 +31,7 @@ use crate::http::local_reply::{
 };
 use crate::router::retry::{ResetKind, RetryState, RetryStatus};
 use crate::router::config::{query_param, split_path_query, Action, ClusterSpecifier, Forward, HashPolicy, RouteRequest, RouteTable, Selected};
-use crate::stream_info::{ResponseFlags, StreamInfo, UpstreamHost};
+use crate::stream_info::{ResponseFlags, StreamInfo, UpstreamHost, UpstreamLocalAddress};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::upstream::{Cluster, ClusterManager, LbContext, UpstreamFailure};
 
@@ -1049,6 +1049,9 @@ impl HttpConnectionManager {
                 rec.info.upstream.protocol = Some(resp.version());
                 if let Some(h) = resp.extensions().get::<UpstreamHost>() {
                     rec.info.upstream.host = Some(h.0);
+                }
+                if let Some(l) = resp.extensions().get::<UpstreamLocalAddress>() {
+                    rec.info.upstream.local_address = Some(l.0);
                 }
                 rec.info.response_code = Some(resp.status().as_u16());
                 rec.info.response_code_details = Some("via_upstream".into());

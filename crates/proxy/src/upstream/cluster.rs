@@ -1,5 +1,6 @@
 //! One cluster: its host snapshot + load balancer, circuit breakers, stats, and `send`.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -626,13 +627,14 @@ struct H2Client {
     keepalive: Option<(Duration, Duration)>,
 }
 
-/// An upstream's response, with the HTTP/1.1 connection to pool again once its body ends.
-type Sent = (Response<hyper::body::Incoming>, Option<http1::SendRequest<Body>>);
+/// An upstream's response, with the HTTP/1.1 connection to pool again once its body ends, and
+/// the local address of the connection it came on (`%UPSTREAM_LOCAL_ADDRESS%`).
+type Sent = (Response<hyper::body::Incoming>, Option<http1::SendRequest<Body>>, Option<SocketAddr>);
 
-/// The connection a request goes out on.
+/// The connection a request goes out on, with its local address.
 enum Conn {
-    H1 { sender: http1::SendRequest<Body>, reused: bool },
-    H2(http2::SendRequest<Body>),
+    H1 { sender: http1::SendRequest<Body>, reused: bool, local: Option<SocketAddr> },
+    H2(http2::SendRequest<Body>, Option<SocketAddr>),
 }
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -1181,21 +1183,21 @@ impl Cluster {
         host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         let req = self.prepare(req, h2);
         let result = match conn {
-            Conn::H1 { mut sender, reused } => match sender.try_send_request(req).await {
-                Ok(resp) => Ok((resp, Some(sender))),
+            Conn::H1 { mut sender, reused, local } => match sender.try_send_request(req).await {
+                Ok(resp) => Ok((resp, Some(sender), local)),
                 Err(e) => self.after_failed_send(e, reused, &host).await,
             },
-            Conn::H2(mut sender) => sender.send_request(req).await.map(|r| (r, None)).map_err(|e| self.map_error(&e)),
+            Conn::H2(mut sender, local) => sender.send_request(req).await.map(|r| (r, None, local)).map_err(|e| self.map_error(&e)),
         };
         match result {
             // Framing Envoy's HTTP/1 codec refuses in a response (hyper accepts it): 502, and
             // the connection is not reused.
-            Ok((resp, Some(_))) if !http1_framing_ok(resp.headers()) => {
+            Ok((resp, Some(_), _)) if !http1_framing_ok(resp.headers()) => {
                 self.shared.stats.upstream_cx_protocol_error.inc();
                 host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
                 Err(UpstreamFailure::ProtocolError)
             }
-            Ok((resp, sender)) => {
+            Ok((resp, sender, local)) => {
                 host.report(Outcome::HttpStatus(resp.status().as_u16()));
                 host.check_immediate_health_check_fail(resp.headers());
                 // A switched connection belongs to its tunnel, never to the pool.
@@ -1210,8 +1212,11 @@ impl Cluster {
                 let (mut parts, body) = resp.into_parts();
                 if ctx.report_host {
                     parts.extensions.insert(crate::stream_info::UpstreamHost(host.address));
+                    if let Some(local) = local {
+                        parts.extensions.insert(crate::stream_info::UpstreamLocalAddress(local));
+                    }
                 }
-                let done = Done { _rq: rq, sender, host: host.clone(), shared: self.shared.clone() };
+                let done = Done { _rq: rq, sender: sender.map(|s| (s, local)), host: host.clone(), shared: self.shared.clone() };
                 let body = UpstreamBody::new(body, done, ctx.response_deadline);
                 Ok(Response::from_parts(parts, Body::boxed(body)))
             }
@@ -1239,10 +1244,10 @@ impl Cluster {
             };
             drop(e);
             match self.connect(host, false).await? {
-                Conn::H1 { mut sender, .. } => {
-                    sender.send_request(req).await.map(|r| (r, Some(sender))).map_err(|e| self.map_error(&e))
+                Conn::H1 { mut sender, local, .. } => {
+                    sender.send_request(req).await.map(|r| (r, Some(sender), local)).map_err(|e| self.map_error(&e))
                 }
-                Conn::H2(_) => unreachable!("HTTP/1.1 connect"),
+                Conn::H2(..) => unreachable!("HTTP/1.1 connect"),
             }
         })
     }
@@ -1319,11 +1324,11 @@ impl Cluster {
         loop {
             let notified = sh.cx_freed.notified();
             if h2 {
-                if let Some(s) = host.pool.h2() {
-                    return Ok(Conn::H2(s));
+                if let Some((s, local)) = host.pool.h2() {
+                    return Ok(Conn::H2(s, local));
                 }
-            } else if let Some(s) = host.pool.take_h1().await {
-                return Ok(Conn::H1 { sender: s, reused: true });
+            } else if let Some((s, local)) = host.pool.take_h1().await {
+                return Ok(Conn::H1 { sender: s, reused: true, local });
             }
             if pending.is_none() {
                 pending = Some(PendingGuard::acquire(sh, host)?);
@@ -1332,8 +1337,8 @@ impl Cluster {
                 if h2 {
                     // One connect per host at a time; the others then share it.
                     let _g = host.pool.h2_connect.lock().await;
-                    if let Some(s) = host.pool.h2() {
-                        return Ok(Conn::H2(s));
+                    if let Some((s, local)) = host.pool.h2() {
+                        return Ok(Conn::H2(s, local));
                     }
                     return self.connect(host, true).await;
                 }
@@ -1369,13 +1374,14 @@ impl Cluster {
         let fut = async {
             let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|_| None)?;
             let _ = tcp.set_nodelay(true);
+            let local = tcp.local_addr().ok();
             let io: Box<dyn Io> = match &self.tls {
                 Some(tls) => Box::new(tls.connect(tcp, addr.ip(), h2).await.map_err(|e| Some(format!("TLS_error:|{e}")))?),
                 None => Box::new(tcp),
             };
-            Ok::<_, Option<String>>(io)
+            Ok::<_, Option<String>>((io, local))
         };
-        let io = match tokio::time::timeout(self.connect_timeout, fut).await {
+        let (io, local) = match tokio::time::timeout(self.connect_timeout, fut).await {
             Ok(Ok(io)) => io,
             Ok(Err(reason)) => {
                 s.upstream_cx_connect_fail.inc();
@@ -1412,8 +1418,8 @@ impl Cluster {
                 let _ = conn.await;
                 drop(guard);
             });
-            host.pool.set_h2(sender.clone());
-            Ok(Conn::H2(sender))
+            host.pool.set_h2(sender.clone(), local);
+            Ok(Conn::H2(sender, local))
         } else {
             let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|_| {
                 s.upstream_cx_protocol_error.inc();
@@ -1424,7 +1430,7 @@ impl Cluster {
                 let _ = conn.with_upgrades().await;
                 drop(guard);
             });
-            Ok(Conn::H1 { sender, reused: false })
+            Ok(Conn::H1 { sender, reused: false, local })
         }
     }
 
@@ -1558,7 +1564,7 @@ impl Drop for PendingGuard {
 /// What happens when a response body ends.
 struct Done {
     _rq: RqGuard,
-    sender: Option<http1::SendRequest<Body>>,
+    sender: Option<(http1::SendRequest<Body>, Option<SocketAddr>)>,
     host: Arc<Host>,
     shared: Arc<Shared>,
 }
@@ -1566,9 +1572,9 @@ struct Done {
 impl Done {
     /// `clean`: the body was read to its end, so the HTTP/1.1 connection can be reused.
     fn finish(self, clean: bool) {
-        if let (true, Some(s)) = (clean, self.sender) {
+        if let (true, Some((s, local))) = (clean, self.sender) {
             if self.host.pools_connections() {
-                self.host.pool.put_h1(s);
+                self.host.pool.put_h1(s, local);
                 self.shared.cx_freed.notify_waiters();
             }
         }

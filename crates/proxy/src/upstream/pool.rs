@@ -15,6 +15,7 @@
 //!   reconnects so a burst of requests opens one connection, not one each.
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -43,8 +44,9 @@ fn slot() -> usize {
 }
 
 pub(crate) struct HostPool {
-    h1_idle: [Mutex<Vec<http1::SendRequest<Body>>>; SLOTS],
-    h2: [Mutex<Option<http2::SendRequest<Body>>>; SLOTS],
+    /// Idle connections with their local addresses.
+    h1_idle: [Mutex<Vec<(http1::SendRequest<Body>, Option<SocketAddr>)>>; SLOTS],
+    h2: [Mutex<Option<(http2::SendRequest<Body>, Option<SocketAddr>)>>; SLOTS],
     pub(crate) h2_connect: tokio::sync::Mutex<()>,
 }
 
@@ -70,25 +72,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl HostPool {
     /// An idle HTTP/1.1 connection ready for a request, if any.
-    pub(crate) async fn take_h1(&self) -> Option<http1::SendRequest<Body>> {
+    pub(crate) async fn take_h1(&self) -> Option<(http1::SendRequest<Body>, Option<SocketAddr>)> {
         loop {
-            let mut s = lock(&self.h1_idle[slot()]).pop()?;
+            let (mut s, local) = lock(&self.h1_idle[slot()]).pop()?;
             if s.is_closed() {
                 continue;
             }
             if s.is_ready() {
-                return Some(s);
+                return Some((s, local));
             }
             match tokio::time::timeout(READY_WAIT, s.ready()).await {
-                Ok(Ok(())) => return Some(s),
+                Ok(Ok(())) => return Some((s, local)),
                 _ => continue,
             }
         }
     }
 
-    pub(crate) fn put_h1(&self, s: http1::SendRequest<Body>) {
+    pub(crate) fn put_h1(&self, s: http1::SendRequest<Body>, local: Option<SocketAddr>) {
         if !s.is_closed() {
-            lock(&self.h1_idle[slot()]).push(s);
+            lock(&self.h1_idle[slot()]).push((s, local));
         }
     }
 
@@ -97,16 +99,16 @@ impl HostPool {
     }
 
     /// The shared HTTP/2 connection, if open.
-    pub(crate) fn h2(&self) -> Option<http2::SendRequest<Body>> {
+    pub(crate) fn h2(&self) -> Option<(http2::SendRequest<Body>, Option<SocketAddr>)> {
         let g = lock(&self.h2[slot()]);
         match &*g {
-            Some(s) if !s.is_closed() && s.is_ready() => Some(s.clone()),
+            Some((s, local)) if !s.is_closed() && s.is_ready() => Some((s.clone(), *local)),
             _ => None,
         }
     }
 
-    pub(crate) fn set_h2(&self, s: http2::SendRequest<Body>) {
-        *lock(&self.h2[slot()]) = Some(s);
+    pub(crate) fn set_h2(&self, s: http2::SendRequest<Body>, local: Option<SocketAddr>) {
+        *lock(&self.h2[slot()]) = Some((s, local));
     }
 
     /// Drop idle connections (host removed): HTTP/1.1 idle connections close now; the HTTP/2
