@@ -218,7 +218,17 @@ impl Conv {
                         let mut h = value_head(refp, vec![], assign.as_ref().is_some_and(|a| matches!(a.op, AssignOp::ColEq)));
                         let v = match assign {
                             Some(a) => self.term(&a.value)?,
-                            None => json!({"type": "boolean", "value": true}),
+                            None => {
+                                // `a.b if …`: OPA names no rule and keeps the key only when
+                                // it is a variable.
+                                if h.get("key").is_some() {
+                                    h.remove("name");
+                                    if h["key"]["type"] != "var" {
+                                        h.remove("key");
+                                    }
+                                }
+                                json!({"type": "boolean", "value": true})
+                            }
                         };
                         h.insert("value".into(), v);
                         h
@@ -358,10 +368,7 @@ impl Conv {
         if !s.with_mods.is_empty() {
             let mut w = Vec::new();
             for m in &s.with_mods {
-                let mut target = self.term(&m.refr)?;
-                if target["type"] == "var" {
-                    target = refterm(vec![target]);
-                }
+                let target = self.term(&m.refr)?;
                 w.push(json!({"target": target, "value": self.term(&m.r#as)?}));
             }
             o.insert("with".into(), Json::Array(w));
