@@ -72,6 +72,9 @@ pub fn parse_module(file: &str, src: &str) -> anyhow::Result<Json> {
     c.module(&module, file, src)
 }
 
+/// A rule body with the `else` bodies chained to it (each with its own `:=`/`=` value).
+type BodyGroup<'a> = (Json, Vec<(Option<&'a RuleAssign>, Json)>);
+
 struct Conv {
     wildcards: usize,
     depth: usize,
@@ -263,7 +266,7 @@ impl Conv {
                 }
                 // Bodies not introduced by `else` are separate rules sharing the head; each
                 // `else` chains onto the rule before it.
-                let mut groups: Vec<(Json, Vec<(Option<&RuleAssign>, Json)>)> = Vec::new();
+                let mut groups: Vec<BodyGroup> = Vec::new();
                 for b in bodies {
                     let body = self.body(b)?;
                     if b.is_else {
