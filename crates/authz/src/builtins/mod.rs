@@ -22,6 +22,7 @@ pub mod globs;
 pub mod jwt;
 pub mod metadata;
 pub mod misc;
+pub mod parse_module;
 pub mod template;
 pub mod x509;
 
@@ -83,6 +84,7 @@ pub(crate) struct Def {
 fn all_defs() -> Vec<Def> {
     let mut v = Vec::new();
     misc::defs(&mut v);
+    parse_module::defs(&mut v);
     crypto::defs(&mut v);
     globs::defs(&mut v);
     jwt::defs(&mut v);
@@ -166,7 +168,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("net.lookup_ip_addr", "sluice does no DNS lookups from policies"),
     ("providers.aws.sign_req", "AWS request signing is not implemented"),
     ("graphql.", "no maintained GraphQL parser is wired into sluice"),
-    ("rego.parse_module", "regorus' syntax tree is not OPA's; producing OPA's AST JSON is not implemented"),
 ];
 
 /// Deepest syntax tree accepted (JSON nesting of regorus' AST): evaluation and analysis
