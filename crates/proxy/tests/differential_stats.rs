@@ -44,7 +44,6 @@ const ABSENT: &[(&str, &str)] = &[
     ("downstream_rq_redirected_with_normalized_path", "path normalisation redirects are not supported"),
     ("_bytes_buffered", "sluice's codecs hold no watermark buffers whose size Envoy's buffered gauges report"),
     ("downstream_cx_destroy_local_active_rq", "sluice never closes a connection from its side while a request is in flight"),
-    ("downstream_cx_drain_close", "draining is not implemented (issue: Live configuration)"),
     ("max_duration_reached", "max_connection_duration / max_stream_duration are not supported"),
     ("downstream_rq_header_timeout", "request_headers_timeout is not supported"),
     ("downstream_rq_timeout", "request_timeout is not supported"),

@@ -367,6 +367,9 @@ pub struct StreamRecord<'a> {
     pub full: bool,
     /// The weighted cluster picked for the request (its header mutations apply).
     pub weighted_cluster: Option<usize>,
+    /// The connection manager appended `server` to the upstream's response (it sent none): the
+    /// filters' response headers go before it, as Envoy adds `server` after its filters.
+    pub server_appended: bool,
     logs: Option<&'a Arc<AccessLogs>>,
     request_body: Option<Arc<RequestBodyCount>>,
     head_request: bool,
@@ -380,6 +383,7 @@ impl<'a> StreamRecord<'a> {
             request: None,
             full: full || logs.is_some(),
             weighted_cluster: None,
+            server_appended: false,
             logs,
             request_body: None,
             head_request,

@@ -84,6 +84,7 @@ pub struct HcmStats {
     pub downstream_cx_idle_timeout: Counter,
     pub downstream_cx_max_requests_reached: Counter,
     pub downstream_cx_delayed_close_timeout: Counter,
+    pub downstream_cx_drain_close: Counter,
     pub downstream_rq_response_before_rq_complete: Counter,
     pub downstream_rq_idle_timeout: Counter,
     pub downstream_rq_non_relative_path: Counter,
@@ -132,6 +133,7 @@ impl HcmStats {
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
             downstream_cx_delayed_close_timeout: c("downstream_cx_delayed_close_timeout"),
+            downstream_cx_drain_close: c("downstream_cx_drain_close"),
             downstream_rq_response_before_rq_complete: c("downstream_rq_response_before_rq_complete"),
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_non_relative_path: c("downstream_rq_non_relative_path"),
@@ -479,6 +481,15 @@ impl HttpConnectionManager {
         if let Some(via) = &self.via {
             append_joined(resp.headers_mut(), &http::header::VIA, via);
         }
+        // While the server's health check is failed (`/healthcheck/fail`), Envoy's drain manager
+        // closes HTTP/1 connections after each response (`downstream_cx_drain_close`).
+        if !h2 && self.clusters.healthcheck_failed() {
+            let h = resp.headers_mut();
+            if !h.get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")) {
+                h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                stats.downstream_cx_drain_close.inc();
+            }
+        }
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         stats.downstream_rq_xx[class].inc();
         info.listener_stats.downstream_rq_xx[class].inc();
@@ -793,8 +804,14 @@ impl HttpConnectionManager {
             }
         };
         let h = resp.headers_mut();
-        for (k, v) in ctx.response_headers_to_add.drain(..) {
-            h.append(k, v);
+        if !ctx.response_headers_to_add.is_empty() {
+            let server = if rec.server_appended { h.remove(http::header::SERVER) } else { None };
+            for (k, v) in ctx.response_headers_to_add.drain(..) {
+                h.append(k, v);
+            }
+            if let Some(server) = server {
+                h.insert(http::header::SERVER, server);
+            }
         }
         resp
     }
@@ -1072,6 +1089,7 @@ impl HttpConnectionManager {
                 }
                 if !had_server && self.server_transformation != ServerHeaderTransformation::PassThrough {
                     h.insert(http::header::SERVER, self.server_name.clone());
+                    rec.server_appended = true;
                 }
                 resp
             }
