@@ -207,19 +207,27 @@ async fn an_upstream_body_that_looks_like_hypers_400_passes_untouched() {
     let up = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
+            // Keep-alive: every request head on the connection gets the same answer (bounded), so
+            // the proxy's pooled connection stays usable and the test does not race its close.
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let Ok(n) = s.read(&mut buf).await else { return };
-                    if n == 0 {
+                for _ in 0..16 {
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let Ok(n) = s.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                    }
+                    let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    seen.drain(..end);
+                    let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", LOOKS.len()).into_bytes();
+                    r.extend_from_slice(LOOKS);
+                    if s.write_all(&r).await.is_err() {
                         return;
                     }
-                    seen.extend_from_slice(&buf[..n]);
                 }
-                let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", LOOKS.len()).into_bytes();
-                r.extend_from_slice(LOOKS);
-                let _ = s.write_all(&r).await;
             });
         }
     });
