@@ -962,8 +962,8 @@ fn socket_address(addr: std::net::SocketAddr) -> corepb::Address {
     }
 }
 
-/// The peer certificate as Envoy's `urlEncodedPemEncodedPeerCertificate`: PEM with `\n`, space,
-/// `+`, `/` and `=` percent-encoded.
+/// The peer certificate as Envoy's `urlEncodedPemEncodedPeerCertificate` (also
+/// `%DOWNSTREAM_PEER_CERT%`): PEM with `\n`, space, `+`, `/` and `=` percent-encoded.
 pub fn url_encoded_pem(der: &[u8]) -> String {
     let b64 = base64(der);
     let mut pem = String::with_capacity(b64.len() + b64.len() / 64 + 64);
@@ -1417,6 +1417,9 @@ mod tests {
     #[test]
     fn base64_and_pem_encoding() {
         assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+        assert_eq!(base64(b"hi!"), "aGkh");
+        assert_eq!(base64(b"a"), "YQ==");
         assert_eq!(base64(b"f"), "Zg==");
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");

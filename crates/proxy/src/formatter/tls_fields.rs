@@ -9,6 +9,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 use super::TlsField;
+use crate::filters::ext_authz::url_encoded_pem;
 use crate::filters::TlsInfo;
 
 /// What the formatter reads from a [`TlsInfo`].
@@ -55,45 +56,6 @@ fn sans(cert: &X509Certificate<'_>, kind: San) -> Option<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// PEM with Envoy's URL encoding of the characters a header cannot carry.
-fn url_encoded_pem(der: &[u8]) -> String {
-    let b64 = base64_encode(der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(chunk).unwrap_or(""));
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    let mut out = String::with_capacity(pem.len() * 2);
-    for c in pem.chars() {
-        match c {
-            '\n' => out.push_str("%0A"),
-            ' ' => out.push_str("%20"),
-            '+' => out.push_str("%2B"),
-            '/' => out.push_str("%2F"),
-            '=' => out.push_str("%3D"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 impl TlsFieldAccess for TlsInfo {
@@ -172,10 +134,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_and_pem_encoding() {
-        assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
-        assert_eq!(base64_encode(b"hi!"), "aGkh");
-        assert_eq!(base64_encode(b"a"), "YQ==");
+    fn peer_certificate_is_the_url_encoded_pem() {
         let pem = url_encoded_pem(b"\xfb\xff");
         assert_eq!(pem, "-----BEGIN%20CERTIFICATE-----%0A%2B%2F8%3D%0A-----END%20CERTIFICATE-----%0A");
     }
