@@ -27,23 +27,12 @@ use envoy_types::pb::google::protobuf as pbw;
 use envoy_types::pb::google::rpc::Status;
 use regorus::Value;
 
+use crate::builtins::args::type_name;
+
 /// gRPC code OK.
 pub const CODE_OK: i32 = 0;
 /// gRPC code PERMISSION_DENIED.
 pub const CODE_PERMISSION_DENIED: i32 = 7;
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Set(_) => "set",
-        Value::Object(_) => "object",
-        Value::Undefined => "undefined",
-    }
-}
 
 fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     match v {

@@ -36,23 +36,10 @@ const MAX_NESTING: usize = 12;
 const MAX_DEPTH: usize = super::MAX_AST_DEPTH;
 
 fn parse_module_builtin(args: &[Value]) -> anyhow::Result<Value> {
-    let file = args[0].as_string().map_err(|_| anyhow!("operand 1 must be string but got {}", kind(&args[0])))?;
-    let src = args[1].as_string().map_err(|_| anyhow!("operand 2 must be string but got {}", kind(&args[1])))?;
+    let file = args[0].as_string().map_err(|_| anyhow!("operand 1 must be string but got {}", super::args::type_name(&args[0])))?;
+    let src = args[1].as_string().map_err(|_| anyhow!("operand 2 must be string but got {}", super::args::type_name(&args[1])))?;
     let j = parse_module(file, src)?;
     Ok(Value::from(j))
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Set(_) => "set",
-        Value::Object(_) => "object",
-        Value::Undefined => "undefined",
-    }
 }
 
 /// Parses `src` (named `file`) and returns OPA's AST JSON of the module.
