@@ -1623,6 +1623,8 @@ impl<'a> Ctx<'a> {
                 ("max_headers_count", o.max_headers_count.is_some()),
                 ("headers_with_underscores_action", o.headers_with_underscores_action.is_some()),
                 ("max_requests_per_connection", o.max_requests_per_connection.is_some()),
+                ("max_connection_duration", o.max_connection_duration.is_some()),
+                ("max_stream_duration", o.max_stream_duration.is_some()),
             ] {
                 if set {
                     self.err(&cp.f(field), upstream.clone());

@@ -1372,7 +1372,7 @@ impl Cluster {
         let start = Instant::now();
         let addr = host.address;
         let fut = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|_| None)?;
+            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| Some(connect_error(&e)))?;
             let _ = tcp.set_nodelay(true);
             let local = tcp.local_addr().ok();
             let io: Box<dyn Io> = match &self.tls {
@@ -1667,6 +1667,16 @@ mod tests {
     use super::*;
     use crate::upstream::load_balancer::RoundRobinFactory;
 
+    #[test]
+    fn connect_errors_are_worded_as_envoy_words_them() {
+        // Linux errno values: ECONNREFUSED, EADDRNOTAVAIL.
+        assert_eq!(connect_error(&std::io::Error::from_raw_os_error(111)), "delayed connect error: Connection refused");
+        assert_eq!(
+            connect_error(&std::io::Error::from_raw_os_error(99)),
+            "immediate connect error: Cannot assign requested address"
+        );
+    }
+
     fn hosts(n: usize) -> Vec<Arc<Host>> {
         (0..n).map(|i| Arc::new(Host::simple(format!("127.0.0.{}:80", i + 1).parse().unwrap()))).collect()
     }
@@ -1746,4 +1756,21 @@ mod tests {
         let m = picks(&st, 100, &counter);
         assert!(!m.contains_key(&hs[0].address));
     }
+}
+
+/// Envoy's transport failure reason for a TCP connect that failed: the socket error, as
+/// `strerror` words it, after `delayed connect error` (reported by the socket once the
+/// non-blocking connect ended: refused, timed out, unreachable) or `immediate connect error`.
+fn connect_error(e: &std::io::Error) -> String {
+    let when = match e.kind() {
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut | std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => "delayed",
+        _ => "immediate",
+    };
+    let text = e.to_string();
+    // std words an OS error as "<strerror> (os error N)".
+    let text = match text.rfind(" (os error ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    format!("{when} connect error: {text}")
 }
