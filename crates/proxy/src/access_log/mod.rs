@@ -353,6 +353,13 @@ impl http_body::Body for LoggedBody {
                 }
                 this.finish(false);
             }
+            Poll::Ready(Some(Err(e))) if e.is::<crate::http::stream_timers::DurationReached>() => {
+                // `max_stream_duration` cut the response (Envoy: no flag, `max_duration_timeout`).
+                if let Some(state) = this.state.as_mut() {
+                    state.pending.info.response_code_details = Some("max_duration_timeout".into());
+                }
+                this.finish(false);
+            }
             Poll::Ready(Some(Err(_))) => this.finish(true),
             Poll::Pending => {}
         }

@@ -205,6 +205,12 @@ impl HcmStats {
                 self.downstream_cx_max_duration_reached.inc();
                 local.inc();
             }
+            ConnEnd::LocalDelayed { delayed_close_timeout } => {
+                if delayed_close_timeout {
+                    self.downstream_cx_delayed_close_timeout.inc();
+                }
+                local.inc();
+            }
         }
         self.downstream_cx_length_ms.record_int(lifetime.as_millis() as u64);
     }
@@ -605,6 +611,17 @@ impl HttpConnectionManager {
                 let status = if arrival.is_set() { 504 } else { 408 };
                 self.reply(LocalReply::new(status).body("downstream duration timeout").details("max_duration_timeout"))
             }
+        }
+    }
+
+    /// Access-log an HTTP/2 stream the codec reset for its headers (Envoy: `- -`, code 0, `DR`).
+    pub fn record_refused_stream(&self, details: &'static str, ctx: &ConnContext) {
+        if let Some(logs) = &self.access_logs {
+            let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+            let mut info = StreamInfo::starting(stream_id, Version::HTTP_2, ctx.conn.clone(), Instant::now());
+            info.response_code_details = Some(details.into());
+            info.set_flag(ResponseFlags::DOWNSTREAM_REMOTE_RESET);
+            PendingLog { logs: logs.clone(), info, request: None, request_body: None }.log(None, None, None);
         }
     }
 

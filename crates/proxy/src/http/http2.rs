@@ -111,12 +111,12 @@ impl Limits {
         let pseudo = 2 + usize::from(req.uri().scheme().is_some()) + usize::from(req.uri().authority().is_some());
         if req.headers().len() + pseudo > self.max_headers {
             self.stats().header_overflow.inc();
-            return Err(StreamRejected);
+            return Err(StreamRejected("http2.too_many_headers"));
         }
         if self.underscores != Underscores::Allow && req.headers().keys().any(|k| k.as_str().contains('_')) {
             if self.underscores == Underscores::Reject {
                 self.stats().requests_rejected_with_underscores_in_headers.inc();
-                return Err(StreamRejected);
+                return Err(StreamRejected("http2.unexpected_underscore"));
             }
             let names: Vec<_> = req.headers().keys().filter(|k| k.as_str().contains('_')).cloned().collect();
             for n in names {
@@ -129,9 +129,9 @@ impl Limits {
     }
 }
 
-/// A request the codec refused: hyper resets its stream.
+/// A request the codec refused (Envoy's details): hyper resets its stream.
 #[derive(Debug)]
-struct StreamRejected;
+struct StreamRejected(&'static str);
 
 impl std::fmt::Display for StreamRejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -217,6 +217,9 @@ where
             let streams = streams.clone();
             let mut req = req.map(Body::incoming);
             let screened = limits.screen(&mut req);
+            if let Err(StreamRejected(details)) = &screened {
+                hcm.record_refused_stream(details, &ctx);
+            }
             if screened.is_ok() {
                 streams.open.fetch_add(1, Ordering::AcqRel);
                 let served = streams.served.fetch_add(1, Ordering::AcqRel) + 1;

@@ -102,8 +102,9 @@ impl Deadline {
     }
 }
 
+/// The error that ends a response body at `max_stream_duration`.
 #[derive(Debug)]
-struct DurationReached;
+pub struct DurationReached;
 
 impl std::fmt::Display for DurationReached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

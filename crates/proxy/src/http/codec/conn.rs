@@ -131,6 +131,10 @@ pub enum ConnEnd {
     MaxRequests,
     /// `max_connection_duration` reached (and the connection drained).
     MaxDuration,
+    /// sluice closed it after a response made before the request was whole (or after a
+    /// request header timeout), with Envoy's delayed close; `delayed_close_timeout`: the
+    /// client did not close within that time.
+    LocalDelayed { delayed_close_timeout: bool },
     /// It became a tunnel, which has ended.
     Upgraded,
 }
@@ -150,6 +154,7 @@ where
     match conn.run(svc).await {
         End::Gone { active_rq } => ConnEnd::Remote { active_rq },
         End::Close(ConnEnd::ProtocolError { .. }) => ConnEnd::ProtocolError { delayed_close_timeout: conn.close_delayed().await },
+        End::Close(ConnEnd::LocalDelayed { .. }) => ConnEnd::LocalDelayed { delayed_close_timeout: conn.close_delayed().await },
         End::Close(why) => {
             conn.close().await;
             why
@@ -350,7 +355,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
             }
         }
         match self.flush().await {
-            Ok(()) if e.reject == Reject::HeaderTimeout => End::Close(ConnEnd::Local),
+            Ok(()) if e.reject == Reject::HeaderTimeout => End::Close(ConnEnd::LocalDelayed { delayed_close_timeout: false }),
             Ok(()) => End::Close(ConnEnd::ProtocolError { delayed_close_timeout: false }),
             Err(_) => End::Gone { active_rq: false },
         }
@@ -597,7 +602,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
         if close {
             let why = if last {
                 ConnEnd::MaxRequests
-            } else if expired && keep_alive && !resp_close && request_complete {
+            } else if !request_complete {
+                // Envoy flushes, then waits for the client to close first.
+                ConnEnd::LocalDelayed { delayed_close_timeout: false }
+            } else if expired && keep_alive && !resp_close {
                 ConnEnd::MaxDuration
             } else {
                 ConnEnd::Local
