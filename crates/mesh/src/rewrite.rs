@@ -286,7 +286,9 @@ mod tests {
         let out = rewrite(&mut v, &rw("127.0.10.9"));
         assert_eq!(out.max_dns_refresh, Some(Duration::from_secs(10)));
         // Without one, Envoy's default counts.
-        let mut v = parse_config("static_resources:\n  clusters:\n  - {name: a, type: LOGICAL_DNS}\n").unwrap();
+        let mut v =
+            parse_config("static_resources:\n  clusters:\n  - {name: a, type: LOGICAL_DNS}\n")
+                .unwrap();
         let out = rewrite(&mut v, &rw("127.0.10.9"));
         assert_eq!(out.max_dns_refresh, Some(ENVOY_DEFAULT_DNS_REFRESH));
     }
