@@ -552,11 +552,14 @@ impl HttpConnectionManager {
                 stats.downstream_cx_drain_close.inc();
             }
         }
-        let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
-        stats.downstream_rq_xx[class].inc();
-        info.listener_stats.downstream_rq_xx[class].inc();
-        info.listener_stats.downstream_rq_completed.inc();
-        stats.downstream_rq_completed.inc();
+        // Envoy charges no response-code stats for health checks.
+        if !rec.info.health_check {
+            let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+            stats.downstream_rq_xx[class].inc();
+            info.listener_stats.downstream_rq_xx[class].inc();
+            info.listener_stats.downstream_rq_completed.inc();
+            stats.downstream_rq_completed.inc();
+        }
         drop(active);
         stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
         rec.info.response_code = Some(resp.status().as_u16());
@@ -813,23 +816,17 @@ impl HttpConnectionManager {
             scheme,
             headers: req.headers(),
         };
-        let Some(selected) = self.routes.route_request(&route_req) else {
-            // Envoy's router filter makes this reply: it counts in `rq_total` too.
-            self.stats.rq_total.inc();
-            self.stats.no_route.inc();
-            rec.keep_request(&req);
-            let reply = LocalReply::new(404).details("route_not_found").flag(ResponseFlags::NO_ROUTE_FOUND);
-            return self.reply(if upgrade.is_some() { reply.close() } else { reply });
-        };
+        // No route: the filters still run (Envoy's router answers 404 after them).
+        let selected = self.routes.route_request(&route_req);
 
         // Envoy's rule: a route's `upgrade_configs` entry decides (enabled or not); without one
         // the connection manager's `upgrade_configs` do.
         let mut tunnel = None;
-        if let Some(kind) = upgrade {
-            let on_route = selected.route.forward().and_then(|f| f.upgrade(&kind));
+        if let (Some(kind), Some(selected)) = (&upgrade, &selected) {
+            let on_route = selected.route.forward().and_then(|f| f.upgrade(kind));
             let allowed = match on_route {
                 Some(u) => u.enabled,
-                None => self.upgrades.contains(&kind),
+                None => self.upgrades.contains(kind),
             };
             let terminate_connect = on_route.is_some_and(|u| u.terminate_connect) && req.method() == http::Method::CONNECT;
             let connect = kind == "connect";
@@ -841,14 +838,17 @@ impl HttpConnectionManager {
                 let reply = LocalReply::new(403).close().details("upgrade_failed");
                 rec.keep_request(&req);
                 return match selected.route.action {
-                    Action::Forward(_) => self.local_with_route(reply, &selected, rec),
+                    Action::Forward(_) => self.local_with_route(reply, selected, rec),
                     _ => self.reply(reply),
                 };
             }
         }
 
-        let cluster = selected.route.forward().and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
-        if rec.full {
+        let cluster = selected
+            .as_ref()
+            .and_then(|s| s.route.forward())
+            .and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
+        if let (true, Some(selected)) = (rec.full, &selected) {
             rec.info.route_name = selected.route.name.as_deref().map(Arc::from);
             rec.info.virtual_host_name = Some(Arc::from(self.routes.virtual_hosts[selected.vhost].name.as_str()));
             rec.info.upstream.cluster = cluster.as_ref().map(|c| Arc::from(c.name()));
@@ -863,9 +863,12 @@ impl HttpConnectionManager {
             stat_prefix: self.stats.prefix.clone(),
             response_headers_to_add: Vec::new(),
             clear_route_cache: false,
+            health_check: false,
         };
         for filter in &self.filters {
-            match filter.on_request(&mut req, &mut ctx).await {
+            let outcome = filter.on_request(&mut req, &mut ctx).await;
+            rec.info.health_check |= ctx.health_check;
+            match outcome {
                 FilterOutcome::Continue => {}
                 FilterOutcome::Respond(mut resp) => {
                     rec.keep_request(&req);
@@ -887,33 +890,36 @@ impl HttpConnectionManager {
                     scheme,
                     headers: req.headers(),
                 };
-                match self.routes.route_request(&route_req) {
-                    Some(sel) => {
-                        ctx.cluster = sel.route.forward().and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
-                        ctx.selected = sel;
-                    }
-                    None => {
-                        self.stats.no_route.inc();
-                        rec.keep_request(&req);
-                        return self.reply(LocalReply::new(404).details("route_not_found").flag(ResponseFlags::NO_ROUTE_FOUND));
-                    }
-                }
+                let sel = self.routes.route_request(&route_req);
+                ctx.cluster = sel
+                    .as_ref()
+                    .and_then(|s| s.route.forward())
+                    .and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
+                ctx.selected = sel;
             }
         }
+        let Some(selected) = ctx.selected.clone() else {
+            // Envoy's router filter makes this reply: it counts in `rq_total` too.
+            self.stats.rq_total.inc();
+            self.stats.no_route.inc();
+            rec.keep_request(&req);
+            let reply = LocalReply::new(404).details("route_not_found").flag(ResponseFlags::NO_ROUTE_FOUND);
+            return self.reply(if upgrade.is_some() { reply.close() } else { reply });
+        };
 
-        let mut resp = match self.route_request(req, &ctx, scheme, &host, info, rec) {
+        let mut resp = match self.route_request(req, &ctx, &selected, scheme, &host, info, rec) {
             Routed::Reply(resp) => resp,
             // Upgrades and CONNECT: a rare path, boxed out of every request's state.
             Routed::Upstream(call) if tunnel.is_some() => {
                 let t = tunnel.unwrap_or_default();
-                Box::pin(self.tunnel(call, t, &ctx.selected, rec)).await
+                Box::pin(self.tunnel(call, t, &selected, rec)).await
             }
             // Retries: a rare path, boxed out of every request's state.
-            Routed::Upstream(call) if call.retry.is_some() => Box::pin(self.forward_retrying(call, &ctx.selected, rec)).await,
+            Routed::Upstream(call) if call.retry.is_some() => Box::pin(self.forward_retrying(call, &selected, rec)).await,
             Routed::Upstream(call) => {
                 let UpstreamCall { mut req, cluster, mut lb, deadline, set_cookie, retry: _ } = call;
                 headers::frame_request_body(&mut req);
-                let sel = &ctx.selected;
+                let sel = &selected;
                 let sent = Instant::now();
                 rec.info.attempt_count = 1;
                 rec.info.first_upstream_tx = Some(rec.info.elapsed());
@@ -1034,12 +1040,12 @@ impl HttpConnectionManager {
         &self,
         mut req: Request<Body>,
         ctx: &FilterContext,
+        sel: &Selected,
         scheme: &str,
         host: &str,
         info: &ConnContext,
         rec: &mut StreamRecord<'_>,
     ) -> Routed {
-        let sel = &ctx.selected;
         self.stats.rq_total.inc();
         match &sel.route.action {
             Action::Direct { status, body } => {
