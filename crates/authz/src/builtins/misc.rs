@@ -187,7 +187,7 @@ pub(crate) fn opa_cmp(a: &Value, b: &Value) -> Ordering {
                     Ordering::Equal => {}
                     o => return o,
                 }
-                match opa_cmp(x.get(*p).unwrap_or(&Value::Undefined), y.get(*q).unwrap_or(&Value::Undefined)) {
+                match opa_cmp(x.get(p).unwrap_or(&Value::Undefined), y.get(q).unwrap_or(&Value::Undefined)) {
                     Ordering::Equal => {}
                     o => return o,
                 }
