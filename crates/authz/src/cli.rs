@@ -55,6 +55,7 @@ Supported --set / --config-file keys:
   plugins.envoy_ext_authz_grpc.grpc-max-recv-msg-size / grpc-max-send-msg-size   bytes
   plugins.envoy_ext_authz_grpc.proto-descriptor   FileDescriptorSet file: gRPC bodies (raw_body,
                                          Envoy's pack_as_bytes) decoded into parsed_body
+  plugins.envoy_ext_authz_grpc.enable-reflection   gRPC server reflection (v1 and v1alpha)
   decision_logs.console                  true: decision logs on standard output
   services.NAME.{url,headers,credentials.bearer.token}   http:// bundle services
   bundles.NAME.{service,resource,polling.min_delay_seconds,polling.max_delay_seconds,signing.scope}
@@ -64,7 +65,7 @@ Supported --set / --config-file keys:
   status.{console,service,partition_name}   status reports (GET /v1/status) logged / POSTed to
                                          <service>/status[/partition] at start and on change
 (the legacy plugin name envoy.ext_authz.grpc works too; any other key is an error at start:
-enable-reflection, status.prometheus, distributed_tracing, … are not supported)
+status.prometheus, distributed_tracing, … are not supported)
 
 Own flags win over --set, which wins over --config-file.";
 
@@ -450,9 +451,7 @@ pub fn config_from_args(run: &RunArgs) -> anyhow::Result<Config> {
     if let Some(n) = size("grpc-max-send-msg-size")? {
         cfg.grpc_max_send = n;
     }
-    if flag("enable-reflection")? {
-        return Err(anyhow!("plugins.envoy_ext_authz_grpc.enable-reflection: gRPC server reflection is not supported by sluice"));
-    }
+    cfg.enable_reflection = flag("enable-reflection")?;
     match get("proto-descriptor") {
         None => {}
         Some(Json::String(p)) if !p.is_empty() => cfg.proto_descriptor = Some(PathBuf::from(p)),

@@ -50,6 +50,7 @@ pub mod decision_upload;
 mod grpc_conn;
 pub mod input;
 pub mod policy;
+pub mod reflection;
 pub mod response;
 pub mod server;
 pub mod status;

@@ -89,6 +89,8 @@ pub struct Config {
     pub status: Option<crate::status::StatusConfig>,
     /// The plugin's `proto-descriptor`: a FileDescriptorSet file for decoding gRPC bodies.
     pub proto_descriptor: Option<PathBuf>,
+    /// The plugin's `enable-reflection`: gRPC server reflection on the gRPC listener.
+    pub enable_reflection: bool,
 }
 
 impl Default for Config {
@@ -123,6 +125,7 @@ impl Default for Config {
             decision_upload: None,
             status: None,
             proto_descriptor: None,
+            enable_reflection: false,
         }
     }
 }
@@ -883,15 +886,25 @@ impl AuthzServer {
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
         let svc = CheckService::<false>(authorizer.clone());
         let svc_v2 = CheckService::<true>(authorizer.clone());
-        let routes = tonic::service::Routes::new(health_svc).add_service(svc).add_service(svc_v2).prepare();
+        let mut routes = tonic::service::Routes::new(health_svc).add_service(svc).add_service(svc_v2);
+        if config.enable_reflection {
+            routes = crate::reflection::add_services(routes).context("gRPC server reflection")?;
+        }
+        let routes = routes.prepare();
         tasks.push(tokio::spawn({
             let rx = rx.clone();
             async move { crate::grpc_conn::serve(grpc_listener, routes, rx).await.context("gRPC server") }
         }));
-        match &config.grpc_unix {
-            Some(p) => tracing::info!(addr = %format!("unix://{p}"), "gRPC server listening (envoy.service.auth.v3/v2.Authorization, grpc.health.v1.Health)"),
-            None => tracing::info!(addr = %grpc_addr, "gRPC server listening (envoy.service.auth.v3/v2.Authorization, grpc.health.v1.Health)"),
-        }
+        let addr = match &config.grpc_unix {
+            Some(p) => format!("unix://{p}"),
+            None => grpc_addr.to_string(),
+        };
+        tracing::info!(
+            addr = %addr,
+            enable_reflection = config.enable_reflection,
+            "gRPC server listening (envoy.service.auth.v3/v2.Authorization, grpc.health.v1.Health{})",
+            if config.enable_reflection { ", grpc.reflection.v1/v1alpha.ServerReflection" } else { "" }
+        );
 
         if let Some(l) = http_listener {
             tasks.push(tokio::spawn(crate::api::serve(l, authorizer.clone(), rx.clone(), false)));

@@ -132,7 +132,7 @@ async fn plugin_options() {
     };
     // Unsupported options are errors at start, naming the key.
     for (bad, key) in [
-        ("--set=plugins.envoy_ext_authz_grpc.enable-reflection=true", "plugins.envoy_ext_authz_grpc.enable-reflection"),
+        ("--set=plugins.envoy_ext_authz_grpc.enable-reflection=yes", "plugins.envoy_ext_authz_grpc.enable-reflection: expected true or false"),
         ("--set=status.prometheus=true", "status.prometheus: not supported by sluice"),
         ("--set=services.default.url=https://x", "only http:// bundle services"),
         ("--set=plugins.envoy_ext_authz_grpc.bogus=1", "plugins.envoy_ext_authz_grpc.bogus"),
@@ -149,6 +149,9 @@ async fn plugin_options() {
     let cfg = config_from_args(&parse_run(&args(&[&format!("--set=plugins.envoy_ext_authz_grpc.proto-descriptor={}", bad.display())]))).unwrap();
     let e = AuthzServer::start(Config { http_addr: None, grpc_addr: "127.0.0.1:0".parse().unwrap(), ..cfg }).await.err().expect("an invalid descriptor set fails the start");
     assert!(format!("{e:#}").contains("not a valid FileDescriptorSet"), "{e:#}");
+    // enable-reflection: off by default, on when set (tests/reflection.rs serves it).
+    assert!(!config_from_args(&parse_run(&args(&[]))).unwrap().enable_reflection);
+    assert!(config_from_args(&parse_run(&args(&["--set=plugins.envoy_ext_authz_grpc.enable-reflection=true"]))).unwrap().enable_reflection);
     // status.console: accepted.
     assert!(config_from_args(&parse_run(&args(&["--set=status.console=true"]))).unwrap().status.is_some_and(|s| s.console));
     // skip-request-body-parse: no parsed_body in the input; performance metrics on.
@@ -285,5 +288,79 @@ async fn kubernetes_quick_start_command_line() {
     assert_eq!(s, 200);
     let mut c = client(h.grpc_addr()).await;
     assert_eq!(check(&mut c, check_request("GET", "http", "/", &[])).await.unwrap().status.unwrap().code, 0);
+    h.shutdown().await;
+}
+
+/// A port free on every interface at the time of asking (the literal command lines below bind
+/// `:PORT` and `0.0.0.0:PORT`, as the guide and the quick start do).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The command lines exactly in the shapes the guide and the plugin's Kubernetes quick start
+/// use — `--set=plugins.envoy_ext_authz_grpc.addr=:PORT` (all interfaces),
+/// `--set=decision_logs.console=true`, `--log-format=json-pretty`; a config file with
+/// `addr: :PORT`, `--addr=localhost:PORT`, `--diagnostic-addr=0.0.0.0:PORT`, `--ignore=.*`, a
+/// policy directory — start, and answer over loopback (free ports instead of 9191/8181/8282).
+#[tokio::test]
+async fn guide_and_quick_start_literal_command_lines_start() {
+    let dir = TempDir::new("literal-lines");
+    let policy = dir.write("policy.rego", &std::fs::read_to_string(fixture("guide_v0.rego")).unwrap());
+
+    // The guide: v0 policy, console decision logs, pretty logs, gRPC on all interfaces.
+    let (g, a) = (free_port(), free_port());
+    let cfg = sluice_authz::cli::config_from_args(&parse_run(&[
+        "run".into(),
+        "--server".into(),
+        "--log-format=json-pretty".into(),
+        format!("--set=plugins.envoy_ext_authz_grpc.addr=:{g}"),
+        "--set=decision_logs.console=true".into(),
+        format!("--addr=localhost:{a}"),
+        policy.to_string_lossy().into_owned(),
+    ]))
+    .unwrap();
+    assert_eq!(cfg.grpc_addr, format!("0.0.0.0:{g}").parse().unwrap());
+    assert!(matches!(cfg.decision_log, sluice_authz::DecisionLogSink::Stdout));
+    let h = AuthzServer::start(Config { decision_log: sluice_authz::DecisionLogSink::Off, ..cfg }).await.unwrap();
+    let mut c = client(format!("127.0.0.1:{g}").parse().unwrap()).await;
+    let r = check(&mut c, check_request("GET", "http", "/people", &[])).await.unwrap();
+    assert_eq!(r.status.unwrap().code, 0);
+    let (s, _) = http(format!("127.0.0.1:{a}").parse().unwrap(), "GET", "/health", None).await;
+    assert_eq!(s, 200);
+    h.shutdown().await;
+
+    // The quick start: config file (the plugin's shape), localhost API, diagnostic address on
+    // all interfaces, hidden files ignored.
+    let policy_dir = dir.0.join("policy");
+    std::fs::create_dir_all(policy_dir.join(".hidden")).unwrap();
+    std::fs::copy(&policy, policy_dir.join("policy.rego")).unwrap();
+    std::fs::write(policy_dir.join(".hidden").join("broken.rego"), "package nope\nx :=\n").unwrap();
+    let (g, a, d) = (free_port(), free_port(), free_port());
+    let config = dir.write(
+        "config.yaml",
+        &format!("plugins:\n  envoy_ext_authz_grpc:\n    addr: :{g}\n    path: envoy/authz/allow\ndecision_logs:\n  console: true\n"),
+    );
+    let cfg = sluice_authz::cli::config_from_args(&parse_run(&[
+        "run".into(),
+        "--server".into(),
+        format!("--config-file={}", config.display()),
+        format!("--addr=localhost:{a}"),
+        format!("--diagnostic-addr=0.0.0.0:{d}"),
+        "--ignore=.*".into(),
+        policy_dir.to_string_lossy().into_owned(),
+    ]))
+    .unwrap();
+    assert_eq!(cfg.grpc_addr, format!("0.0.0.0:{g}").parse().unwrap());
+    assert_eq!(cfg.diagnostic_addr, Some(format!("0.0.0.0:{d}").parse().unwrap()));
+    let h = AuthzServer::start(Config { decision_log: sluice_authz::DecisionLogSink::Off, ..cfg }).await.unwrap();
+    for probe in ["/health?plugins", "/health", "/metrics"] {
+        let (s, _) = http(format!("127.0.0.1:{d}").parse().unwrap(), "GET", probe, None).await;
+        assert_eq!(s, 200, "{probe}");
+    }
+    let mut c = client(format!("127.0.0.1:{g}").parse().unwrap()).await;
+    let r = check(&mut c, check_request("GET", "http", "/people", &[])).await.unwrap();
+    assert_eq!(r.status.unwrap().code, 0);
+    let r = check(&mut c, check_request("DELETE", "http", "/people", &[])).await.unwrap();
+    assert_eq!(r.status.unwrap().code, 7);
     h.shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! Strings, arrays, objects and `net.*` builtins that regorus lacks or gets wrong.
 
+use std::cmp::Ordering;
 use std::net::IpAddr;
 
 use anyhow::{bail, Result};
@@ -23,6 +24,10 @@ pub(crate) fn defs(v: &mut Vec<Def>) {
     v.push(Def { name: "regex.template_match", arity: 4, f: template_match });
     v.push(Def { name: "glob.quote_meta", arity: 1, f: glob_quote_meta });
     v.push(Def { name: "upper", arity: 1, f: upper });
+    v.push(Def { name: "sort", arity: 1, f: sort });
+    v.push(Def { name: "json.match_schema", arity: 2, f: json_match_schema });
+    v.push(Def { name: "strings.replace_n", arity: 2, f: strings_replace_n });
+    v.push(Def { name: "json.marshal", arity: 1, f: json_marshal });
     v.push(Def { name: "lower", arity: 1, f: lower });
     v.push(Def { name: "trace", arity: 1, f: trace });
     // Deprecated builtins that OPA still provides (v0 policies use them).
@@ -130,6 +135,249 @@ fn glob_quote_meta(a: &[Value]) -> Result<Value> {
 }
 
 /// Go's `strings.ToUpper`: simple (one character to one character) case mapping.
+/// OPA's order of values of different types (`ast.Compare`): null, booleans, numbers,
+/// strings, arrays, objects, sets. regorus orders sets before objects.
+fn type_rank(v: &Value) -> u8 {
+    match v {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 2,
+        Value::String(_) => 3,
+        Value::Array(_) => 4,
+        Value::Object(_) => 5,
+        Value::Set(_) => 6,
+        Value::Undefined => 7,
+    }
+}
+
+/// OPA's total order on values: by type first, then arrays element-wise, objects by their
+/// sorted keys and those keys' values, sets by their sorted elements, shorter first on a tie.
+pub(crate) fn opa_cmp(a: &Value, b: &Value) -> Ordering {
+    fn seq<'a>(x: impl Iterator<Item = &'a Value>, y: impl Iterator<Item = &'a Value>) -> Ordering {
+        let (mut x, mut y) = (x, y);
+        loop {
+            match (x.next(), y.next()) {
+                (None, None) => return Ordering::Equal,
+                (None, Some(_)) => return Ordering::Less,
+                (Some(_), None) => return Ordering::Greater,
+                (Some(p), Some(q)) => match opa_cmp(p, q) {
+                    Ordering::Equal => {}
+                    o => return o,
+                },
+            }
+        }
+    }
+    fn sorted<'a>(it: impl Iterator<Item = &'a Value>) -> Vec<&'a Value> {
+        let mut v: Vec<&Value> = it.collect();
+        v.sort_by(|p, q| opa_cmp(p, q));
+        v
+    }
+    match type_rank(a).cmp(&type_rank(b)) {
+        Ordering::Equal => {}
+        o => return o,
+    }
+    match (a, b) {
+        (Value::Array(x), Value::Array(y)) => seq(x.iter(), y.iter()),
+        (Value::Set(x), Value::Set(y)) => seq(sorted(x.iter()).into_iter(), sorted(y.iter()).into_iter()),
+        (Value::Object(x), Value::Object(y)) => {
+            let kx = sorted(x.keys());
+            let ky = sorted(y.keys());
+            for (p, q) in kx.iter().zip(ky.iter()) {
+                match opa_cmp(p, q) {
+                    Ordering::Equal => {}
+                    o => return o,
+                }
+                match opa_cmp(x.get(p).unwrap_or(&Value::Undefined), y.get(q).unwrap_or(&Value::Undefined)) {
+                    Ordering::Equal => {}
+                    o => return o,
+                }
+            }
+            kx.len().cmp(&ky.len())
+        }
+        _ => a.cmp(b),
+    }
+}
+
+/// `strings.replace_n(patterns, s)`: Go's `strings.NewReplacer` over the patterns in key order,
+/// as OPA does: one pass over `s`, at each position the first pattern (in key order) that
+/// matches there is replaced and the text after it is scanned next, so replacements are never
+/// replaced again (regorus applied the patterns one after another: `{"a": "b", "b": "c"}` made
+/// "ab" into "cc" where OPA gives "bc"). An empty pattern matches once between characters.
+fn strings_replace_n(a: &[Value]) -> Result<Value> {
+    let patterns = match a.first() {
+        Some(Value::Object(o)) => o,
+        Some(v) => bail!("operand 1 must be object but got {}", type_name(v)),
+        None => bail!("missing operand 1"),
+    };
+    let s = string(a, 1, "strings.replace_n")?;
+    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(patterns.len());
+    for (k, v) in patterns.iter() {
+        match (k, v) {
+            (Value::String(k), Value::String(v)) => pairs.push((k, v)),
+            (Value::String(_), other) => bail!("operand 1 must be object[string: string] but got value of type {}", type_name(other)),
+            (other, _) => bail!("operand 1 must be object[string: string] but got key of type {}", type_name(other)),
+        }
+    }
+    let empty = pairs.iter().find(|(k, _)| k.is_empty()).map(|(_, v)| *v);
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    let mut after_empty = false;
+    while i <= s.len() {
+        let rest = &s[i..];
+        if !after_empty {
+            if let Some(new) = empty.filter(|_| pairs.first().is_some_and(|(k, _)| k.is_empty())) {
+                out.push_str(new);
+                after_empty = true;
+                continue;
+            }
+        }
+        after_empty = false;
+        if let Some((old, new)) = pairs.iter().find(|(k, _)| !k.is_empty() && rest.starts_with(*k)) {
+            out.push_str(new);
+            i += old.len();
+            continue;
+        }
+        match rest.chars().next() {
+            Some(c) => {
+                out.push(c);
+                i += c.len_utf8();
+            }
+            None => break,
+        }
+    }
+    Ok(Value::from(out))
+}
+
+/// `json.match_schema(document, schema)` with OPA's result shape: `[true, []]`, or `[false,
+/// errors]` where each error is gojsonschema's `{"desc", "error", "field", "type"}` (regorus
+/// answered the validator's message as one string). A string operand is JSON text. The field is
+/// the instance path joined with dots, `(Root)` for the document itself; `type` and `desc` follow
+/// gojsonschema for `type` and `required` violations, and for other keywords are the keyword's
+/// name and the validator's message. Several errors come in the validator's order, which can
+/// differ from gojsonschema's.
+fn json_match_schema(a: &[Value]) -> Result<Value> {
+    fn operand(a: &[Value], i: usize) -> Result<serde_json::Value> {
+        match a.get(i) {
+            Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| anyhow::anyhow!("operand {}: invalid JSON: {e}", i + 1)),
+            Some(v @ Value::Object(_)) => Ok(serde_json::to_value(v)?),
+            Some(v) => bail!("operand {} must be one of {{object, string}} but got {}", i + 1, type_name(v)),
+            None => bail!("missing operand {}", i + 1),
+        }
+    }
+    fn given(v: &serde_json::Value) -> &'static str {
+        match v {
+            serde_json::Value::Null => "null",
+            serde_json::Value::Bool(_) => "boolean",
+            serde_json::Value::Number(n) if n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0) => "integer",
+            serde_json::Value::Number(_) => "number",
+            serde_json::Value::String(_) => "string",
+            serde_json::Value::Array(_) => "array",
+            serde_json::Value::Object(_) => "object",
+        }
+    }
+    let document = operand(a, 0)?;
+    let schema = operand(a, 1)?;
+    let validator = jsonschema::validator_for(&schema).map_err(|e| anyhow::anyhow!("invalid schema: {e}"))?;
+    let mut errors = Vec::new();
+    for e in validator.iter_errors(&document) {
+        let pointer = e.instance_path().as_str();
+        let segments: Vec<String> = pointer.split('/').skip(1).map(|s| s.replace("~1", "/").replace("~0", "~")).collect();
+        let field = if segments.is_empty() { "(Root)".to_string() } else { segments.join(".") };
+        let instance = document.pointer(pointer).unwrap_or(&serde_json::Value::Null);
+        let (kind, desc) = match e.kind() {
+            jsonschema::error::ValidationErrorKind::Type { kind: jsonschema::error::TypeKind::Single(t) } => {
+                ("invalid_type".to_string(), format!("Invalid type. Expected: {t}, given: {}", given(instance)))
+            }
+            jsonschema::error::ValidationErrorKind::Required { property } => {
+                let name = property.as_str().map(str::to_string).unwrap_or_else(|| property.to_string());
+                ("required".to_string(), format!("{name} is required"))
+            }
+            other => (other.keyword().to_string(), e.to_string()),
+        };
+        let mut o = std::collections::BTreeMap::new();
+        o.insert(Value::from("desc"), Value::from(desc.clone()));
+        o.insert(Value::from("error"), Value::from(format!("{field}: {desc}")));
+        o.insert(Value::from("field"), Value::from(field));
+        o.insert(Value::from("type"), Value::from(kind));
+        errors.push(Value::from(o));
+    }
+    Ok(Value::from(vec![Value::Bool(errors.is_empty()), Value::from(errors)]))
+}
+
+/// `sort`: in OPA's order of values (regorus' order puts sets before objects).
+fn sort(a: &[Value]) -> Result<Value> {
+    let mut v = collection(a, 0)?;
+    v.sort_by(opa_cmp);
+    Ok(Value::from(v))
+}
+
+/// `json.marshal`: regorus writes numbers through serde_json without arbitrary precision, so an
+/// integer beyond 64 bits became the nearest double (`1.2345678901234568e+29`); OPA writes its
+/// digits. regorus also left `<`, `>` and `&` as they are, where Go's encoder (and so OPA)
+/// escapes them as `\u003c`, `\u003e`, `\u0026`. Otherwise written as regorus does (compact,
+/// object keys sorted, sets as arrays).
+fn json_marshal(a: &[Value]) -> Result<Value> {
+    fn write(v: &Value, out: &mut String) -> Result<()> {
+        match v {
+            Value::Number(n) => {
+                let d = n.format_decimal();
+                let exact_int = !d.is_empty() && d.trim_start_matches('-').bytes().all(|c| c.is_ascii_digit());
+                if exact_int && d.parse::<i64>().is_err() && d.parse::<u64>().is_err() {
+                    out.push_str(&d);
+                } else {
+                    out.push_str(&serde_json::to_string(v)?);
+                }
+            }
+            Value::Array(x) => {
+                out.push('[');
+                for (i, e) in x.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(e, out)?;
+                }
+                out.push(']');
+            }
+            Value::Set(x) => {
+                out.push('[');
+                for (i, e) in x.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(e, out)?;
+                }
+                out.push(']');
+            }
+            Value::Object(o) => {
+                out.push('{');
+                for (i, (k, e)) in o.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    match k {
+                        Value::String(_) => out.push_str(&serde_json::to_string(k)?),
+                        other => {
+                            let mut inner = String::new();
+                            write(other, &mut inner)?;
+                            out.push_str(&serde_json::to_string(&inner)?);
+                        }
+                    }
+                    out.push(':');
+                    write(e, out)?;
+                }
+                out.push('}');
+            }
+            Value::Undefined => bail!("json.marshal: undefined value"),
+            other => out.push_str(&serde_json::to_string(other)?),
+        }
+        Ok(())
+    }
+    let v = a.first().ok_or_else(|| anyhow::anyhow!("missing operand 1"))?;
+    let mut out = String::new();
+    write(v, &mut out)?;
+    Ok(Value::from(crate::decision_log::go_html_escape(out)))
+}
+
 fn upper(a: &[Value]) -> Result<Value> {
     let s = string(a, 0, "upper")?;
     Ok(Value::from(
@@ -418,6 +666,69 @@ mod tests {
 
     fn s(x: &str) -> Value {
         Value::from(x)
+    }
+
+    #[test]
+    fn opa_order_of_types_and_containers() {
+        let j = |t: &str| Value::from_json_str(t).unwrap();
+        let set = |v: Vec<Value>| Value::from(v.into_iter().collect::<std::collections::BTreeSet<_>>());
+        // Objects before sets (regorus puts sets first), every type in OPA's rank.
+        let sorted = sort(&[Value::from(vec![set(vec![j("2")]), j(r#"{"a":1}"#), j("[1]"), j(r#""s""#), j("1"), j("false"), j("null")])]).unwrap();
+        assert_eq!(sorted, Value::from(vec![j("null"), j("false"), j("1"), j(r#""s""#), j("[1]"), j(r#"{"a":1}"#), set(vec![j("2")])]));
+        // Within a type: arrays element-wise then shorter first; objects by sorted keys, then values.
+        assert_eq!(opa_cmp(&j("[1,2]"), &j("[1,2,0]")), Ordering::Less);
+        assert_eq!(opa_cmp(&j("[2]"), &j("[1,9]")), Ordering::Greater);
+        assert_eq!(opa_cmp(&j(r#"{"a":2}"#), &j(r#"{"a":1,"b":0}"#)), Ordering::Greater);
+        assert_eq!(opa_cmp(&j(r#"{"a":1}"#), &j(r#"{"a":1,"b":0}"#)), Ordering::Less);
+        // Sets compare by their elements in OPA's order: {{"a":1}} < {{2}} because objects rank lower.
+        assert_eq!(opa_cmp(&set(vec![j(r#"{"a":1}"#)]), &set(vec![set(vec![j("2")])])), Ordering::Less);
+        assert!(sort(&[s("x")]).is_err());
+    }
+
+    #[test]
+    fn replace_n_is_one_pass_like_go_replacer() {
+        let j = |t: &str| Value::from_json_str(t).unwrap();
+        let r = |p: &str, x: &str| strings_replace_n(&[j(p), s(x)]).unwrap();
+        assert_eq!(r(r#"{"a":"b","b":"c"}"#, "ab"), s("bc"));
+        // The first key (in order) matching at a position wins, not the longest.
+        assert_eq!(r(r#"{"a":"1","ab":"2"}"#, "abab"), s("1b1b"));
+        assert_eq!(r(r#"{"é":"e","ll":"L"}"#, "héllo"), s("heLo"));
+        assert_eq!(r(r#"{"":"-"}"#, "ab"), s("-a-b-"));
+        assert_eq!(r(r#"{}"#, "ab"), s("ab"));
+        assert!(strings_replace_n(&[j(r#"{"a":1}"#), s("a")]).is_err());
+        assert!(strings_replace_n(&[s("x"), s("a")]).is_err());
+    }
+
+    #[test]
+    fn match_schema_errors_have_gojsonschema_shape() {
+        let j = |t: &str| Value::from_json_str(t).unwrap();
+        let schema = j(r#"{"type":"object","required":["a"],"properties":{"b":{"type":"object","properties":{"c":{"type":"integer"}}},"l":{"type":"array","items":{"type":"integer"}}}}"#);
+        let r = json_match_schema(&[j(r#"{"b":{"c":1.5},"l":[1,"x"]}"#), schema.clone()]).unwrap();
+        let want = j(r#"[false, [
+            {"desc":"a is required","error":"(Root): a is required","field":"(Root)","type":"required"},
+            {"desc":"Invalid type. Expected: integer, given: number","error":"b.c: Invalid type. Expected: integer, given: number","field":"b.c","type":"invalid_type"},
+            {"desc":"Invalid type. Expected: integer, given: string","error":"l.1: Invalid type. Expected: integer, given: string","field":"l.1","type":"invalid_type"}]]"#);
+        let (Value::Array(got), Value::Array(w)) = (&r, &want) else { panic!() };
+        assert_eq!(got[0], w[0]);
+        let mut g: Vec<Value> = got[1].as_array().unwrap().iter().cloned().collect();
+        g.sort();
+        let mut w1: Vec<Value> = w[1].as_array().unwrap().iter().cloned().collect();
+        w1.sort();
+        assert_eq!(g, w1);
+        // Valid: [true, []]; JSON text operands are parsed; a bad schema is an error.
+        assert_eq!(json_match_schema(&[s(r#"{"a":1}"#), schema.clone()]).unwrap(), j("[true, []]"));
+        assert!(json_match_schema(&[j("{}"), j(r#"{"type":7}"#)]).is_err());
+        assert!(json_match_schema(&[j("5"), schema]).is_err());
+    }
+
+    #[test]
+    fn json_marshal_writes_wide_integers_exactly() {
+        let j = |t: &str| Value::from_json_str(t).unwrap();
+        let big = Value::from_numeric_string("123456789012345678901234567890").unwrap();
+        let arr = Value::from(vec![big.clone(), j("1"), j("1.5"), j(r#""a<b""#), j("null")]);
+        assert_eq!(json_marshal(&[big]).unwrap(), s("123456789012345678901234567890"));
+        assert_eq!(json_marshal(&[arr]).unwrap(), s(r#"[123456789012345678901234567890,1,1.5,"a\u003cb",null]"#));
+        assert_eq!(json_marshal(&[j(r#"{"b":{"c":[true]},"a":18446744073709551615}"#)]).unwrap(), s(r#"{"a":18446744073709551615,"b":{"c":[true]}}"#));
     }
 
     #[test]
