@@ -509,7 +509,7 @@ pub struct CommonHttpProtocolOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connection_duration: Option<NotSupported>,
+    pub max_connection_duration: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_headers_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

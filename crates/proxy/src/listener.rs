@@ -508,7 +508,7 @@ pub(crate) fn h1_config(
         headers_with_underscores_action,
         max_requests_per_connection,
     } = common.unwrap_or(&default_common);
-    refused_at_load(max_connection_duration);
+    without_effect(max_connection_duration, "refused by the validator for the connection manager (implemented for upstream connections)");
     refused_at_load(max_stream_duration);
     let underscores = match headers_with_underscores_action {
         None | Some(HeadersWithUnderscoresAction::Allow) => Underscores::Allow,
