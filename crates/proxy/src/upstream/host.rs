@@ -138,6 +138,8 @@ pub struct Host {
     pub weight: u32,
     pub locality: Locality,
     pub health: HealthStatus,
+    /// The priority level of its endpoint group (0 highest).
+    pub priority: u32,
     pub stats: HostStats,
     pub(crate) pool: HostPool,
     draining: AtomicBool,
@@ -159,6 +161,7 @@ impl Host {
             weight: weight.max(1),
             locality,
             health,
+            priority: 0,
             stats: HostStats::default(),
             pool: HostPool::default(),
             draining: AtomicBool::new(false),
@@ -166,6 +169,12 @@ impl Host {
             outlier: HostMonitor::default(),
             link: OnceLock::new(),
         }
+    }
+
+    /// The host in priority level `priority`.
+    pub fn with_priority(mut self, priority: u32) -> Host {
+        self.priority = priority;
+        self
     }
 
     /// A host with weight 1, no hostname (tests, STATIC).
