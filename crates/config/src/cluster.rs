@@ -232,8 +232,10 @@ pub struct CommonLbConfig {
     pub healthy_panic_threshold: Option<Percent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone_aware_lb_config: Option<NotSupported>,
+    /// Within a priority level, pick a locality by its `load_balancing_weight` (scaled by its
+    /// availability), then a host in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality_weighted_lb_config: Option<NotSupported>,
+    pub locality_weighted_lb_config: Option<crate::listener::Empty>,
     /// Health-only host updates within this window reach the load balancer together at its end
     /// (default 1 s; 0 disables merging).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1466,6 +1466,14 @@ impl<'a> Ctx<'a> {
     }
 
     fn lb_config(&mut self, p: &P, c: &Cluster) {
+        if c.common_lb_config.as_ref().is_some_and(|l| l.locality_weighted_lb_config.is_some())
+            && matches!(c.lb_policy, crate::cluster::LbPolicy::RingHash | crate::cluster::LbPolicy::Maglev)
+        {
+            self.err(
+                &p.f("common_lb_config").f("locality_weighted_lb_config"),
+                format!("{NOT_SUPPORTED} with RING_HASH or MAGLEV"),
+            );
+        }
         const MAX_RING: u64 = 8_388_608;
         const MAX_MAGLEV: u64 = 5_000_011;
         if let Some(r) = &c.ring_hash_lb_config {

@@ -1,4 +1,4 @@
-//! Priority levels and the health-check event log, differential: real Envoy 1.40 and `sluice
+//! Priority levels, locality weights and the health-check event log, differential: real Envoy 1.40 and `sluice
 //! proxy` run the same config (a cluster with two hosts at priority 0 and two at priority 1,
 //! active health checks, `event_log_path`) in front of the same controllable upstreams, and go
 //! through the same steps: all healthy, one P0 host failing its checks, both P0 hosts failing.
@@ -39,6 +39,8 @@ static_resources:
             - name: all
               domains: ["*"]
               routes:
+              - match: {{prefix: "/loc/"}}
+                route: {{cluster: loc}}
               - match: {{prefix: "/"}}
                 route: {{cluster: prio}}
           http_filters:
@@ -64,6 +66,25 @@ static_resources:
 {p0}      - priority: 1
         locality: {{zone: z1}}
         lb_endpoints:
+{p1}  - name: loc
+    connect_timeout: 1s
+    common_lb_config: {{update_merge_window: 0s, locality_weighted_lb_config: {{}}}}
+    health_checks:
+    - timeout: 1s
+      interval: 0.2s
+      no_traffic_interval: 0.2s
+      unhealthy_threshold: 1
+      healthy_threshold: 1
+      http_health_check: {{path: /hc}}
+    load_assignment:
+      cluster_name: loc
+      endpoints:
+      - locality: {{zone: z1}}
+        load_balancing_weight: 1
+        lb_endpoints:
+{p0}      - locality: {{zone: z2}}
+        load_balancing_weight: 3
+        lb_endpoints:
 {p1}"#,
         p0 = endpoints(p0),
         p1 = endpoints(p1),
@@ -72,12 +93,16 @@ static_resources:
 }
 
 impl Proxy {
-    /// `address → (health_flags, priority)` of the cluster's hosts in `/clusters`.
+    /// `address → (health_flags, priority)` of the `prio` cluster's hosts in `/clusters`.
     async fn hosts(&self) -> Vec<(String, String, String)> {
+        self.cluster_hosts("prio").await
+    }
+
+    async fn cluster_hosts(&self, cluster: &str) -> Vec<(String, String, String)> {
         let text = self.admin_get("/clusters").await.map(|r| r.1).unwrap_or_default();
         let mut out: Vec<(String, String, String)> = Vec::new();
         for l in text.lines() {
-            let Some(rest) = l.strip_prefix("prio::") else { continue };
+            let Some(rest) = l.strip_prefix(&format!("{cluster}::")) else { continue };
             let Some((addr, kv)) = rest.split_once("::") else { continue };
             if !addr.contains(':') {
                 continue;
@@ -109,9 +134,13 @@ impl Proxy {
 /// Wait (bounded) until `/clusters` shows the failed hosts as `/failed_active_hc` and the
 /// others healthy.
 async fn settle(p: &Proxy, failed: &[SocketAddr]) {
+    settle_cluster(p, "prio", failed).await
+}
+
+async fn settle_cluster(p: &Proxy, cluster: &str, failed: &[SocketAddr]) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let hosts = p.hosts().await;
+        let hosts = p.cluster_hosts(cluster).await;
         let ok = hosts.len() == 4
             && hosts.iter().all(|(a, flags, _)| {
                 let should_fail = failed.iter().any(|f| f.to_string() == *a);
@@ -127,9 +156,14 @@ async fn settle(p: &Proxy, failed: &[SocketAddr]) {
 
 /// Send `n` requests through `p`; the percent that reached the priority-1 hosts.
 async fn p1_share(p: &Proxy, ups: &[Upstream], n: u64) -> f64 {
+    share(p, ups, n, "/r").await
+}
+
+/// Send `n` requests under `prefix` through `p`; the percent that reached upstreams 2 and 3.
+async fn share(p: &Proxy, ups: &[Upstream], n: u64, prefix: &str) -> f64 {
     let before: Vec<u64> = ups.iter().map(|u| u.requests()).collect();
     for i in 0..n {
-        assert_eq!(p.get(&format!("/r/{i}")).await, 200);
+        assert_eq!(p.get(&format!("{prefix}/{i}")).await, 200);
     }
     let d: Vec<u64> = ups.iter().zip(&before).map(|(u, b)| u.requests() - b).collect();
     assert_eq!(d.iter().sum::<u64>(), n);
@@ -186,6 +220,23 @@ async fn priority_failover_and_event_log_match_envoy() {
         assert!((lo..=hi).contains(&s), "sluice's share {s} outside {lo}..={hi} (envoy {e})");
         let (he, hs) = (envoy.hosts().await, sluice.hosts().await);
         assert_eq!(he, hs, "/clusters host flags and priorities");
+    }
+    // Locality weights (cluster `loc`: z1 = upstreams 0 and 1 weighing 1, z2 = 2 and 3 weighing
+    // 3): all healthy, z2 gets 75 %; then upstream 3 fails its checks and z2's availability
+    // drops to min(1, 1.4 × 1/2) = 0.7: 2.1 / 3.1 = 67.7 %. Envoy picks localities in a fixed
+    // weighted order, sluice at random with the same weights: the bands allow for that.
+    for (failed, (lo, hi)) in [(&[][..], (67.0, 83.0)), (&[3][..], (59.0, 76.0))] {
+        for (i, u) in ups.iter().enumerate() {
+            u.set_hc(if failed.contains(&i) { 503 } else { 200 });
+        }
+        let failed_addrs: Vec<SocketAddr> = failed.iter().map(|i| addrs[*i]).collect();
+        settle_cluster(&envoy, "loc", &failed_addrs).await;
+        settle_cluster(&sluice, "loc", &failed_addrs).await;
+        let (e, s) = (share(&envoy, &ups, n, "/loc").await, share(&sluice, &ups, n, "/loc").await);
+        println!("locality weights, failing {failed:?}: share of z2: envoy {e:.1} %, sluice {s:.1} % (band {lo}..={hi})");
+        assert!((lo..=hi).contains(&e), "envoy's share {e} outside {lo}..={hi}: the band is wrong");
+        assert!((lo..=hi).contains(&s), "sluice's share {s} outside {lo}..={hi} (envoy {e})");
+        report.push((failed.len(), e, s));
     }
     // Event logs: Envoy flushes its file every 10 s (its default): wait (bounded) until it has
     // the six events every run produces (four first passes, two ejections), then stop both.

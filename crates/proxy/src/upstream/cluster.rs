@@ -375,11 +375,62 @@ struct Level {
     degraded: Option<(HostSet, Box<dyn LoadBalancer>)>,
     /// Panic mode: every host of the level that is not excluded, whatever its health.
     panic: Option<(HostSet, Box<dyn LoadBalancer>)>,
+    /// `locality_weighted_lb_config`: the healthy and the degraded hosts per locality.
+    localities: Option<[Option<Localities>; 2]>,
+}
+
+/// One level's localities that can take load: cumulative effective weights, each with its
+/// hosts and their balancer.
+struct Localities(Vec<(f64, HostSet, Box<dyn LoadBalancer>)>);
+
+impl Localities {
+    /// Envoy's locality weighting: each locality's `load_balancing_weight` times its
+    /// availability (min(1, factor × eligible / all its hosts)); `None` when no locality has a
+    /// weight or none has an eligible host (the level's hosts are then used together).
+    fn build(level_hosts: &[Arc<Host>], eligible: &[Arc<Host>], factory: &dyn LbFactory, overprovisioning: u32) -> Option<Localities> {
+        let mut groups: Vec<(&sluice_config::core::Locality, u32, usize, Vec<Arc<Host>>)> = Vec::new();
+        for h in level_hosts {
+            match groups.iter_mut().find(|g| *g.0 == h.locality) {
+                Some(g) => g.2 += 1,
+                None => groups.push((&h.locality, h.locality_weight, 1, Vec::new())),
+            }
+        }
+        if groups.iter().all(|g| g.1 == 0) {
+            return None;
+        }
+        for h in eligible {
+            if let Some(g) = groups.iter_mut().find(|g| *g.0 == h.locality) {
+                g.3.push(h.clone());
+            }
+        }
+        let mut sum = 0.0;
+        let mut out = Vec::new();
+        for (_, weight, total, hosts) in groups {
+            let availability = (overprovisioning as f64 / 100.0 * hosts.len() as f64 / total as f64).min(1.0);
+            let effective = weight as f64 * availability;
+            if effective > 0.0 {
+                sum += effective;
+                let set = HostSet::new(hosts);
+                let lb = factory.build(&set);
+                out.push((sum, set, lb));
+            }
+        }
+        (!out.is_empty()).then_some(Localities(out))
+    }
+
+    fn choose(&self, ctx: &LbContext) -> Option<Arc<Host>> {
+        let total = self.0.last().map_or(0.0, |l| l.0);
+        let at = rand::random::<f64>() * total;
+        let (_, set, lb) = self.0.iter().find(|l| at < l.0).or(self.0.last())?;
+        lb.choose(set, ctx)
+    }
 }
 
 /// One level's hosts sorted by health, before balancers are built.
 #[derive(Default)]
 struct Sorted {
+    /// Every host of the level (excluded ones too).
+    hosts: Vec<Arc<Host>>,
     healthy: Vec<Arc<Host>>,
     degraded: Vec<Arc<Host>>,
     available: Vec<Arc<Host>>,
@@ -414,11 +465,13 @@ pub(crate) struct PriorityPolicy {
     pub overprovisioning: u32,
     /// `weighted_priority_health`.
     pub weighted: bool,
+    /// `common_lb_config.locality_weighted_lb_config`.
+    pub locality_weighted: bool,
 }
 
 impl Default for PriorityPolicy {
     fn default() -> Self {
-        PriorityPolicy { overprovisioning: 140, weighted: false }
+        PriorityPolicy { overprovisioning: 140, weighted: false, locality_weighted: false }
     }
 }
 
@@ -461,6 +514,7 @@ impl LbState {
         for h in &all.hosts {
             let level = &mut by_priority[h.priority as usize].1;
             level.total += 1;
+            level.hosts.push(h.clone());
             if h.excluded() {
                 continue;
             }
@@ -515,6 +569,12 @@ impl LbState {
             .zip(panic)
             .enumerate()
             .map(|(i, ((_, l), in_panic))| {
+                let localities = policy.locality_weighted.then(|| {
+                    [
+                        Localities::build(&l.hosts, &l.healthy, factory, policy.overprovisioning),
+                        Localities::build(&l.hosts, &l.degraded, factory, policy.overprovisioning),
+                    ]
+                });
                 let healthy = HostSet::new(l.healthy);
                 let healthy_lb = factory.build(&healthy);
                 let degraded = (!l.degraded.is_empty() && degraded_load[i] > 0).then(|| {
@@ -527,7 +587,7 @@ impl LbState {
                     let lb = factory.build(&set);
                     (set, lb)
                 });
-                Level { healthy, healthy_lb, degraded, panic }
+                Level { healthy, healthy_lb, degraded, panic, localities }
             })
             .collect();
         (LbState { all, levels, healthy_load, degraded_load }, counts)
@@ -565,9 +625,15 @@ impl LbState {
             return lb.choose(set, ctx);
         }
         if degraded {
+            if let Some(l) = level.localities.as_ref().and_then(|[_, d]| d.as_ref()) {
+                return l.choose(ctx);
+            }
             if let Some((set, lb)) = &level.degraded {
                 return lb.choose(set, ctx);
             }
+        }
+        if let Some(l) = level.localities.as_ref().and_then(|[h, _]| h.as_ref()) {
+            return l.choose(ctx);
         }
         level.healthy_lb.choose(&level.healthy, ctx)
     }
@@ -1074,9 +1140,11 @@ impl Cluster {
             consistent_hashing_lb_config,
             override_host_status,
         } = common_lb_config.unwrap_or(&default_lb);
+        // The validator refuses it with RING_HASH and MAGLEV, whose tables sluice builds
+        // without locality weights.
+        let priority_policy = PriorityPolicy { locality_weighted: locality_weighted_lb_config.is_some(), ..priority_policy };
         for refused in [
             zone_aware_lb_config,
-            locality_weighted_lb_config,
             close_connections_on_host_set_change,
             consistent_hashing_lb_config,
             override_host_status,
@@ -2142,7 +2210,7 @@ mod tests {
         assert!((2500..3500).contains(&p1), "P1 got {p1} of 10000");
         assert!(!m.contains_key(&hs[0].address));
         // Without overprovisioning, P0 keeps exactly its healthy share.
-        assert_eq!(loads(&hs, PriorityPolicy { overprovisioning: 100, weighted: false }).0, vec![50, 50]);
+        assert_eq!(loads(&hs, PriorityPolicy { overprovisioning: 100, ..PriorityPolicy::default() }).0, vec![50, 50]);
         // Failover: P0 all down, P1 takes everything (full availability: no level panics).
         hs[1].set_health_flag(health_flag::FAILED_OUTLIER_CHECK, true);
         assert_eq!(loads(&hs, d), (vec![0, 100], vec![0, 0], vec![false, false]));
@@ -2185,10 +2253,42 @@ mod tests {
         ];
         hs[1].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
         assert_eq!(loads(&hs, d).0, vec![70, 30]);
-        assert_eq!(loads(&hs, PriorityPolicy { overprovisioning: 140, weighted: true }).0, vec![100, 0]);
+        assert_eq!(loads(&hs, PriorityPolicy { weighted: true, ..PriorityPolicy::default() }).0, vec![100, 0]);
         // No host anywhere, panic disabled: the load stays on P0, and nothing is picked.
         let (st, _) = LbState::build(Arc::new(HostSet::default()), &RoundRobinFactory::default(), 0.0, d);
         assert_eq!(st.healthy_load, vec![100]);
         assert!(st.choose(&LbContext::default(), &Counter::default()).is_none());
+    }
+
+    #[test]
+    fn locality_weights_split_a_level_by_weight_and_availability() {
+        let loc = |zone: &str| sluice_config::core::Locality { zone: zone.into(), ..Default::default() };
+        let host = |i: u8, zone: &str, w: u32| {
+            Arc::new(Host::new(format!("127.0.3.{i}:80").parse().unwrap(), "", 1, loc(zone), Default::default()).with_locality_weight(w))
+        };
+        // z1 weighs 1, z2 weighs 3, two hosts each.
+        let hs = vec![host(1, "z1", 1), host(2, "z1", 1), host(3, "z2", 3), host(4, "z2", 3)];
+        let policy = PriorityPolicy { locality_weighted: true, ..PriorityPolicy::default() };
+        let share_z1 = |hs: &[Arc<Host>]| {
+            let (st, _) = LbState::build(Arc::new(HostSet::new(hs.to_vec())), &RoundRobinFactory::default(), 50.0, policy);
+            let m = picks(&st, 8000, &Counter::default());
+            let z1: usize = hs.iter().filter(|h| h.locality.zone == "z1").map(|h| m.get(&h.address).copied().unwrap_or(0)).sum();
+            100.0 * z1 as f64 / 8000.0
+        };
+        let s = share_z1(&hs);
+        assert!((22.0..28.0).contains(&s), "z1 got {s} %, expected 25");
+        // One z2 host down: z2 availability min(1, 1.4 × 1/2) = 0.7, effective 2.1 against 1.
+        hs[3].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        let s = share_z1(&hs);
+        assert!((29.0..35.5).contains(&s), "z1 got {s} %, expected 32.3");
+        // Without the config the weights change nothing: 2 of 3 healthy hosts are in z1.
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &RoundRobinFactory::default(), 50.0, PriorityPolicy::default());
+        let m = picks(&st, 300, &Counter::default());
+        assert_eq!(m.get(&hs[0].address).copied().unwrap_or(0) + m.get(&hs[1].address).copied().unwrap_or(0), 200);
+        // A locality without weight gets nothing; with no weight at all, the level is used whole.
+        let hs = vec![host(1, "z1", 0), host(3, "z2", 2)];
+        assert_eq!(share_z1(&hs), 0.0);
+        let hs = vec![host(1, "z1", 0), host(3, "z2", 0)];
+        assert!((40.0..60.0).contains(&share_z1(&hs)));
     }
 }

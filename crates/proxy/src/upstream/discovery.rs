@@ -38,6 +38,8 @@ pub(crate) struct EndpointSpec {
     pub health: HealthStatus,
     /// The endpoint group's `priority` (0 highest).
     pub priority: u32,
+    /// The endpoint group's `load_balancing_weight` (0: none).
+    pub locality_weight: u32,
     /// Configured `endpoint.hostname` (STATIC).
     pub hostname: Option<String>,
 }
@@ -80,11 +82,11 @@ pub(crate) fn endpoints(
         priority_policy = PriorityPolicy {
             overprovisioning: overprovisioning_factor.unwrap_or(140).max(1),
             weighted: *weighted_priority_health,
+            locality_weighted: false,
         };
     }
     for (li, group) in endpoints.iter().enumerate() {
-        let LocalityLbEndpoints { locality, lb_endpoints, load_balancing_weight, priority, proximity, metadata } = group;
-        without_effect(load_balancing_weight, "locality weights need locality_weighted_lb_config, which sluice refuses");
+        let LocalityLbEndpoints { locality, lb_endpoints, load_balancing_weight: locality_weight, priority, proximity, metadata } = group;
         without_effect(proximity, "Envoy does not use it");
         without_effect(metadata, "read only by features sluice refuses (subset load balancing)");
         for (ei, e) in lb_endpoints.iter().enumerate() {
@@ -108,6 +110,7 @@ pub(crate) fn endpoints(
                 locality: locality.clone().unwrap_or_default(),
                 health: *health_status,
                 priority: *priority,
+                locality_weight: locality_weight.unwrap_or(0),
                 hostname: hostname.clone(),
             });
         }
@@ -125,7 +128,8 @@ pub(crate) fn static_hosts(cluster: &str, endpoints: &[EndpointSpec]) -> anyhow:
             })?;
             Ok(Arc::new(
                 Host::new(SocketAddr::new(ip, e.port), e.hostname.clone().unwrap_or_default(), e.weight, e.locality.clone(), e.health)
-                    .with_priority(e.priority),
+                    .with_priority(e.priority)
+                    .with_locality_weight(e.locality_weight),
             ))
         })
         .collect()
@@ -361,7 +365,7 @@ pub(crate) async fn dns_loop(
                 let h = existing
                     .remove(&key)
                     .unwrap_or_else(|| {
-                        Arc::new(Host::new(addr, ep.name.clone(), ep.weight, ep.locality.clone(), ep.health).with_priority(ep.priority))
+                        Arc::new(Host::new(addr, ep.name.clone(), ep.weight, ep.locality.clone(), ep.health).with_priority(ep.priority).with_locality_weight(ep.locality_weight))
                     });
                 if !hosts.iter().any(|x: &Arc<Host>| Arc::ptr_eq(x, &h)) {
                     hosts.push(h);

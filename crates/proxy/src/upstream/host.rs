@@ -140,6 +140,8 @@ pub struct Host {
     pub health: HealthStatus,
     /// The priority level of its endpoint group (0 highest).
     pub priority: u32,
+    /// Its endpoint group's `load_balancing_weight` (0: none), for locality-weighted balancing.
+    pub locality_weight: u32,
     pub stats: HostStats,
     pub(crate) pool: HostPool,
     draining: AtomicBool,
@@ -162,6 +164,7 @@ impl Host {
             locality,
             health,
             priority: 0,
+            locality_weight: 0,
             stats: HostStats::default(),
             pool: HostPool::default(),
             draining: AtomicBool::new(false),
@@ -174,6 +177,12 @@ impl Host {
     /// The host in priority level `priority`.
     pub fn with_priority(mut self, priority: u32) -> Host {
         self.priority = priority;
+        self
+    }
+
+    /// The host in a locality weighing `weight` (0: no weight).
+    pub fn with_locality_weight(mut self, weight: u32) -> Host {
+        self.locality_weight = weight;
         self
     }
 
