@@ -15,13 +15,13 @@ mod diff_proxy;
 mod health_common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use diff_proxy::{envoy, sluice, Proxy};
 use health_common::{endpoints, Upstream};
 
-fn config(p0: &[SocketAddr], p1: &[SocketAddr], events: &PathBuf) -> String {
+fn config(p0: &[SocketAddr], p1: &[SocketAddr], events: &Path) -> String {
     format!(
         r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: @ADMIN@}}}}}}
 static_resources:

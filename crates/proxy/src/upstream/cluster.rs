@@ -550,19 +550,14 @@ impl LbState {
             // Every level in panic: the load follows the host counts, whatever their health.
             let hosts: usize = sorted.iter().map(|(_, l)| l.total).sum();
             degraded_load.iter_mut().for_each(|d| *d = 0);
-            if hosts == 0 {
-                healthy_load.iter_mut().for_each(|d| *d = 0);
-                healthy_load[0] = 100;
-            } else {
-                let mut left = 100;
-                for (i, (_, l)) in sorted.iter().enumerate() {
-                    healthy_load[i] = (100 * l.total / hosts) as u32;
-                    left -= healthy_load[i];
-                }
-                if let Some(first) = sorted.iter().position(|(_, l)| l.total > 0) {
-                    healthy_load[first] += left;
-                }
+            let mut left = 100;
+            for (i, (_, l)) in sorted.iter().enumerate() {
+                // No host at all: nothing here, and all of it to P0 below.
+                healthy_load[i] = (100 * l.total).checked_div(hosts).unwrap_or(0) as u32;
+                left -= healthy_load[i];
             }
+            let first = sorted.iter().position(|(_, l)| l.total > 0).unwrap_or(0);
+            healthy_load[first] += left;
         }
         let levels = sorted
             .into_iter()

@@ -283,6 +283,9 @@ pub(crate) enum Ended {
 /// Run a connection future under `limits`: it is dropped (the socket closes) when the
 /// connection has been idle for `idle_timeout`, or when it drains and its last request ends.
 /// `opened`: when the connection was established (the start of `max_connection_duration`).
+// Not an `async fn`: the explicit `Send` future lets connection tasks be spawned (an `async fn`
+// here trips the compiler's higher-ranked `Send` check at the spawn sites).
+#[allow(clippy::manual_async_fn)]
 pub(crate) fn drive<F>(conn: F, state: Arc<ConnState>, limits: ConnLimits, opened: Instant, stats: LifeStats) -> impl Future<Output = Ended> + Send
 where
     F: Future + Send,
