@@ -513,7 +513,7 @@ pub struct CommonHttpProtocolOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_headers_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_stream_duration: Option<NotSupported>,
+    pub max_stream_duration: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers_with_underscores_action: Option<HeadersWithUnderscoresAction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

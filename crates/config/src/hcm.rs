@@ -49,11 +49,11 @@ pub struct HttpConnectionManager {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_timeout: Option<NotSupported>,
+    pub request_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_headers_timeout: Option<NotSupported>,
+    pub request_headers_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drain_timeout: Option<NotSupported>,
+    pub drain_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delayed_close_timeout: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -807,9 +807,6 @@ impl<'a> Ctx<'a> {
         }
         if let Some(o) = &h.common_http_protocol_options {
             self.common_http_options(&p.f("common_http_protocol_options"), o);
-            if o.max_connection_duration.is_some() {
-                self.err(&p.f("common_http_protocol_options").f("max_connection_duration"), NOT_SUPPORTED);
-            }
         }
         for (field, v) in [("server_name", &h.server_name), ("via", &h.via)] {
             if let Some(v) = v {
@@ -1630,6 +1627,7 @@ impl<'a> Ctx<'a> {
             for (field, set) in [
                 ("max_headers_count", o.max_headers_count.is_some()),
                 ("headers_with_underscores_action", o.headers_with_underscores_action.is_some()),
+                ("max_stream_duration", o.max_stream_duration.is_some()),
             ] {
                 if set {
                     self.err(&cp.f(field), upstream.clone());

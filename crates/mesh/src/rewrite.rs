@@ -205,7 +205,8 @@ mod tests {
         let out = rewrite(&mut v, &rw("127.0.10.4"));
         assert_eq!(out.listeners, vec!["127.0.10.4:8000".parse().unwrap()]);
         assert_eq!(out.admin, Some("127.0.10.4:8001".parse().unwrap()));
-        assert_eq!(out.max_dns_refresh, Some(ENVOY_DEFAULT_DNS_REFRESH));
+        // The guide's sidecar re-resolves every second (its own dns_refresh_rate).
+        assert_eq!(out.max_dns_refresh, Some(Duration::from_secs(1)));
         let r = &v["typed_dns_resolver_config"];
         assert_eq!(r["name"], "envoy.network.dns_resolver.cares");
         assert_eq!(
@@ -217,9 +218,9 @@ mod tests {
             5353
         );
         assert_eq!(r["typed_config"]["use_resolvers_as_fallback"], false);
-        // Clusters keep their DNS names and ports, and no refresh rate is added.
+        // Clusters keep their DNS names, ports and own refresh rate.
         let c = &v["static_resources"]["clusters"][0];
-        assert!(c.get("dns_refresh_rate").is_none());
+        assert_eq!(c["dns_refresh_rate"], "1s");
         let ep = &c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
             ["socket_address"];
         assert_eq!(ep["address"], "service1");
@@ -284,5 +285,11 @@ mod tests {
         .unwrap();
         let out = rewrite(&mut v, &rw("127.0.10.9"));
         assert_eq!(out.max_dns_refresh, Some(Duration::from_secs(10)));
+        // Without one, Envoy's default counts.
+        let mut v =
+            parse_config("static_resources:\n  clusters:\n  - {name: a, type: LOGICAL_DNS}\n")
+                .unwrap();
+        let out = rewrite(&mut v, &rw("127.0.10.9"));
+        assert_eq!(out.max_dns_refresh, Some(ENVOY_DEFAULT_DNS_REFRESH));
     }
 }

@@ -2,12 +2,9 @@
 //! serve the connection manager of the chain: HTTP/1 with sluice's codec (`http::codec`),
 //! HTTP/2 with hyper.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_config::core::{
     Address, CommonHttpProtocolOptions, HeadersWithUnderscoresAction, Http1ProtocolOptions, Http2ProtocolOptions,
     KeepaliveSettings, SocketAddress,
@@ -25,7 +22,7 @@ use crate::config_audit::{refused_at_load, without_effect};
 use crate::access_log::AccessLogs;
 use crate::filters::{ConnectionInfo, TlsInfo};
 use crate::body::Body;
-use crate::http::codec::{self, CodecStats, ConnEnd, ParseConfig, Underscores};
+use crate::http::codec::{self, CodecStats, ParseConfig, Underscores};
 use crate::stream_info::ResponseFlags;
 use crate::http::conn_manager::{HttpConnectionManager, ListenerHttpStats, ConnContext};
 use crate::stats::{Counter, Gauge, Histogram, Store};
@@ -107,6 +104,14 @@ pub struct Listener {
     chains: Vec<Chain>,
     stats: ListenerStats,
     access_logs: Option<Arc<AccessLogs>>,
+    /// `listener.<prefix>.`: the per-worker stats are made under it when a worker starts.
+    stat_prefix: String,
+}
+
+/// A worker's own listener stats (`listener.<prefix>.worker_<N>.*`, as Envoy keeps them).
+pub struct WorkerStats {
+    downstream_cx_total: Counter,
+    downstream_cx_active: Gauge,
 }
 
 struct ListenerStats {
@@ -188,6 +193,7 @@ impl Listener {
             filters_timeout: (!filters_timeout.is_zero()).then_some(filters_timeout),
             chains,
             access_logs,
+            stat_prefix: lprefix.clone(),
             stats: ListenerStats {
                 downstream_cx_total: store.counter(format!("{lprefix}downstream_cx_total")),
                 downstream_cx_active: store.gauge(format!("{lprefix}downstream_cx_active")),
@@ -209,8 +215,19 @@ impl Listener {
         self.chains.iter().filter(|c| c.destination_port.is_none()).collect()
     }
 
-    /// Accept connections until the task is dropped.
-    pub async fn serve(self: Arc<Self>, socket: TcpListener) {
+    /// The stats of worker `index` for this listener.
+    pub fn worker_stats(&self, store: &Store, index: usize) -> WorkerStats {
+        let p = format!("{}worker_{index}.", self.stat_prefix);
+        WorkerStats {
+            downstream_cx_total: store.counter(format!("{p}downstream_cx_total")),
+            downstream_cx_active: store.gauge(format!("{p}downstream_cx_active")),
+        }
+    }
+
+    /// Accept connections until the task is dropped (`worker`: the stats of the worker thread
+    /// that owns `socket`).
+    pub async fn serve(self: Arc<Self>, socket: TcpListener, worker: WorkerStats) {
+        let worker = Arc::new(worker);
         loop {
             let (stream, peer) = match socket.accept().await {
                 Ok(x) => x,
@@ -223,15 +240,19 @@ impl Listener {
             };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
+            let worker = worker.clone();
             tokio::spawn(async move {
                 this.stats.downstream_cx_total.inc();
                 this.stats.downstream_cx_active.inc();
+                worker.downstream_cx_total.inc();
+                worker.downstream_cx_active.inc();
                 this.stats.server_total_connections.inc();
                 let start = std::time::Instant::now();
                 this.handle(stream, peer).await;
                 this.stats.downstream_cx_destroy.inc();
                 this.stats.downstream_cx_length_ms.record_int(start.elapsed().as_millis() as u64);
                 this.stats.downstream_cx_active.dec();
+                worker.downstream_cx_active.dec();
                 this.stats.server_total_connections.dec();
             });
         }
@@ -480,15 +501,15 @@ pub fn bind_address(address: &Address) -> Result<(SocketAddr, bool), String> {
     Ok((SocketAddr::new(ip, port), ip.is_ipv6() && !ipv4_compat))
 }
 
-/// The HTTP/1 codec's settings from the connection manager's config, and its
-/// `default_host_for_http_10`.
+/// The HTTP/1 codec's settings from the connection manager's config, its
+/// `default_host_for_http_10`, and the common options' `max_stream_duration` (`None`: off).
 pub(crate) fn h1_config(
     server_name: &http::HeaderValue,
     max_head_bytes: usize,
     h1: Option<&Http1ProtocolOptions>,
     common: Option<&CommonHttpProtocolOptions>,
     store: &Store,
-) -> (codec::Config, Option<String>) {
+) -> (codec::Config, Option<String>, Option<std::time::Duration>) {
     let default_h1 = Http1ProtocolOptions::default();
     let Http1ProtocolOptions {
         accept_http_10,
@@ -508,8 +529,7 @@ pub(crate) fn h1_config(
         headers_with_underscores_action,
         max_requests_per_connection,
     } = common.unwrap_or(&default_common);
-    without_effect(max_connection_duration, "refused by the validator for the connection manager (implemented for upstream connections)");
-    refused_at_load(max_stream_duration);
+    let positive = |d: &Option<sluice_config::core::Duration>| (*d).map(|d| d.as_std()).filter(|d| !d.is_zero());
     let underscores = match headers_with_underscores_action {
         None | Some(HeadersWithUnderscoresAction::Allow) => Underscores::Allow,
         Some(HeadersWithUnderscoresAction::RejectRequest) => Underscores::Reject,
@@ -528,13 +548,16 @@ pub(crate) fn h1_config(
         enable_trailers: *enable_trailers,
         idle_timeout: (!idle.is_zero()).then_some(idle),
         max_requests_per_connection: *max_requests_per_connection,
+        max_connection_duration: positive(max_connection_duration),
+        request_headers_timeout: None,
+        drain_timeout: codec::DEFAULT_DRAIN_TIMEOUT,
         server_name: server_name.clone(),
         stats: CodecStats {
             dropped_headers_with_underscores: Some(store.counter("http1.dropped_headers_with_underscores")),
             requests_rejected_with_underscores_in_headers: Some(store.counter("http1.requests_rejected_with_underscores_in_headers")),
         },
     };
-    (config, if *accept_http_10 { default_host_for_http_10.clone() } else { None })
+    (config, if *accept_http_10 { default_host_for_http_10.clone() } else { None }, positive(max_stream_duration))
 }
 
 fn build_chain(
@@ -604,8 +627,8 @@ impl codec::Service for HcmService {
     fn call(&self, req: http::Request<Body>) -> impl std::future::Future<Output = http::Response<Body>> + Send {
         self.hcm.handle(req, &self.ctx)
     }
-    fn codec_reply(&self, status: u16) {
-        self.hcm.record_codec_reply(status, &self.ctx.listener_stats);
+    fn codec_reply(&self, reply: &codec::CodecReply) {
+        self.hcm.record_codec_reply(reply, &self.ctx);
     }
     fn tunnel(&self, open: bool) {
         let s = &self.hcm.stats;
@@ -618,6 +641,9 @@ impl codec::Service for HcmService {
     }
     fn early_response(&self) {
         self.hcm.stats.downstream_rq_response_before_rq_complete.inc();
+    }
+    fn header_timeout(&self) {
+        self.hcm.stats.downstream_rq_header_timeout.inc();
     }
 }
 
@@ -637,43 +663,7 @@ where
     let end = if codec == CodecType::Http2 {
         stats.downstream_cx_http2_total.inc();
         stats.downstream_cx_http2_active.inc();
-        let hcm = chain.hcm.clone();
-        // The request's future is boxed: hyper spawns every HTTP/2 stream as a task and the
-        // runtime moves the task's future (and later its output) around by value; a pointer is
-        // cheaper to move than the whole request state machine.
-        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let hcm = hcm.clone();
-            let ctx = ctx.clone();
-            Box::pin(async move { Ok::<_, Infallible>(hcm.handle(req.map(Body::incoming), &ctx).await) })
-        });
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        let h2 = &chain.hcm.h2;
-        builder.timer(TokioTimer::new()).max_concurrent_streams(Some(h2.max_concurrent_streams.unwrap_or(1024)));
-        if let Some(w) = h2.initial_stream_window_size {
-            builder.initial_stream_window_size(w);
-        }
-        if let Some(w) = h2.initial_connection_window_size {
-            builder.initial_connection_window_size(w);
-        }
-        if let Some((interval, timeout)) = h2.keepalive {
-            builder.keep_alive_interval(interval).keep_alive_timeout(timeout);
-        }
-        if h2.allow_connect {
-            builder.enable_connect_protocol();
-        }
-        let end = match builder.serve_connection(TokioIo::new(io), svc).await {
-            Ok(()) => ConnEnd::Remote { active_rq: false },
-            Err(e) => {
-                tracing::debug!("HTTP/2 connection ended with error: {e}");
-                // hyper reports a peer that vanished mid-stream as an I/O or incomplete error;
-                // anything else is a protocol violation sluice closed the connection for.
-                if e.is_parse() || e.is_user() {
-                    ConnEnd::ProtocolError { delayed_close_timeout: false }
-                } else {
-                    ConnEnd::Remote { active_rq: e.is_incomplete_message() }
-                }
-            }
-        };
+        let end = crate::http::http2::serve(io, chain.hcm.clone(), ctx).await;
         stats.downstream_cx_http2_active.dec();
         end
     } else {

@@ -145,7 +145,7 @@ pub async fn start(snapshot: Arc<Snapshot>, options: Options) -> anyhow::Result<
     clusters.initialized().await;
     let (stop_workers, stop) = tokio::sync::watch::channel(false);
     for (w, sockets) in per_worker.into_iter().enumerate() {
-        spawn_worker(w, sockets, stop.clone())?;
+        spawn_worker(w, sockets, &stats, stop.clone())?;
     }
     admin::mark_initialized(&stats, &state);
     tracing::info!(
@@ -175,16 +175,18 @@ async fn bind(addr: SocketAddr, reuse_port: bool, v6_only: bool) -> std::io::Res
 fn spawn_worker(
     index: usize,
     sockets: Vec<(Arc<Listener>, std::net::TcpListener)>,
+    stats: &Store,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let sockets: Vec<_> = sockets.into_iter().map(|(l, s)| { let w = l.worker_stats(stats, index); (l, s, w) }).collect();
     std::thread::Builder::new().name(format!("sluice-worker-{index}")).spawn(move || {
         crate::upstream::bind_worker_thread(index);
         runtime.block_on(async move {
-            for (listener, socket) in sockets {
+            for (listener, socket, worker) in sockets {
                 match socket.set_nonblocking(true).and_then(|()| TcpListener::from_std(socket)) {
                     Ok(socket) => {
-                        tokio::spawn(listener.serve(socket));
+                        tokio::spawn(listener.serve(socket, worker));
                     }
                     Err(e) => tracing::error!(listener = %listener.name, "worker {index}: {e}"),
                 }

@@ -471,3 +471,44 @@ async fn health_check_filter_and_immediate_fail_match_envoy() {
     // `server` where Envoy puts them before.
     p.report("health_check_filter_and_immediate_fail", &["after /healthcheck/fail: GET"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_run_before_the_router_finds_no_route() {
+    // The health-check filter answers its path even when no route matches it (Envoy runs the
+    // HTTP filters first; its router makes the 404 only for requests they let through).
+    let ups = upstreams(&["a"]).await;
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let filters = r#"          - name: envoy.filters.http.health_check
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+              pass_through_mode: false
+              headers: [{name: ":path", string_match: {exact: /healthz}}]
+"#;
+    let cfg = config(&cluster("up", &addrs, ""), filters, &route("/only", "up"));
+    let Some(mut p) = Pair::start("noroute", &cfg).await else { return };
+    let answer = |r: sluice_testkit::client::Response| (r.status.as_u16(), r.body.len());
+    for path in ["/healthz", "/nothing", "/only/x"] {
+        let (e, s) = (get(p.envoy.listen, path).await.map(answer), get(p.sluice.listen, path).await.map(answer));
+        p.record(&format!("GET {path}"), e, s);
+    }
+    for stat in [
+        "no_route",
+        "rq_total",
+        "downstream_rq_2xx",
+        "downstream_rq_4xx",
+        "downstream_rq_completed",
+        "health_check.request_total",
+        "health_check.ok",
+        "health_check.failed",
+        "health_check.failed_cluster_not_found",
+        "health_check.failed_cluster_empty",
+        "health_check.failed_cluster_unhealthy",
+        "health_check.cached_response",
+        "health_check.degraded",
+    ] {
+        let name = format!("http.d.{stat}");
+        let (e, s) = (p.envoy.stats(&name).await.get(&name).cloned(), p.sluice.stats(&name).await.get(&name).cloned());
+        p.record(&format!("stat {name}"), e, s);
+    }
+    p.report("filters_run_before_the_router_finds_no_route", &[]);
+}

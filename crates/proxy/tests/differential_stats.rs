@@ -44,9 +44,6 @@ const ABSENT: &[(&str, &str)] = &[
     ("downstream_rq_redirected_with_normalized_path", "path normalisation redirects are not supported"),
     ("_bytes_buffered", "sluice's codecs hold no watermark buffers whose size Envoy's buffered gauges report"),
     ("downstream_cx_destroy_local_active_rq", "sluice never closes a connection from its side while a request is in flight"),
-    ("max_duration_reached", "max_connection_duration / max_stream_duration are not supported"),
-    ("downstream_rq_header_timeout", "request_headers_timeout is not supported"),
-    ("downstream_rq_timeout", "request_timeout is not supported"),
     ("downstream_rq_failed_path_normalization", "Envoy's path normalisation failure (rejecting %2F and similar) is not implemented"),
     ("downstream_rq_rx_reset", "hyper's HTTP/2 server does not report stream resets"),
     ("downstream_rq_tx_reset", "hyper's HTTP/2 server does not report stream resets"),
@@ -54,7 +51,6 @@ const ABSENT: &[(&str, &str)] = &[
     ("rs_too_large", "no filter buffers responses yet"),
     ("downstream_cx_overflow", "listener connection limits are not supported"),
     ("downstream_global_cx_overflow", "the overload manager's global connection limit is not supported"),
-    (".worker_", "sluice's listeners are served by the whole runtime, not one worker thread each"),
     (".http1.", "sluice's upstream HTTP/1 client is hyper's; Envoy's codec counters are not kept"),
 ];
 

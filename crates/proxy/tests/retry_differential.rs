@@ -436,10 +436,7 @@ async fn run_case(p: &Proxy, c: &Case, i: usize, seen: &Arc<Mutex<Seen>>) -> Out
             .map(|(k, v)| format!("{k}: {v}"))
             .collect(),
         expected_timeout: last.iter().find(|(k, _)| k == "x-envoy-expected-rq-timeout-ms" && attempts == 1).map(|(_, v)| v.clone()),
-        // Envoy's details name the socket error of a refused connect (`|delayed_connect_error:…`);
-        // sluice's do not (a known difference of the upstream layer, also listed in
-        // differential_access_log.rs).
-        log: log.split(' ').take(4).map(|w| w.split_once('|').map_or(w.to_string(), |(a, _)| format!("{a}}}"))).collect::<Vec<_>>().join(" "),
+        log: log.split(' ').take(4).collect::<Vec<_>>().join(" "),
         stats,
     }
 }

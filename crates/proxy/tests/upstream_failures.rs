@@ -42,7 +42,8 @@ async fn refused_and_no_healthy_upstream() {
     let store = Store::new();
     let cm = manager(&(cluster("refused", &[dead], "") + &cluster("empty", &[], "")), &store);
     let e = cm.get("refused").unwrap().send(req("/"), &LbContext::default()).await.unwrap_err();
-    assert_eq!(e, UpstreamFailure::ConnectionFailure { transport_reason: None });
+    // Envoy's transport failure reason: the socket error of the connect.
+    assert_eq!(e, UpstreamFailure::ConnectionFailure { transport_reason: Some("delayed connect error: Connection refused".into()) });
     assert_eq!(e.reset_reason(), "remote connection failure");
     assert_eq!(store.counter("cluster.refused.upstream_cx_connect_fail").value(), 1);
     assert_eq!(store.counter("cluster.refused.upstream_cx_total").value(), 1);

@@ -217,6 +217,28 @@ impl http_body::Body for CountedBody {
     }
 }
 
+/// A body dropped before its end (the request failed upstream, or never went there) still
+/// counts what had already arrived: Envoy counts the bytes its codec read, forwarded or not.
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        if self.count.done_us.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        // Only what is ready now; a bounded number of frames.
+        for _ in 0..64 {
+            match http_body::Body::poll_frame(Pin::new(&mut self.inner), &mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        self.count.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
 impl CountedBody {
     fn mark_done(&self) {
         let us = self.start.elapsed().as_micros() as u64 + 1;
@@ -331,6 +353,13 @@ impl http_body::Body for LoggedBody {
                 }
                 this.finish(false);
             }
+            Poll::Ready(Some(Err(e))) if e.is::<crate::http::stream_timers::DurationReached>() => {
+                // `max_stream_duration` cut the response (Envoy: no flag, `max_duration_timeout`).
+                if let Some(state) = this.state.as_mut() {
+                    state.pending.info.response_code_details = Some("max_duration_timeout".into());
+                }
+                this.finish(false);
+            }
             Poll::Ready(Some(Err(_))) => this.finish(true),
             Poll::Pending => {}
         }
@@ -374,6 +403,8 @@ pub struct StreamRecord<'a> {
     request_body: Option<Arc<RequestBodyCount>>,
     head_request: bool,
     done: bool,
+    /// Set by the HTTP/1 codec when it refused the request's body half-way.
+    body_refused: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<'a> StreamRecord<'a> {
@@ -388,6 +419,14 @@ impl<'a> StreamRecord<'a> {
             request_body: None,
             head_request,
             done: false,
+            body_refused: None,
+        }
+    }
+
+    /// The codec's flag for a request body it refuses half-way (see [`Drop`]).
+    pub fn watch_body_refusal(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        if self.logs.is_some() {
+            self.body_refused = Some(flag);
         }
     }
 
@@ -444,11 +483,19 @@ impl Drop for StreamRecord<'_> {
             return;
         }
         let Some(logs) = self.logs else { return };
-        // The request was abandoned before its response: the downstream went away.
         let mut info = take_info(&mut self.info);
-        info.response_code = None;
-        info.response_code_details = Some("downstream_remote_disconnect".into());
-        info.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+        if self.body_refused.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
+            // The codec refused the body (bad chunking) and answers 400 itself, as Envoy.
+            info.response_code = Some(400);
+            info.response_code_details = Some("http1.codec_error".into());
+            info.bytes_sent = "Bad Request".len() as u64;
+            info.set_flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+        } else {
+            // The request was abandoned before its response: the downstream went away.
+            info.response_code = None;
+            info.response_code_details = Some("downstream_remote_disconnect".into());
+            info.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+        }
         let pending = PendingLog { logs: logs.clone(), info, request: self.request.take(), request_body: self.request_body.take() };
         pending.log(None, None, None);
     }

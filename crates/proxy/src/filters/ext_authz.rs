@@ -401,6 +401,10 @@ impl ExtAuthzFilter {
     }
 
     async fn run(&self, req: &mut Request<Body>, ctx: &mut FilterContext) -> FilterOutcome {
+        // Envoy checks nothing for a request no route matches (its router answers 404).
+        if ctx.selected.is_none() {
+            return FilterOutcome::Continue;
+        }
         let per = ctx.per_filter(|p| p.ext_authz.as_deref());
         if per.is_some_and(|p| p.disabled) {
             return FilterOutcome::Continue;

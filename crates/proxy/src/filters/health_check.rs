@@ -26,6 +26,7 @@ use sluice_config::route::HeaderMatcher as HeaderMatcherConfig;
 use super::{BoxFuture, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
 use crate::body::Body;
 use crate::http::local_reply::LocalReply;
+use crate::stats::Counter;
 use crate::upstream::ClusterManager;
 
 static HEALTHCHECKED_CLUSTER: HeaderName = HeaderName::from_static("x-envoy-upstream-healthchecked-cluster");
@@ -155,6 +156,24 @@ pub struct HealthCheckFilter {
     clusters: Arc<ClusterManager>,
     local_cluster: HeaderValue,
     server_name: HeaderValue,
+    stats: FilterStats,
+}
+
+/// `http.<prefix>.health_check.*`.
+struct FilterStats {
+    request_total: Counter,
+    ok: Counter,
+    failed: Counter,
+    failed_cluster_not_found: Counter,
+    failed_cluster_empty: Counter,
+    failed_cluster_unhealthy: Counter,
+}
+
+/// Why the filter answers 503.
+enum Unhealthy {
+    ClusterNotFound,
+    ClusterEmpty,
+    ClusterUnhealthy,
 }
 
 impl HealthCheckFilter {
@@ -175,13 +194,42 @@ impl HealthCheckFilter {
             local_cluster: HeaderValue::from_str(ctx.clusters.local_cluster_name())
                 .map_err(|_| anyhow::anyhow!("node.cluster is not a valid header value"))?,
             server_name: ctx.server_name.clone(),
+            stats: {
+                let c = |n: &str| ctx.stats.counter(format!("{}health_check.{n}", ctx.stat_prefix));
+                // Envoy shows these two too; sluice has no cache and no degraded answer.
+                c("cached_response");
+                c("degraded");
+                FilterStats {
+                    request_total: c("request_total"),
+                    ok: c("ok"),
+                    failed: c("failed"),
+                    failed_cluster_not_found: c("failed_cluster_not_found"),
+                    failed_cluster_empty: c("failed_cluster_empty"),
+                    failed_cluster_unhealthy: c("failed_cluster_unhealthy"),
+                }
+            },
         })
     }
 
     /// The answer without pass-through: 200, or 503 when a cluster is below its minimum.
     fn status(&self) -> u16 {
+        match self.cluster_check() {
+            None => 200,
+            Some(why) => {
+                match why {
+                    Unhealthy::ClusterNotFound => self.stats.failed_cluster_not_found.inc(),
+                    Unhealthy::ClusterEmpty => self.stats.failed_cluster_empty.inc(),
+                    Unhealthy::ClusterUnhealthy => self.stats.failed_cluster_unhealthy.inc(),
+                }
+                503
+            }
+        }
+    }
+
+    /// The first cluster below its minimum healthy percentage, and why.
+    fn cluster_check(&self) -> Option<Unhealthy> {
         for (name, min) in &self.min_healthy {
-            let Some(c) = self.clusters.get(name) else { return 503 };
+            let Some(c) = self.clusters.get(name) else { return Some(Unhealthy::ClusterNotFound) };
             let s = c.stats();
             let total = s.membership_total.value().max(0) as u64;
             let min = *min as u64;
@@ -189,14 +237,14 @@ impl HealthCheckFilter {
                 if min == 0 {
                     continue;
                 }
-                return 503;
+                return Some(Unhealthy::ClusterEmpty);
             }
             let available = (s.membership_healthy.value() + s.membership_degraded.value()).max(0) as u64;
             if 100 * available < total * min {
-                return 503;
+                return Some(Unhealthy::ClusterUnhealthy);
             }
         }
-        200
+        None
     }
 }
 
@@ -210,11 +258,18 @@ impl HttpFilter for HealthCheckFilter {
                 }
                 return FilterOutcome::Continue;
             }
+            ctx.health_check = true;
+            self.stats.request_total.inc();
             if self.pass_through && !failed {
                 ctx.response_headers_to_add.push((HEALTHCHECKED_CLUSTER.clone(), self.local_cluster.clone()));
                 return FilterOutcome::Continue;
             }
             let status = if failed { 503 } else { self.status() };
+            if status == 200 {
+                self.stats.ok.inc();
+            } else {
+                self.stats.failed.inc();
+            }
             // Envoy's order: the filter's headers first, then the connection manager's.
             let mut reply = LocalReply::new(status).header(HEALTHCHECKED_CLUSTER.clone(), self.local_cluster.clone());
             if failed {

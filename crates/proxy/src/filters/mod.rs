@@ -69,7 +69,9 @@ pub struct TlsInfo {
 pub struct FilterContext {
     pub conn: Arc<ConnectionInfo>,
     pub routes: Arc<RouteTable>,
-    pub selected: Selected,
+    /// The route the request matched; `None`: no route (the filters still run, as in Envoy,
+    /// and the router answers 404 after them).
+    pub selected: Option<Selected>,
     /// The cluster the route points at, when it forwards to a known cluster.
     pub cluster: Option<Arc<Cluster>>,
     pub stream_id: u64,
@@ -80,18 +82,26 @@ pub struct FilterContext {
     pub response_headers_to_add: Vec<(HeaderName, HeaderValue)>,
     /// Set by a filter that changed headers which may change the route.
     pub clear_route_cache: bool,
+    /// The health-check filter recognised the request as a health check (Envoy's stream info
+    /// flag: no response-code stats, `not_health_check_filter`).
+    pub health_check: bool,
 }
 
 impl FilterContext {
     /// The most specific per-filter config: route, else virtual host, else route table.
+    /// Without a route there is none (Envoy looks per-filter configs up through the route).
     pub fn per_filter<T>(&self, get: impl Fn(&PerFilterConfigs) -> Option<&T>) -> Option<&T> {
-        get(&self.selected.route.per_filter)
-            .or_else(|| get(&self.routes.virtual_hosts[self.selected.vhost].per_filter))
+        let sel = self.selected.as_ref()?;
+        get(&sel.route.per_filter)
+            .or_else(|| get(&self.routes.virtual_hosts[sel.vhost].per_filter))
             .or_else(|| get(&self.routes.per_filter))
     }
-    /// All levels from least to most specific (for merging `context_extensions`).
-    pub fn per_filter_levels(&self) -> [&PerFilterConfigs; 3] {
-        [&self.routes.per_filter, &self.routes.virtual_hosts[self.selected.vhost].per_filter, &self.selected.route.per_filter]
+    /// All levels from least to most specific (for merging `context_extensions`); none without
+    /// a route.
+    pub fn per_filter_levels(&self) -> impl Iterator<Item = &PerFilterConfigs> {
+        self.selected
+            .iter()
+            .flat_map(|sel| [&self.routes.per_filter, &self.routes.virtual_hosts[sel.vhost].per_filter, &sel.route.per_filter])
     }
 }
 

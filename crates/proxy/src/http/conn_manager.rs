@@ -18,7 +18,7 @@ use sluice_config::hcm::{HttpConnectionManager as HcmConfig, ServerHeaderTransfo
 use crate::config_audit::refused_at_load;
 
 use crate::access_log::connection::{ConnectionCounts, Counted};
-use crate::access_log::{AccessLogs, StreamRecord};
+use crate::access_log::{AccessLogs, PendingLog, StreamRecord};
 use crate::body::Body;
 use crate::filters::{self, ConnectionInfo, FilterContext, FilterFactoryContext, FilterOutcome, HttpFilter};
 use crate::http::codec::tunnel::{BoxIo, TunnelFuture};
@@ -83,6 +83,10 @@ pub struct HcmStats {
     pub downstream_cx_protocol_error: Counter,
     pub downstream_cx_idle_timeout: Counter,
     pub downstream_cx_max_requests_reached: Counter,
+    pub downstream_cx_max_duration_reached: Counter,
+    pub downstream_rq_timeout: Counter,
+    pub downstream_rq_header_timeout: Counter,
+    pub downstream_rq_max_duration_reached: Counter,
     pub downstream_cx_delayed_close_timeout: Counter,
     pub downstream_cx_drain_close: Counter,
     pub downstream_rq_response_before_rq_complete: Counter,
@@ -132,6 +136,10 @@ impl HcmStats {
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
+            downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
+            downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             downstream_cx_delayed_close_timeout: c("downstream_cx_delayed_close_timeout"),
             downstream_cx_drain_close: c("downstream_cx_drain_close"),
             downstream_rq_response_before_rq_complete: c("downstream_rq_response_before_rq_complete"),
@@ -193,6 +201,16 @@ impl HcmStats {
                 self.downstream_cx_max_requests_reached.inc();
                 local.inc();
             }
+            ConnEnd::MaxDuration => {
+                self.downstream_cx_max_duration_reached.inc();
+                local.inc();
+            }
+            ConnEnd::LocalDelayed { delayed_close_timeout } => {
+                if delayed_close_timeout {
+                    self.downstream_cx_delayed_close_timeout.inc();
+                }
+                local.inc();
+            }
         }
         self.downstream_cx_length_ms.record_int(lifetime.as_millis() as u64);
     }
@@ -234,6 +252,11 @@ pub struct HttpConnectionManager {
     /// `stream_idle_timeout` (default 5 min, `None` when 0): the idle timeout of routes that set
     /// none of their own.
     stream_idle_timeout: Option<std::time::Duration>,
+    /// `request_timeout` (`None`: off, Envoy's default): the whole request must have arrived
+    /// within it, unless the response started first.
+    request_timeout: Option<std::time::Duration>,
+    /// `common_http_protocol_options.max_stream_duration` (`None`: off).
+    max_stream_duration: Option<std::time::Duration>,
     upgrades: Vec<String>,
     routes: Arc<RouteTable>,
     filters: Vec<Arc<dyn HttpFilter>>,
@@ -251,7 +274,23 @@ pub struct HttpConnectionManager {
     /// The HTTP/1 codec's settings.
     pub(crate) h1: codec::Config,
     /// The HTTP/2 server's settings.
-    pub(crate) h2: crate::listener::H2Settings,
+    pub(crate) h2: crate::http::http2::Settings,
+}
+
+/// A gauge raised for as long as the guard lives.
+struct GaugeGuard<'a>(&'a Gauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn inc(g: &'a Gauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Everything a request needs to know about the connection it arrived on.
@@ -310,9 +349,6 @@ impl HttpConnectionManager {
         for refused in [
             rds,
             scoped_routes,
-            request_timeout,
-            request_headers_timeout,
-            drain_timeout,
             delayed_close_timeout,
             add_user_agent,
             proxy_100_continue,
@@ -352,14 +388,30 @@ impl HttpConnectionManager {
             Some(c) => Some(LocalReplyConfig::build(c).map_err(|(p, e)| (format!("local_reply_config.{p}"), e))?),
             None => None,
         };
-        let (h1, default_host_for_http_10) = crate::listener::h1_config(
+        let (mut h1, default_host_for_http_10, max_stream_duration) = crate::listener::h1_config(
             &server_name,
             max_request_headers_bytes,
             http_protocol_options.as_ref(),
             common_http_protocol_options.as_ref(),
             store,
         );
-        let h2 = crate::listener::H2Settings::build(http2_protocol_options.as_ref());
+        let positive = |d: &Option<sluice_config::core::Duration>| (*d).map(|d| d.as_std()).filter(|d| !d.is_zero());
+        h1.request_headers_timeout = positive(request_headers_timeout);
+        if let Some(d) = drain_timeout {
+            h1.drain_timeout = d.as_std();
+        }
+        let h2 = crate::http::http2::Settings {
+            protocol: crate::listener::H2Settings::build(http2_protocol_options.as_ref()),
+            limits: crate::http::http2::Limits::new(
+                h1.parse.max_headers,
+                h1.parse.underscores,
+                h1.idle_timeout,
+                h1.max_requests_per_connection,
+                h1.max_connection_duration,
+                h1.drain_timeout,
+                store,
+            ),
+        };
         let mut upgrades = Vec::new();
         for UpgradeConfig { upgrade_type, enabled, filters } in upgrade_configs {
             refused_at_load(filters);
@@ -391,6 +443,8 @@ impl HttpConnectionManager {
             via: via.as_deref().and_then(|v| HeaderValue::from_str(v).ok()),
             // Default 5 minutes; zero disables.
             stream_idle_timeout: (!idle.is_zero()).then_some(idle),
+            request_timeout: positive(request_timeout),
+            max_stream_duration,
             upgrades,
             routes: Arc::new(routes),
             filters,
@@ -421,7 +475,8 @@ impl HttpConnectionManager {
         } else {
             stats.downstream_rq_http1_total.inc();
         }
-        stats.downstream_rq_active.inc();
+        // Decremented when the request ends, also when it is abandoned (the client went away).
+        let active = GaugeGuard::inc(&stats.downstream_rq_active);
         let h2 = req.version() == Version::HTTP_2;
         // Envoy answers `Expect: 100-continue` itself (the HTTP/1 codec did) and counts that
         // interim response. A response made before the request body arrived closes the
@@ -435,6 +490,9 @@ impl HttpConnectionManager {
         let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
         let si = StreamInfo::starting(stream_id, req.version(), info.conn.clone(), start);
         let mut rec = StreamRecord::new(si, self.access_logs.as_ref(), self.record_full, req.method() == http::Method::HEAD);
+        if let Some(codec::BodyRefused(flag)) = req.extensions().get::<codec::BodyRefused>() {
+            rec.watch_body_refusal(flag.clone());
+        }
         let unread_body = !http_body::Body::is_end_stream(req.body());
         let req = if unread_body {
             req.map(|b| rec.count_request_body(b))
@@ -442,7 +500,11 @@ impl HttpConnectionManager {
             rec.info.last_downstream_rx = Some(start.elapsed());
             req
         };
-        let mut resp = self.process(req, info, &mut rec, &mut request_id).await;
+        let mut resp = if self.request_timeout.is_none() && self.max_stream_duration.is_none() {
+            self.process(req, info, &mut rec, &mut request_id).await
+        } else {
+            self.process_timed(req, info, &mut rec, &mut request_id, unread_body).await
+        };
         if let Some(local) = resp.extensions().get::<LocalReplyInfo>() {
             if local.details.as_deref() == Some(PAYLOAD_TOO_LARGE) {
                 stats.downstream_rq_too_large.inc();
@@ -490,22 +552,106 @@ impl HttpConnectionManager {
                 stats.downstream_cx_drain_close.inc();
             }
         }
-        let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
-        stats.downstream_rq_xx[class].inc();
-        info.listener_stats.downstream_rq_xx[class].inc();
-        info.listener_stats.downstream_rq_completed.inc();
-        stats.downstream_rq_completed.inc();
-        stats.downstream_rq_active.dec();
+        // Envoy charges no response-code stats for health checks.
+        if !rec.info.health_check {
+            let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+            stats.downstream_rq_xx[class].inc();
+            info.listener_stats.downstream_rq_xx[class].inc();
+            info.listener_stats.downstream_rq_completed.inc();
+            stats.downstream_rq_completed.inc();
+        }
+        drop(active);
         stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
         rec.info.response_code = Some(resp.status().as_u16());
         rec.finish(resp)
     }
 
-    /// Count a reply the HTTP/1 codec made before any request reached [`Self::handle`].
-    pub fn record_codec_reply(&self, status: u16, listener: &ListenerHttpStats) {
+    /// [`Self::process`] under `request_timeout` (`408 request timeout` while the request is
+    /// still arriving) and `max_stream_duration` (`504 downstream duration timeout` before the
+    /// response, a reset after it started).
+    async fn process_timed(
+        &self,
+        req: Request<Body>,
+        info: &ConnContext,
+        rec: &mut StreamRecord<'_>,
+        request_id: &mut Option<HeaderValue>,
+        unread_body: bool,
+    ) -> Response<Body> {
+        use crate::http::stream_timers::{request_timeout, Arrival, Deadline};
+        let deadline = self.max_stream_duration.map(|d| tokio::time::Instant::now() + d);
+        let arrival = Arc::new(Arrival::default());
+        let req = if unread_body {
+            req.map(|b| arrival.watch(b))
+        } else {
+            arrival.set();
+            req
+        };
+        let request_timer = async {
+            match self.request_timeout {
+                Some(d) => request_timeout(d, &arrival).await,
+                None => std::future::pending().await,
+            }
+        };
+        let duration_timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            resp = self.process(req, info, rec, request_id) => match deadline {
+                Some(at) => resp.map(|b| Deadline::wrap(b, at, self.stats.downstream_rq_max_duration_reached.clone())),
+                None => resp,
+            },
+            () = request_timer => {
+                self.stats.downstream_rq_timeout.inc();
+                self.reply(LocalReply::new(408).body("request timeout").details("request_overall_timeout"))
+            }
+            () = duration_timer => {
+                self.stats.downstream_rq_max_duration_reached.inc();
+                // Envoy: 504 once the request is complete, 408 while it is still arriving.
+                let status = if arrival.is_set() { 504 } else { 408 };
+                self.reply(LocalReply::new(status).body("downstream duration timeout").details("max_duration_timeout"))
+            }
+        }
+    }
+
+    /// Access-log an HTTP/2 stream the codec reset for its headers (Envoy: `- -`, code 0, `DR`).
+    pub fn record_refused_stream(&self, details: &'static str, ctx: &ConnContext) {
+        if let Some(logs) = &self.access_logs {
+            let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+            let mut info = StreamInfo::starting(stream_id, Version::HTTP_2, ctx.conn.clone(), Instant::now());
+            info.response_code_details = Some(details.into());
+            info.set_flag(ResponseFlags::DOWNSTREAM_REMOTE_RESET);
+            PendingLog { logs: logs.clone(), info, request: None, request_body: None }.log(None, None, None);
+        }
+    }
+
+    /// Count (and access-log) a reply the HTTP/1 codec made before any request reached
+    /// [`Self::handle`].
+    pub fn record_codec_reply(&self, reply: &codec::CodecReply, ctx: &ConnContext) {
+        let status = reply.status;
+        let listener = &ctx.listener_stats;
+        if let (Some(logs), false) = (&self.access_logs, reply.logged) {
+            let version = if reply.http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+            let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+            let mut info = StreamInfo::starting(stream_id, version, ctx.conn.clone(), reply.started);
+            info.start_time = std::time::SystemTime::now() - reply.started.elapsed();
+            info.response_code = Some(status);
+            info.response_code_details = Some(reply.details.into());
+            info.bytes_sent = reply.body_bytes;
+            if reply.protocol_error {
+                info.set_flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+            }
+            PendingLog { logs: logs.clone(), info, request: None, request_body: None }.log(Some(status), None, None);
+        }
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.stats.downstream_rq_total.inc();
-        self.stats.downstream_rq_http1_total.inc();
+        // A request the connection manager had was counted when it came.
+        if !reply.logged {
+            self.stats.downstream_rq_total.inc();
+            self.stats.downstream_rq_http1_total.inc();
+        }
         self.stats.downstream_rq_xx[class].inc();
         listener.downstream_rq_xx[class].inc();
         listener.downstream_rq_completed.inc();
@@ -670,23 +816,17 @@ impl HttpConnectionManager {
             scheme,
             headers: req.headers(),
         };
-        let Some(selected) = self.routes.route_request(&route_req) else {
-            // Envoy's router filter makes this reply: it counts in `rq_total` too.
-            self.stats.rq_total.inc();
-            self.stats.no_route.inc();
-            rec.keep_request(&req);
-            let reply = LocalReply::new(404).details("route_not_found").flag(ResponseFlags::NO_ROUTE_FOUND);
-            return self.reply(if upgrade.is_some() { reply.close() } else { reply });
-        };
+        // No route: the filters still run (Envoy's router answers 404 after them).
+        let selected = self.routes.route_request(&route_req);
 
         // Envoy's rule: a route's `upgrade_configs` entry decides (enabled or not); without one
         // the connection manager's `upgrade_configs` do.
         let mut tunnel = None;
-        if let Some(kind) = upgrade {
-            let on_route = selected.route.forward().and_then(|f| f.upgrade(&kind));
+        if let (Some(kind), Some(selected)) = (&upgrade, &selected) {
+            let on_route = selected.route.forward().and_then(|f| f.upgrade(kind));
             let allowed = match on_route {
                 Some(u) => u.enabled,
-                None => self.upgrades.contains(&kind),
+                None => self.upgrades.contains(kind),
             };
             let terminate_connect = on_route.is_some_and(|u| u.terminate_connect) && req.method() == http::Method::CONNECT;
             let connect = kind == "connect";
@@ -698,14 +838,17 @@ impl HttpConnectionManager {
                 let reply = LocalReply::new(403).close().details("upgrade_failed");
                 rec.keep_request(&req);
                 return match selected.route.action {
-                    Action::Forward(_) => self.local_with_route(reply, &selected, rec),
+                    Action::Forward(_) => self.local_with_route(reply, selected, rec),
                     _ => self.reply(reply),
                 };
             }
         }
 
-        let cluster = selected.route.forward().and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
-        if rec.full {
+        let cluster = selected
+            .as_ref()
+            .and_then(|s| s.route.forward())
+            .and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
+        if let (true, Some(selected)) = (rec.full, &selected) {
             rec.info.route_name = selected.route.name.as_deref().map(Arc::from);
             rec.info.virtual_host_name = Some(Arc::from(self.routes.virtual_hosts[selected.vhost].name.as_str()));
             rec.info.upstream.cluster = cluster.as_ref().map(|c| Arc::from(c.name()));
@@ -720,9 +863,12 @@ impl HttpConnectionManager {
             stat_prefix: self.stats.prefix.clone(),
             response_headers_to_add: Vec::new(),
             clear_route_cache: false,
+            health_check: false,
         };
         for filter in &self.filters {
-            match filter.on_request(&mut req, &mut ctx).await {
+            let outcome = filter.on_request(&mut req, &mut ctx).await;
+            rec.info.health_check |= ctx.health_check;
+            match outcome {
                 FilterOutcome::Continue => {}
                 FilterOutcome::Respond(mut resp) => {
                     rec.keep_request(&req);
@@ -744,33 +890,36 @@ impl HttpConnectionManager {
                     scheme,
                     headers: req.headers(),
                 };
-                match self.routes.route_request(&route_req) {
-                    Some(sel) => {
-                        ctx.cluster = sel.route.forward().and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
-                        ctx.selected = sel;
-                    }
-                    None => {
-                        self.stats.no_route.inc();
-                        rec.keep_request(&req);
-                        return self.reply(LocalReply::new(404).details("route_not_found").flag(ResponseFlags::NO_ROUTE_FOUND));
-                    }
-                }
+                let sel = self.routes.route_request(&route_req);
+                ctx.cluster = sel
+                    .as_ref()
+                    .and_then(|s| s.route.forward())
+                    .and_then(|f| self.resolve_cluster(f, req.headers(), &mut rec.weighted_cluster));
+                ctx.selected = sel;
             }
         }
+        let Some(selected) = ctx.selected.clone() else {
+            // Envoy's router filter makes this reply: it counts in `rq_total` too.
+            self.stats.rq_total.inc();
+            self.stats.no_route.inc();
+            rec.keep_request(&req);
+            let reply = LocalReply::new(404).details("route_not_found").flag(ResponseFlags::NO_ROUTE_FOUND);
+            return self.reply(if upgrade.is_some() { reply.close() } else { reply });
+        };
 
-        let mut resp = match self.route_request(req, &ctx, scheme, &host, info, rec) {
+        let mut resp = match self.route_request(req, &ctx, &selected, scheme, &host, info, rec) {
             Routed::Reply(resp) => resp,
             // Upgrades and CONNECT: a rare path, boxed out of every request's state.
             Routed::Upstream(call) if tunnel.is_some() => {
                 let t = tunnel.unwrap_or_default();
-                Box::pin(self.tunnel(call, t, &ctx.selected, rec)).await
+                Box::pin(self.tunnel(call, t, &selected, rec)).await
             }
             // Retries: a rare path, boxed out of every request's state.
-            Routed::Upstream(call) if call.retry.is_some() => Box::pin(self.forward_retrying(call, &ctx.selected, rec)).await,
+            Routed::Upstream(call) if call.retry.is_some() => Box::pin(self.forward_retrying(call, &selected, rec)).await,
             Routed::Upstream(call) => {
                 let UpstreamCall { mut req, cluster, mut lb, deadline, set_cookie, retry: _ } = call;
                 headers::frame_request_body(&mut req);
-                let sel = &ctx.selected;
+                let sel = &selected;
                 let sent = Instant::now();
                 rec.info.attempt_count = 1;
                 rec.info.first_upstream_tx = Some(rec.info.elapsed());
@@ -891,12 +1040,12 @@ impl HttpConnectionManager {
         &self,
         mut req: Request<Body>,
         ctx: &FilterContext,
+        sel: &Selected,
         scheme: &str,
         host: &str,
         info: &ConnContext,
         rec: &mut StreamRecord<'_>,
     ) -> Routed {
-        let sel = &ctx.selected;
         self.stats.rq_total.inc();
         match &sel.route.action {
             Action::Direct { status, body } => {
@@ -1123,10 +1272,6 @@ impl HttpConnectionManager {
                     UpstreamFailure::Overflow => LocalReply::new(503)
                         .body(reset_body(failure.reset_reason()))
                         .header(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true")),
-                    UpstreamFailure::ConnectionFailure { transport_reason: Some(reason) } => LocalReply::new(503).body(format!(
-                        "{}, transport failure reason: {reason}",
-                        reset_body(failure.reset_reason())
-                    )),
                     _ => LocalReply::new(503).body(reset_body(failure.reset_reason())),
                 };
                 cluster.stats().charge_response(reply.status.as_u16(), None);

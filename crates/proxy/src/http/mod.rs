@@ -4,4 +4,6 @@
 pub mod codec;
 pub mod conn_manager;
 pub mod headers;
+pub mod http2;
+pub mod stream_timers;
 pub mod local_reply;

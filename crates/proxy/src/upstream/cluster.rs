@@ -878,7 +878,7 @@ fn conn_limits(common: Option<&CommonHttpProtocolOptions>, legacy_max_requests: 
         headers_with_underscores_action,
         max_requests_per_connection,
     } = common.unwrap_or(&default_common);
-    refused_at_load(max_stream_duration);
+    without_effect(max_stream_duration, "refused by the validator for upstream connections");
     without_effect(max_headers_count, "refused by the validator for upstream connections");
     without_effect(headers_with_underscores_action, "refused by the validator for upstream connections");
     let idle = idle_timeout.map_or(Duration::from_secs(3600), |d| d.as_std());
@@ -1720,7 +1720,7 @@ impl Cluster {
         let start = Instant::now();
         let addr = host.address;
         let fut = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|_| None)?;
+            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| Some(connect_error(&e)))?;
             let _ = tcp.set_nodelay(true);
             if let Some(k) = &self.keepalive {
                 let _ = set_keepalive(&tcp, k);
@@ -2032,6 +2032,16 @@ mod tests {
     use super::*;
     use crate::upstream::load_balancer::RoundRobinFactory;
 
+    #[test]
+    fn connect_errors_are_worded_as_envoy_words_them() {
+        // Linux errno values: ECONNREFUSED, EADDRNOTAVAIL.
+        assert_eq!(connect_error(&std::io::Error::from_raw_os_error(111)), "delayed connect error: Connection refused");
+        assert_eq!(
+            connect_error(&std::io::Error::from_raw_os_error(99)),
+            "immediate connect error: Cannot assign requested address"
+        );
+    }
+
     fn hosts(n: usize) -> Vec<Arc<Host>> {
         (0..n).map(|i| Arc::new(Host::simple(format!("127.0.0.{}:80", i + 1).parse().unwrap()))).collect()
     }
@@ -2286,4 +2296,21 @@ mod tests {
         let hs = vec![host(1, "z1", 0), host(3, "z2", 0)];
         assert!((40.0..60.0).contains(&share_z1(&hs)));
     }
+}
+
+/// Envoy's transport failure reason for a TCP connect that failed: the socket error, as
+/// `strerror` words it, after `delayed connect error` (reported by the socket once the
+/// non-blocking connect ended: refused, timed out, unreachable) or `immediate connect error`.
+fn connect_error(e: &std::io::Error) -> String {
+    let when = match e.kind() {
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut | std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => "delayed",
+        _ => "immediate",
+    };
+    let text = e.to_string();
+    // std words an OS error as "<strerror> (os error N)".
+    let text = match text.rfind(" (os error ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    format!("{when} connect error: {text}")
 }

@@ -45,6 +45,8 @@ const READ_CHUNK: usize = 8 * 1024;
 const FLUSH_AT: usize = 64 * 1024;
 /// Envoy's default `delayed_close_timeout`.
 const DELAYED_CLOSE: Duration = Duration::from_secs(1);
+/// Envoy's default `drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The codec's settings, built once per filter chain.
 pub struct Config {
@@ -56,6 +58,14 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// `common_http_protocol_options.max_requests_per_connection`.
     pub max_requests_per_connection: Option<u32>,
+    /// `common_http_protocol_options.max_connection_duration` (`None`: off): then the connection
+    /// drains: the response in flight (or the next one within `drain_timeout`) says
+    /// `connection: close`; an idle connection closes `drain_timeout` later.
+    pub max_connection_duration: Option<Duration>,
+    /// `request_headers_timeout` (`None`: off): from a head's first byte to its blank line.
+    pub request_headers_timeout: Option<Duration>,
+    /// The connection manager's `drain_timeout` (Envoy's default 5 s).
+    pub drain_timeout: Duration,
     /// The connection manager's `server_name`, for the codec's own replies.
     pub server_name: HeaderValue,
     pub stats: CodecStats,
@@ -72,14 +82,38 @@ pub struct CodecStats {
 pub trait Service {
     /// Handle one request (the connection manager's `handle`).
     fn call(&self, req: Request<Body>) -> impl Future<Output = Response<Body>> + Send;
-    /// Count a reply the codec made itself (response-code stats).
-    fn codec_reply(&self, status: u16);
+    /// A reply the codec made itself (response-code stats, access logs).
+    fn codec_reply(&self, reply: &CodecReply);
     /// The connection switched to a tunnel (`open`), or its tunnel ended.
     fn tunnel(&self, open: bool);
     /// A response was ready before the request's body had all arrived
     /// (`downstream_rq_response_before_rq_complete`).
     fn early_response(&self);
+    /// A head did not arrive within `request_headers_timeout` (`downstream_rq_header_timeout`).
+    fn header_timeout(&self);
 }
+
+/// A reply the codec made itself (a refused head, a head that came too slowly).
+#[derive(Debug, Clone)]
+pub struct CodecReply {
+    pub status: u16,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%`.
+    pub details: &'static str,
+    /// Envoy flags it `DPE` (every codec reply but the header timeout).
+    pub protocol_error: bool,
+    /// The reply body's length (`%BYTES_SENT%`).
+    pub body_bytes: u64,
+    pub http10: bool,
+    /// When the refused request began (its first byte).
+    pub started: std::time::Instant,
+    /// The connection manager had the request (its body was refused) and logs it.
+    pub logged: bool,
+}
+
+/// A request extension: set when the codec refused the request's body half-way (the
+/// connection manager then logs the request as the codec's `400`).
+#[derive(Clone, Debug)]
+pub struct BodyRefused(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
 
 /// How a connection ended, for the connection manager's `downstream_cx_*` stats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +129,12 @@ pub enum ConnEnd {
     ProtocolError { delayed_close_timeout: bool },
     /// `max_requests_per_connection` reached.
     MaxRequests,
+    /// `max_connection_duration` reached (and the connection drained).
+    MaxDuration,
+    /// sluice closed it after a response made before the request was whole (or after a
+    /// request header timeout), with Envoy's delayed close; `delayed_close_timeout`: the
+    /// client did not close within that time.
+    LocalDelayed { delayed_close_timeout: bool },
     /// It became a tunnel, which has ended.
     Upgraded,
 }
@@ -109,14 +149,12 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send,
     S: Service,
 {
-    let mut conn = Conn { io, rbuf: BytesMut::with_capacity(READ_CHUNK), out: WriteQueue::with_capacity(1024), scratch: Scratch::default(), cfg, idled: false };
+    let expires = cfg.max_connection_duration.map(|d| tokio::time::Instant::now() + d);
+    let mut conn = Conn { io, rbuf: BytesMut::with_capacity(READ_CHUNK), out: WriteQueue::with_capacity(1024), scratch: Scratch::default(), cfg, ended_by: None, expires, head_started: None };
     match conn.run(svc).await {
         End::Gone { active_rq } => ConnEnd::Remote { active_rq },
-        End::Idle => {
-            conn.close().await;
-            ConnEnd::IdleTimeout
-        }
         End::Close(ConnEnd::ProtocolError { .. }) => ConnEnd::ProtocolError { delayed_close_timeout: conn.close_delayed().await },
+        End::Close(ConnEnd::LocalDelayed { .. }) => ConnEnd::LocalDelayed { delayed_close_timeout: conn.close_delayed().await },
         End::Close(why) => {
             conn.close().await;
             why
@@ -136,11 +174,16 @@ where
 enum End {
     /// The peer went away (or the connection failed): nothing more to write.
     Gone { active_rq: bool },
-    /// No request within the idle timeout.
-    Idle,
     /// Close after what was written (shut down, drain).
     Close(ConnEnd),
     Tunnel(tunnel::TunnelFuture),
+}
+
+/// What a timer in [`Conn::read_head`] means when it fires.
+enum Wake {
+    Idle,
+    HeaderTimeout,
+    Expired,
 }
 
 enum Next {
@@ -154,8 +197,13 @@ struct Conn<'c, I> {
     out: WriteQueue,
     scratch: Scratch,
     cfg: &'c Config,
-    /// `read_head` ended on the idle timeout.
-    idled: bool,
+    /// Why `read_head` ended without a head, when sluice ended the wait (idle timeout, end of
+    /// the drain after `max_connection_duration`).
+    ended_by: Option<ConnEnd>,
+    /// When `max_connection_duration` ends (`None`: never).
+    expires: Option<tokio::time::Instant>,
+    /// When the head being read began (its first byte).
+    head_started: Option<tokio::time::Instant>,
 }
 
 /// How the response body goes on the wire.
@@ -175,14 +223,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
         loop {
             let n = match self.read_head().await {
                 Ok(Some(n)) => n,
-                Ok(None) if self.idled => return End::Idle,
-                Ok(None) => return End::Gone { active_rq: false },
-                Err(e) => return self.reject(svc, e).await,
+                Ok(None) => match self.ended_by.take() {
+                    Some(why) => return End::Close(why),
+                    None => return End::Gone { active_rq: false },
+                },
+                Err(e) => return self.reject(svc, e, false).await,
             };
             let head_bytes = self.rbuf.split_to(n).freeze();
             let head = match parse::build(head_bytes, &self.cfg.parse, &mut self.scratch) {
                 Ok(h) => h,
-                Err(e) => return self.reject(svc, e).await,
+                Err(e) => return self.reject(svc, e, false).await,
             };
             if head.dropped_underscores > 0 {
                 if let Some(c) = &self.cfg.stats.dropped_headers_with_underscores {
@@ -204,6 +254,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
         // Bytes of `rbuf` already known to hold no end of head: a head arriving in pieces is
         // parsed again only once its blank line may have arrived.
         let mut seen = 0usize;
+        self.head_started = None;
+        let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
             if !self.rbuf.is_empty() {
                 let max = self.cfg.parse.max_head_bytes;
@@ -217,17 +269,45 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
                 self.rbuf.reserve(READ_CHUNK);
             }
-            let idle = if self.rbuf.is_empty() { self.cfg.idle_timeout } else { None };
-            let read = self.io.read_buf(&mut self.rbuf);
-            let n = match idle {
-                Some(d) => match tokio::time::timeout(d, read).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        self.idled = true;
-                        return Ok(None);
+            let now = tokio::time::Instant::now();
+            if !self.rbuf.is_empty() && self.head_started.is_none() {
+                self.head_started = Some(now);
+            }
+            // The first of the timers that apply now.
+            let mut wake: Option<(tokio::time::Instant, Wake)> = None;
+            let mut consider = |at: Option<tokio::time::Instant>, w: Wake| {
+                if let Some(at) = at {
+                    if wake.as_ref().is_none_or(|(t, _)| at < *t) {
+                        wake = Some((at, w));
                     }
+                }
+            };
+            if self.rbuf.is_empty() {
+                consider(self.cfg.idle_timeout.map(|d| *idle_since.get_or_insert(now) + d), Wake::Idle);
+                consider(self.expires.map(|e| if e > now { e } else { e + self.cfg.drain_timeout }), Wake::Expired);
+            } else {
+                consider(self.cfg.request_headers_timeout.zip(self.head_started).map(|(d, t)| t + d), Wake::HeaderTimeout);
+            }
+            let read = self.io.read_buf(&mut self.rbuf);
+            let n = match wake {
+                Some((at, w)) => match tokio::time::timeout_at(at, read).await {
+                    Ok(r) => r,
+                    Err(_) => match w {
+                        Wake::Idle => {
+                            self.ended_by = Some(ConnEnd::IdleTimeout);
+                            return Ok(None);
+                        }
+                        Wake::HeaderTimeout => return Err(CodecError { reject: Reject::HeaderTimeout, http10: false }),
+                        // The duration ended: drain (a request now gets `connection: close`),
+                        // then close when the drain time is over.
+                        Wake::Expired if self.expires.is_some_and(|e| tokio::time::Instant::now() < e + self.cfg.drain_timeout) => continue,
+                        Wake::Expired => {
+                            self.ended_by = Some(ConnEnd::MaxDuration);
+                            return Ok(None);
+                        }
+                    },
                 },
-                _ => read.await,
+                None => read.await,
             };
             match n {
                 Ok(0) | Err(_) => return Ok(None),
@@ -237,9 +317,21 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
     }
 
     /// Answer a request the codec refuses, then close.
-    async fn reject<S: Service>(&mut self, svc: &S, e: CodecError) -> End {
+    /// `logged`: the connection manager had the request and logs it itself.
+    async fn reject<S: Service>(&mut self, svc: &S, e: CodecError, logged: bool) -> End {
         let status = e.reject.status();
-        svc.codec_reply(status);
+        svc.codec_reply(&CodecReply {
+            status,
+            details: e.reject.details(),
+            protocol_error: e.reject != Reject::HeaderTimeout,
+            body_bytes: e.reject.body().map_or(0, |b| b.len() as u64),
+            http10: e.http10,
+            started: self.head_started.take().map_or_else(std::time::Instant::now, tokio::time::Instant::into_std),
+            logged,
+        });
+        if e.reject == Reject::HeaderTimeout {
+            svc.header_timeout();
+        }
         // The request had begun (Envoy made its stream at the first byte) and is answered
         // before it is complete.
         svc.early_response();
@@ -263,6 +355,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
             }
         }
         match self.flush().await {
+            Ok(()) if e.reject == Reject::HeaderTimeout => End::Close(ConnEnd::LocalDelayed { delayed_close_timeout: false }),
             Ok(()) => End::Close(ConnEnd::ProtocolError { delayed_close_timeout: false }),
             Err(_) => End::Gone { active_rq: false },
         }
@@ -297,6 +390,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
                 (Body::h1(b), Some(f))
             }
         };
+        // A body the codec refuses half-way (bad chunking) ends a request the connection
+        // manager already has: it logs that request as the codec's 400, not as `DC`.
+        let refused = feeder.is_some().then(|| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        if let Some(r) = &refused {
+            request.extensions_mut().insert(BodyRefused(r.clone()));
+        }
         let req = request.map(|()| body);
         let feed = Feed {
             max_trailer_bytes: self.cfg.parse.max_head_bytes,
@@ -306,17 +405,32 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
         // The handler runs until its response head is ready; meanwhile the request body is fed.
         // The handler is polled before any body byte is decoded: a response made right away
         // (a direct response) comes before the body, as in Envoy.
+        // Once the request is complete the socket is still watched: a client that closes
+        // while the upstream works ends the request at once (Envoy resets the stream and logs
+        // `DC`); bytes of a pipelined request are kept, up to one head's worth.
         let resp = {
             let mut fut = pin!(svc.call(req));
-            let Conn { io, rbuf, .. } = self;
+            let Conn { io, rbuf, cfg, .. } = self;
+            let keep_at_most = cfg.parse.max_head_bytes;
             poll_fn(|cx| {
                 if let Poll::Ready(resp) = fut.as_mut().poll(cx) {
                     return Poll::Ready(Ok(resp));
                 }
-                if let Some(f) = feeder.as_mut() {
-                    if let Poll::Ready(Err(e)) = feed.poll(f, io, rbuf, cx) {
-                        return Poll::Ready(Err(e));
-                    }
+                let complete = match feeder.as_mut() {
+                    Some(f) => match feed.poll(f, io, rbuf, cx) {
+                        Poll::Ready(Err(e)) => {
+                            if let (BodyError::Malformed, Some(r)) = (&e, &refused) {
+                                r.store(true, std::sync::atomic::Ordering::Release);
+                            }
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Ready(Ok(())) => true,
+                        Poll::Pending => false,
+                    },
+                    None => true,
+                };
+                if complete && poll_closed(io, rbuf, keep_at_most, cx).is_ready() {
+                    return Poll::Ready(Err(BodyError::Aborted));
                 }
                 Poll::Pending
             })
@@ -327,7 +441,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
             Err(BodyError::Malformed) => {
                 drop(feeder);
                 let e = CodecError { reject: Reject::BadRequest, http10 };
-                return Next::End(self.reject(svc, e).await);
+                return Next::End(self.reject(svc, e, true).await);
             }
             Err(BodyError::Aborted) => return Next::End(End::Gone { active_rq: true }),
         };
@@ -339,7 +453,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
         let status = resp.status();
         let upgraded = tunnel && (status == StatusCode::SWITCHING_PROTOCOLS || (is_connect && status.is_success()));
         let resp_close = has_token(resp.headers(), b"close");
-        let mut close = !keep_alive || last || resp_close || !request_complete || (tunnel && !upgraded);
+        let expired = self.expires.is_some_and(|e| tokio::time::Instant::now() >= e);
+        let mut close = !keep_alive || last || resp_close || !request_complete || (tunnel && !upgraded) || expired;
         let length = resp.headers().get(CONTENT_LENGTH).map(|v| parse_length(v.as_bytes()));
         let no_body_status = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         // A switched connection carries no HTTP body: whatever the upstream sends after its head
@@ -485,7 +600,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, I> {
             };
         }
         if close {
-            return Next::End(End::Close(if last { ConnEnd::MaxRequests } else { ConnEnd::Local }));
+            let why = if last {
+                ConnEnd::MaxRequests
+            } else if !request_complete {
+                // Envoy flushes, then waits for the client to close first.
+                ConnEnd::LocalDelayed { delayed_close_timeout: false }
+            } else if expired && keep_alive && !resp_close {
+                ConnEnd::MaxDuration
+            } else {
+                ConnEnd::Local
+            };
+            return Next::End(End::Close(why));
         }
         Next::KeepAlive
     }
@@ -568,6 +693,23 @@ impl Feed {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// Read what the client sends after a complete request, into `rbuf` (kept for the next
+/// request) while it holds fewer than `keep_at_most` bytes; `Ready`: the client closed (or the
+/// connection failed). A full buffer stops the reading (and the watching) until it is consumed.
+fn poll_closed<I: AsyncRead + Unpin>(io: &mut I, rbuf: &mut BytesMut, keep_at_most: usize, cx: &mut Context<'_>) -> Poll<()> {
+    while rbuf.len() < keep_at_most {
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        match pin!(io.read_buf(rbuf)).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(_)) => {}
+        }
+    }
+    Poll::Pending
 }
 
 fn poll_flush_now<I: AsyncWrite + Unpin>(out: &mut WriteQueue, io: &mut I, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -113,7 +113,7 @@ pub fn reference(buf: &[u8], cfg: &ParseConfig) -> RefResult {
         headers.push((name.to_vec(), value.to_vec()));
     }
     if headers.len() > cfg.max_headers {
-        return RefResult::Reject(Reject::TooLarge);
+        return RefResult::Reject(Reject::TooManyHeaders);
     }
     RefResult::Head(RawHead { len: end, method: method.to_vec(), target: target.to_vec(), http10, headers })
 }
@@ -128,7 +128,9 @@ pub fn check(data: &[u8]) {
         (Ok(Some(a)), RefResult::Head(b)) => assert_eq!(a, b, "parsed fields differ for {:?}", String::from_utf8_lossy(data)),
         (Ok(None), RefResult::Partial) => {}
         (Err(CodecError { reject, .. }), RefResult::Reject(r)) => {
-            assert_eq!(reject, r, "reply class differs for {:?}", String::from_utf8_lossy(data))
+            // The reply (status and body); a head both too long and with too many fields may be
+            // named either way.
+            assert_eq!((reject.status(), reject.body()), (r.status(), r.body()), "reply class differs for {:?}", String::from_utf8_lossy(data))
         }
         _ => panic!("codec {ours:?} vs reference {theirs:?} for {:?}", String::from_utf8_lossy(data)),
     }

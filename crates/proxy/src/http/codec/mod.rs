@@ -20,7 +20,7 @@ pub mod parse;
 pub mod reason;
 pub mod tunnel;
 
-pub use conn::{serve, CodecStats, Config, ConnEnd, ContinueSent, Service};
+pub use conn::{serve, BodyRefused, CodecReply, CodecStats, Config, ConnEnd, ContinueSent, Service, DEFAULT_DRAIN_TIMEOUT};
 pub use parse::{ParseConfig, Underscores};
 pub use tunnel::UpstreamTunnel;
 

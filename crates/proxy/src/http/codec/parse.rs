@@ -80,21 +80,38 @@ pub enum Reject {
     BadRequestNoBody,
     /// `400 Bad Request`: a header name with `_` under `REJECT_REQUEST` (counted on its own).
     Underscore,
-    /// `431`: the head is over `max_request_headers_kb` or has more than `max_headers_count` fields.
+    /// `431`: the head is over `max_request_headers_kb`.
     TooLarge,
+    /// `431`: the head has more than `max_headers_count` fields.
+    TooManyHeaders,
     /// `426`: HTTP/1.0 without `accept_http_10`, or a version other than 1.0/1.1.
     UpgradeRequired,
     /// `501`: a `Transfer-Encoding` other than exactly `chunked`.
     NotImplemented,
+    /// `408 request header timeout`: the head did not arrive within `request_headers_timeout`.
+    HeaderTimeout,
 }
 
 impl Reject {
     pub fn status(self) -> u16 {
         match self {
             Reject::BadRequest | Reject::BadRequestNoBody | Reject::Underscore => 400,
-            Reject::TooLarge => 431,
+            Reject::TooLarge | Reject::TooManyHeaders => 431,
             Reject::UpgradeRequired => 426,
             Reject::NotImplemented => 501,
+            Reject::HeaderTimeout => 408,
+        }
+    }
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for the reply.
+    pub fn details(self) -> &'static str {
+        match self {
+            Reject::BadRequest | Reject::BadRequestNoBody => "http1.codec_error",
+            Reject::Underscore => "http1.unexpected_underscore",
+            Reject::TooLarge => "http1.headers_too_large",
+            Reject::TooManyHeaders => "http1.too_many_headers",
+            Reject::UpgradeRequired => "low_version",
+            Reject::NotImplemented => "http1.invalid_transfer_encoding",
+            Reject::HeaderTimeout => "request_header_timeout",
         }
     }
     /// The reply body (`None`: an empty body).
@@ -102,9 +119,10 @@ impl Reject {
         match self {
             Reject::BadRequest | Reject::Underscore => Some("Bad Request"),
             Reject::BadRequestNoBody => None,
-            Reject::TooLarge => Some("Request Header Fields Too Large"),
+            Reject::TooLarge | Reject::TooManyHeaders => Some("Request Header Fields Too Large"),
             Reject::UpgradeRequired => Some("Upgrade Required"),
             Reject::NotImplemented => Some("Not Implemented"),
+            Reject::HeaderTimeout => Some("request header timeout"),
         }
     }
 }
@@ -186,14 +204,17 @@ pub fn scan(buf: &[u8], cfg: &ParseConfig, scratch: &mut Scratch) -> Result<Opti
     };
     match result {
         Ok(Some(n)) => {
-            if n > cfg.max_head_bytes || scratch.headers.len() > cfg.max_headers {
+            if n > cfg.max_head_bytes {
                 return Err(Reject::TooLarge.into());
+            }
+            if scratch.headers.len() > cfg.max_headers {
+                return Err(Reject::TooManyHeaders.into());
             }
             Ok(Some(n))
         }
         Ok(None) if buf.len() > cfg.max_head_bytes => Err(Reject::TooLarge.into()),
         Ok(None) => Ok(None),
-        Err(httparse::Error::TooManyHeaders) => Err(Reject::TooLarge.into()),
+        Err(httparse::Error::TooManyHeaders) => Err(Reject::TooManyHeaders.into()),
         Err(_) => slow(buf, cfg, scratch),
     }
 }
@@ -321,12 +342,12 @@ fn slow(buf: &[u8], cfg: &ParseConfig, scratch: &mut Scratch) -> Result<Option<u
     match fast(&out, &out, &mut headers, scratch) {
         Ok(Some(_)) => {}
         Ok(None) => return bad(),
-        Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooLarge.into()),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooManyHeaders.into()),
         Err(_) => return bad(),
     }
     drop(headers);
     if scratch.headers.len() > cfg.max_headers {
-        return Err(Reject::TooLarge.into());
+        return Err(Reject::TooManyHeaders.into());
     }
     scratch.bad_version = bad_version;
     scratch.normalized = Some(out);

@@ -224,10 +224,10 @@ fn limits() {
     assert_eq!(parse_with(&head(989), &cfg).unwrap_err().reject, Reject::TooLarge);
     let fields = |n: usize| format!("GET / HTTP/1.1\r\n{}\r\n", (0..n).map(|i| format!("X{i}: 1\r\n")).collect::<String>());
     assert!(parse_with(&fields(5), &cfg).is_ok());
-    assert_eq!(parse_with(&fields(6), &cfg).unwrap_err().reject, Reject::TooLarge);
+    assert_eq!(parse_with(&fields(6), &cfg).unwrap_err().reject, Reject::TooManyHeaders);
     assert!(parse(&fields(100)).is_ok());
-    assert_eq!(reject(&fields(101)), Reject::TooLarge);
-    assert_eq!(reject(&fields(300)), Reject::TooLarge);
+    assert_eq!(reject(&fields(101)), Reject::TooManyHeaders);
+    assert_eq!(reject(&fields(300)), Reject::TooManyHeaders);
     let many = ParseConfig { max_headers: 500, ..Default::default() };
     assert!(parse_with(&fields(300), &many).is_ok());
 }
@@ -256,9 +256,10 @@ where
     fn call(&self, req: Request<Body>) -> impl Future<Output = Response<Body>> + Send {
         (self.0)(req)
     }
-    fn codec_reply(&self, _: u16) {}
+    fn codec_reply(&self, _: &super::CodecReply) {}
     fn tunnel(&self, _: bool) {}
     fn early_response(&self) {}
+    fn header_timeout(&self) {}
 }
 
 fn config() -> Config {
@@ -267,6 +268,9 @@ fn config() -> Config {
         enable_trailers: false,
         idle_timeout: None,
         max_requests_per_connection: None,
+        max_connection_duration: None,
+        request_headers_timeout: None,
+        drain_timeout: super::conn::DEFAULT_DRAIN_TIMEOUT,
         server_name: HeaderValue::from_static("envoy"),
         stats: CodecStats::default(),
     }
@@ -455,16 +459,17 @@ async fn trailers_only_when_enabled() {
         }
         r
     }
-    let req: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n\r\n";
+    // (`Connection: close`: the client reads to the end; it must not half-close first, which
+    // abandons the request as in Envoy.)
+    let req: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n\r\n";
     for (enabled, want) in [
-        (false, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
-        (true, "HTTP/1.1 200 OK\r\nx-seen: 1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-r: 2\r\n\r\n"),
+        (false, "HTTP/1.1 200 OK\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        (true, "HTTP/1.1 200 OK\r\nx-seen: 1\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-r: 2\r\n\r\n"),
     ] {
         let cfg = Config { enable_trailers: enabled, ..config() };
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let task = tokio::spawn(async move { serve(server, &cfg, &FnService(trailers_app)).await });
         client.write_all(req).await.unwrap();
-        client.shutdown().await.unwrap();
         let mut out = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut out)).await.unwrap().unwrap();
         task.await.unwrap();
@@ -490,4 +495,115 @@ async fn idle_connections_are_closed() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
     tokio::time::sleep(Duration::from_secs(3601)).await;
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("closed after the idle timeout").unwrap();
+}
+
+/// A service whose requests never get an answer; counts the requests it dropped unanswered.
+struct Hang(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+struct DropCount(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Service for Hang {
+    fn call(&self, _: Request<Body>) -> impl Future<Output = Response<Body>> + Send {
+        let guard = DropCount(self.0.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending().await
+        }
+    }
+    fn codec_reply(&self, _: &super::CodecReply) {}
+    fn tunnel(&self, _: bool) {}
+    fn early_response(&self) {}
+    fn header_timeout(&self) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_closes_while_waiting_ends_its_request_at_once() {
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let svc = Hang(dropped.clone());
+    let cfg = config();
+    let (mut client, server) = tokio::io::duplex(1024);
+    let task = tokio::spawn(async move { serve(server, &cfg, &svc).await });
+    client.write_all(b"GET /wait HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 0, "still waiting for the upstream");
+    client.shutdown().await.unwrap();
+    let end = tokio::time::timeout(Duration::from_millis(10), task).await.expect("ended at once").unwrap();
+    assert_eq!(end, super::ConnEnd::Remote { active_rq: true });
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 1, "the request was abandoned");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pipelined_bytes_that_arrive_while_waiting_are_kept() {
+    let cfg = config();
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let svc = FnService(|req: Request<Body>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        app(req).await
+    });
+    let task = tokio::spawn(async move { serve(server, &cfg, &svc).await });
+    client.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.write_all(b"GET /empty HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    client.read_to_end(&mut out).await.unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        mask_dates(&String::from_utf8_lossy(&out)),
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_comes_too_slowly_gets_envoys_408() {
+    let cfg = Config { request_headers_timeout: Some(Duration::from_secs(1)), idle_timeout: Some(Duration::from_secs(3600)), ..config() };
+    let (mut client, server) = tokio::io::duplex(1024);
+    let task = tokio::spawn(async move { serve(server, &cfg, &FnService(app)).await });
+    // An idle connection is not a slow head.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    client.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let mut out = Vec::new();
+    client.read_to_end(&mut out).await.unwrap();
+    assert_eq!(
+        mask_dates(&String::from_utf8_lossy(&out)),
+        "HTTP/1.1 408 Request Timeout\r\ncontent-length: 22\r\ncontent-type: text/plain\r\ndate: <date>\r\nserver: envoy\r\nconnection: close\r\n\r\nrequest header timeout"
+    );
+    // The client never closed: the delayed close ran out.
+    assert_eq!(task.await.unwrap(), super::ConnEnd::LocalDelayed { delayed_close_timeout: true });
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_connection_duration_drains_the_connection() {
+    let cfg = Config { max_connection_duration: Some(Duration::from_secs(10)), drain_timeout: Duration::from_secs(5), ..config() };
+    // A request after the duration is answered with `connection: close`.
+    let (mut client, server) = tokio::io::duplex(4096);
+    let c2 = Config { max_connection_duration: Some(Duration::from_secs(10)), drain_timeout: Duration::from_secs(5), ..config() };
+    let task = tokio::spawn(async move { serve(server, &c2, &FnService(app)).await });
+    client.write_all(b"GET /empty HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    client.write_all(b"GET /empty HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    client.read_to_end(&mut out).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    );
+    assert_eq!(task.await.unwrap(), super::ConnEnd::MaxDuration);
+
+    // An idle connection closes when the drain time after the duration is over.
+    let (mut client, server) = tokio::io::duplex(4096);
+    let t0 = tokio::time::Instant::now();
+    let task = tokio::spawn(async move { serve(server, &cfg, &FnService(app)).await });
+    let mut out = Vec::new();
+    client.read_to_end(&mut out).await.unwrap();
+    assert!(out.is_empty());
+    assert_eq!(t0.elapsed(), Duration::from_secs(15));
+    assert_eq!(task.await.unwrap(), super::ConnEnd::MaxDuration);
 }

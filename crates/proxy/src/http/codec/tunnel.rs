@@ -44,6 +44,9 @@ impl std::fmt::Debug for UpstreamTunnel {
 
 /// Copy both ways between `down` and `up` until either side ends; `early` (bytes the client
 /// sent after the request head) goes upstream first. Returns the bytes moved (down→up, up→down).
+/// How long the upstream may still answer after the client ended its side.
+const UPSTREAM_LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn splice<D, U>(down: D, early: Bytes, up: U) -> (u64, u64)
 where
     D: AsyncRead + AsyncWrite + Unpin,
@@ -60,12 +63,18 @@ where
         sent += early.len() as u64;
     }
     {
-        let a = pump(&mut down_r, &mut up_w, &mut sent);
-        let b = pump(&mut up_r, &mut down_w, &mut received);
-        tokio::pin!(a, b);
-        tokio::select! {
-            _ = &mut a => {}
-            _ = &mut b => {}
+        let mut a = Box::pin(pump(&mut down_r, &mut up_w, &mut sent));
+        let mut b = Box::pin(pump(&mut up_r, &mut down_w, &mut received));
+        let client_done = tokio::select! {
+            _ = &mut a => true,
+            _ = &mut b => false,
+        };
+        drop(a);
+        if client_done {
+            // The client is done sending: the upstream hears the end, and what it still
+            // answers (an echo of the last bytes) reaches the client, for a bounded time.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), up_w.shutdown()).await;
+            let _ = tokio::time::timeout(UPSTREAM_LAST_WORDS, &mut b).await;
         }
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
@@ -110,13 +119,18 @@ mod tests {
         let mut got = [0u8; 4];
         cr.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"pong");
-        // The client half-closes: the upstream sees EOF and the client's side is closed too.
+        // The client half-closes: the upstream sees EOF, its last answer still reaches the
+        // client, and then the client's side is closed too.
         cw.shutdown().await.unwrap();
         let mut rest = Vec::new();
         tokio::time::timeout(std::time::Duration::from_secs(5), sr.read_to_end(&mut rest)).await.unwrap().unwrap();
         assert!(rest.is_empty());
+        sw.write_all(b"bye").await.unwrap();
+        let mut got = [0u8; 3];
+        cr.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"bye");
         let mut rest = Vec::new();
         tokio::time::timeout(std::time::Duration::from_secs(5), cr.read_to_end(&mut rest)).await.unwrap().unwrap();
-        assert_eq!(task.await.unwrap(), (10, 4));
+        assert_eq!(task.await.unwrap(), (10, 7));
     }
 }
