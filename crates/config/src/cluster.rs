@@ -36,8 +36,9 @@ pub struct Cluster {
     pub load_assignment: Option<ClusterLoadAssignment>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<HealthCheck>,
+    /// Deprecated form of `common_http_protocol_options.max_requests_per_connection`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_requests_per_connection: Option<NotSupported>,
+    pub max_requests_per_connection: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
     #[serde(default)]
@@ -85,7 +86,7 @@ pub struct Cluster {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancing_policy: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_connection_options: Option<NotSupported>,
+    pub upstream_connection_options: Option<UpstreamConnectionOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_bind_config: Option<NotSupported>,
     #[serde(default)]
@@ -194,6 +195,34 @@ pub struct OutlierDetection {
     pub detect_degraded_hosts: Option<NotSupported>,
 }
 
+/// `envoy.config.cluster.v3.UpstreamConnectionOptions`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConnectionOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// Refused by the validator when `true`.
+    #[serde(default)]
+    pub set_local_interface_name_on_upstream_connections: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub happy_eyeballs_config: Option<NotSupported>,
+}
+
+/// `envoy.config.core.v3.TcpKeepalive`: unset values keep the OS's; any of them `0` disables
+/// keepalive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpKeepalive {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_probes: Option<u32>,
+    /// Seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_time: Option<u32>,
+    /// Seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_interval: Option<u32>,
+}
+
 /// `envoy.config.cluster.v3.Cluster.CommonLbConfig`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -203,8 +232,10 @@ pub struct CommonLbConfig {
     pub healthy_panic_threshold: Option<Percent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone_aware_lb_config: Option<NotSupported>,
+    /// Within a priority level, pick a locality by its `load_balancing_weight` (scaled by its
+    /// availability), then a host in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality_weighted_lb_config: Option<NotSupported>,
+    pub locality_weighted_lb_config: Option<crate::listener::Empty>,
     /// Health-only host updates within this window reach the load balancer together at its end
     /// (default 1 s; 0 disables merging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,7 +322,23 @@ pub struct Thresholds {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connection_pools: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_budget: Option<NotSupported>,
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget`: when set, the concurrent
+/// retries may reach `budget_percent` of the active and pending requests, at least
+/// `min_retry_concurrency` (`max_retries` is then not used).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Default 20 %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_percent: Option<Percent>,
+    /// Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_interval: Option<NotSupported>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -418,7 +465,23 @@ pub struct ClusterLoadAssignment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub named_endpoints: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<NotSupported>,
+    pub policy: Option<LoadAssignmentPolicy>,
+}
+
+/// `envoy.config.endpoint.v3.ClusterLoadAssignment.Policy`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadAssignmentPolicy {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_overloads: Vec<NotSupported>,
+    /// Percent; default 140.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overprovisioning_factor: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_stale_after: Option<NotSupported>,
+    /// A priority level's health counts host weights instead of hosts.
+    #[serde(default)]
+    pub weighted_priority_health: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

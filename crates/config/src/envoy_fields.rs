@@ -326,6 +326,10 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ("ListenerFilter", "envoy.config.listener.v3.ListenerFilter", &[
         "config_discovery", "filter_disabled", "name", "typed_config",
     ]),
+    ("LoadAssignmentPolicy", "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy", &[
+        "drop_overloads", "endpoint_stale_after", "overprovisioning_factor",
+        "weighted_priority_health",
+    ]),
     ("LocalReplyConfig", "envoy.extensions.filters.network.http_connection_manager.v3.LocalReplyConfig", &[
         "body_format", "mappers",
     ]),
@@ -378,6 +382,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ("QueryParameterMatcher", "envoy.config.route.v3.QueryParameterMatcher", &[
         "name", "present_match", "string_match",
     ]),
+    ("RateLimitedRetryBackOff", "envoy.config.route.v3.RetryPolicy.RateLimitedRetryBackOff", &[
+        "max_interval", "reset_headers",
+    ]),
     ("RedirectAction", "envoy.config.route.v3.RedirectAction", &[
         "host_redirect", "https_redirect", "path_redirect", "path_rewrite", "port_redirect",
         "prefix_rewrite", "regex_rewrite", "response_code", "scheme_redirect", "strip_query",
@@ -391,6 +398,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ("RegexMatcher", "envoy.type.matcher.v3.RegexMatcher", &[
         "google_re2", "regex",
     ]),
+    ("ResetHeader", "envoy.config.route.v3.RetryPolicy.ResetHeader", &[
+        "format", "name",
+    ]),
     ("ResponseFlagFilter", "envoy.config.accesslog.v3.ResponseFlagFilter", &[
         "flags",
     ]),
@@ -399,6 +409,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ]),
     ("RetryBackOff", "envoy.config.route.v3.RetryPolicy.RetryBackOff", &[
         "base_interval", "max_interval",
+    ]),
+    ("RetryBudget", "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget", &[
+        "budget_interval", "budget_percent", "min_retry_concurrency",
     ]),
     ("RetryHostPredicate", "envoy.config.route.v3.RetryPolicy.RetryHostPredicate", &[
         "name", "typed_config",
@@ -483,6 +496,9 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ("TcpHealthCheck", "envoy.config.core.v3.HealthCheck.TcpHealthCheck", &[
         "proxy_protocol_config", "receive", "send",
     ]),
+    ("TcpKeepalive", "envoy.config.core.v3.TcpKeepalive", &[
+        "keepalive_interval", "keepalive_probes", "keepalive_time",
+    ]),
     ("Thresholds", "envoy.config.cluster.v3.CircuitBreakers.Thresholds", &[
         "max_connection_pools", "max_connections", "max_pending_requests", "max_requests",
         "max_retries", "priority", "retry_budget", "track_remaining",
@@ -503,6 +519,10 @@ pub(crate) const ENVOY_FIELDS: &[(&str, &str, &[&str])] = &[
     ]),
     ("UpgradeConfig", "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig", &[
         "enabled", "filters", "upgrade_type",
+    ]),
+    ("UpstreamConnectionOptions", "envoy.config.cluster.v3.UpstreamConnectionOptions", &[
+        "happy_eyeballs_config", "set_local_interface_name_on_upstream_connections",
+        "tcp_keepalive",
     ]),
     ("UpstreamHttpOptions", "envoy.config.core.v3.UpstreamHttpProtocolOptions", &[
         "auto_san_validation", "auto_sni", "override_auto_sni_header",
@@ -581,6 +601,9 @@ pub(crate) const ENVOY_ENUMS: &[(&str, &str, EnumValues)] = &[
     ("RequestMethod", "envoy.config.core.v3.RequestMethod", &[
         ("METHOD_UNSPECIFIED", 0), ("GET", 1), ("HEAD", 2), ("POST", 3), ("PUT", 4), ("DELETE", 5),
         ("CONNECT", 6), ("OPTIONS", 7), ("TRACE", 8), ("PATCH", 9),
+    ]),
+    ("ResetHeaderFormat", "envoy.config.route.v3.RetryPolicy.ResetHeaderFormat", &[
+        ("SECONDS", 0), ("UNIX_TIMESTAMP", 1),
     ]),
     ("RingHashFunction", "envoy.config.cluster.v3.Cluster.RingHashLbConfig.HashFunction", &[
         ("XX_HASH", 0), ("MURMUR_HASH_2", 1),

@@ -63,7 +63,7 @@ pub struct HealthCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_edge_interval: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_log_path: Option<NotSupported>,
+    pub event_log_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_logger: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

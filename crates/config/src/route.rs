@@ -398,11 +398,40 @@ pub struct RetryPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_back_off: Option<RetryBackOff>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limited_retry_back_off: Option<NotSupported>,
+    pub rate_limited_retry_back_off: Option<RateLimitedRetryBackOff>,
     #[serde(default)]
     pub retriable_headers: Vec<HeaderMatcher>,
     #[serde(default)]
     pub retriable_request_headers: Vec<HeaderMatcher>,
+}
+
+/// `envoy.config.route.v3.RetryPolicy.RateLimitedRetryBackOff`: the back-off a retriable
+/// response asks for in its reset headers.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitedRetryBackOff {
+    #[serde(default)]
+    pub reset_headers: Vec<ResetHeader>,
+    /// Default 300 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<Duration>,
+}
+
+/// `envoy.config.route.v3.RetryPolicy.ResetHeader`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetHeader {
+    pub name: String,
+    #[serde(default)]
+    pub format: ResetHeaderFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ResetHeaderFormat {
+    #[default]
+    Seconds,
+    UnixTimestamp,
 }
 
 /// `envoy.config.route.v3.RetryPolicy.RetryBackOff`.

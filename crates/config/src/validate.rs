@@ -1419,6 +1419,9 @@ impl<'a> Ctx<'a> {
             return;
         };
         self.non_empty(&lp.f("cluster_name"), &la.cluster_name);
+        if la.policy.as_ref().is_some_and(|p| p.overprovisioning_factor == Some(0)) {
+            self.err(&lp.f("policy").f("overprovisioning_factor"), "value must be greater than 0");
+        }
         let rule = match c.type_ {
             DiscoveryType::StrictDns | DiscoveryType::LogicalDns => AddrRule::HostWithPort,
             _ => AddrRule::Ip,
@@ -1428,11 +1431,6 @@ impl<'a> Ctx<'a> {
             let gp = ep.i(i);
             if group.priority > 128 {
                 self.err(&gp.f("priority"), "value must be less than or equal to 128");
-            } else if group.priority != 0 {
-                self.err(
-                    &gp.f("priority"),
-                    "priorities other than 0 are not supported yet",
-                );
             }
             if group.load_balancing_weight == Some(0) {
                 self.err(
@@ -1465,6 +1463,14 @@ impl<'a> Ctx<'a> {
     }
 
     fn lb_config(&mut self, p: &P, c: &Cluster) {
+        if c.common_lb_config.as_ref().is_some_and(|l| l.locality_weighted_lb_config.is_some())
+            && matches!(c.lb_policy, crate::cluster::LbPolicy::RingHash | crate::cluster::LbPolicy::Maglev)
+        {
+            self.err(
+                &p.f("common_lb_config").f("locality_weighted_lb_config"),
+                format!("{NOT_SUPPORTED} with RING_HASH or MAGLEV"),
+            );
+        }
         const MAX_RING: u64 = 8_388_608;
         const MAX_MAGLEV: u64 = 5_000_011;
         if let Some(r) = &c.ring_hash_lb_config {
@@ -1617,18 +1623,30 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
-        for (cp, o) in common {
+        for (cp, o) in &common {
             for (field, set) in [
-                ("idle_timeout", o.idle_timeout.is_some()),
                 ("max_headers_count", o.max_headers_count.is_some()),
                 ("headers_with_underscores_action", o.headers_with_underscores_action.is_some()),
-                ("max_requests_per_connection", o.max_requests_per_connection.is_some()),
-                ("max_connection_duration", o.max_connection_duration.is_some()),
                 ("max_stream_duration", o.max_stream_duration.is_some()),
             ] {
                 if set {
                     self.err(&cp.f(field), upstream.clone());
                 }
+            }
+        }
+        // Envoy: the deprecated cluster field and the protocol options' one exclude each other.
+        if c.max_requests_per_connection.is_some() && common.iter().any(|(_, o)| o.max_requests_per_connection.is_some()) {
+            self.err(
+                &p.f("max_requests_per_connection"),
+                "Only one of max_requests_per_connection from Cluster or HttpProtocolOptions can be specified",
+            );
+        }
+        if let Some(u) = &c.upstream_connection_options {
+            if u.set_local_interface_name_on_upstream_connections {
+                self.err(
+                    &p.f("upstream_connection_options").f("set_local_interface_name_on_upstream_connections"),
+                    NOT_SUPPORTED,
+                );
             }
         }
     }

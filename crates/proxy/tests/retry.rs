@@ -130,11 +130,11 @@ fn load_error(cfg: &serde_json::Value) -> String {
 }
 
 #[test]
-fn unsupported_retry_settings_are_refused_with_their_path() {
+fn unsupported_or_invalid_retry_settings_are_refused_with_their_path() {
     let h = dead_addr();
     for (policy, path) in [
         (json!({"retry_priority": {"name": "envoy.retry_priorities.previous_priorities"}}), "route.retry_policy.retry_priority"),
-        (json!({"rate_limited_retry_back_off": {"reset_headers": [{"name": "retry-after"}]}}), "route.retry_policy.rate_limited_retry_back_off"),
+        (json!({"rate_limited_retry_back_off": {"reset_headers": []}}), "route.retry_policy.rate_limited_retry_back_off.reset_headers"),
         (json!({"retry_on": "5xx,not-a-condition"}), "route.retry_policy.retry_on"),
         (json!({"per_try_idle_timeout": "1s"}), "route.retry_policy.per_try_idle_timeout"),
         (json!({"retry_on": "http3-post-connect-failure"}), "route.retry_policy.retry_on"),

@@ -109,6 +109,8 @@ async fn scripted_upstream() -> (SocketAddr, Arc<Mutex<Seen>>) {
                     }
                     "grpc14" => (200, "content-type: application/grpc\r\ngrpc-status: 14\r\n"),
                     "ratelimited" => (429, "x-envoy-ratelimited: true\r\n"),
+                    "429ra" => (429, "retry-after: 1\r\n"),
+                    "429long" => (429, "retry-after: 60\r\n"),
                     "hdr" => (200, "x-retry-me: yes\r\n"),
                     "slowbody" => {
                         let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab").await;
@@ -294,6 +296,10 @@ static_resources:
                 - header: {key: x-envoy-upstream-rq-per-try-timeout-ms, value: "200"}
               - match: {prefix: "/slowbody/"}
                 route: {cluster: up2, timeout: 0.5s}
+              - match: {prefix: "/rlbo/"}
+                route: {cluster: up, retry_policy: {retry_on: retriable-status-codes, retriable_status_codes: [429], num_retries: 1, retry_back_off: {base_interval: 0.001s}, rate_limited_retry_back_off: {reset_headers: [{name: x-missing}, {name: Retry-After, format: SECONDS}], max_interval: 5s}}}
+              - match: {prefix: "/budget/"}
+                route: {cluster: budget, retry_policy: {retry_on: 5xx, num_retries: 2, retry_back_off: {base_interval: 0.001s}}}
               - match: {prefix: "/overflow/"}
                 route: {cluster: tiny, retry_policy: {retry_on: 5xx, num_retries: 2, retry_back_off: {base_interval: 0.001s}}}
               - match: {prefix: "/vh/"}
@@ -315,6 +321,11 @@ static_resources:
     connect_timeout: 1s
     circuit_breakers: {thresholds: [{max_retries: 0}]}
     load_assignment: {cluster_name: tiny, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: @UP@}}}}]}]}
+  - name: budget
+    type: STATIC
+    connect_timeout: 1s
+    circuit_breakers: {thresholds: [{max_retries: 0, retry_budget: {budget_percent: {value: 10}, min_retry_concurrency: 1}}]}
+    load_assignment: {cluster_name: budget, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: @UP@}}}}]}]}
   - name: dead
     type: STATIC
     connect_timeout: 1s
@@ -369,6 +380,12 @@ const CASES: &[Case] = &[
     case("vh", "up", 1, "503", 200, 2),
     case("addhdr", "up2", 5, "503", 503, 4),
     case("overflow", "tiny", 5, "503", 503, 1),
+    // rate_limited_retry_back_off: Retry-After (1 s) sets the back-off; 60 s is over max_interval,
+    // so the exponential back-off applies (the stats tell which).
+    case("rlbo", "up", 1, "429ra", 200, 2),
+    case("rlbo", "up", 1, "429long", 200, 2),
+    // A retry budget replaces max_retries (0 here): at least min_retry_concurrency (1) retry.
+    case("budget", "budget", 5, "503", 503, 3),
     case("addtmo", "up2", 0, "ok", 200, 1),
     case("addpt", "up2", 5, "hang", 504, 1),
     // The route timeout covers the response body: the stream is cut (status 0 here: the client

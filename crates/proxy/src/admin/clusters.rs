@@ -177,7 +177,7 @@ impl ClusterSource for crate::upstream::ClusterManager {
                             hostname: h.hostname.clone(),
                             weight: h.weight,
                             locality: h.locality.clone(),
-                            priority: 0,
+                            priority: h.priority,
                             health: h.health,
                             flags: h.health_flags_bits() & !eds,
                             success_rate,

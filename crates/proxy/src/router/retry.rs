@@ -112,6 +112,41 @@ pub struct RetryPolicy {
     pub retriable_request_headers: Vec<HeaderMatcher>,
     pub base_interval: Duration,
     pub max_interval: Duration,
+    /// `rate_limited_retry_back_off`.
+    pub rate_limited: Option<RateLimitedBackOff>,
+}
+
+/// A compiled `rate_limited_retry_back_off`: the reset headers in order, and the longest
+/// interval accepted from them.
+#[derive(Debug)]
+pub struct RateLimitedBackOff {
+    pub reset_headers: Vec<(http::HeaderName, cfg::ResetHeaderFormat)>,
+    pub max_interval: Duration,
+}
+
+impl RateLimitedBackOff {
+    /// The interval the first usable reset header of `headers` asks for: an integer of seconds
+    /// (`SECONDS`) or a Unix time in seconds after `now_unix` (`UNIX_TIMESTAMP`), at most
+    /// `max_interval`; headers that do not parse, ask for a past time or too long a wait are
+    /// skipped.
+    pub fn interval(&self, headers: &HeaderMap, now_unix: Duration) -> Option<Duration> {
+        self.reset_headers.iter().find_map(|(name, format)| {
+            let secs: u64 = headers.get(name)?.to_str().ok()?.parse().ok()?;
+            let at = Duration::from_secs(secs);
+            let interval = match format {
+                cfg::ResetHeaderFormat::Seconds => at,
+                cfg::ResetHeaderFormat::UnixTimestamp => at.checked_sub(now_unix).filter(|d| !d.is_zero())?,
+            };
+            (interval <= self.max_interval).then_some(interval)
+        })
+    }
+}
+
+/// Envoy's jittered lower-bound back-off: a random value in `[interval, 1.5 × interval)`, in
+/// whole milliseconds.
+fn jittered_lower_bound(interval: Duration, random: u64) -> Duration {
+    let ms = interval.as_millis() as u64;
+    Duration::from_millis(ms + random % (ms / 2).max(1))
 }
 
 const NOT_SUPPORTED: &str = "recognised but not supported by sluice";
@@ -131,18 +166,12 @@ impl RetryPolicy {
             host_selection_retry_max_attempts,
             retriable_status_codes,
             retry_back_off,
-            rate_limited_retry_back_off: None,
+            rate_limited_retry_back_off,
             retriable_headers,
             retriable_request_headers,
         } = p
         else {
-            let field = if p.retry_priority.is_some() {
-                "retry_priority"
-            } else if p.retry_options_predicates.is_some() {
-                "retry_options_predicates"
-            } else {
-                "rate_limited_retry_back_off"
-            };
+            let field = if p.retry_priority.is_some() { "retry_priority" } else { "retry_options_predicates" };
             return Err((field.to_string(), NOT_SUPPORTED.to_string()));
         };
         // Envoy's per-try idle timer restarts on every upstream read and write; sluice does not
@@ -197,6 +226,10 @@ impl RetryPolicy {
             None => (DEFAULT_BASE_INTERVAL, DEFAULT_BASE_INTERVAL * 10),
         };
         let attempts = host_selection_retry_max_attempts.unwrap_or(1);
+        let rate_limited = match rate_limited_retry_back_off {
+            Some(b) => Some(rate_limited_back_off(b)?),
+            None => None,
+        };
         Ok(RetryPolicy {
             retry_on,
             num_retries: num_retries.unwrap_or(1),
@@ -208,8 +241,37 @@ impl RetryPolicy {
             retriable_request_headers: matchers(retriable_request_headers, "retriable_request_headers")?,
             base_interval,
             max_interval,
+            rate_limited,
         })
     }
+}
+
+fn rate_limited_back_off(b: &cfg::RateLimitedRetryBackOff) -> Result<RateLimitedBackOff, (String, String)> {
+    let cfg::RateLimitedRetryBackOff { reset_headers, max_interval } = b;
+    if reset_headers.is_empty() {
+        return Err(("rate_limited_retry_back_off.reset_headers".into(), "value must contain at least 1 item(s)".into()));
+    }
+    let mut headers = Vec::with_capacity(reset_headers.len());
+    for (i, h) in reset_headers.iter().enumerate() {
+        let cfg::ResetHeader { name, format } = h;
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(n) if !name.is_empty() => headers.push((n, *format)),
+            _ => {
+                return Err((
+                    format!("rate_limited_retry_back_off.reset_headers[{i}].name"),
+                    format!("\"{name}\" is not a valid HTTP header name"),
+                ))
+            }
+        }
+    }
+    let max_interval = match max_interval {
+        Some(d) if d.as_std().is_zero() => {
+            return Err(("rate_limited_retry_back_off.max_interval".into(), "value must be greater than 0s".into()))
+        }
+        Some(d) => d.as_std(),
+        None => Duration::from_secs(300),
+    };
+    Ok(RateLimitedBackOff { reset_headers: headers, max_interval })
 }
 
 /// Header matching outside routing (request or response headers; no pseudo-headers).
@@ -265,6 +327,8 @@ pub struct RetryState {
     max: Duration,
     /// Held from a "yes" until the next decision (Envoy's retry resource).
     armed: Option<RetryGuard>,
+    /// The interval the last retriable response asked for (`rate_limited_retry_back_off`).
+    rate_limited: Option<Duration>,
 }
 
 impl RetryState {
@@ -303,15 +367,29 @@ impl RetryState {
             });
         }
         let (base, max) = policy.map_or((DEFAULT_BASE_INTERVAL, DEFAULT_BASE_INTERVAL * 10), |p| (p.base_interval, p.max_interval));
-        Some(RetryState { policy: policy.cloned(), retry_on, remaining, backoff_step: 1, base, max, armed: None })
+        Some(RetryState { policy: policy.cloned(), retry_on, remaining, backoff_step: 1, base, max, armed: None, rate_limited: None })
     }
 
     pub fn policy(&self) -> Option<&Arc<RetryPolicy>> {
         self.policy.as_ref()
     }
 
-    /// Whether a response with these headers is retriable.
-    pub fn would_retry_response(&self, status: u16, headers: &HeaderMap) -> bool {
+    /// Whether a response with these headers is retriable. A retriable one's reset headers
+    /// set the next back-off when the policy has `rate_limited_retry_back_off`.
+    pub fn would_retry_response(&mut self, status: u16, headers: &HeaderMap) -> bool {
+        let retry = self.response_condition(status, headers);
+        self.rate_limited = None;
+        if retry {
+            if let Some(r) = self.policy.as_ref().and_then(|p| p.rate_limited.as_ref()) {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                // Envoy uses the reset interval only when it is longer than 1 ms.
+                self.rate_limited = r.interval(headers, now).filter(|d| *d > Duration::from_millis(1));
+            }
+        }
+        retry
+    }
+
+    fn response_condition(&self, status: u16, headers: &HeaderMap) -> bool {
         let on = self.retry_on;
         if headers.contains_key("x-envoy-ratelimited") {
             return on & on::ENVOY_RATE_LIMITED != 0;
@@ -349,7 +427,8 @@ impl RetryState {
     }
 
     /// Whether an attempt that ended without response headers is retriable.
-    pub fn would_retry_reset(&self, kind: ResetKind) -> bool {
+    pub fn would_retry_reset(&mut self, kind: ResetKind) -> bool {
+        self.rate_limited = None;
         let on = self.retry_on;
         match kind {
             ResetKind::Overflow => false,
@@ -383,6 +462,10 @@ impl RetryState {
         };
         self.armed = Some(guard);
         stats.upstream_rq_retry.inc();
+        if let Some(interval) = self.rate_limited.take() {
+            stats.upstream_rq_retry_backoff_ratelimited.inc();
+            return RetryStatus::Yes(jittered_lower_bound(interval, rand::random::<u64>()));
+        }
         stats.upstream_rq_retry_backoff_exponential.inc();
         RetryStatus::Yes(self.next_backoff(rand::random::<u64>()))
     }
@@ -574,7 +657,7 @@ mod tests {
             "retriable_status_codes": [418], "retriable_headers": [{"name": "x-again"}]}))
         .unwrap();
         let (s, _) = state(Some(&p), &[]);
-        let s = s.unwrap();
+        let mut s = s.unwrap();
         let mut h = HeaderMap::new();
         assert!(s.would_retry_response(418, &h));
         assert!(s.would_retry_response(409, &h));
@@ -590,16 +673,16 @@ mod tests {
         assert!(!s.would_retry_reset(ResetKind::Reset));
 
         let p = policy(serde_json::json!({"retry_on": "connect-failure"})).unwrap();
-        let s = state(Some(&p), &[]).0.unwrap();
+        let mut s = state(Some(&p), &[]).0.unwrap();
         assert!(s.would_retry_reset(ResetKind::ConnectFailure));
         assert!(!s.would_retry_reset(ResetKind::Reset));
         assert!(!s.would_retry_reset(ResetKind::PerTryTimeout));
         let p = policy(serde_json::json!({"retry_on": "reset-before-request"})).unwrap();
-        let s = state(Some(&p), &[]).0.unwrap();
+        let mut s = state(Some(&p), &[]).0.unwrap();
         assert!(s.would_retry_reset(ResetKind::ConnectFailure));
         assert!(!s.would_retry_reset(ResetKind::Reset));
         let p = policy(serde_json::json!({"retry_on": "gateway-error"})).unwrap();
-        let s = state(Some(&p), &[]).0.unwrap();
+        let mut s = state(Some(&p), &[]).0.unwrap();
         assert!(s.would_retry_reset(ResetKind::PerTryTimeout) && s.would_retry_reset(ResetKind::Reset));
         assert!(!s.would_retry_reset(ResetKind::Overflow));
         assert!(s.would_retry_response(504, &HeaderMap::new()) && !s.would_retry_response(500, &HeaderMap::new()));
@@ -657,5 +740,66 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         tokio::time::sleep(d).await;
         assert_eq!(t0.elapsed(), Duration::from_millis(999));
+    }
+
+    #[tokio::test]
+    async fn rate_limited_back_off_follows_the_reset_headers() {
+        let p = policy(serde_json::json!({"retry_on": "retriable-status-codes", "retriable_status_codes": [429], "num_retries": 3,
+            "rate_limited_retry_back_off": {"reset_headers": [{"name": "Retry-After"}, {"name": "x-ratelimit-reset", "format": "UNIX_TIMESTAMP"}],
+            "max_interval": "10s"}}))
+        .unwrap();
+        let r = p.rate_limited.as_ref().unwrap();
+        let now = Duration::from_secs(1_000_000);
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert_eq!(r.interval(&headers(&[("retry-after", "3")]), now), Some(Duration::from_secs(3)));
+        // Too long a wait or unparsable: the next header.
+        let h = headers(&[("retry-after", "30"), ("x-ratelimit-reset", "1000005")]);
+        assert_eq!(r.interval(&h, now), Some(Duration::from_secs(5)));
+        assert_eq!(r.interval(&headers(&[("retry-after", "soon"), ("x-ratelimit-reset", "1000002")]), now), Some(Duration::from_secs(2)));
+        assert_eq!(r.interval(&headers(&[("x-ratelimit-reset", "999999")]), now), None, "a time in the past");
+        assert_eq!(r.interval(&headers(&[("retry-after", "11")]), now), None);
+        assert_eq!(r.interval(&HeaderMap::new(), now), None);
+        for i in 0..1000u64 {
+            let d = jittered_lower_bound(Duration::from_secs(3), i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            assert!((Duration::from_millis(3000)..Duration::from_millis(4500)).contains(&d), "{d:?}");
+        }
+        // The retry waits what the response asked for, counted as rate limited; a retriable
+        // response without reset headers falls back to the exponential back-off.
+        let store = crate::stats::Store::new();
+        let cluster = Cluster::new(&sluice_config::cluster::Cluster { name: "c".into(), ..Default::default() }, &store, Vec::new()).unwrap();
+        let mut s = state(Some(&p), &[]).0.unwrap();
+        assert!(s.would_retry_response(429, &headers(&[("retry-after", "2")])));
+        match s.should_retry(true, &cluster) {
+            RetryStatus::Yes(d) => assert!((Duration::from_secs(2)..Duration::from_secs(3)).contains(&d), "{d:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.would_retry_response(429, &HeaderMap::new()));
+        match s.should_retry(true, &cluster) {
+            RetryStatus::Yes(d) => assert!(d <= Duration::from_millis(250), "{d:?}"),
+            other => panic!("{other:?}"),
+        }
+        let st = cluster.retry_stats();
+        assert_eq!((st.upstream_rq_retry_backoff_ratelimited.value(), st.upstream_rq_retry_backoff_exponential.value()), (1, 1));
+        // A response that is not retriable does not arm it.
+        assert!(!s.would_retry_response(200, &headers(&[("retry-after", "2")])));
+        assert_eq!(s.rate_limited, None);
+    }
+
+    #[test]
+    fn rate_limited_back_off_is_checked() {
+        let (path, _) = policy(serde_json::json!({"rate_limited_retry_back_off": {"reset_headers": []}})).unwrap_err();
+        assert_eq!(path, "rate_limited_retry_back_off.reset_headers");
+        let (path, _) = policy(serde_json::json!({"rate_limited_retry_back_off": {"reset_headers": [{"name": "bad header"}]}})).unwrap_err();
+        assert_eq!(path, "rate_limited_retry_back_off.reset_headers[0].name");
+        let (path, _) = policy(serde_json::json!({"rate_limited_retry_back_off": {"reset_headers": [{"name": "retry-after"}], "max_interval": "0s"}})).unwrap_err();
+        assert_eq!(path, "rate_limited_retry_back_off.max_interval");
+        let p = policy(serde_json::json!({"rate_limited_retry_back_off": {"reset_headers": [{"name": "retry-after"}]}})).unwrap();
+        assert_eq!(p.rate_limited.as_ref().unwrap().max_interval, Duration::from_secs(300));
     }
 }

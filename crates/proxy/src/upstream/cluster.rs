@@ -15,7 +15,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_config::cluster::{
     CircuitBreakers, Cluster as ClusterConfig, CommonLbConfig, DiscoveryType, ExplicitHttpConfig, ProtocolOptions, RefreshRate,
-    RoutingPriority, Thresholds, UpstreamHttpOptions, UpstreamHttpProtocolOptions, UseDownstreamHttpConfig,
+    RoutingPriority, TcpKeepalive, Thresholds, UpstreamConnectionOptions, UpstreamHttpOptions, UpstreamHttpProtocolOptions,
+    UseDownstreamHttpConfig,
 };
 use sluice_config::core::{CommonHttpProtocolOptions, Http1ProtocolOptions, Http2ProtocolOptions, Metadata, Percent, TypedExtensionConfig};
 use sluice_config::listener::{TransportSocket, TransportSocketConfig};
@@ -25,6 +26,7 @@ use super::health_check::{HealthCheckConfig, HealthChecker};
 use super::host::{health_flag, CoarseHealth, Host, HostLink, HostSet, Outcome};
 use super::load_balancer::{self, LbFactory, LoadBalancer};
 use super::outlier::{Detector, OutlierConfig};
+use super::pool::{ConnLimits, ConnState, ConnUse, LifeStats, Started};
 use super::tls::UpstreamTls;
 use super::{LbContext, UpstreamFailure};
 use crate::access_log::connection::Counted;
@@ -34,17 +36,34 @@ use crate::filters::BoxFuture;
 use crate::stats::{Counter, Gauge, Histogram, Store};
 
 /// Circuit-breaker limits of one priority (Envoy defaults 1024/1024/1024/3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CircuitBreakerThresholds {
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
+    /// `retry_budget`: when set, it limits the concurrent retries instead of `max_retries`.
+    pub retry_budget: Option<RetryBudgetLimit>,
 }
 
 impl Default for CircuitBreakerThresholds {
     fn default() -> Self {
-        CircuitBreakerThresholds { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3 }
+        CircuitBreakerThresholds { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3, retry_budget: None }
+    }
+}
+
+/// A retry budget: concurrent retries up to `budget_percent` of the active and pending
+/// requests, never fewer than `min_retry_concurrency` (Envoy's defaults 20 % and 3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetLimit {
+    pub budget_percent: f64,
+    pub min_retry_concurrency: u32,
+}
+
+impl RetryBudgetLimit {
+    /// The concurrent retries allowed with `active` requests active or pending.
+    pub fn max_retries(&self, active: u64) -> u64 {
+        ((self.budget_percent / 100.0 * active as f64) as u64).max(self.min_retry_concurrency as u64)
     }
 }
 
@@ -78,6 +97,9 @@ pub struct ClusterStats {
     pub upstream_cx_protocol_error: Counter,
     pub upstream_cx_destroy: Counter,
     pub upstream_cx_destroy_local: Counter,
+    pub upstream_cx_idle_timeout: Counter,
+    pub upstream_cx_max_duration_reached: Counter,
+    pub upstream_cx_max_requests: Counter,
     pub upstream_cx_destroy_remote: Counter,
     pub upstream_cx_destroy_with_active_rq: Counter,
     pub upstream_cx_destroy_remote_with_active_rq: Counter,
@@ -115,6 +137,7 @@ pub struct RetryStats {
     pub upstream_rq_retry_overflow: Counter,
     pub upstream_rq_retry_limit_exceeded: Counter,
     pub upstream_rq_retry_backoff_exponential: Counter,
+    pub upstream_rq_retry_backoff_ratelimited: Counter,
     pub upstream_rq_per_try_timeout: Counter,
     pub upstream_rq_per_try_idle_timeout: Counter,
 }
@@ -144,9 +167,6 @@ const ZERO_COUNTERS: &[&str] = &[
     "upstream_cx_connect_with_0_rtt",
     "upstream_cx_destroy_local_with_active_rq",
     "upstream_cx_http3_total",
-    "upstream_cx_idle_timeout",
-    "upstream_cx_max_duration_reached",
-    "upstream_cx_max_requests",
     "upstream_cx_pool_overflow",
     "upstream_cx_preconnect_skipped",
     "upstream_flow_control_backed_up_total",
@@ -161,7 +181,6 @@ const ZERO_COUNTERS: &[&str] = &[
     "upstream_rq_maintenance_mode",
     "upstream_rq_max_duration_reached",
     "upstream_rq_pending_failure_eject",
-    "upstream_rq_retry_backoff_ratelimited",
     "upstream_rq_rx_reset",
     "upstream_rq_rx_reset_no_error",
     "upstream_rq_tx_reset",
@@ -217,6 +236,9 @@ impl ClusterStats {
             upstream_cx_protocol_error: c("upstream_cx_protocol_error"),
             upstream_cx_destroy: c("upstream_cx_destroy"),
             upstream_cx_destroy_local: c("upstream_cx_destroy_local"),
+            upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),
+            upstream_cx_max_duration_reached: c("upstream_cx_max_duration_reached"),
+            upstream_cx_max_requests: c("upstream_cx_max_requests"),
             upstream_cx_destroy_remote: c("upstream_cx_destroy_remote"),
             upstream_cx_destroy_with_active_rq: c("upstream_cx_destroy_with_active_rq"),
             upstream_cx_destroy_remote_with_active_rq: c("upstream_cx_destroy_remote_with_active_rq"),
@@ -243,6 +265,7 @@ impl ClusterStats {
                 upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
                 upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
                 upstream_rq_retry_backoff_exponential: c("upstream_rq_retry_backoff_exponential"),
+                upstream_rq_retry_backoff_ratelimited: c("upstream_rq_retry_backoff_ratelimited"),
                 upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
                 upstream_rq_per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
             },
@@ -331,18 +354,139 @@ enum Protocol {
     Downstream,
 }
 
-/// The current host snapshot and the load balancers built for it: Envoy's single-priority
-/// load distribution between healthy and degraded hosts, and panic mode.
+/// The current host snapshot and the load balancers built for it: Envoy's priority load
+/// (healthy, then degraded hosts of each priority level, scaled by the overprovisioning factor)
+/// and panic mode per level.
 struct LbState {
     all: Arc<HostSet>,
+    /// The priority levels that have hosts, highest (lowest number) first.
+    levels: Vec<Level>,
+    /// Percent of picks per level going to its healthy hosts, then to its degraded hosts;
+    /// together 100.
+    healthy_load: Vec<u32>,
+    degraded_load: Vec<u32>,
+}
+
+/// The hosts of one priority level and their load balancers.
+struct Level {
     healthy: HostSet,
     healthy_lb: Box<dyn LoadBalancer>,
-    /// Degraded hosts and their balancer (only when there are some).
+    /// Degraded hosts and their balancer (only when the level has some).
     degraded: Option<(HostSet, Box<dyn LoadBalancer>)>,
-    /// Percent of picks that go to healthy hosts (the rest to degraded ones).
-    healthy_load: u32,
-    /// Panic mode: every host that is not excluded, whatever its health.
+    /// Panic mode: every host of the level that is not excluded, whatever its health.
     panic: Option<(HostSet, Box<dyn LoadBalancer>)>,
+    /// `locality_weighted_lb_config`: the healthy and the degraded hosts per locality.
+    localities: Option<[Option<Localities>; 2]>,
+}
+
+/// One level's localities that can take load: cumulative effective weights, each with its
+/// hosts and their balancer.
+struct Localities(Vec<(f64, HostSet, Box<dyn LoadBalancer>)>);
+
+impl Localities {
+    /// Envoy's locality weighting: each locality's `load_balancing_weight` times its
+    /// availability (min(1, factor × eligible / all its hosts)); `None` when no locality has a
+    /// weight or none has an eligible host (the level's hosts are then used together).
+    fn build(level_hosts: &[Arc<Host>], eligible: &[Arc<Host>], factory: &dyn LbFactory, overprovisioning: u32) -> Option<Localities> {
+        let mut groups: Vec<(&sluice_config::core::Locality, u32, usize, Vec<Arc<Host>>)> = Vec::new();
+        for h in level_hosts {
+            match groups.iter_mut().find(|g| *g.0 == h.locality) {
+                Some(g) => g.2 += 1,
+                None => groups.push((&h.locality, h.locality_weight, 1, Vec::new())),
+            }
+        }
+        if groups.iter().all(|g| g.1 == 0) {
+            return None;
+        }
+        for h in eligible {
+            if let Some(g) = groups.iter_mut().find(|g| *g.0 == h.locality) {
+                g.3.push(h.clone());
+            }
+        }
+        let mut sum = 0.0;
+        let mut out = Vec::new();
+        for (_, weight, total, hosts) in groups {
+            let availability = (overprovisioning as f64 / 100.0 * hosts.len() as f64 / total as f64).min(1.0);
+            let effective = weight as f64 * availability;
+            if effective > 0.0 {
+                sum += effective;
+                let set = HostSet::new(hosts);
+                let lb = factory.build(&set);
+                out.push((sum, set, lb));
+            }
+        }
+        (!out.is_empty()).then_some(Localities(out))
+    }
+
+    fn choose(&self, ctx: &LbContext) -> Option<Arc<Host>> {
+        let total = self.0.last().map_or(0.0, |l| l.0);
+        let at = rand::random::<f64>() * total;
+        let (_, set, lb) = self.0.iter().find(|l| at < l.0).or(self.0.last())?;
+        lb.choose(set, ctx)
+    }
+}
+
+/// One level's hosts sorted by health, before balancers are built.
+#[derive(Default)]
+struct Sorted {
+    /// Every host of the level (excluded ones too).
+    hosts: Vec<Arc<Host>>,
+    healthy: Vec<Arc<Host>>,
+    degraded: Vec<Arc<Host>>,
+    available: Vec<Arc<Host>>,
+    total: usize,
+}
+
+impl Sorted {
+    /// Envoy's availability of the level: min(100, factor × healthy (or degraded) hosts / hosts
+    /// not excluded), in host weights with `weighted_priority_health`.
+    fn availability(&self, hosts: &[Arc<Host>], policy: PriorityPolicy) -> u32 {
+        let (part, whole) = if policy.weighted {
+            let w = |hs: &[Arc<Host>]| hs.iter().map(|h| h.weight as u64).sum::<u64>();
+            (w(hosts), w(&self.available))
+        } else {
+            (hosts.len() as u64, self.available.len() as u64)
+        };
+        (policy.overprovisioning as u64 * part).checked_div(whole).map_or(0, |a| a.min(100) as u32)
+    }
+    /// Below the panic threshold: healthy and degraded hosts are less than it in percent of the
+    /// hosts not excluded (an empty level is always below a non-zero threshold).
+    fn below_panic_threshold(&self, threshold: f64) -> bool {
+        let n = self.available.len();
+        let percent = if n == 0 { 0.0 } else { 100.0 * (self.healthy.len() + self.degraded.len()) as f64 / n as f64 };
+        percent < threshold
+    }
+}
+
+/// `load_assignment.policy`: how priority levels' health is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PriorityPolicy {
+    /// `overprovisioning_factor` in percent (default 140).
+    pub overprovisioning: u32,
+    /// `weighted_priority_health`.
+    pub weighted: bool,
+    /// `common_lb_config.locality_weighted_lb_config`.
+    pub locality_weighted: bool,
+}
+
+impl Default for PriorityPolicy {
+    fn default() -> Self {
+        PriorityPolicy { overprovisioning: 140, weighted: false, locality_weighted: false }
+    }
+}
+
+/// Give each level `min(left, availability × 100 / total)` of `load` in order; returns the
+/// first level with availability and the load left.
+fn distribute(out: &mut [u32], availability: &[u32], mut load: u32, total: u32) -> (Option<usize>, u32) {
+    let mut first = None;
+    for (i, a) in availability.iter().enumerate() {
+        if first.is_none() && *a > 0 {
+            first = Some(i);
+        }
+        out[i] = load.min(a * 100 / total);
+        load -= out[i];
+    }
+    (first, load)
 }
 
 impl LbState {
@@ -363,58 +507,130 @@ impl LbState {
         c
     }
 
-    fn build(all: Arc<HostSet>, factory: &dyn LbFactory, panic_threshold: f64) -> (LbState, [usize; 3]) {
-        let mut healthy = Vec::new();
-        let mut degraded = Vec::new();
-        let mut available = Vec::new();
+    fn build(all: Arc<HostSet>, factory: &dyn LbFactory, panic_threshold: f64, policy: PriorityPolicy) -> (LbState, [usize; 3]) {
+        // Levels 0 to the lowest priority present (at most 128), empty ones included.
+        let lowest = all.hosts.iter().map(|h| h.priority).max().unwrap_or(0);
+        let mut by_priority: Vec<(u32, Sorted)> = (0..=lowest).map(|p| (p, Sorted::default())).collect();
         for h in &all.hosts {
+            let level = &mut by_priority[h.priority as usize].1;
+            level.total += 1;
+            level.hosts.push(h.clone());
             if h.excluded() {
                 continue;
             }
-            available.push(h.clone());
+            level.available.push(h.clone());
             match h.coarse_health() {
-                CoarseHealth::Healthy => healthy.push(h.clone()),
-                CoarseHealth::Degraded => degraded.push(h.clone()),
+                CoarseHealth::Healthy => level.healthy.push(h.clone()),
+                CoarseHealth::Degraded => level.degraded.push(h.clone()),
                 CoarseHealth::Unhealthy => {}
             }
         }
-        let excluded = all.len() - available.len();
-        let counts = [healthy.len(), degraded.len(), excluded];
-        let n = available.len();
-        // Envoy: availability = min(100, 140 × hosts / host_count) for healthy and degraded;
-        // panic when (healthy + degraded) % < the threshold, unless availability reaches 100.
-        let availability = |count: usize| (140 * count).checked_div(n).map_or(0, |a| a.min(100) as u32);
-        let (health, degraded_avail) = (availability(healthy.len()), availability(degraded.len()));
-        let total = (health + degraded_avail).min(100);
-        let percent = if n == 0 { 0.0 } else { 100.0 * (healthy.len() + degraded.len()) as f64 / n as f64 };
-        let in_panic = total != 100 && percent < panic_threshold;
-        let healthy_load = (health * 100).checked_div(total).map_or(100, |l| l.min(100));
-        let healthy = HostSet::new(healthy);
-        let healthy_lb = factory.build(&healthy);
-        let degraded = (!degraded.is_empty() && healthy_load < 100).then(|| {
-            let set = HostSet::new(degraded);
-            let lb = factory.build(&set);
-            (set, lb)
-        });
-        let panic = in_panic.then(|| {
-            let set = HostSet::new(available);
-            let lb = factory.build(&set);
-            (set, lb)
-        });
-        (LbState { all, healthy, healthy_lb, degraded, healthy_load, panic }, counts)
+        let counts = Self::counts(&all);
+        let sorted = by_priority;
+        let health: Vec<u32> = sorted.iter().map(|(_, l)| l.availability(&l.healthy, policy)).collect();
+        let degraded: Vec<u32> = sorted.iter().map(|(_, l)| l.availability(&l.degraded, policy)).collect();
+        let total = (health.iter().sum::<u32>() + degraded.iter().sum::<u32>()).min(100);
+        let n = sorted.len();
+        let (mut healthy_load, mut degraded_load) = (vec![0; n], vec![0; n]);
+        if total > 0 {
+            let (first_healthy, left) = distribute(&mut healthy_load, &health, 100, total);
+            let (first_degraded, left) = distribute(&mut degraded_load, &degraded, left, total);
+            // Rounding: what is left goes to the first level with healthy hosts, else degraded.
+            match (first_healthy, first_degraded) {
+                (Some(i), _) => healthy_load[i] += left,
+                (None, Some(i)) => degraded_load[i] += left,
+                (None, None) => {}
+            }
+        }
+        let panic: Vec<bool> = sorted.iter().map(|(_, l)| total != 100 && l.below_panic_threshold(panic_threshold)).collect();
+        if panic_threshold == 0.0 && total == 0 {
+            // No host available and panic disabled: the load goes to P0, which has no host.
+            healthy_load[0] = 100;
+        } else if panic.iter().all(|p| *p) {
+            // Every level in panic: the load follows the host counts, whatever their health.
+            let hosts: usize = sorted.iter().map(|(_, l)| l.total).sum();
+            degraded_load.iter_mut().for_each(|d| *d = 0);
+            let mut left = 100;
+            for (i, (_, l)) in sorted.iter().enumerate() {
+                // No host at all: nothing here, and all of it to P0 below.
+                healthy_load[i] = (100 * l.total).checked_div(hosts).unwrap_or(0) as u32;
+                left -= healthy_load[i];
+            }
+            let first = sorted.iter().position(|(_, l)| l.total > 0).unwrap_or(0);
+            healthy_load[first] += left;
+        }
+        let levels = sorted
+            .into_iter()
+            .zip(panic)
+            .enumerate()
+            .map(|(i, ((_, l), in_panic))| {
+                let localities = policy.locality_weighted.then(|| {
+                    [
+                        Localities::build(&l.hosts, &l.healthy, factory, policy.overprovisioning),
+                        Localities::build(&l.hosts, &l.degraded, factory, policy.overprovisioning),
+                    ]
+                });
+                let healthy = HostSet::new(l.healthy);
+                let healthy_lb = factory.build(&healthy);
+                let degraded = (!l.degraded.is_empty() && degraded_load[i] > 0).then(|| {
+                    let set = HostSet::new(l.degraded);
+                    let lb = factory.build(&set);
+                    (set, lb)
+                });
+                let panic = in_panic.then(|| {
+                    let set = HostSet::new(l.available);
+                    let lb = factory.build(&set);
+                    (set, lb)
+                });
+                Level { healthy, healthy_lb, degraded, panic, localities }
+            })
+            .collect();
+        (LbState { all, levels, healthy_load, degraded_load }, counts)
+    }
+
+    /// Envoy's `choosePriority`: the level and whether its degraded hosts take the pick, for a
+    /// value below 100 (the request's hash with hashing balancers, else random).
+    fn choose_level(&self, value: u32) -> (usize, bool) {
+        let mut sum = 0;
+        for (i, l) in self.healthy_load.iter().enumerate() {
+            sum += l;
+            if value < sum {
+                return (i, false);
+            }
+        }
+        for (i, l) in self.degraded_load.iter().enumerate() {
+            sum += l;
+            if value < sum {
+                return (i, true);
+            }
+        }
+        (0, false)
     }
 
     fn choose(&self, ctx: &LbContext, panic_counter: &Counter) -> Option<Arc<Host>> {
-        if let Some((set, lb)) = &self.panic {
+        let (i, degraded) = if self.levels.len() == 1 && self.degraded_load[0] == 0 {
+            (0, false)
+        } else {
+            let value = ctx.hash.map_or_else(|| load_balancer::random_below(100) as u32, |h| (h % 100) as u32);
+            self.choose_level(value)
+        };
+        let level = &self.levels[i];
+        if let Some((set, lb)) = &level.panic {
             panic_counter.inc();
             return lb.choose(set, ctx);
         }
-        if let Some((set, lb)) = &self.degraded {
-            if self.healthy_load == 0 || load_balancer::random_below(100) as u32 >= self.healthy_load {
+        if degraded {
+            if let Some(l) = level.localities.as_ref().and_then(|[_, d]| d.as_ref()) {
+                return l.choose(ctx);
+            }
+            if let Some((set, lb)) = &level.degraded {
                 return lb.choose(set, ctx);
             }
         }
-        self.healthy_lb.choose(&self.healthy, ctx)
+        if let Some(l) = level.localities.as_ref().and_then(|[h, _]| h.as_ref()) {
+            return l.choose(ctx);
+        }
+        level.healthy_lb.choose(&level.healthy, ctx)
     }
 }
 
@@ -431,6 +647,10 @@ pub struct Cluster {
     discovery: Discovery,
     connect_timeout: Duration,
     health: ClusterHealth,
+    /// Connection life limits (idle timeout, max duration, max requests).
+    limits: ConnLimits,
+    /// `upstream_connection_options.tcp_keepalive`.
+    keepalive: Option<Keepalive>,
 }
 
 /// How a cluster finds its hosts (`type`).
@@ -454,6 +674,9 @@ struct BuildParts<'c> {
     connect_timeout: Duration,
     ignore_health_on_host_removal: bool,
     close_on_failure: bool,
+    limits: ConnLimits,
+    keepalive: Option<Keepalive>,
+    priority_policy: PriorityPolicy,
 }
 
 /// What health checking, outlier detection and the panic threshold need in a cluster.
@@ -462,6 +685,8 @@ struct ClusterHealth {
     detector: Option<Arc<Detector>>,
     /// `common_lb_config.healthy_panic_threshold` in percent (default 50).
     panic_threshold: f64,
+    /// `load_assignment.policy` (overprovisioning factor, weighted priority health).
+    priority_policy: PriorityPolicy,
     /// `common_lb_config.ignore_new_hosts_until_first_hc`.
     ignore_new_hosts_until_first_hc: bool,
     /// `ignore_health_on_host_removal`.
@@ -517,7 +742,17 @@ impl Shared {
         s.cb_cx_open.set((self.cx_count.load(Ordering::Relaxed) >= t.max_connections as u64) as i64);
         s.cb_rq_open.set((self.rq_count.load(Ordering::Relaxed) >= t.max_requests as u64) as i64);
         s.cb_rq_pending_open.set((self.pending_count.load(Ordering::Relaxed) >= t.max_pending_requests as u64) as i64);
-        s.cb_rq_retry_open.set((self.retry_count.load(Ordering::Relaxed) >= t.max_retries as u64) as i64);
+        s.cb_rq_retry_open.set((self.retry_count.load(Ordering::Relaxed) >= self.max_retries()) as i64);
+    }
+
+    /// The `max_retries` circuit breaker's limit now: the threshold, or what the retry budget
+    /// allows for the requests active and pending.
+    fn max_retries(&self) -> u64 {
+        let t = &self.thresholds[0];
+        match &t.retry_budget {
+            None => t.max_retries as u64,
+            Some(b) => b.max_retries(self.rq_count.load(Ordering::Relaxed) + self.pending_count.load(Ordering::Relaxed)),
+        }
     }
 }
 
@@ -544,7 +779,14 @@ fn thresholds(circuit_breakers: Option<&CircuitBreakers>) -> [CircuitBreakerThre
         } = t;
         refused_at_load(track_remaining);
         refused_at_load(max_connection_pools);
-        refused_at_load(retry_budget);
+        let retry_budget = retry_budget.as_ref().map(|b| {
+            let sluice_config::cluster::RetryBudget { budget_percent, min_retry_concurrency, budget_interval } = b;
+            refused_at_load(budget_interval);
+            RetryBudgetLimit {
+                budget_percent: budget_percent.map_or(20.0, |Percent { value }| value.clamp(0.0, 100.0)),
+                min_retry_concurrency: min_retry_concurrency.unwrap_or(3),
+            }
+        });
         let i = match priority {
             RoutingPriority::Default => 0,
             RoutingPriority::High => 1,
@@ -555,21 +797,23 @@ fn thresholds(circuit_breakers: Option<&CircuitBreakers>) -> [CircuitBreakerThre
             max_pending_requests: max_pending_requests.unwrap_or(d.max_pending_requests),
             max_requests: max_requests.unwrap_or(d.max_requests),
             max_retries: max_retries.unwrap_or(d.max_retries),
+            retry_budget,
         };
     }
     out
 }
 
-/// The upstream protocol and HTTP/2 client settings from a cluster's protocol options
-/// (`typed_extension_protocol_options` or the deprecated cluster fields). The upstream settings
-/// sluice does not implement are refused by the validator at their path.
+/// The upstream protocol, HTTP/2 client settings and connection limits from a cluster's protocol
+/// options (`typed_extension_protocol_options` or the deprecated cluster fields). The upstream
+/// settings sluice does not implement are refused by the validator at their path.
 fn upstream_protocol(
     typed_extension_protocol_options: &std::collections::BTreeMap<String, ProtocolOptions>,
     http_protocol_options: Option<&Http1ProtocolOptions>,
     http2_protocol_options: Option<&Http2ProtocolOptions>,
     common_http_protocol_options: Option<&CommonHttpProtocolOptions>,
-) -> (Protocol, H2Client) {
-    without_effect(&common_http_protocol_options, "the validator refuses its upstream settings sluice does not implement");
+    max_requests_per_connection: Option<u32>,
+) -> (Protocol, H2Client, ConnLimits) {
+    let mut common = common_http_protocol_options;
     let mut protocol = if http2_protocol_options.is_some() { Protocol::Http2 } else { Protocol::Http1 };
     // The deprecated field selects HTTP/1.1 explicitly (its upstream settings are refused).
     without_effect(&http_protocol_options, "selects HTTP/1.1, the default; its upstream settings are refused");
@@ -583,7 +827,9 @@ fn upstream_protocol(
             auto_config,
             http_filters,
         } = &**options;
-        without_effect(common_http_protocol_options, "the validator refuses its upstream settings sluice does not implement");
+        if let Some(c) = common_http_protocol_options {
+            common = Some(c);
+        }
         refused_at_load(auto_config);
         refused_at_load(http_filters);
         if let Some(UpstreamHttpOptions { auto_sni, auto_san_validation, override_auto_sni_header }) = upstream_http_protocol_options {
@@ -616,7 +862,68 @@ fn upstream_protocol(
             initial_connection_window_size: settings.initial_connection_window_size,
             keepalive: settings.keepalive,
         },
+        conn_limits(common, max_requests_per_connection),
     )
+}
+
+/// The upstream connection limits of the cluster's `common_http_protocol_options` (and the
+/// deprecated cluster `max_requests_per_connection`; the validator refuses both together).
+fn conn_limits(common: Option<&CommonHttpProtocolOptions>, legacy_max_requests: Option<u32>) -> ConnLimits {
+    let default_common = CommonHttpProtocolOptions::default();
+    let CommonHttpProtocolOptions {
+        idle_timeout,
+        max_connection_duration,
+        max_headers_count,
+        max_stream_duration,
+        headers_with_underscores_action,
+        max_requests_per_connection,
+    } = common.unwrap_or(&default_common);
+    without_effect(max_stream_duration, "refused by the validator for upstream connections");
+    without_effect(max_headers_count, "refused by the validator for upstream connections");
+    without_effect(headers_with_underscores_action, "refused by the validator for upstream connections");
+    let idle = idle_timeout.map_or(Duration::from_secs(3600), |d| d.as_std());
+    ConnLimits {
+        idle_timeout: (!idle.is_zero()).then_some(idle),
+        max_duration: max_connection_duration.map(|d| d.as_std()),
+        max_requests: max_requests_per_connection.or(legacy_max_requests).and_then(std::num::NonZeroU32::new),
+    }
+}
+
+/// `upstream_connection_options.tcp_keepalive` as socket options: `None` when absent or
+/// disabled (a value of 0, as Envoy reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Keepalive {
+    probes: Option<u32>,
+    time: Option<u32>,
+    interval: Option<u32>,
+}
+
+fn keepalive(options: &UpstreamConnectionOptions) -> Option<Keepalive> {
+    let UpstreamConnectionOptions { tcp_keepalive, set_local_interface_name_on_upstream_connections, happy_eyeballs_config } = options;
+    without_effect(set_local_interface_name_on_upstream_connections, "refused by the validator when true");
+    refused_at_load(happy_eyeballs_config);
+    let TcpKeepalive { keepalive_probes, keepalive_time, keepalive_interval } = (*tcp_keepalive)?;
+    if [keepalive_probes, keepalive_time, keepalive_interval].contains(&Some(0)) {
+        return None;
+    }
+    Some(Keepalive { probes: keepalive_probes, time: keepalive_time, interval: keepalive_interval })
+}
+
+/// Turn TCP keepalive on for an upstream socket with the configured probe settings (the OS's
+/// for those unset).
+fn set_keepalive(tcp: &tokio::net::TcpStream, k: &Keepalive) -> nix::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(tcp, sockopt::KeepAlive, &true)?;
+    if let Some(n) = k.probes {
+        setsockopt(tcp, sockopt::TcpKeepCount, &n)?;
+    }
+    if let Some(n) = k.time {
+        setsockopt(tcp, sockopt::TcpKeepIdle, &n)?;
+    }
+    if let Some(n) = k.interval {
+        setsockopt(tcp, sockopt::TcpKeepInterval, &n)?;
+    }
+    Ok(())
 }
 
 /// The upstream HTTP/2 client's settings (`http2_protocol_options`).
@@ -631,10 +938,10 @@ struct H2Client {
 /// the local address of the connection it came on (`%UPSTREAM_LOCAL_ADDRESS%`).
 type Sent = (Response<hyper::body::Incoming>, Option<http1::SendRequest<Body>>, Option<SocketAddr>);
 
-/// The connection a request goes out on, with its local address.
+/// The connection a request goes out on, with its local address and the request's use of it.
 enum Conn {
-    H1 { sender: http1::SendRequest<Body>, reused: bool, local: Option<SocketAddr> },
-    H2(http2::SendRequest<Body>, Option<SocketAddr>),
+    H1 { sender: http1::SendRequest<Body>, reused: bool, local: Option<SocketAddr>, used: ConnUse },
+    H2(http2::SendRequest<Body>, Option<SocketAddr>, ConnUse),
 }
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -688,11 +995,9 @@ impl Cluster {
             cluster_type,
             eds_cluster_config,
             per_connection_buffer_limit_bytes,
-            max_requests_per_connection,
             dns_resolvers,
             transport_socket_matches,
             load_balancing_policy,
-            upstream_connection_options,
             upstream_bind_config,
         ] {
             refused_at_load(refused);
@@ -722,13 +1027,14 @@ impl Cluster {
             }
             None => None,
         };
-        let (protocol, h2_client) = upstream_protocol(
+        let (protocol, h2_client, limits) = upstream_protocol(
             typed_extension_protocol_options,
             http_protocol_options.as_ref(),
             http2_protocol_options.as_ref(),
             common_http_protocol_options.as_ref(),
+            *max_requests_per_connection,
         );
-        let endpoints = super::discovery::endpoints(name, load_assignment.as_ref())?;
+        let (endpoints, priority_policy) = super::discovery::endpoints(name, load_assignment.as_ref())?;
         let discovery = match type_ {
             DiscoveryType::Static => Discovery::Static,
             DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
@@ -769,7 +1075,7 @@ impl Cluster {
         // The validator refuses a second health check.
         let checker = match health_checks.as_slice() {
             [] => None,
-            [hc] => Some(Arc::new(HealthChecker::new(HealthCheckConfig::build(hc)?, store, stats.prefix()))),
+            [hc] => Some(Arc::new(HealthChecker::new(HealthCheckConfig::build(hc)?, store, stats.prefix(), name)?)),
             _ => anyhow::bail!("cluster '{name}': at most one health check is supported"),
         };
         Self::finish(config, store, stats, checker, all_hosts, BuildParts {
@@ -784,6 +1090,9 @@ impl Cluster {
             connect_timeout: connect_timeout.map_or(Duration::from_secs(5), |d| d.as_std()),
             ignore_health_on_host_removal: *ignore_health_on_host_removal,
             close_on_failure: *close_connections_on_host_health_failure,
+            limits,
+            keepalive: upstream_connection_options.as_ref().and_then(keepalive),
+            priority_policy,
         })
     }
 
@@ -807,6 +1116,9 @@ impl Cluster {
             connect_timeout,
             ignore_health_on_host_removal,
             close_on_failure,
+            limits,
+            keepalive,
+            priority_policy,
         } = parts;
         let detector = match outlier_detection {
             Some(od) => Some(Arc::new(Detector::new(OutlierConfig::build(od)?, store, stats.prefix()))),
@@ -823,9 +1135,11 @@ impl Cluster {
             consistent_hashing_lb_config,
             override_host_status,
         } = common_lb_config.unwrap_or(&default_lb);
+        // The validator refuses it with RING_HASH and MAGLEV, whose tables sluice builds
+        // without locality weights.
+        let priority_policy = PriorityPolicy { locality_weighted: locality_weighted_lb_config.is_some(), ..priority_policy };
         for refused in [
             zone_aware_lb_config,
-            locality_weighted_lb_config,
             close_connections_on_host_set_change,
             consistent_hashing_lb_config,
             override_host_status,
@@ -836,6 +1150,7 @@ impl Cluster {
             checker,
             detector,
             panic_threshold: healthy_panic_threshold.map_or(50.0, |Percent { value }| value.clamp(0.0, 100.0)),
+            priority_policy,
             ignore_new_hosts_until_first_hc: *ignore_new_hosts_until_first_hc,
             ignore_health_on_host_removal,
             close_on_failure,
@@ -847,7 +1162,7 @@ impl Cluster {
             cm_stats: ["cluster_updated", "cluster_updated_via_merge", "update_merge_cancelled", "update_out_of_merge_window"]
                 .map(|n| store.counter(format!("cluster_manager.{n}"))),
         };
-        let (lb_state, _) = LbState::build(Arc::new(HostSet::default()), lb_factory.as_ref(), health.panic_threshold);
+        let (lb_state, _) = LbState::build(Arc::new(HostSet::default()), lb_factory.as_ref(), health.panic_threshold, health.priority_policy);
         let state = ArcSwap::from_pointee(lb_state);
         let c = Cluster {
             name: config.name.clone(),
@@ -869,6 +1184,8 @@ impl Cluster {
             discovery,
             connect_timeout,
             health,
+            limits,
+            keepalive,
         };
         c.set_hosts(hosts);
         Ok(c)
@@ -990,7 +1307,7 @@ impl Cluster {
     /// Build and swap in the load balancers for `all` with the hosts' current health.
     fn store_state(&self, all: Arc<HostSet>) {
         self.set_membership_gauges(&all);
-        let (st, _) = LbState::build(all, self.lb_factory.as_ref(), self.health.panic_threshold);
+        let (st, _) = LbState::build(all, self.lb_factory.as_ref(), self.health.panic_threshold, self.health.priority_policy);
         self.state.store(Arc::new(st));
     }
 
@@ -1114,7 +1431,7 @@ impl Cluster {
     /// counts until the guard drops.
     pub fn try_retry(&self) -> Option<RetryGuard> {
         let sh = &self.shared;
-        let max = sh.thresholds[0].max_retries as u64;
+        let max = sh.max_retries();
         if sh.retry_count.fetch_add(1, Ordering::AcqRel) >= max {
             sh.retry_count.fetch_sub(1, Ordering::AcqRel);
             sh.update_cb_gauges();
@@ -1182,12 +1499,20 @@ impl Cluster {
         self.shared.stats.upstream_rq_total.inc();
         host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         let req = self.prepare(req, h2);
-        let result = match conn {
-            Conn::H1 { mut sender, reused, local } => match sender.try_send_request(req).await {
-                Ok(resp) => Ok((resp, Some(sender), local)),
-                Err(e) => self.after_failed_send(e, reused, &host).await,
+        let (result, used) = match conn {
+            Conn::H1 { mut sender, reused, local, used } => match sender.try_send_request(req).await {
+                Ok(resp) => (Ok((resp, Some(sender), local)), Some(used)),
+                Err(e) => {
+                    drop(used);
+                    match self.after_failed_send(e, reused, &host).await {
+                        Ok((sent, used)) => (Ok(sent), Some(used)),
+                        Err(e) => (Err(e), None),
+                    }
+                }
             },
-            Conn::H2(mut sender, local) => sender.send_request(req).await.map(|r| (r, None, local)).map_err(|e| self.map_error(&e)),
+            Conn::H2(mut sender, local, used) => {
+                (sender.send_request(req).await.map(|r| (r, None, local)).map_err(|e| self.map_error(&e)), Some(used))
+            }
         };
         match result {
             // Framing Envoy's HTTP/1 codec refuses in a response (hyper accepts it): 502, and
@@ -1204,6 +1529,11 @@ impl Cluster {
                 let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
                     || (resp.status().is_success() && resp.extensions().get::<hyper::upgrade::OnUpgrade>().is_some());
                 let sender = if switched { None } else { sender };
+                if switched {
+                    if let Some(u) = &used {
+                        u.state().switch();
+                    }
+                }
                 if resp.status().is_server_error() {
                     host.stats.rq_error.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -1216,7 +1546,7 @@ impl Cluster {
                         parts.extensions.insert(crate::stream_info::UpstreamLocalAddress(local));
                     }
                 }
-                let done = Done { _rq: rq, sender: sender.map(|s| (s, local)), host: host.clone(), shared: self.shared.clone() };
+                let done = Done { _rq: rq, sender: sender.map(|s| (s, local)), used, host: host.clone(), shared: self.shared.clone() };
                 let body = UpstreamBody::new(body, done, ctx.response_deadline);
                 Ok(Response::from_parts(parts, Body::boxed(body)))
             }
@@ -1236,7 +1566,7 @@ impl Cluster {
         mut e: hyper::client::conn::TrySendError<Request<Body>>,
         reused: bool,
         host: &'a Arc<Host>,
-    ) -> BoxFuture<'a, Result<Sent, UpstreamFailure>> {
+    ) -> BoxFuture<'a, Result<(Sent, ConnUse), UpstreamFailure>> {
         Box::pin(async move {
             let req = match (reused, e.take_message()) {
                 (true, Some(req)) => req,
@@ -1244,8 +1574,8 @@ impl Cluster {
             };
             drop(e);
             match self.connect(host, false).await? {
-                Conn::H1 { mut sender, local, .. } => {
-                    sender.send_request(req).await.map(|r| (r, Some(sender), local)).map_err(|e| self.map_error(&e))
+                Conn::H1 { mut sender, local, used, .. } => {
+                    sender.send_request(req).await.map(|r| ((r, Some(sender), local), used)).map_err(|e| self.map_error(&e))
                 }
                 Conn::H2(..) => unreachable!("HTTP/1.1 connect"),
             }
@@ -1324,11 +1654,11 @@ impl Cluster {
         loop {
             let notified = sh.cx_freed.notified();
             if h2 {
-                if let Some((s, local)) = host.pool.h2() {
-                    return Ok(Conn::H2(s, local));
+                if let Some((s, local, started)) = host.pool.h2(&self.limits) {
+                    return Ok(Conn::H2(s, local, self.started(started)));
                 }
-            } else if let Some((s, local)) = host.pool.take_h1().await {
-                return Ok(Conn::H1 { sender: s, reused: true, local });
+            } else if let Some((s, local, started)) = host.pool.take_h1(&self.limits).await {
+                return Ok(Conn::H1 { sender: s, reused: true, local, used: self.started(started) });
             }
             if pending.is_none() {
                 pending = Some(PendingGuard::acquire(sh, host)?);
@@ -1337,8 +1667,8 @@ impl Cluster {
                 if h2 {
                     // One connect per host at a time; the others then share it.
                     let _g = host.pool.h2_connect.lock().await;
-                    if let Some((s, local)) = host.pool.h2() {
-                        return Ok(Conn::H2(s, local));
+                    if let Some((s, local, started)) = host.pool.h2(&self.limits) {
+                        return Ok(Conn::H2(s, local, self.started(started)));
                     }
                     return self.connect(host, true).await;
                 }
@@ -1347,6 +1677,24 @@ impl Cluster {
             // At max_connections: stay pending until a connection frees up.
             sh.stats.upstream_cx_overflow.inc();
             let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+
+    /// A request started on a connection: `upstream_cx_max_requests` when it used up
+    /// `max_requests_per_connection`.
+    fn started(&self, started: Started) -> ConnUse {
+        if started.reached_max_requests {
+            self.shared.stats.upstream_cx_max_requests.inc();
+        }
+        started.conn
+    }
+
+    fn life_stats(&self) -> LifeStats {
+        let s = &self.shared.stats;
+        LifeStats {
+            idle_timeout: s.upstream_cx_idle_timeout.clone(),
+            max_duration_reached: s.upstream_cx_max_duration_reached.clone(),
+            destroy_local: s.upstream_cx_destroy_local.clone(),
         }
     }
 
@@ -1374,6 +1722,9 @@ impl Cluster {
         let fut = async {
             let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| Some(connect_error(&e)))?;
             let _ = tcp.set_nodelay(true);
+            if let Some(k) = &self.keepalive {
+                let _ = set_keepalive(&tcp, k);
+            }
             let local = tcp.local_addr().ok();
             let io: Box<dyn Io> = match &self.tls {
                 Some(tls) => Box::new(tls.connect(tcp, addr.ip(), h2).await.map_err(|e| Some(format!("TLS_error:|{e}")))?),
@@ -1414,24 +1765,36 @@ impl Cluster {
                 s.upstream_cx_protocol_error.inc();
                 UpstreamFailure::ProtocolError
             })?;
+            let (state, used) = self.new_conn_state();
+            let (limits, stats, opened) = (self.limits, self.life_stats(), tokio::time::Instant::now());
+            let st = state.clone();
             tokio::spawn(async move {
-                let _ = conn.await;
+                super::pool::drive(conn, st, limits, opened, stats).await;
                 drop(guard);
             });
-            host.pool.set_h2(sender.clone(), local);
-            Ok(Conn::H2(sender, local))
+            host.pool.set_h2(sender.clone(), local, state);
+            Ok(Conn::H2(sender, local, used))
         } else {
             let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|_| {
                 s.upstream_cx_protocol_error.inc();
                 UpstreamFailure::ProtocolError
             })?;
+            let (state, used) = self.new_conn_state();
+            let (limits, stats, opened) = (self.limits, self.life_stats(), tokio::time::Instant::now());
             tokio::spawn(async move {
                 // With upgrades: a `101` (or a 2xx to CONNECT) hands the connection over.
-                let _ = conn.with_upgrades().await;
+                super::pool::drive(conn.with_upgrades(), state, limits, opened, stats).await;
                 drop(guard);
             });
-            Ok(Conn::H1 { sender, reused: false, local })
+            Ok(Conn::H1 { sender, reused: false, local, used })
         }
+    }
+
+    /// A new connection's state, with the first request started on it.
+    fn new_conn_state(&self) -> (Arc<ConnState>, ConnUse) {
+        let state = ConnState::new();
+        let started = state.try_begin(&self.limits).expect("a new connection is not draining");
+        (state, self.started(started))
     }
 
     /// Connections currently open (all hosts).
@@ -1565,6 +1928,8 @@ impl Drop for PendingGuard {
 struct Done {
     _rq: RqGuard,
     sender: Option<(http1::SendRequest<Body>, Option<SocketAddr>)>,
+    /// The request's use of its connection (ends with the body).
+    used: Option<ConnUse>,
     host: Arc<Host>,
     shared: Arc<Shared>,
 }
@@ -1572,9 +1937,9 @@ struct Done {
 impl Done {
     /// `clean`: the body was read to its end, so the HTTP/1.1 connection can be reused.
     fn finish(self, clean: bool) {
-        if let (true, Some((s, local))) = (clean, self.sender) {
+        if let (true, Some((s, local)), Some(used)) = (clean, self.sender, &self.used) {
             if self.host.pools_connections() {
-                self.host.pool.put_h1(s, local);
+                self.host.pool.put_h1(s, local, used.state().clone());
                 self.shared.cx_freed.notify_waiters();
             }
         }
@@ -1696,7 +2061,7 @@ mod tests {
         let f = RoundRobinFactory::default();
         // One of four failed (75 % ≥ 50 %): the three others share the load.
         hs[0].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
-        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0);
+        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0, PriorityPolicy::default());
         assert_eq!(counts, [3, 0, 0]);
         let m = picks(&st, 300, &counter);
         assert!(!m.contains_key(&hs[0].address));
@@ -1705,22 +2070,22 @@ mod tests {
         // Three of four failed (25 % < 50 %): panic, every host, each pick counted.
         hs[1].set_health_flag(health_flag::FAILED_OUTLIER_CHECK, true);
         hs[2].set_health_flag(health_flag::FAILED_EDS_HEALTH, true);
-        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0);
+        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0, PriorityPolicy::default());
         assert_eq!(counts, [1, 0, 0]);
         assert_eq!(picks(&st, 400, &counter).len(), 4);
         assert_eq!(counter.value(), 400);
         // A threshold of 0 never panics: only the healthy host.
-        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 0.0);
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 0.0, PriorityPolicy::default());
         assert_eq!(picks(&st, 10, &counter).len(), 1);
         // 2 of 4 healthy = 50 %: not below the threshold, no panic.
         hs[2].set_health_flag(health_flag::FAILED_EDS_HEALTH, false);
-        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0);
-        assert!(st.panic.is_none());
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0, PriorityPolicy::default());
+        assert!(st.levels[0].panic.is_none());
         // All hosts failed, threshold 0: nothing to pick.
         for h in &hs {
             h.set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
         }
-        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 0.0);
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 0.0, PriorityPolicy::default());
         assert!(st.choose(&LbContext::default(), &counter).is_none());
     }
 
@@ -1743,18 +2108,193 @@ mod tests {
         let counter = Counter::default();
         // Two healthy, one degraded: 140 × 2/3 = 93 % to healthy hosts, 7 % to the degraded one.
         hs[2].set_health_flag(health_flag::DEGRADED_ACTIVE_HC, true);
-        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0);
-        assert_eq!((counts, st.healthy_load), ([2, 1, 0], 93));
+        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 50.0, PriorityPolicy::default());
+        assert_eq!((counts, st.healthy_load[0], st.degraded_load[0]), ([2, 1, 0], 93, 7));
         let m = picks(&st, 10_000, &counter);
         let d = m.get(&hs[2].address).copied().unwrap_or(0);
         assert!((400..1000).contains(&d), "degraded host got {d}");
         // Excluded hosts count nowhere, not even in panic.
         hs[0].set_health_flag(health_flag::FAILED_ACTIVE_HC | health_flag::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, true);
         hs[1].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
-        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 100.0);
+        let (st, counts) = LbState::build(Arc::new(HostSet::new(hs.clone())), &f, 100.0, PriorityPolicy::default());
         assert_eq!(counts, [0, 1, 1]);
         let m = picks(&st, 100, &counter);
         assert!(!m.contains_key(&hs[0].address));
+    }
+
+    fn cluster_yaml(yaml: &str) -> Cluster {
+        let config: ClusterConfig = serde_yaml_ng::from_str(yaml).unwrap();
+        Cluster::new(&config, &crate::stats::Store::new(), Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn a_retry_budget_replaces_max_retries() {
+        // Defaults: 20 % of the active and pending requests, at least 3; max_retries unused.
+        let c = cluster_yaml("name: b\ncircuit_breakers: {thresholds: [{max_retries: 1, retry_budget: {}}]}");
+        let retries = |c: &Cluster| std::iter::from_fn(|| c.try_retry()).take(100).collect::<Vec<_>>();
+        assert_eq!(retries(&c).len(), 3);
+        c.shared.rq_count.store(40, Ordering::Relaxed);
+        c.shared.pending_count.store(10, Ordering::Relaxed);
+        assert_eq!(retries(&c).len(), 10);
+        let held = retries(&c);
+        assert_eq!(held.len(), 10);
+        assert!(c.try_retry().is_none(), "the budget is used up while the retries are held");
+        assert_eq!(c.stats().cb_rq_retry_open.value(), 1);
+        drop(held);
+        assert_eq!(c.stats().cb_rq_retry_open.value(), 0);
+        let c = cluster_yaml("name: b\ncircuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 50}, min_retry_concurrency: 1}}]}");
+        assert_eq!(retries(&c).len(), 1);
+        c.shared.rq_count.store(7, Ordering::Relaxed);
+        assert_eq!(retries(&c).len(), 3, "50 % of 7, rounded down");
+        // Without a budget: max_retries.
+        let c = cluster_yaml("name: b\ncircuit_breakers: {thresholds: [{max_retries: 2}]}");
+        c.shared.rq_count.store(1000, Ordering::Relaxed);
+        assert_eq!(retries(&c).len(), 2);
+    }
+
+    #[test]
+    fn connection_limits_come_from_either_protocol_options_field() {
+        let c = cluster_yaml("name: l\nmax_requests_per_connection: 7");
+        assert_eq!(c.limits, ConnLimits { max_requests: std::num::NonZeroU32::new(7), ..ConnLimits::default() });
+        let c = cluster_yaml(
+            "name: l\ntyped_extension_protocol_options:\n  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n    \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n    common_http_protocol_options: {idle_timeout: 0s, max_connection_duration: 2.5s, max_requests_per_connection: 0}\n    explicit_http_config: {http_protocol_options: {}}",
+        );
+        assert_eq!(c.limits, ConnLimits { idle_timeout: None, max_duration: Some(Duration::from_millis(2500)), max_requests: None });
+        let c = cluster_yaml("name: l\ncommon_http_protocol_options: {idle_timeout: 30s}");
+        assert_eq!(c.limits.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(cluster_yaml("name: l").limits, ConnLimits::default());
+    }
+
+    #[test]
+    fn tcp_keepalive_is_off_when_any_value_is_zero() {
+        let k = |yaml: &str| cluster_yaml(&format!("name: k\nupstream_connection_options: {yaml}")).keepalive;
+        assert_eq!(k("{}"), None);
+        assert_eq!(k("{tcp_keepalive: {}}"), Some(Keepalive { probes: None, time: None, interval: None }));
+        assert_eq!(k("{tcp_keepalive: {keepalive_probes: 3, keepalive_time: 20}}"), Some(Keepalive { probes: Some(3), time: Some(20), interval: None }));
+        assert_eq!(k("{tcp_keepalive: {keepalive_probes: 3, keepalive_interval: 0}}"), None);
+    }
+
+    #[tokio::test]
+    async fn tcp_keepalive_options_reach_the_socket() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        assert!(!getsockopt(&tcp, sockopt::KeepAlive).unwrap());
+        set_keepalive(&tcp, &Keepalive { probes: Some(4), time: Some(33), interval: Some(7) }).unwrap();
+        assert!(getsockopt(&tcp, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&tcp, sockopt::TcpKeepCount).unwrap(), 4);
+        assert_eq!(getsockopt(&tcp, sockopt::TcpKeepIdle).unwrap(), 33);
+        assert_eq!(getsockopt(&tcp, sockopt::TcpKeepInterval).unwrap(), 7);
+    }
+
+    fn leveled(priorities: &[u32]) -> Vec<Arc<Host>> {
+        priorities
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Arc::new(Host::simple(format!("127.0.1.{}:80", i + 1).parse().unwrap()).with_priority(*p)))
+            .collect()
+    }
+
+    fn loads(hs: &[Arc<Host>], policy: PriorityPolicy) -> (Vec<u32>, Vec<u32>, Vec<bool>) {
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.to_vec())), &RoundRobinFactory::default(), 50.0, policy);
+        (st.healthy_load.clone(), st.degraded_load.clone(), st.levels.iter().map(|l| l.panic.is_some()).collect())
+    }
+
+    #[test]
+    fn priority_levels_share_the_load_by_availability() {
+        let d = PriorityPolicy::default();
+        let hs = leveled(&[0, 0, 1, 1]);
+        assert_eq!(loads(&hs, d), (vec![100, 0], vec![0, 0], vec![false, false]));
+        // One of two P0 hosts down: P0 keeps 140 × 1/2 = 70 %, P1 takes the rest.
+        hs[0].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        assert_eq!(loads(&hs, d), (vec![70, 30], vec![0, 0], vec![false, false]));
+        let counter = Counter::default();
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &RoundRobinFactory::default(), 50.0, d);
+        let m = picks(&st, 10_000, &counter);
+        let p1 = m.get(&hs[2].address).unwrap() + m.get(&hs[3].address).unwrap();
+        assert!((2500..3500).contains(&p1), "P1 got {p1} of 10000");
+        assert!(!m.contains_key(&hs[0].address));
+        // Without overprovisioning, P0 keeps exactly its healthy share.
+        assert_eq!(loads(&hs, PriorityPolicy { overprovisioning: 100, ..PriorityPolicy::default() }).0, vec![50, 50]);
+        // Failover: P0 all down, P1 takes everything (full availability: no level panics).
+        hs[1].set_health_flag(health_flag::FAILED_OUTLIER_CHECK, true);
+        assert_eq!(loads(&hs, d), (vec![0, 100], vec![0, 0], vec![false, false]));
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &RoundRobinFactory::default(), 50.0, d);
+        let m = picks(&st, 100, &counter);
+        assert_eq!(m.len(), 2);
+        assert!(m.contains_key(&hs[2].address) && m.contains_key(&hs[3].address));
+        assert_eq!(counter.value(), 0);
+        // P1 at 1 of 2: 70 % available in all; P0 panics (0 %), P1 (50 %) does not.
+        hs[2].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        assert_eq!(loads(&hs, d), (vec![0, 100], vec![0, 0], vec![true, false]));
+        // Every level in panic: the load follows the host counts, each pick counted.
+        let hs5 = [hs.clone(), vec![Arc::new(Host::simple("127.0.1.9:80".parse().unwrap()).with_priority(1))]].concat();
+        hs5[4].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        assert_eq!(loads(&hs5, d), (vec![40, 60], vec![0, 0], vec![true, true]));
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs5.clone())), &RoundRobinFactory::default(), 50.0, d);
+        assert_eq!(picks(&st, 500, &counter).len(), 5);
+        assert_eq!(counter.value(), 500);
+    }
+
+    #[test]
+    fn priority_levels_with_degraded_hosts_gaps_and_weights() {
+        let d = PriorityPolicy::default();
+        // P0: one healthy, one degraded (70 + 70); the degraded share is what is left.
+        let hs = leveled(&[0, 0, 1]);
+        hs[1].set_health_flag(health_flag::DEGRADED_ACTIVE_HC, true);
+        assert_eq!(loads(&hs, d), (vec![70, 30], vec![0, 0], vec![false, false]));
+        hs[2].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        assert_eq!(loads(&hs, d), (vec![70, 0], vec![30, 0], vec![false, false]));
+        // A gap: P1 empty, P2 takes the failover.
+        let hs = leveled(&[0, 2]);
+        hs[0].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        let (h, _, panic) = loads(&hs, d);
+        assert_eq!((h, panic), (vec![0, 0, 100], vec![false, false, false]));
+        // weighted_priority_health: P0 health counts weights (3 healthy of 4).
+        let hs = vec![
+            Arc::new(Host::new("127.0.2.1:80".parse().unwrap(), "", 3, Default::default(), Default::default())),
+            Arc::new(Host::new("127.0.2.2:80".parse().unwrap(), "", 1, Default::default(), Default::default())),
+            Arc::new(Host::simple("127.0.2.3:80".parse().unwrap()).with_priority(1)),
+        ];
+        hs[1].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        assert_eq!(loads(&hs, d).0, vec![70, 30]);
+        assert_eq!(loads(&hs, PriorityPolicy { weighted: true, ..PriorityPolicy::default() }).0, vec![100, 0]);
+        // No host anywhere, panic disabled: the load stays on P0, and nothing is picked.
+        let (st, _) = LbState::build(Arc::new(HostSet::default()), &RoundRobinFactory::default(), 0.0, d);
+        assert_eq!(st.healthy_load, vec![100]);
+        assert!(st.choose(&LbContext::default(), &Counter::default()).is_none());
+    }
+
+    #[test]
+    fn locality_weights_split_a_level_by_weight_and_availability() {
+        let loc = |zone: &str| sluice_config::core::Locality { zone: zone.into(), ..Default::default() };
+        let host = |i: u8, zone: &str, w: u32| {
+            Arc::new(Host::new(format!("127.0.3.{i}:80").parse().unwrap(), "", 1, loc(zone), Default::default()).with_locality_weight(w))
+        };
+        // z1 weighs 1, z2 weighs 3, two hosts each.
+        let hs = vec![host(1, "z1", 1), host(2, "z1", 1), host(3, "z2", 3), host(4, "z2", 3)];
+        let policy = PriorityPolicy { locality_weighted: true, ..PriorityPolicy::default() };
+        let share_z1 = |hs: &[Arc<Host>]| {
+            let (st, _) = LbState::build(Arc::new(HostSet::new(hs.to_vec())), &RoundRobinFactory::default(), 50.0, policy);
+            let m = picks(&st, 8000, &Counter::default());
+            let z1: usize = hs.iter().filter(|h| h.locality.zone == "z1").map(|h| m.get(&h.address).copied().unwrap_or(0)).sum();
+            100.0 * z1 as f64 / 8000.0
+        };
+        let s = share_z1(&hs);
+        assert!((22.0..28.0).contains(&s), "z1 got {s} %, expected 25");
+        // One z2 host down: z2 availability min(1, 1.4 × 1/2) = 0.7, effective 2.1 against 1.
+        hs[3].set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        let s = share_z1(&hs);
+        assert!((29.0..35.5).contains(&s), "z1 got {s} %, expected 32.3");
+        // Without the config the weights change nothing: 2 of 3 healthy hosts are in z1.
+        let (st, _) = LbState::build(Arc::new(HostSet::new(hs.clone())), &RoundRobinFactory::default(), 50.0, PriorityPolicy::default());
+        let m = picks(&st, 300, &Counter::default());
+        assert_eq!(m.get(&hs[0].address).copied().unwrap_or(0) + m.get(&hs[1].address).copied().unwrap_or(0), 200);
+        // A locality without weight gets nothing; with no weight at all, the level is used whole.
+        let hs = vec![host(1, "z1", 0), host(3, "z2", 2)];
+        assert_eq!(share_z1(&hs), 0.0);
+        let hs = vec![host(1, "z1", 0), host(3, "z2", 0)];
+        assert!((40.0..60.0).contains(&share_z1(&hs)));
     }
 }
 

@@ -19,10 +19,12 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 use sluice_config::bootstrap::{CaresDnsResolverConfig, DnsResolverConfig, DnsResolverOptions, GetAddrInfoDnsResolverConfig};
-use sluice_config::cluster::{ClusterLoadAssignment, DnsLookupFamily, Endpoint, HealthStatus, LbEndpoint, LocalityLbEndpoints};
+use sluice_config::cluster::{
+    ClusterLoadAssignment, DnsLookupFamily, Endpoint, HealthStatus, LbEndpoint, LoadAssignmentPolicy, LocalityLbEndpoints,
+};
 use sluice_config::core::Locality;
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, PriorityPolicy};
 use crate::config_audit::{refused_at_load, without_effect};
 use super::host::Host;
 
@@ -34,6 +36,10 @@ pub(crate) struct EndpointSpec {
     pub weight: u32,
     pub locality: Locality,
     pub health: HealthStatus,
+    /// The endpoint group's `priority` (0 highest).
+    pub priority: u32,
+    /// The endpoint group's `load_balancing_weight` (0: none).
+    pub locality_weight: u32,
     /// Configured `endpoint.hostname` (STATIC).
     pub hostname: Option<String>,
 }
@@ -58,21 +64,31 @@ pub(crate) struct DnsSettings {
     pub resolver: Option<DnsResolverConfig>,
 }
 
-/// The endpoints of a cluster's `load_assignment`.
-pub(crate) fn endpoints(cluster: &str, load_assignment: Option<&ClusterLoadAssignment>) -> anyhow::Result<Vec<EndpointSpec>> {
+/// The endpoints of a cluster's `load_assignment`, and its priority policy.
+pub(crate) fn endpoints(
+    cluster: &str,
+    load_assignment: Option<&ClusterLoadAssignment>,
+) -> anyhow::Result<(Vec<EndpointSpec>, PriorityPolicy)> {
     let mut out = Vec::new();
     let Some(ClusterLoadAssignment { cluster_name, endpoints, named_endpoints, policy }) = load_assignment else {
-        return Ok(out);
+        return Ok((out, PriorityPolicy::default()));
     };
     without_effect(cluster_name, "names the cluster for EDS, which sluice refuses");
     refused_at_load(named_endpoints);
-    refused_at_load(policy);
+    let mut priority_policy = PriorityPolicy::default();
+    if let Some(LoadAssignmentPolicy { drop_overloads, overprovisioning_factor, endpoint_stale_after, weighted_priority_health }) = policy {
+        refused_at_load(drop_overloads);
+        refused_at_load(endpoint_stale_after);
+        priority_policy = PriorityPolicy {
+            overprovisioning: overprovisioning_factor.unwrap_or(140).max(1),
+            weighted: *weighted_priority_health,
+            locality_weighted: false,
+        };
+    }
     for (li, group) in endpoints.iter().enumerate() {
-        let LocalityLbEndpoints { locality, lb_endpoints, load_balancing_weight, priority, proximity, metadata } = group;
-        without_effect(load_balancing_weight, "locality weights need locality_weighted_lb_config, which sluice refuses");
+        let LocalityLbEndpoints { locality, lb_endpoints, load_balancing_weight: locality_weight, priority, proximity, metadata } = group;
         without_effect(proximity, "Envoy does not use it");
         without_effect(metadata, "read only by features sluice refuses (subset load balancing)");
-        anyhow::ensure!(*priority == 0, "cluster '{cluster}': only priority 0 is supported");
         for (ei, e) in lb_endpoints.iter().enumerate() {
             let LbEndpoint { endpoint, endpoint_name, health_status, metadata, load_balancing_weight } = e;
             refused_at_load(endpoint_name);
@@ -93,11 +109,13 @@ pub(crate) fn endpoints(cluster: &str, load_assignment: Option<&ClusterLoadAssig
                 weight: load_balancing_weight.unwrap_or(1).max(1),
                 locality: locality.clone().unwrap_or_default(),
                 health: *health_status,
+                priority: *priority,
+                locality_weight: locality_weight.unwrap_or(0),
                 hostname: hostname.clone(),
             });
         }
     }
-    Ok(out)
+    Ok((out, priority_policy))
 }
 
 /// STATIC hosts: every endpoint must be an IP literal.
@@ -108,13 +126,11 @@ pub(crate) fn static_hosts(cluster: &str, endpoints: &[EndpointSpec]) -> anyhow:
             let ip: IpAddr = e.name.parse().map_err(|_| {
                 anyhow::anyhow!("cluster '{cluster}': STATIC endpoint address '{}' is not an IP address", e.name)
             })?;
-            Ok(Arc::new(Host::new(
-                SocketAddr::new(ip, e.port),
-                e.hostname.clone().unwrap_or_default(),
-                e.weight,
-                e.locality.clone(),
-                e.health,
-            )))
+            Ok(Arc::new(
+                Host::new(SocketAddr::new(ip, e.port), e.hostname.clone().unwrap_or_default(), e.weight, e.locality.clone(), e.health)
+                    .with_priority(e.priority)
+                    .with_locality_weight(e.locality_weight),
+            ))
         })
         .collect()
 }
@@ -348,7 +364,9 @@ pub(crate) async fn dns_loop(
                 let key = (ep.name.clone(), addr);
                 let h = existing
                     .remove(&key)
-                    .unwrap_or_else(|| Arc::new(Host::new(addr, ep.name.clone(), ep.weight, ep.locality.clone(), ep.health)));
+                    .unwrap_or_else(|| {
+                        Arc::new(Host::new(addr, ep.name.clone(), ep.weight, ep.locality.clone(), ep.health).with_priority(ep.priority).with_locality_weight(ep.locality_weight))
+                    });
                 if !hosts.iter().any(|x: &Arc<Host>| Arc::ptr_eq(x, &h)) {
                     hosts.push(h);
                 }

@@ -32,7 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_config::core::{HeaderAppendAction, HeaderValueOption, StringPattern};
 use sluice_config::health_check::{CodecClientType, HealthCheck, HealthCheckKind, Payload};
 
-use crate::config_audit::{refused_at_load, without_effect};
+use crate::config_audit::refused_at_load;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -64,7 +64,8 @@ impl FailureType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckResult {
     Healthy { degraded: bool },
-    Unhealthy { kind: FailureType, retriable: bool },
+    /// `status`: the HTTP check's response status (0 without one), for the event log.
+    Unhealthy { kind: FailureType, retriable: bool, status: u16 },
 }
 
 /// How a result changed the host (Envoy's `HealthTransition`).
@@ -166,6 +167,130 @@ enum CheckKind {
     Grpc(GrpcCheck),
 }
 
+impl CheckKind {
+    /// Envoy's `HealthCheckerType` name.
+    fn checker_type(&self) -> &'static str {
+        match self {
+            CheckKind::Http(_) => "HTTP",
+            CheckKind::Tcp(_) => "TCP",
+            CheckKind::Grpc(_) => "GRPC",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The event log
+
+/// One health-check event (Envoy's `HealthCheckEvent` kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Eject { kind: FailureType, status: u16 },
+    AddHealthy { first_check: bool },
+    Failure { kind: FailureType, first_check: bool, status: u16 },
+    Degraded,
+    NoLongerDegraded,
+    Success,
+}
+
+impl FailureType {
+    fn name(self) -> &'static str {
+        match self {
+            FailureType::Active => "ACTIVE",
+            FailureType::Passive => "PASSIVE",
+            FailureType::Network => "NETWORK",
+            FailureType::NetworkTimeout => "NETWORK_TIMEOUT",
+        }
+    }
+}
+
+/// `event_log_path`: one JSON object per line, as Envoy prints a `HealthCheckEvent` (fields in
+/// field-number order, default values included).
+#[derive(Debug)]
+struct EventLog {
+    file: Mutex<std::fs::File>,
+    /// The cluster name as a JSON string.
+    cluster: String,
+    checker: &'static str,
+    always_log_failures: bool,
+    always_log_success: bool,
+}
+
+impl EventLog {
+    fn open(settings: &EventLogSettings, cluster: &str, checker: &'static str) -> anyhow::Result<EventLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&settings.path)
+            .map_err(|e| anyhow::anyhow!("health check event_log_path {}: {e}", settings.path))?;
+        Ok(EventLog {
+            file: Mutex::new(file),
+            cluster: serde_json::Value::from(cluster).to_string(),
+            checker,
+            always_log_failures: settings.always_log_failures,
+            always_log_success: settings.always_log_success,
+        })
+    }
+
+    fn log(&self, host: &Host, event: Event) {
+        use std::io::Write;
+        let line = self.line(host, event, std::time::SystemTime::now());
+        // A full disk or a removed file costs the event, never the check.
+        let _ = lock(&self.file).write_all(line.as_bytes());
+    }
+
+    fn line(&self, host: &Host, event: Event, now: std::time::SystemTime) -> String {
+        let json = |s: &str| serde_json::Value::from(s).to_string();
+        let l = &host.locality;
+        let mut out = format!(
+            "{{\"health_checker_type\":\"{}\",\"host\":{{\"socket_address\":{{\"protocol\":\"TCP\",\"address\":\"{}\",\"port_value\":{},\"resolver_name\":\"\",\"ipv4_compat\":false,\"network_namespace_filepath\":\"\"}}}},\"cluster_name\":{}",
+            self.checker,
+            host.address.ip(),
+            host.address.port(),
+            self.cluster
+        );
+        // Field numbers: eject 4, add_healthy 5, timestamp 6, failure 7, degraded 8, no longer
+        // degraded 9, locality 11, successful 12.
+        match event {
+            Event::Eject { kind, status } => {
+                out.push_str(&format!(",\"eject_unhealthy_event\":{{\"failure_type\":\"{}\",\"http_status_code\":{status}}}", kind.name()))
+            }
+            Event::AddHealthy { first_check } => out.push_str(&format!(",\"add_healthy_event\":{{\"first_check\":{first_check}}}")),
+            _ => {}
+        }
+        out.push_str(&format!(",\"timestamp\":\"{}\"", timestamp(now)));
+        match event {
+            Event::Failure { kind, first_check, status } => out.push_str(&format!(
+                ",\"health_check_failure_event\":{{\"failure_type\":\"{}\",\"first_check\":{first_check},\"http_status_code\":{status}}}",
+                kind.name()
+            )),
+            Event::Degraded => out.push_str(",\"degraded_healthy_host\":{}"),
+            Event::NoLongerDegraded => out.push_str(",\"no_longer_degraded_host\":{}"),
+            _ => {}
+        }
+        out.push_str(&format!(
+            ",\"locality\":{{\"region\":{},\"zone\":{},\"sub_zone\":{}}}",
+            json(&l.region),
+            json(&l.zone),
+            json(&l.sub_zone)
+        ));
+        if event == Event::Success {
+            out.push_str(",\"successful_health_check_event\":{}");
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// A protobuf JSON timestamp at Envoy's millisecond precision: `2024-01-31T12:34:56.789Z`, or
+/// `…:56Z` on a whole second.
+fn timestamp(t: std::time::SystemTime) -> String {
+    let s = crate::formatter::time::TimeFormat::parse("").format(t);
+    match s.strip_suffix(".000Z") {
+        Some(whole) => format!("{whole}Z"),
+        None => s,
+    }
+}
+
 /// A cluster's health check, compiled.
 #[derive(Debug)]
 pub struct HealthCheckConfig {
@@ -183,6 +308,16 @@ pub struct HealthCheckConfig {
     pub unhealthy_edge_interval: Duration,
     pub healthy_edge_interval: Duration,
     kind: CheckKind,
+    /// `event_log_path` with `always_log_health_check_failures` / `_success`.
+    event_log: Option<EventLogSettings>,
+}
+
+/// Where and what the health checker logs as events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EventLogSettings {
+    path: String,
+    always_log_failures: bool,
+    always_log_success: bool,
 }
 
 fn header_list(list: &[HeaderValueOption]) -> anyhow::Result<Vec<(HeaderName, HeaderValue, HeaderAppendAction)>> {
@@ -244,21 +379,16 @@ impl HealthCheckConfig {
             tls_options,
             transport_socket_match_criteria,
         } = hc;
-        for refused in [
-            alt_port,
-            custom_health_check,
-            event_log_path,
-            event_logger,
-            event_service,
-            tls_options,
-            transport_socket_match_criteria,
-        ] {
+        for refused in [alt_port, custom_health_check, event_logger, event_service, tls_options, transport_socket_match_criteria] {
             refused_at_load(refused);
         }
-        // Both only change what an event log records; sluice has no event log (`event_log_path`,
-        // `event_logger` are refused), so, as in Envoy without one, they have nothing to act on.
-        without_effect(always_log_health_check_failures, "only changes what the event log records; event logs are refused");
-        without_effect(always_log_health_check_success, "only changes what the event log records; event logs are refused");
+        // Both only change what the event log records: without `event_log_path`, as in Envoy
+        // without an event logger, they have nothing to act on.
+        let event_log = event_log_path.as_ref().map(|path| EventLogSettings {
+            path: path.clone(),
+            always_log_failures: *always_log_health_check_failures,
+            always_log_success: *always_log_health_check_success,
+        });
         let d = |v: &Option<sluice_config::Duration>| v.map(|d| d.as_std());
         let interval = d(interval).ok_or_else(|| anyhow::anyhow!("health check: interval is required"))?;
         let unhealthy_interval = d(unhealthy_interval).unwrap_or(interval);
@@ -362,6 +492,7 @@ impl HealthCheckConfig {
             unhealthy_edge_interval: d(unhealthy_edge_interval).unwrap_or(unhealthy_interval),
             healthy_edge_interval: d(healthy_edge_interval).unwrap_or(interval),
             kind,
+            event_log,
         })
     }
 
@@ -413,6 +544,8 @@ impl HealthCheckConfig {
 pub struct HealthChecker {
     pub cfg: HealthCheckConfig,
     stats: HcStats,
+    /// `event_log_path`, opened.
+    events: Option<EventLog>,
     pub(crate) tx: mpsc::UnboundedSender<Arc<Host>>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Arc<Host>>>>,
 }
@@ -422,12 +555,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl HealthChecker {
-    pub(crate) fn new(cfg: HealthCheckConfig, store: &Store, cluster_prefix: &str) -> HealthChecker {
+    /// The checker of cluster `cluster` (its name, for the event log) with stats under
+    /// `cluster_prefix`; fails when the event log cannot be opened.
+    pub(crate) fn new(cfg: HealthCheckConfig, store: &Store, cluster_prefix: &str, cluster: &str) -> anyhow::Result<HealthChecker> {
         let c = |n: &str| store.counter(format!("{cluster_prefix}health_check.{n}"));
         let g = |n: &str| store.gauge(format!("{cluster_prefix}health_check.{n}"));
         let (tx, rx) = mpsc::unbounded_channel();
-        HealthChecker {
+        let events = match &cfg.event_log {
+            Some(settings) => Some(EventLog::open(settings, cluster, cfg.kind.checker_type())?),
+            None => None,
+        };
+        Ok(HealthChecker {
             cfg,
+            events,
             stats: HcStats {
                 attempt: c("attempt"),
                 success: c("success"),
@@ -440,6 +580,12 @@ impl HealthChecker {
             },
             tx,
             rx: Mutex::new(Some(rx)),
+        })
+    }
+
+    fn log(&self, host: &Host, event: Event) {
+        if let Some(e) = &self.events {
+            e.log(host, event);
         }
     }
 
@@ -484,6 +630,7 @@ impl HealthChecker {
                 host.set_health_flag(ACTIVE_HC_TIMEOUT | EXCLUDED_VIA_IMMEDIATE_HC_FAIL | FAILED_ACTIVE_HC, false);
                 self.stats.healthy.inc();
                 t = Transition::Changed;
+                self.log(host, Event::AddHealthy { first_check: st.first_check });
             } else {
                 t = Transition::ChangePending;
             }
@@ -493,12 +640,17 @@ impl HealthChecker {
             host.set_health_flag(DEGRADED_ACTIVE_HC, degraded);
             if degraded {
                 self.stats.degraded.inc();
+                self.log(host, Event::Degraded);
             } else {
                 self.stats.degraded.dec();
+                self.log(host, Event::NoLongerDegraded);
             }
             if t == Transition::Unchanged {
                 t = Transition::Changed;
             }
+        }
+        if t != Transition::Changed && self.events.as_ref().is_some_and(|e| e.always_log_success) {
+            self.log(host, Event::Success);
         }
         self.stats.success.inc();
         st.first_check = false;
@@ -507,6 +659,11 @@ impl HealthChecker {
 
     /// A failing check (or a passive failure).
     pub fn set_unhealthy(&self, host: &Host, st: &mut SessionState, kind: FailureType, retriable: bool) -> Transition {
+        self.set_unhealthy_status(host, st, kind, retriable, 0)
+    }
+
+    /// [`Self::set_unhealthy`] with the HTTP check's response status (0: none).
+    fn set_unhealthy_status(&self, host: &Host, st: &mut SessionState, kind: FailureType, retriable: bool, status: u16) -> Transition {
         use health_flag::*;
         st.num_healthy = 0;
         let mut t = Transition::Unchanged;
@@ -519,6 +676,7 @@ impl HealthChecker {
                 host.set_health_flag(FAILED_ACTIVE_HC, true);
                 self.stats.healthy.dec();
                 t = Transition::Changed;
+                self.log(host, Event::Eject { kind, status });
             } else {
                 t = Transition::ChangePending;
             }
@@ -526,6 +684,9 @@ impl HealthChecker {
         let timeout = kind == FailureType::NetworkTimeout && host.health_flag(FAILED_ACTIVE_HC);
         host.set_health_flag(ACTIVE_HC_TIMEOUT, timeout);
         t = Self::clear_pending(host, t);
+        if st.first_check || self.events.as_ref().is_some_and(|e| e.always_log_failures) {
+            self.log(host, Event::Failure { kind, first_check: st.first_check, status });
+        }
         self.stats.failure.inc();
         if kind.network() {
             self.stats.network_failure.inc();
@@ -539,7 +700,7 @@ impl HealthChecker {
     fn apply(&self, host: &Host, st: &mut SessionState, r: CheckResult) -> Transition {
         match r {
             CheckResult::Healthy { degraded } => self.handle_success(host, st, degraded),
-            CheckResult::Unhealthy { kind, retriable } => self.set_unhealthy(host, st, kind, retriable),
+            CheckResult::Unhealthy { kind, retriable, status } => self.set_unhealthy_status(host, st, kind, retriable, status),
         }
     }
 }
@@ -560,8 +721,13 @@ enum Kept {
     Tcp(Box<dyn Io>),
 }
 
-const NETWORK: CheckResult = CheckResult::Unhealthy { kind: FailureType::Network, retriable: false };
-const ACTIVE: CheckResult = CheckResult::Unhealthy { kind: FailureType::Active, retriable: false };
+const NETWORK: CheckResult = CheckResult::Unhealthy { kind: FailureType::Network, retriable: false, status: 0 };
+const ACTIVE: CheckResult = CheckResult::Unhealthy { kind: FailureType::Active, retriable: false, status: 0 };
+
+/// An HTTP check's wrong answer.
+fn active(status: u16, retriable: bool) -> CheckResult {
+    CheckResult::Unhealthy { kind: FailureType::Active, retriable, status }
+}
 
 async fn connect(cluster: &Cluster, host: &Host, h2: bool) -> std::io::Result<Box<dyn Io>> {
     let tcp = tokio::net::TcpStream::connect(host.address).await?;
@@ -705,12 +871,12 @@ impl HealthChecker {
             if immediate {
                 host.set_health_flag(health_flag::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, true);
             }
-            ACTIVE
+            active(status, false)
         } else if !in_ranges(&h.expected) {
             if immediate {
                 host.set_health_flag(health_flag::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, true);
             }
-            CheckResult::Unhealthy { kind: FailureType::Active, retriable: in_ranges(&h.retriable) }
+            active(status, in_ranges(&h.retriable))
         } else {
             let degraded = parts.headers.contains_key("x-envoy-degraded");
             match &h.service_name_matcher {
@@ -720,7 +886,7 @@ impl HealthChecker {
                     if m.matches(v, *ic) {
                         CheckResult::Healthy { degraded }
                     } else {
-                        ACTIVE
+                        active(status, false)
                     }
                 }
                 None => CheckResult::Healthy { degraded },
@@ -883,7 +1049,7 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>, state: Arc<Mutex<Sessio
             Ok(r) => r,
             Err(_) => {
                 kept = Kept::None;
-                CheckResult::Unhealthy { kind: FailureType::NetworkTimeout, retriable: false }
+                CheckResult::Unhealthy { kind: FailureType::NetworkTimeout, retriable: false, status: 0 }
             }
         };
         if matches!(result, CheckResult::Unhealthy { kind: FailureType::Network, .. }) {
@@ -1001,7 +1167,7 @@ mod tests {
                                        "http_health_check": {"path": "/hc"}});
         v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let hc: HealthCheck = serde_json::from_value(v).unwrap();
-        HealthChecker::new(HealthCheckConfig::build(&hc).unwrap(), &Store::new(), "cluster.c.")
+        HealthChecker::new(HealthCheckConfig::build(&hc).unwrap(), &Store::new(), "cluster.c.", "c").unwrap()
     }
 
     #[test]
@@ -1026,7 +1192,7 @@ mod tests {
         h
     }
 
-    const NET: CheckResult = CheckResult::Unhealthy { kind: FailureType::Network, retriable: false };
+    const NET: CheckResult = CheckResult::Unhealthy { kind: FailureType::Network, retriable: false, status: 0 };
     const OK: CheckResult = CheckResult::Healthy { degraded: false };
 
     #[test]
@@ -1060,11 +1226,11 @@ mod tests {
         let h = failed_host();
         let mut st = SessionState::default();
         hc.apply(&h, &mut st, OK);
-        let retriable = CheckResult::Unhealthy { kind: FailureType::Active, retriable: true };
+        let retriable = CheckResult::Unhealthy { kind: FailureType::Active, retriable: true, status: 503 };
         assert_eq!(hc.apply(&h, &mut st, retriable), Transition::ChangePending);
         assert_eq!(hc.apply(&h, &mut st, ACTIVE), Transition::Changed);
         // A timeout on a failed host sets /active_hc_timeout; another failure clears it.
-        let timeout = CheckResult::Unhealthy { kind: FailureType::NetworkTimeout, retriable: false };
+        let timeout = CheckResult::Unhealthy { kind: FailureType::NetworkTimeout, retriable: false, status: 0 };
         hc.apply(&h, &mut st, timeout);
         assert_eq!(h.health_flags(), "/failed_active_hc/active_hc_timeout");
         hc.apply(&h, &mut st, ACTIVE);
@@ -1131,5 +1297,69 @@ mod tests {
         assert!(payload_matches(&blocks, b"xxPOyyNGzz"));
         assert!(!payload_matches(&blocks, b"NGPO"));
         assert!(payload_matches(&[], b""));
+    }
+
+    #[test]
+    fn event_lines_are_envoys() {
+        let path = std::env::temp_dir().join(format!("sluice-hc-events-{}.log", std::process::id()));
+        let settings = EventLogSettings { path: path.display().to_string(), always_log_failures: false, always_log_success: false };
+        let log = EventLog::open(&settings, "hc", "HTTP").unwrap();
+        let loc = sluice_config::core::Locality { zone: "z1".into(), ..Default::default() };
+        let host = Host::new("127.0.0.1:18082".parse().unwrap(), "", 1, loc, Default::default());
+        // 2026-12-01T22:02:27.686Z, as real Envoy 1.40 wrote these lines.
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(1_796_162_547_686);
+        let addr = r#""host":{"socket_address":{"protocol":"TCP","address":"127.0.0.1","port_value":18082,"resolver_name":"","ipv4_compat":false,"network_namespace_filepath":""}}"#;
+        let loc = r#""locality":{"region":"","zone":"z1","sub_zone":""}"#;
+        let ts = r#""timestamp":"2026-12-01T22:02:27.686Z""#;
+        assert_eq!(
+            log.line(&host, Event::Failure { kind: FailureType::Active, first_check: true, status: 503 }, at),
+            format!("{{\"health_checker_type\":\"HTTP\",{addr},\"cluster_name\":\"hc\",{ts},\"health_check_failure_event\":{{\"failure_type\":\"ACTIVE\",\"first_check\":true,\"http_status_code\":503}},{loc}}}\n")
+        );
+        assert_eq!(
+            log.line(&host, Event::AddHealthy { first_check: false }, at),
+            format!("{{\"health_checker_type\":\"HTTP\",{addr},\"cluster_name\":\"hc\",\"add_healthy_event\":{{\"first_check\":false}},{ts},{loc}}}\n")
+        );
+        assert_eq!(
+            log.line(&host, Event::Eject { kind: FailureType::Network, status: 0 }, at),
+            format!("{{\"health_checker_type\":\"HTTP\",{addr},\"cluster_name\":\"hc\",\"eject_unhealthy_event\":{{\"failure_type\":\"NETWORK\",\"http_status_code\":0}},{ts},{loc}}}\n")
+        );
+        assert!(log.line(&host, Event::Success, at).ends_with(&format!("{loc},\"successful_health_check_event\":{{}}}}\n")));
+        assert!(log.line(&host, Event::Degraded, at).contains(&format!("{ts},\"degraded_healthy_host\":{{}},{loc}")));
+        // A whole second has no fraction.
+        assert!(log.line(&host, Event::NoLongerDegraded, std::time::UNIX_EPOCH + Duration::from_secs(1_796_162_547)).contains("\"timestamp\":\"2026-12-01T22:02:27Z\""));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn the_checker_logs_transitions_and_first_or_every_failure() {
+        let path = std::env::temp_dir().join(format!("sluice-hc-transitions-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let hc = checker(serde_json::json!({"event_log_path": path.display().to_string(), "unhealthy_threshold": 2}));
+        let h = Host::simple("127.0.0.1:1".parse().unwrap());
+        h.set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        let mut st = SessionState { first_check: true, ..Default::default() };
+        hc.apply(&h, &mut st, ACTIVE); // first check fails: logged as the first failure
+        hc.apply(&h, &mut st, CheckResult::Healthy { degraded: false });
+        hc.apply(&h, &mut st, CheckResult::Healthy { degraded: false }); // healthy
+        hc.apply(&h, &mut st, NETWORK); // pending: not logged
+        hc.apply(&h, &mut st, NETWORK); // ejected
+        hc.apply(&h, &mut st, NETWORK); // still failing: not logged
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kinds: Vec<&str> = text
+            .lines()
+            .map(|l| ["health_check_failure_event", "add_healthy_event", "eject_unhealthy_event"].into_iter().find(|k| l.contains(k)).unwrap())
+            .collect();
+        assert_eq!(kinds, ["health_check_failure_event", "add_healthy_event", "eject_unhealthy_event"]);
+        assert!(text.lines().next().unwrap().contains("\"first_check\":true"));
+        assert!(text.lines().nth(1).unwrap().contains("\"add_healthy_event\":{\"first_check\":false}"));
+        let _ = std::fs::remove_file(&path);
+        // With always_log_health_check_failures every failure is logged.
+        let hc = checker(serde_json::json!({"event_log_path": path.display().to_string(), "always_log_health_check_failures": true}));
+        let mut st = SessionState { first_check: false, ..Default::default() };
+        h.set_health_flag(health_flag::FAILED_ACTIVE_HC, true);
+        hc.apply(&h, &mut st, NETWORK);
+        hc.apply(&h, &mut st, NETWORK);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -138,6 +138,10 @@ pub struct Host {
     pub weight: u32,
     pub locality: Locality,
     pub health: HealthStatus,
+    /// The priority level of its endpoint group (0 highest).
+    pub priority: u32,
+    /// Its endpoint group's `load_balancing_weight` (0: none), for locality-weighted balancing.
+    pub locality_weight: u32,
     pub stats: HostStats,
     pub(crate) pool: HostPool,
     draining: AtomicBool,
@@ -159,6 +163,8 @@ impl Host {
             weight: weight.max(1),
             locality,
             health,
+            priority: 0,
+            locality_weight: 0,
             stats: HostStats::default(),
             pool: HostPool::default(),
             draining: AtomicBool::new(false),
@@ -166,6 +172,18 @@ impl Host {
             outlier: HostMonitor::default(),
             link: OnceLock::new(),
         }
+    }
+
+    /// The host in priority level `priority`.
+    pub fn with_priority(mut self, priority: u32) -> Host {
+        self.priority = priority;
+        self
+    }
+
+    /// The host in a locality weighing `weight` (0: no weight).
+    pub fn with_locality_weight(mut self, weight: u32) -> Host {
+        self.locality_weight = weight;
+        self
     }
 
     /// A host with weight 1, no hostname (tests, STATIC).
