@@ -63,6 +63,14 @@ static_resources:
               routes:
               - match: {prefix: "/drip"}
                 route: {cluster: drip, timeout: 0s}
+              - match: {prefix: "/stall"}
+                route: {cluster: drip, timeout: 0s, idle_timeout: 1s}
+              - match: {prefix: "/ptidle"}
+                route:
+                  cluster: echo
+                  timeout: 0s
+                  prefix_rewrite: "/slow/2000"
+                  retry_policy: {retry_on: "5xx", num_retries: 1, per_try_idle_timeout: 0.4s}
               - match: {prefix: "/"}
                 route: {cluster: echo, timeout: 0s}
   - name: h2limits
@@ -86,7 +94,8 @@ static_resources:
                 direct_response: {status: 200, body: {inline_string: "ok"}}
 "#;
 
-/// An upstream that answers with a chunked body, one chunk every 200 ms, 20 chunks.
+/// An upstream that answers with a chunked body, one chunk every 200 ms, 20 chunks; on a path
+/// with `stall`, two chunks, then nothing for 3 s.
 async fn drip_upstream() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
@@ -104,7 +113,11 @@ async fn drip_upstream() -> u16 {
                 if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.is_err() {
                     return;
                 }
+                let stall = String::from_utf8_lossy(&buf).contains("stall");
                 for i in 0..20 {
+                    if stall && i == 2 {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if s.write_all(format!("6\r\ndrip{i:02}\r\n").as_bytes()).await.is_err() {
                         return;
@@ -220,6 +233,24 @@ async fn scenario(listen: u16, listen2: u16) -> BTreeMap<&'static str, String> {
             r.ended
         )
     };
+    let stream_idle = async {
+        let mut s = connect().await;
+        s.write_all(b"GET /stall HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+        let r = read_all(&mut s, Duration::from_secs(4)).await;
+        let head_end = r.text.find("\r\n\r\n").map_or(r.text.len(), |i| i + 4);
+        format!(
+            "{}{}[body complete: {}] [connection ended: {}]",
+            &r.text[..head_end],
+            &r.text[head_end..].replace("\r\n", "|"),
+            r.text.ends_with("0\r\n\r\n"),
+            r.ended
+        )
+    };
+    let per_try_idle = async {
+        let mut s = connect().await;
+        s.write_all(b"GET /ptidle HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await.unwrap();
+        read_all(&mut s, Duration::from_secs(5)).await.text
+    };
     let connection_duration = async {
         // A request at once keeps the connection; one after max_connection_duration is
         // answered with `connection: close`.
@@ -243,7 +274,10 @@ async fn scenario(listen: u16, listen2: u16) -> BTreeMap<&'static str, String> {
         let r = read_all(&mut s, Duration::from_secs(8)).await;
         phase(&r, &[(3.4, "before max_connection_duration"), (6.0, "after max_connection_duration and the drain time")], "later").to_string()
     };
-    let (a, b, c, d, e, f) = tokio::join!(header_timeout, request_timeout, stream_duration, stream_cut, connection_duration, connection_drained);
+    let (a, b, c, d, e, f, g, h) =
+        tokio::join!(header_timeout, request_timeout, stream_duration, stream_cut, connection_duration, connection_drained, stream_idle, per_try_idle);
+    out.insert("route idle_timeout while the body streams", g);
+    out.insert("per_try_idle_timeout", h);
     out.insert("request_headers_timeout", a);
     out.insert("request_timeout", b);
     out.insert("max_stream_duration before the response", c);
@@ -293,6 +327,9 @@ const STATS: &[&str] = &[
     "http.timeouts.downstream_rq_header_timeout",
     "http.timeouts.downstream_rq_timeout",
     "http.timeouts.downstream_rq_max_duration_reached",
+    "http.timeouts.downstream_rq_idle_timeout",
+    "cluster.echo.upstream_rq_per_try_idle_timeout",
+    "cluster.echo.upstream_rq_retry",
     "http.timeouts.downstream_cx_max_duration_reached",
     "http.timeouts.downstream_rq_response_before_rq_complete",
     "http.timeouts.downstream_rq_408",

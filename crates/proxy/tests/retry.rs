@@ -136,7 +136,6 @@ fn unsupported_or_invalid_retry_settings_are_refused_with_their_path() {
         (json!({"retry_priority": {"name": "envoy.retry_priorities.previous_priorities"}}), "route.retry_policy.retry_priority"),
         (json!({"rate_limited_retry_back_off": {"reset_headers": []}}), "route.retry_policy.rate_limited_retry_back_off.reset_headers"),
         (json!({"retry_on": "5xx,not-a-condition"}), "route.retry_policy.retry_on"),
-        (json!({"per_try_idle_timeout": "1s"}), "route.retry_policy.per_try_idle_timeout"),
         (json!({"retry_on": "http3-post-connect-failure"}), "route.retry_policy.retry_on"),
         (json!({"retry_host_predicate": [{"name": "envoy.retry_host_predicates.omit_canary_hosts"}]}), "route.retry_policy.retry_host_predicate[0].name"),
         (json!({"retry_back_off": {"base_interval": "1s", "max_interval": "0.1s"}}), "route.retry_policy.retry_back_off.max_interval"),

@@ -353,6 +353,21 @@ impl http_body::Body for LoggedBody {
                 }
                 this.finish(false);
             }
+            Poll::Ready(Some(Err(e))) if e.is::<crate::upstream::StreamIdleTimeout>() => {
+                // The route's idle timeout cut the response (Envoy: `SI`, `stream_idle_timeout`).
+                if let Some(state) = this.state.as_mut() {
+                    state.pending.info.set_flag(ResponseFlags::STREAM_IDLE_TIMEOUT);
+                    state.pending.info.response_code_details = Some("stream_idle_timeout".into());
+                }
+                this.finish(false);
+            }
+            Poll::Ready(Some(Err(e))) if e.is::<crate::upstream::PerTryIdleTimeout>() => {
+                if let Some(state) = this.state.as_mut() {
+                    state.pending.info.set_flag(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+                    state.pending.info.response_code_details = Some("upstream_per_try_idle_timeout".into());
+                }
+                this.finish(false);
+            }
             Poll::Ready(Some(Err(e))) if e.is::<crate::http::stream_timers::DurationReached>() => {
                 // `max_stream_duration` cut the response (Envoy: no flag, `max_duration_timeout`).
                 if let Some(state) = this.state.as_mut() {

@@ -1160,7 +1160,18 @@ impl HttpConnectionManager {
                 });
                 rec.keep_request(&req);
                 let (hash, set_cookie) = compute_hash(&fwd.hash_policies, &req, info.conn.peer);
-                let lb = LbContext { hash, downstream_http2: req.version() == Version::HTTP_2, report_host: rec.full, response_deadline: None };
+                let response_idle = fwd.idle_timeout.or(self.stream_idle_timeout).map(|after| crate::upstream::ResponseIdle {
+                    after,
+                    per_try: false,
+                    stream_counter: Some(self.stats.downstream_rq_idle_timeout.clone()),
+                });
+                let lb = LbContext {
+                    hash,
+                    downstream_http2: req.version() == Version::HTTP_2,
+                    report_host: rec.full,
+                    response_deadline: None,
+                    response_idle,
+                };
                 *req.version_mut() = Version::HTTP_11;
                 let for_1xx = cluster.clone();
                 hyper::ext::on_informational(&mut req, move |res| {
@@ -1285,6 +1296,8 @@ impl HttpConnectionManager {
 enum Attempt {
     Done(Result<Response<Body>, UpstreamFailure>),
     PerTryTimeout,
+    /// `per_try_idle_timeout` before the response headers.
+    PerTryIdleTimeout,
     /// The route timeout (`false`) or the route's idle timeout (`true`).
     Global(bool),
 }
@@ -1319,6 +1332,12 @@ impl HttpConnectionManager {
         };
         let policy = state.policy().cloned();
         let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
+        let per_try_idle = policy.as_ref().and_then(|p| p.per_try_idle_timeout);
+        if let Some(after) = per_try_idle {
+            if lb.response_idle.as_ref().is_none_or(|i| after < i.after) {
+                lb.response_idle = Some(crate::upstream::ResponseIdle { after, per_try: true, stream_counter: None });
+            }
+        }
         let (previous_hosts, reselections) = policy.as_ref().map_or((false, 0), |p| (p.previous_hosts, p.host_reselections));
         let now = tokio::time::Instant::now();
         let global = deadline.map(|(d, idle)| (now + d, idle));
@@ -1364,9 +1383,11 @@ impl HttpConnectionManager {
             let outcome = {
                 let send = cluster.send_to(host.clone(), req, &lb);
                 let per_try_at = per_try.map(|p| tokio::time::Instant::now() + p);
+                let per_try_idle_at = per_try_idle.map(|p| tokio::time::Instant::now() + p);
                 tokio::select! {
                     r = send => Attempt::Done(r),
                     _ = sleep_until(per_try_at) => Attempt::PerTryTimeout,
+                    _ = sleep_until(per_try_idle_at) => Attempt::PerTryIdleTimeout,
                     idle = global_expiry(global) => Attempt::Global(idle),
                 }
             };
@@ -1374,6 +1395,11 @@ impl HttpConnectionManager {
                 Attempt::Global(_) => (false, None),
                 Attempt::PerTryTimeout => {
                     cluster.retry_stats().upstream_rq_per_try_timeout.inc();
+                    host.report(crate::upstream::Outcome::Timeout);
+                    (state.would_retry_reset(ResetKind::PerTryTimeout), None)
+                }
+                Attempt::PerTryIdleTimeout => {
+                    cluster.retry_stats().upstream_rq_per_try_idle_timeout.inc();
                     host.report(crate::upstream::Outcome::Timeout);
                     (state.would_retry_reset(ResetKind::PerTryTimeout), None)
                 }
@@ -1414,13 +1440,11 @@ impl HttpConnectionManager {
             }
             break match outcome {
                 Attempt::Done(r) => self.upstream_response(Ok(r), sent, &cluster, sel, rec),
-                _ => {
-                    // The per-try timeout ended the last attempt.
+                other => {
+                    // The per-try (idle) timeout ended the last attempt.
+                    let details = if matches!(other, Attempt::PerTryIdleTimeout) { "upstream_per_try_idle_timeout" } else { "upstream_per_try_timeout" };
                     cluster.stats().charge_response(504, None);
-                    let r = LocalReply::new(504)
-                        .body(UPSTREAM_TIMEOUT)
-                        .details("upstream_per_try_timeout")
-                        .flag(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+                    let r = LocalReply::new(504).body(UPSTREAM_TIMEOUT).details(details).flag(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
                     self.local_with_route(r, sel, rec)
                 }
             };

@@ -103,6 +103,9 @@ pub struct RetryPolicy {
     pub retry_on: u32,
     pub num_retries: u32,
     pub per_try_timeout: Option<Duration>,
+    /// `per_try_idle_timeout`: an attempt with no upstream activity for this long ends as a
+    /// per-try timeout (before the response headers) or is cut (while its body streams).
+    pub per_try_idle_timeout: Option<Duration>,
     /// `envoy.retry_host_predicates.previous_hosts`.
     pub previous_hosts: bool,
     /// Extra host picks when the predicate rejects a host (`host_selection_retry_max_attempts` − 1).
@@ -174,11 +177,6 @@ impl RetryPolicy {
             let field = if p.retry_priority.is_some() { "retry_priority" } else { "retry_options_predicates" };
             return Err((field.to_string(), NOT_SUPPORTED.to_string()));
         };
-        // Envoy's per-try idle timer restarts on every upstream read and write; sluice does not
-        // implement it (refused rather than ignored).
-        if per_try_idle_timeout.is_some_and(|d| !d.as_std().is_zero()) {
-            return Err(("per_try_idle_timeout".to_string(), NOT_SUPPORTED.to_string()));
-        }
         let retry_on = match retry_on {
             Some(s) => parse_config(s).map_err(|e| ("retry_on".to_string(), e))?,
             None => 0,
@@ -234,6 +232,7 @@ impl RetryPolicy {
             retry_on,
             num_retries: num_retries.unwrap_or(1),
             per_try_timeout: per_try_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
+            per_try_idle_timeout: per_try_idle_timeout.map(|d| d.as_std()).filter(|d| !d.is_zero()),
             previous_hosts,
             host_reselections: attempts.clamp(1, 1000) as u32 - 1,
             retriable_status_codes: codes,

@@ -1547,7 +1547,7 @@ impl Cluster {
                     }
                 }
                 let done = Done { _rq: rq, sender: sender.map(|s| (s, local)), used, host: host.clone(), shared: self.shared.clone() };
-                let body = UpstreamBody::new(body, done, ctx.response_deadline);
+                let body = UpstreamBody::new(body, done, ctx.response_deadline, ctx.response_idle.clone());
                 Ok(Response::from_parts(parts, Body::boxed(body)))
             }
             Err(e) => {
@@ -1954,13 +1954,33 @@ struct UpstreamBody {
     /// The route timeout's end ([`LbContext::response_deadline`]); the timer is armed only
     /// when the body makes its reader wait.
     deadline: Option<tokio::time::Instant>,
+    /// The idle timeout ([`LbContext::response_idle`]): the one timer serves both, armed
+    /// for whichever comes first.
+    idle: Option<super::ResponseIdle>,
+    /// When the body last gave a frame (read only when it makes its reader wait).
+    last_active: Option<tokio::time::Instant>,
+    active_since_wait: bool,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     timed_out: bool,
 }
 
 impl UpstreamBody {
-    fn new(inner: hyper::body::Incoming, done: Done, deadline: Option<tokio::time::Instant>) -> UpstreamBody {
-        let mut b = UpstreamBody { inner, done: Some(done), deadline, sleep: None, timed_out: false };
+    fn new(
+        inner: hyper::body::Incoming,
+        done: Done,
+        deadline: Option<tokio::time::Instant>,
+        idle: Option<super::ResponseIdle>,
+    ) -> UpstreamBody {
+        let mut b = UpstreamBody {
+            inner,
+            done: Some(done),
+            deadline,
+            idle,
+            last_active: None,
+            active_since_wait: true,
+            sleep: None,
+            timed_out: false,
+        };
         if http_body::Body::is_end_stream(&b.inner) {
             b.finish(true);
         }
@@ -1984,18 +2004,51 @@ impl http_body::Body for UpstreamBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
-                let Some(at) = this.deadline else { return Poll::Pending };
-                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-                if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+                if this.deadline.is_none() && this.idle.is_none() {
                     return Poll::Pending;
                 }
-                // The route timeout ended the response: the connection is not reused.
-                this.timed_out = true;
-                if let Some(d) = &this.done {
-                    d.shared.stats.upstream_rq_timeout.inc();
+                if this.idle.is_some() && this.active_since_wait {
+                    this.active_since_wait = false;
+                    this.last_active = Some(tokio::time::Instant::now());
                 }
-                this.finish(false);
-                Poll::Ready(Some(Err(Box::new(super::RouteTimeout))))
+                loop {
+                    let idle_at = this.idle.as_ref().zip(this.last_active).map(|(i, t)| t + i.after);
+                    let Some(wake) = [this.deadline, idle_at].into_iter().flatten().min() else { return Poll::Pending };
+                    let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake)));
+                    if sleep.deadline() != wake {
+                        sleep.as_mut().reset(wake);
+                    }
+                    if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // The connection is not reused after either timeout.
+                    this.timed_out = true;
+                    let err: BoxError = if this.deadline.is_some_and(|d| d <= wake) {
+                        // The route timeout ended the response.
+                        if let Some(d) = &this.done {
+                            d.shared.stats.upstream_rq_timeout.inc();
+                        }
+                        Box::new(super::RouteTimeout)
+                    } else {
+                        match this.idle.as_ref() {
+                            Some(i) if i.per_try => {
+                                if let Some(d) = &this.done {
+                                    d.shared.stats.retry.upstream_rq_per_try_idle_timeout.inc();
+                                }
+                                Box::new(super::PerTryIdleTimeout)
+                            }
+                            Some(i) => {
+                                if let Some(c) = &i.stream_counter {
+                                    c.inc();
+                                }
+                                Box::new(super::StreamIdleTimeout)
+                            }
+                            None => continue,
+                        }
+                    };
+                    this.finish(false);
+                    return Poll::Ready(Some(Err(err)));
+                }
             }
             Poll::Ready(None) => {
                 this.finish(true);
@@ -2006,6 +2059,7 @@ impl http_body::Body for UpstreamBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(Some(Ok(f))) => {
+                this.active_since_wait = true;
                 if this.inner.is_end_stream() {
                     this.finish(true);
                 }

@@ -31,7 +31,7 @@ pub use host::{health_flag, Host, HostSet, HostStats, Outcome};
 pub use pool::bind_worker_thread;
 
 /// What the router knows that load balancing needs.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct LbContext {
     /// Hash of the request's hash-policy key (RING_HASH / MAGLEV); `None` → random host.
     pub hash: Option<u64>,
@@ -43,7 +43,47 @@ pub struct LbContext {
     /// The route timeout's end: a response body still streaming then fails with
     /// [`RouteTimeout`] (Envoy's route timeout covers the whole response).
     pub response_deadline: Option<tokio::time::Instant>,
+    /// The idle timeout of a streaming response body: the route's (or the connection
+    /// manager's `stream_idle_timeout`), or the retry policy's `per_try_idle_timeout` when
+    /// shorter; with the counter the route's kind is charged to
+    /// (`http.<prefix>.downstream_rq_idle_timeout`).
+    pub response_idle: Option<ResponseIdle>,
 }
+
+/// See [`LbContext::response_idle`].
+#[derive(Debug, Clone)]
+pub struct ResponseIdle {
+    pub after: std::time::Duration,
+    /// `per_try_idle_timeout` (else the route's idle timeout).
+    pub per_try: bool,
+    pub stream_counter: Option<crate::stats::Counter>,
+}
+
+/// The error of a response body that stayed idle past the route's idle timeout (`SI`,
+/// `stream_idle_timeout`).
+#[derive(Debug)]
+pub struct StreamIdleTimeout;
+
+impl std::fmt::Display for StreamIdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream idle timeout")
+    }
+}
+
+impl std::error::Error for StreamIdleTimeout {}
+
+/// The error of a response body that stayed idle past `per_try_idle_timeout` (`UT`,
+/// `upstream_per_try_idle_timeout`).
+#[derive(Debug)]
+pub struct PerTryIdleTimeout;
+
+impl std::fmt::Display for PerTryIdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream per try idle timeout")
+    }
+}
+
+impl std::error::Error for PerTryIdleTimeout {}
 
 /// The error of a response body cut by the route timeout (`UT`, `response_timeout`).
 #[derive(Debug)]
