@@ -1265,6 +1265,8 @@ impl HttpConnectionManager {
                     UpstreamFailure::ConnectionTermination => {
                         (ResponseFlags::UPSTREAM_CONNECTION_TERMINATION, Some("connection_termination"))
                     }
+                    UpstreamFailure::RemoteReset { refused: true } => (ResponseFlags::UPSTREAM_REMOTE_RESET, Some("remote_refused_stream_reset")),
+                    UpstreamFailure::RemoteReset { refused: false } => (ResponseFlags::UPSTREAM_REMOTE_RESET, Some("remote_reset")),
                 };
                 let transport = match &failure {
                     UpstreamFailure::ConnectionFailure { transport_reason: Some(r) } => Some(r.clone()),
@@ -1276,6 +1278,13 @@ impl HttpConnectionManager {
                     (Some(r), Some(t)) => format!("upstream_reset_before_response_started{{{r}|{}}}", t.replace(' ', "_")).into(),
                 };
                 rec.info.upstream.transport_failure_reason = transport;
+                let reset_body = |reason: &str| {
+                    if rec.info.attempt_count > 1 {
+                        crate::http::local_reply::retried_reset_body(reason)
+                    } else {
+                        reset_body(reason)
+                    }
+                };
                 let reply = match &failure {
                     UpstreamFailure::NoHealthyUpstream => LocalReply::new(503).body(NO_HEALTHY_UPSTREAM),
                     // An upstream that answers something that is not HTTP: 502, as Envoy.

@@ -325,6 +325,11 @@ pub fn reset_body(reason: &str) -> String {
     format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
 }
 
+/// [`reset_body`] after retries: Envoy says the reason is the latest attempt's.
+pub fn retried_reset_body(reason: &str) -> String {
+    format!("upstream connect error or disconnect/reset before headers. retried and the latest reset reason: {reason}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -303,6 +303,9 @@ pub enum ResetKind {
     Overflow,
     /// The per-try timeout expired (a local reset).
     PerTryTimeout,
+    /// An HTTP/2 upstream refused the stream (`REFUSED_STREAM`): `refused-stream`, and any
+    /// condition that retries resets.
+    RefusedStream,
 }
 
 impl ResetKind {
@@ -311,6 +314,8 @@ impl ResetKind {
             UpstreamFailure::Overflow | UpstreamFailure::NoHealthyUpstream => ResetKind::Overflow,
             UpstreamFailure::ConnectionFailure { .. } | UpstreamFailure::ConnectTimeout => ResetKind::ConnectFailure,
             UpstreamFailure::ConnectionTermination | UpstreamFailure::ProtocolError => ResetKind::Reset,
+            UpstreamFailure::RemoteReset { refused: false } => ResetKind::Reset,
+            UpstreamFailure::RemoteReset { refused: true } => ResetKind::RefusedStream,
         }
     }
 }
@@ -435,6 +440,7 @@ impl RetryState {
                 on & (on::CONNECT_FAILURE | on::RESET_BEFORE_REQUEST | on::X5XX | on::GATEWAY_ERROR | on::RESET) != 0
             }
             ResetKind::Reset | ResetKind::PerTryTimeout => on & (on::X5XX | on::GATEWAY_ERROR | on::RESET) != 0,
+            ResetKind::RefusedStream => on & (on::REFUSED_STREAM | on::X5XX | on::GATEWAY_ERROR | on::RESET) != 0,
         }
     }
 

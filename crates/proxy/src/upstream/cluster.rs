@@ -1588,6 +1588,16 @@ impl Cluster {
             s.upstream_cx_protocol_error.inc();
             return UpstreamFailure::ProtocolError;
         }
+        // An HTTP/2 stream reset by the upstream (the connection lives on).
+        let reset = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()).filter(|h| h.is_reset() && h.is_remote());
+        if let Some(reason) = reset.and_then(h2::Error::reason) {
+            let refused = reason == h2::Reason::REFUSED_STREAM;
+            // Envoy counts a refused stream apart from other resets.
+            if !refused {
+                s.store().counter(format!("{}upstream_rq_rx_reset", s.prefix())).inc();
+            }
+            return UpstreamFailure::RemoteReset { refused };
+        }
         s.upstream_cx_destroy_remote.inc();
         s.upstream_cx_destroy_remote_with_active_rq.inc();
         s.upstream_cx_destroy_with_active_rq.inc();

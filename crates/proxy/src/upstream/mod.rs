@@ -108,8 +108,11 @@ pub enum UpstreamFailure {
     ConnectionFailure { transport_reason: Option<String> },
     /// `connect_timeout` expired.
     ConnectTimeout,
-    /// The upstream closed or reset the connection/stream before the response headers.
+    /// The upstream closed or reset the connection before the response headers.
     ConnectionTermination,
+    /// An HTTP/2 upstream reset the stream (`RST_STREAM`) before the response headers;
+    /// `refused`: with `REFUSED_STREAM` (the request was not processed).
+    RemoteReset { refused: bool },
     /// The upstream spoke something that is not the expected HTTP.
     ProtocolError,
 }
@@ -124,6 +127,8 @@ impl UpstreamFailure {
             UpstreamFailure::ConnectionFailure { .. } => "remote connection failure",
             UpstreamFailure::ConnectTimeout => "connection timeout",
             UpstreamFailure::ConnectionTermination => "connection termination",
+            UpstreamFailure::RemoteReset { refused: true } => "remote refused stream reset",
+            UpstreamFailure::RemoteReset { refused: false } => "remote reset",
             UpstreamFailure::ProtocolError => "protocol error",
         }
     }
