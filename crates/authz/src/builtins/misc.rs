@@ -328,26 +328,8 @@ fn json_marshal(a: &[Value]) -> Result<Value> {
                     out.push_str(&serde_json::to_string(v)?);
                 }
             }
-            Value::Array(x) => {
-                out.push('[');
-                for (i, e) in x.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(e, out)?;
-                }
-                out.push(']');
-            }
-            Value::Set(x) => {
-                out.push('[');
-                for (i, e) in x.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(e, out)?;
-                }
-                out.push(']');
-            }
+            Value::Array(x) => write_list(x.iter(), out)?,
+            Value::Set(x) => write_list(x.iter(), out)?,
             Value::Object(o) => {
                 out.push('{');
                 for (i, (k, e)) in o.iter().enumerate() {
@@ -370,6 +352,18 @@ fn json_marshal(a: &[Value]) -> Result<Value> {
             Value::Undefined => bail!("json.marshal: undefined value"),
             other => out.push_str(&serde_json::to_string(other)?),
         }
+        Ok(())
+    }
+    /// An array, or a set (written as an array, as OPA does).
+    fn write_list<'v>(items: impl Iterator<Item = &'v Value>, out: &mut String) -> Result<()> {
+        out.push('[');
+        for (i, e) in items.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write(e, out)?;
+        }
+        out.push(']');
         Ok(())
     }
     let v = a.first().ok_or_else(|| anyhow::anyhow!("missing operand 1"))?;
