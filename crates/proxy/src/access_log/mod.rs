@@ -501,9 +501,10 @@ impl Drop for StreamRecord<'_> {
         let mut info = take_info(&mut self.info);
         if self.body_refused.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
             // The codec refused the body (bad chunking) and answers 400 itself, as Envoy.
-            info.response_code = Some(400);
-            info.response_code_details = Some("http1.codec_error".into());
-            info.bytes_sent = "Bad Request".len() as u64;
+            let reject = crate::http::codec::parse::Reject::BadRequest;
+            info.response_code = Some(reject.status());
+            info.response_code_details = Some(reject.details().into());
+            info.bytes_sent = reject.body().map_or(0, |b| b.len() as u64);
             info.set_flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
         } else {
             // The request was abandoned before its response: the downstream went away.

@@ -619,13 +619,33 @@ impl HttpConnectionManager {
 
     /// Access-log an HTTP/2 stream the codec reset for its headers (Envoy: `- -`, code 0, `DR`).
     pub fn record_refused_stream(&self, details: &'static str, ctx: &ConnContext) {
-        if let Some(logs) = &self.access_logs {
-            let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
-            let mut info = StreamInfo::starting(stream_id, Version::HTTP_2, ctx.conn.clone(), Instant::now());
-            info.response_code_details = Some(details.into());
-            info.set_flag(ResponseFlags::DOWNSTREAM_REMOTE_RESET);
-            PendingLog { logs: logs.clone(), info, request: None, request_body: None }.log(None, None, None);
+        self.log_without_request(ctx, Version::HTTP_2, Instant::now(), None, details, 0, Some(ResponseFlags::DOWNSTREAM_REMOTE_RESET));
+    }
+
+    /// Access-log a stream the codec ended before a request reached [`Self::handle`] (`- -`
+    /// for method and path), as Envoy logs it.
+    #[allow(clippy::too_many_arguments)]
+    fn log_without_request(
+        &self,
+        ctx: &ConnContext,
+        version: Version,
+        started: Instant,
+        status: Option<u16>,
+        details: &'static str,
+        bytes_sent: u64,
+        flag: Option<ResponseFlags>,
+    ) {
+        let Some(logs) = &self.access_logs else { return };
+        let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+        let mut info = StreamInfo::starting(stream_id, version, ctx.conn.clone(), started);
+        info.start_time = std::time::SystemTime::now() - started.elapsed();
+        info.response_code = status;
+        info.response_code_details = Some(details.into());
+        info.bytes_sent = bytes_sent;
+        if let Some(f) = flag {
+            info.set_flag(f);
         }
+        PendingLog { logs: logs.clone(), info, request: None, request_body: None }.log(status, None, None);
     }
 
     /// Count (and access-log) a reply the HTTP/1 codec made before any request reached
@@ -633,18 +653,10 @@ impl HttpConnectionManager {
     pub fn record_codec_reply(&self, reply: &codec::CodecReply, ctx: &ConnContext) {
         let status = reply.status;
         let listener = &ctx.listener_stats;
-        if let (Some(logs), false) = (&self.access_logs, reply.logged) {
+        if !reply.logged {
             let version = if reply.http10 { Version::HTTP_10 } else { Version::HTTP_11 };
-            let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
-            let mut info = StreamInfo::starting(stream_id, version, ctx.conn.clone(), reply.started);
-            info.start_time = std::time::SystemTime::now() - reply.started.elapsed();
-            info.response_code = Some(status);
-            info.response_code_details = Some(reply.details.into());
-            info.bytes_sent = reply.body_bytes;
-            if reply.protocol_error {
-                info.set_flag(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
-            }
-            PendingLog { logs: logs.clone(), info, request: None, request_body: None }.log(Some(status), None, None);
+            let flag = reply.protocol_error.then_some(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+            self.log_without_request(ctx, version, reply.started, Some(status), reply.details, reply.body_bytes, flag);
         }
         let class = (status / 100).clamp(1, 5) as usize - 1;
         // A request the connection manager had was counted when it came.
